@@ -1,0 +1,43 @@
+"""``edge-deploy``: the host-side command (model conversion, images, releases, rollouts)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edge_deploy import __version__
+from edge_runtime.cli.app import LazyGroup, configure_logging, run
+
+COMMANDS = {
+    # model pipeline
+    "sample-model": "edge_deploy.cli.sample_model:sample_model",
+    "convert": "edge_deploy.cli.convert:convert",
+    "bench": "edge_deploy.cli.bench:bench",
+    # host, images
+    "host": "edge_deploy.cli.host:host",
+    "image": "edge_deploy.cli.image:image",
+    # releases
+    "release": "edge_deploy.cli.release:release",
+    "verify": "edge_deploy.cli.release:verify",
+    "promote": "edge_deploy.cli.release:promote",
+    # fleet
+    "fleet": "edge_deploy.cli.fleet:fleet",
+    "rollout": "edge_deploy.cli.rollout:rollout",
+    "rollback": "edge_deploy.cli.rollout:rollback",
+    "status": "edge_deploy.cli.rollout:status",
+    "history": "edge_deploy.cli.rollout:history",
+    "quickstart": "edge_deploy.cli.quickstart:quickstart",
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-deploy")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+def cli(verbose: int) -> None:
+    """Build and release PyTorch policies to fleets of NVIDIA Jetson robots."""
+    configure_logging(verbose)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(cli, argv, prog_name="edge-deploy"))

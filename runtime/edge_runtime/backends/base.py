@@ -1,0 +1,102 @@
+"""The one small protocol every backend implements; the rest of the runtime never asks which it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edge_runtime.bundle import BatchProfile, ModelBundle, TensorSpec
+from edge_runtime.errors import InputError
+from edge_runtime.jetson import GIB
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to turn a bundle into an engine; part of the engine cache key where it changes the engine."""
+
+    precision: str = "fp32"
+    batch: BatchProfile = field(default_factory=BatchProfile)
+    workspace_bytes: int = GIB
+    timing_cache: Path | None = None  # TensorRT: persistent timing cache shared across models
+    calibration_cache: Path | None = None  # TensorRT INT8: entropy calibrator cache
+    intra_op_threads: int = 0  # ONNX Runtime: 0 = library default
+    inter_op_threads: int = 0
+    cuda_graph: bool = False  # TensorRT runtime: capture the enqueue in a CUDA graph
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A loaded engine, ready to run."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Builds serialized engines from bundles and loads them back."""
+
+    name: str
+    engine_suffix: str
+
+    def version(self) -> str:
+        """Library version; part of the cache key so an upgrade misses the cache."""
+        ...
+
+    def build(self, bundle: ModelBundle, options: BuildOptions) -> bytes:
+        """Build and serialize an engine; raises EngineBuildError on failure."""
+        ...
+
+    def load(self, engine: bytes, bundle: ModelBundle, options: BuildOptions) -> Engine:
+        """Deserialize an engine built by ``build``; raises EngineBuildError if it is not loadable."""
+        ...
+
+
+def check_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], batch: BatchProfile) -> int:
+    """Check names, dtypes and shapes of a request against the model; return its batch size.
+
+    Raises InputError with one sentence naming the first problem.
+    """
+    expected = {s.name for s in specs}
+    unknown = sorted(set(feeds) - expected)
+    if unknown:
+        raise InputError(f"Unknown input {unknown[0]!r}; the model takes {', '.join(sorted(expected))}.")
+    missing = sorted(expected - set(feeds))
+    if missing:
+        raise InputError(f"Missing input {missing[0]!r}; the model takes {', '.join(sorted(expected))}.")
+    batch_size: int | None = None
+    for spec in specs:
+        arr = feeds[spec.name]
+        if arr.dtype != np.dtype(spec.dtype):
+            raise InputError(f"Input {spec.name!r} has dtype {arr.dtype}, expected {spec.dtype}.")
+        if arr.ndim != len(spec.shape):
+            raise InputError(
+                f"Input {spec.name!r} has shape {list(arr.shape)}, expected {_fmt_shape(spec.shape)}."
+            )
+        for size, dim in zip(arr.shape, spec.shape):
+            if isinstance(dim, int) and size != dim:
+                raise InputError(
+                    f"Input {spec.name!r} has shape {list(arr.shape)}, expected {_fmt_shape(spec.shape)}."
+                )
+        for axis in spec.dynamic_axes:
+            n = int(arr.shape[axis])
+            if batch_size is None:
+                batch_size = n
+            elif n != batch_size:
+                raise InputError(f"Input {spec.name!r} has batch {n} but another input has batch {batch_size}.")
+    batch_size = batch_size or 1
+    if not batch.min <= batch_size <= batch.max:
+        raise InputError(f"Batch size {batch_size} is outside the engine's profile {batch.min}..{batch.max}.")
+    return batch_size
+
+
+def _fmt_shape(shape: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

@@ -1,0 +1,221 @@
+"""The model bundle: ``model.onnx`` + ``bundle.json`` (+ calibration files), the unit both sides exchange.
+
+The host side writes it (``edge_deploy.pipeline``); the robot loads it. Loading checks the schema and the
+sha256 of every listed file, so a tampered or missing file is refused with its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "bundle.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
+
+Dim = int | str  # a fixed size, or the name of a dynamic axis ("batch")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete_shape(self, batch: int) -> tuple[int, ...]:
+        """The shape with every dynamic axis set to ``batch`` (only the batch axis is dynamic in bundles)."""
+        return tuple(batch if isinstance(d, str) else d for d in self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "dynamic_axes": {str(k): v for k, v in self.dynamic_axes.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        shape = tuple(x if isinstance(x, str) else int(x) for x in d["shape"])
+        if d["dtype"] not in DTYPES:
+            raise BundleError(f"Tensor {d['name']!r} has unsupported dtype {d['dtype']!r}.")
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=shape)
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """TensorRT optimization profile for the batch axis (MIN ≤ OPT ≤ MAX)."""
+
+    min: int = 1
+    opt: int = 1
+    max: int = 8
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min <= self.opt <= self.max):
+            raise BundleError(
+                f"Batch profile {self.min},{self.opt},{self.max} is invalid; it needs 1 ≤ MIN ≤ OPT ≤ MAX."
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        """Parse ``MIN,OPT,MAX`` (e.g. ``1,1,8``)."""
+        parts = text.split(",")
+        try:
+            lo, opt, hi = (int(p) for p in parts)
+        except ValueError:
+            raise BundleError(f"Batch profile {text!r} is not of the form MIN,OPT,MAX (e.g. 1,1,8).") from None
+        return cls(lo, opt, hi)
+
+    def __str__(self) -> str:
+        return f"{self.min},{self.opt},{self.max}"
+
+
+@dataclass
+class BundleManifest:
+    """What ``bundle.json`` holds. ``files`` maps every file of the bundle to its sha256."""
+
+    precision: str
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batch: BatchProfile
+    files: dict[str, str]
+    model_file: str = "model.onnx"
+    name: str = "policy"
+    created: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+    calibration: dict[str, str] | None = None  # {"data": "calibration.npz", "cache": "calibration.cache"}
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def sha256(self) -> str:
+        """Content identity of the bundle: the hash of its file hashes (timestamps and reports excluded)."""
+        canonical = json.dumps(sorted(self.files.items()), separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"] = [t.to_dict() for t in self.inputs]
+        d["outputs"] = [t.to_dict() for t in self.outputs]
+        d["batch"] = asdict(self.batch)
+        d["bundle_sha256"] = self.sha256
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BundleManifest:
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"bundle.json has schema version {version!r}; this edge-runtime reads version {SCHEMA_VERSION}."
+            )
+        try:
+            manifest = cls(
+                precision=str(d["precision"]),
+                opset=int(d["opset"]),
+                inputs=[TensorSpec.from_dict(t) for t in d["inputs"]],
+                outputs=[TensorSpec.from_dict(t) for t in d["outputs"]],
+                batch=BatchProfile(**{k: int(v) for k, v in d["batch"].items()}),
+                files={str(k): str(v) for k, v in d["files"].items()},
+                model_file=str(d.get("model_file", "model.onnx")),
+                name=str(d.get("name", "policy")),
+                created=str(d.get("created", "")),
+                source=dict(d.get("source") or {}),
+                versions={str(k): str(v) for k, v in (d.get("versions") or {}).items()},
+                validation=dict(d.get("validation") or {}),
+                quantization=d.get("quantization"),
+                calibration=d.get("calibration"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"bundle.json is malformed: missing or invalid field {exc}.") from None
+        if manifest.precision not in PRECISIONS:
+            raise BundleError(f"bundle.json names unknown precision {manifest.precision!r}.")
+        if manifest.model_file not in manifest.files:
+            raise BundleError(f"bundle.json does not list the hash of its model file {manifest.model_file!r}.")
+        return manifest
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A bundle directory whose files were checked against ``bundle.json``."""
+
+    path: Path
+    manifest: BundleManifest
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.manifest.outputs
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def calibration_path(self, kind: str) -> Path | None:
+        """Path of the calibration ``data`` (npz) or TensorRT ``cache`` file, if the bundle has one."""
+        name = (self.manifest.calibration or {}).get(kind)
+        return self.path / name if name else None
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> ModelBundle:
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"Model bundle {root} does not exist or is not a directory.")
+        manifest_path = root / MANIFEST
+        try:
+            data = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            raise BundleError(f"{root} is not a model bundle: {MANIFEST} is missing.") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{manifest_path} cannot be read as JSON ({exc}).") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{manifest_path} does not hold a JSON object.")
+        manifest = BundleManifest.from_dict(data)
+        bundle = cls(root, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Check every listed file against its recorded sha256; name the first that differs."""
+        for name, expected in sorted(self.manifest.files.items()):
+            file = self.path / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"bundle.json lists a file outside the bundle: {name!r}.")
+            if not file.is_file():
+                raise BundleError(f"Bundle file {name} is missing from {self.path}.")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise BundleError(
+                    f"Bundle file {name} does not match bundle.json (sha256 {actual[:12]}…, "
+                    f"expected {expected[:12]}…): the bundle was modified or corrupted."
+                )

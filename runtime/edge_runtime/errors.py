@@ -1,0 +1,33 @@
+"""Errors a user can act on: each carries one sentence that the CLIs print instead of a traceback."""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class; ``str(err)`` is the one sentence shown to the user."""
+
+    exit_code = 2
+
+
+class BundleError(EdgeError):
+    """A model bundle is missing, malformed, or a file in it does not match its recorded hash."""
+
+
+class BackendUnavailable(EdgeError):
+    """The requested backend cannot run here (library not importable, no GPU)."""
+
+
+class EngineBuildError(EdgeError):
+    """Building an engine from a bundle failed; the cache is left as it was."""
+
+
+class CacheError(EdgeError):
+    """The engine cache directory cannot be used (not writable, out of space)."""
+
+
+class InputError(EdgeError):
+    """Inputs do not match what the model expects (names, shapes, dtypes)."""
+
+
+class DeviceError(EdgeError):
+    """A device tool or file needed for the request is absent or unreadable."""
