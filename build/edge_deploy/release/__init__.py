@@ -1,0 +1,1 @@
+"""Releases: versioned, digest-pinned, signed images and their manifest."""
