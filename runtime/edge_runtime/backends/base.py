@@ -81,7 +81,7 @@ def check_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], batch:
             raise InputError(
                 f"Input {spec.name!r} has shape {list(arr.shape)}, expected {_fmt_shape(spec.shape)}."
             )
-        for size, dim in zip(arr.shape, spec.shape):
+        for size, dim in zip(arr.shape, spec.shape, strict=True):
             if isinstance(dim, int) and size != dim:
                 raise InputError(
                     f"Input {spec.name!r} has shape {list(arr.shape)}, expected {_fmt_shape(spec.shape)}."

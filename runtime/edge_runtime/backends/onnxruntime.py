@@ -36,7 +36,7 @@ class OnnxRuntimeEngine:
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.session.run(self._output_names, dict(feeds))
-        return dict(zip(self._output_names, results))
+        return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
         self.session = None

@@ -1,0 +1,108 @@
+"""``edge-deploy convert``: model file → model bundle, printing each step with its timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edge_runtime.bundle import PRECISIONS
+
+
+@click.command("convert")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle directory to write."
+)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="npz of named input arrays; required for int8, used for validation otherwise.",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["entropy", "minmax", "percentile"]),
+    default="entropy",
+    show_default=True,
+)
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (15 or newer).")
+@click.option(
+    "--batch", "batch", default="1,1,8", show_default=True, help="Dynamic batch profile MIN,OPT,MAX."
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME:SHAPE",
+    help="Input shape override, e.g. image:Bx3x224x224 (repeatable).",
+)
+@click.option("--tolerance", type=float, default=None, help="Max abs error accepted (default per precision).")
+@click.option(
+    "--fp16-onnx/--fp16-flag-only",
+    default=True,
+    show_default=True,
+    help="fp16: ship an fp16 ONNX, or keep fp32 ONNX and only record FP16 for the engine build.",
+)
+@click.option(
+    "--trt-version",
+    default="10.3.0",
+    show_default=True,
+    help="TensorRT version named in the int8 calibration cache header.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def convert(
+    model: Path,
+    output: Path,
+    precision: str,
+    calibration: Path | None,
+    calibration_method: str,
+    opset: int,
+    batch: str,
+    inputs: tuple[str, ...],
+    tolerance: float | None,
+    fp16_onnx: bool,
+    trt_version: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Export, sanitize, validate and (fp16/int8) quantize MODEL into a model bundle.
+
+    MODEL is TorchScript (.pt), a torch.save'd full module, or an .onnx file (export is skipped).
+    """
+    from edge_deploy.pipeline import ConvertOptions, Step
+    from edge_deploy.pipeline import convert as run_convert
+    from edge_runtime.bundle import BatchProfile
+
+    opts = ConvertOptions(
+        precision=precision,
+        calibration=calibration,
+        calibration_method=calibration_method,
+        opset=opset,
+        batch=BatchProfile.parse(batch),
+        inputs=inputs,
+        tolerance=tolerance,
+        fp16_onnx=fp16_onnx,
+        trt_version=trt_version,
+        force=force,
+    )
+
+    def show(step: Step) -> None:
+        click.echo(f"  {step.name:<26} {step.seconds:7.2f} s  {step.detail}", err=True)
+
+    click.echo(f"convert {model} → {output} ({precision})", err=True)
+    result = run_convert(model, output, opts, on_step=show)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"bundle {result.bundle.path}  sha256 {result.bundle.sha256[:16]}  ({result.seconds:.2f} s)")
+    for key, cmp in result.validation.items():
+        worst = max(cmp["outputs"], key=lambda o: o["max_abs"])
+        click.echo(
+            f"  {key:<14} max abs {cmp['max_abs']:.3g}  max rel {worst['max_rel']:.3g}  "
+            f"mean abs {worst['mean_abs']:.3g}  tolerance {cmp['tolerance']:g}  "
+            f"{'ok' if cmp['passed'] else 'FAILED'}"
+        )

@@ -1,0 +1,251 @@
+"""``fleet.yaml`` → dataclasses. Every robot is validated up front, so a typo stops the tool before it
+touches any robot, with one sentence naming the robot and the field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from edge_deploy.fleet import FleetError
+from edge_runtime.errors import EdgeError
+from edge_runtime.jetson import jetson_module
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+ROBOT_FIELDS = {
+    "name", "host", "port", "user", "ssh_key", "known_hosts", "jetson_model", "groups", "labels",
+    "compose_dir", "service_port", "platform", "min_free_mb", "lock_wait_s", "gpu", "connect_timeout_s",
+}
+DEFAULT_FIELDS = ROBOT_FIELDS - {"name", "host"}
+TOP_FIELDS = {"fleet", "defaults", "robots", "public_key", "releases_dir"}
+
+
+@dataclass(frozen=True)
+class Robot:
+    """One robot as the tool reaches it: SSH endpoint, identity checks, and where its releases live."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str = "robot"
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    jetson_model: str = "orin_nano"
+    groups: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    compose_dir: str = "edge"  # relative to the user's home, or absolute
+    service_port: int = 8080  # EDGE_PORT; robots sharing one network namespace need distinct ports
+    platform: str = "linux/arm64"
+    min_free_mb: int = 1024  # refuse an update when the compose dir's filesystem has less free
+    lock_wait_s: float = 30.0  # how long to wait for the application's update lock before skipping
+    gpu: bool = True  # real Jetson: add compose.jetson.yaml (runtime: nvidia); simulated robots: false
+    connect_timeout_s: float = 10.0
+
+    def in_group(self, group: str) -> bool:
+        return group in self.groups
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    robots: tuple[Robot, ...]
+    path: Path | None = None
+    public_key: Path | None = None  # cosign public key: when set, every rollout verifies the signature
+    releases_dir: Path | None = None
+
+    def select(self, group: str | None = None, devices: list[str] | None = None) -> list[Robot]:
+        """Robots of a group and/or by name, in inventory order; unknown names are an error."""
+        robots = list(self.robots)
+        if devices:
+            known = {r.name for r in robots}
+            unknown = [d for d in devices if d not in known]
+            if unknown:
+                raise FleetError(f"Robot {unknown[0]!r} is not in the fleet inventory.")
+            robots = [r for r in robots if r.name in devices]
+        if group is not None:
+            robots = [r for r in robots if r.in_group(group)]
+            if not robots:
+                raise FleetError(f"No robot in the fleet inventory belongs to group {group!r}.")
+        return robots
+
+    def robot(self, name: str) -> Robot:
+        return self.select(devices=[name])[0]
+
+
+def _err(where: str, fld: str, problem: str) -> FleetError:
+    return FleetError(f"fleet.yaml: {where} has an invalid {fld!r}: {problem}.")
+
+
+def _path(value: Any, base: Path, where: str, fld: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise _err(where, fld, "expected a file path")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _int(value: Any, where: str, fld: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _err(where, fld, f"expected a whole number from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _num(value: Any, where: str, fld: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _err(where, fld, f"expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int) -> Robot:
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise FleetError(f"fleet.yaml: robot #{index + 1} needs a 'name' of letters, digits, '.', '_' or '-'"
+                         f" (got {name!r}).")
+    where = f"robot {name!r}"
+    unknown = sorted(set(raw) - ROBOT_FIELDS)
+    if unknown:
+        raise FleetError(f"fleet.yaml: {where} has an unknown field {unknown[0]!r}.")
+    d = {**defaults, **raw}
+    host = d.get("host")
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        raise _err(where, "host", f"expected a host name or address, got {host!r}")
+    kw: dict[str, Any] = {"name": name, "host": host}
+    if "port" in d:
+        kw["port"] = _int(d["port"], where, "port", 1, 65535)
+    if "service_port" in d:
+        kw["service_port"] = _int(d["service_port"], where, "service_port", 1, 65535)
+    if "user" in d:
+        if not isinstance(d["user"], str) or not re.match(r"^[a-z_][a-z0-9_.-]*$", d["user"]):
+            raise _err(where, "user", f"expected a login name, got {d['user']!r}")
+        kw["user"] = d["user"]
+    for key in ("ssh_key", "known_hosts"):
+        if key in d:
+            p = _path(d[key], base, where, key)
+            if not p.is_file():
+                raise _err(where, key, f"{p} does not exist")
+            kw[key] = p
+    if "jetson_model" in d:
+        try:
+            kw["jetson_model"] = jetson_module(str(d["jetson_model"])).key
+        except EdgeError as exc:
+            raise _err(where, "jetson_model", str(exc).rstrip(".")) from None
+    if "groups" in d:
+        groups = d["groups"]
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise _err(where, "groups", "expected a list of group names")
+        kw["groups"] = tuple(groups)
+    if "labels" in d:
+        labels = d["labels"]
+        if not isinstance(labels, dict):
+            raise _err(where, "labels", "expected a mapping of label to value")
+        kw["labels"] = {str(k): str(v) for k, v in labels.items()}
+    if "compose_dir" in d:
+        cd = d["compose_dir"]
+        if isinstance(cd, str) and cd.startswith("~/"):
+            cd = cd[2:]  # the SSH session starts in the home directory
+        if not isinstance(cd, str) or not cd or ".." in PurePosixPath(cd).parts or "'" in cd:
+            raise _err(where, "compose_dir", f"expected a directory path without '..', got {cd!r}")
+        kw["compose_dir"] = cd.rstrip("/") or "/"
+    if "platform" in d:
+        if d["platform"] not in ("linux/arm64", "linux/amd64"):
+            raise _err(where, "platform", f"expected linux/arm64 or linux/amd64, got {d['platform']!r}")
+        kw["platform"] = d["platform"]
+    if "min_free_mb" in d:
+        kw["min_free_mb"] = _int(d["min_free_mb"], where, "min_free_mb", 0, 1 << 30)
+    for key in ("lock_wait_s", "connect_timeout_s"):
+        if key in d:
+            kw[key] = _num(d[key], where, key)
+    if "gpu" in d:
+        if not isinstance(d["gpu"], bool):
+            raise _err(where, "gpu", f"expected true or false, got {d['gpu']!r}")
+        kw["gpu"] = d["gpu"]
+    return Robot(**kw)
+
+
+def parse_fleet(data: Any, base: Path, path: Path | None = None) -> Fleet:
+    """Validate the parsed YAML document; relative paths are relative to ``base`` (the file's folder)."""
+    if not isinstance(data, dict):
+        raise FleetError("fleet.yaml: the document must be a mapping with a 'robots' list.")
+    unknown = sorted(set(data) - TOP_FIELDS)
+    if unknown:
+        raise FleetError(f"fleet.yaml: unknown top-level field {unknown[0]!r}.")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise FleetError("fleet.yaml: 'defaults' must be a mapping of robot fields.")
+    bad = sorted(set(defaults) - DEFAULT_FIELDS)
+    if bad:
+        raise FleetError(f"fleet.yaml: 'defaults' has a field {bad[0]!r} that cannot be shared by robots.")
+    robots_raw = data.get("robots")
+    if not isinstance(robots_raw, list) or not robots_raw:
+        raise FleetError("fleet.yaml: 'robots' must be a non-empty list.")
+    robots: list[Robot] = []
+    for i, raw in enumerate(robots_raw):
+        if not isinstance(raw, dict):
+            raise FleetError(f"fleet.yaml: robot #{i + 1} must be a mapping of fields.")
+        robot = _robot(raw, defaults, base, i)
+        if any(r.name == robot.name for r in robots):
+            raise FleetError(f"fleet.yaml: robot {robot.name!r} appears twice.")
+        clash = next((r for r in robots if (r.host, r.port) == (robot.host, robot.port)), None)
+        if clash is not None:
+            raise FleetError(f"fleet.yaml: robot {robot.name!r} has the same host and port as {clash.name!r}.")
+        robots.append(robot)
+    public_key = data.get("public_key")
+    pk = _path(public_key, base, "the fleet", "public_key") if public_key else None
+    if pk is not None and not pk.is_file():
+        raise FleetError(f"fleet.yaml: the fleet has an invalid 'public_key': {pk} does not exist.")
+    rd = data.get("releases_dir")
+    name = data.get("fleet", path.stem if path else "fleet")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise FleetError(f"fleet.yaml: 'fleet' must be a short name, got {name!r}.")
+    return Fleet(name=name, robots=tuple(robots), path=path, public_key=pk,
+                 releases_dir=_path(rd, base, "the fleet", "releases_dir") if rd else None)
+
+
+def load_fleet(path: Path) -> Fleet:
+    """Read and validate ``fleet.yaml``; every problem is one sentence naming the file, robot and field."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FleetError(f"Fleet inventory {path} does not exist.") from None
+    except OSError as exc:
+        raise FleetError(f"Fleet inventory {path} cannot be read ({exc.strerror}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise FleetError(f"Fleet inventory {path} is not valid YAML{where} ({problem}).") from None
+    try:
+        return parse_fleet(data, path.parent.resolve(), path)
+    except FleetError as exc:
+        raise FleetError(str(exc).replace("fleet.yaml:", f"{path}:", 1)) from None
+
+
+def dump_fleet(fleet: Fleet) -> str:
+    """YAML for a fleet (used by the simulator to write the inventory it generates)."""
+    robots = []
+    for r in fleet.robots:
+        d: dict[str, Any] = {"name": r.name, "host": r.host, "port": r.port, "user": r.user,
+                             "jetson_model": r.jetson_model, "groups": list(r.groups),
+                             "compose_dir": r.compose_dir, "service_port": r.service_port,
+                             "platform": r.platform, "gpu": r.gpu, "min_free_mb": r.min_free_mb,
+                             "lock_wait_s": r.lock_wait_s}
+        if r.labels:
+            d["labels"] = dict(r.labels)
+        if r.ssh_key:
+            d["ssh_key"] = str(r.ssh_key)
+        if r.known_hosts:
+            d["known_hosts"] = str(r.known_hosts)
+        robots.append(d)
+    doc: dict[str, Any] = {"fleet": fleet.name, "robots": robots}
+    if fleet.public_key:
+        doc["public_key"] = str(fleet.public_key)
+    if fleet.releases_dir:
+        doc["releases_dir"] = str(fleet.releases_dir)
+    return yaml.safe_dump(doc, sort_keys=False)

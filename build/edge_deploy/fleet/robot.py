@@ -1,0 +1,513 @@
+"""What one update does on one robot, over SSH.
+
+Layout under the robot's compose directory (``~/edge`` unless the inventory says otherwise)::
+
+    releases/<version>/{compose.yaml, compose.*.yaml, .env, release.json}
+    current -> releases/<version>     switched atomically (ln -s tmp && mv -T)
+    state.json                        current / previous version, last result
+    history.jsonl                     one line per deploy, rollback and automatic rollback
+    bad-versions                      versions that failed their health gate here (skipped unless forced)
+    update.lock                       flock'ed by the robot's application while it must not be disturbed
+
+Every step that can fail does so before ``current`` moves (disk, lock, upload, pull), or is undone by
+switching back to the previous release and bringing it up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.inventory import Robot
+from edge_deploy.fleet.ssh import RobotConnection, RobotUnreachable, q
+
+PROJECT = "edge"
+SERVICE = "edge-runtime"
+COMPOSE_FILES = ("compose.yaml", "compose.jetson.yaml", "compose.ros2.yaml")
+SYSTEMD_UNIT = "edge-deploy.service"
+
+# Outcomes of one robot in a rollout or rollback.
+UPDATED = "updated"  # now on the new version and healthy
+UNCHANGED = "unchanged"  # was already on the version and healthy
+ROLLED_BACK = "rolled_back"  # new version failed its gate; previous release restored
+FAILED = "failed"  # failed before switching (pull, upload) or could not be restored
+SKIPPED = "skipped"  # update lock held, version marked bad here
+REFUSED = "refused"  # disk too full, host key, signature
+UNREACHABLE = "unreachable"
+NOT_REACHED = "not_reached"  # the rollout stopped before this robot's wave
+PLANNED = "planned"  # dry run
+FAILURES = {ROLLED_BACK, FAILED, REFUSED, UNREACHABLE}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RobotResult:
+    """What happened on one robot; the rollout's JSON summary is a list of these."""
+
+    robot: str
+    version: str
+    outcome: str
+    reason: str = ""
+    previous: str | None = None
+    stage: str = ""  # the step that decided the outcome
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    uploaded_bytes: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in FAILURES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DeployRequest:
+    """One release as a robot receives it."""
+
+    version: str
+    image: str  # repository@sha256:…
+    release: dict[str, Any] = field(default_factory=dict)  # release.json content
+    include_ros2: bool = False
+    ros_domain_id: int = 0
+    auto_start: bool = False  # install and enable the systemd unit
+    health_timeout_s: float = 600.0
+    expected_shape: tuple[int, ...] | None = (1, 7)  # None: skip the smoke inference
+    force: bool = False  # deploy even if the version is marked bad on the robot
+    prune: bool = True
+
+
+class GateFailed(FleetError):
+    """The new release did not pass the health gate."""
+
+
+def compose_bundle_dir() -> Path:
+    """The compose/ files shipped with the tool (package data in a wheel, the repository's compose/ in a
+    checkout)."""
+    packaged = resources.files("edge_deploy").joinpath("compose_bundle")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    here = Path(__file__).resolve().parents[3] / "compose"
+    if (here / "compose.yaml").is_file():
+        return here
+    raise FleetError("The robot compose bundle (compose/compose.yaml) is not installed with edge-deploy.")
+
+
+def env_file(robot: Robot, req: DeployRequest) -> str:
+    files = ["compose.yaml"]
+    if robot.gpu:
+        files.append("compose.jetson.yaml")
+    if req.include_ros2:
+        files.append("compose.ros2.yaml")
+    lines = [
+        "# Written by edge-deploy rollout; pin another digest here and `docker compose up -d` to roll back.",
+        f"EDGE_IMAGE={req.image}",
+        f"EDGE_RELEASE={req.version}",
+        f"EDGE_PLATFORM={robot.platform}",
+        f"EDGE_PORT={robot.service_port}",
+        f"COMPOSE_FILE={':'.join(files)}",
+        f"COMPOSE_PROJECT_NAME={PROJECT}",
+        f"EDGE_ROS2={1 if req.include_ros2 else 0}",
+        f"ROS_DOMAIN_ID={req.ros_domain_id}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bundle_files(robot: Robot, req: DeployRequest) -> dict[str, bytes]:
+    src = compose_bundle_dir()
+    files = {name: (src / name).read_bytes() for name in COMPOSE_FILES if (src / name).is_file()}
+    files[".env"] = env_file(robot, req).encode()
+    release = {"version": req.version, "image": req.image, "robot": robot.name, "deployed_at": now_iso(),
+               **req.release}
+    files["release.json"] = (json.dumps(release, indent=2) + "\n").encode()
+    return files
+
+
+def smoke_payload(shape_image: tuple[int, ...] = (1, 3, 224, 224), state_dim: int = 48) -> dict[str, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return {"inputs": {"image": rng.random(shape_image, dtype=np.float32).round(3).tolist(),
+                       "robot_state": rng.random((1, state_dim), dtype=np.float32).round(3).tolist()}}
+
+
+def output_shape(body: Any, name: str = "action") -> tuple[int, ...] | None:
+    """Shape of the named output in an /v1/infer answer ({"outputs": {...}} or a flat mapping)."""
+    import numpy as np
+
+    if isinstance(body, dict):
+        outputs = body.get("outputs", body)
+        if isinstance(outputs, dict) and name in outputs:
+            value = outputs[name]
+            if isinstance(value, dict) and "shape" in value:
+                return tuple(int(x) for x in value["shape"])
+            try:
+                return tuple(np.asarray(value, dtype=np.float32).shape)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class RobotReleases:
+    """The release store on one robot: deploy, roll back, report status and history."""
+
+    def __init__(self, conn: RobotConnection) -> None:
+        self.conn = conn
+        self.robot = conn.robot
+        self.dir = q(self.robot.compose_dir)
+
+    # --- small remote helpers -------------------------------------------------------------------------
+    async def read_state(self) -> dict[str, Any]:
+        r = await self.conn.run(f"cat {self.dir}/state.json 2>/dev/null || true", timeout=30)
+        try:
+            data = json.loads(r.stdout) if r.stdout.strip() else {}
+        except json.JSONDecodeError:
+            data = {}
+        return data if isinstance(data, dict) else {}
+
+    async def write_state(self, state: dict[str, Any]) -> None:
+        state = {**state, "updated": now_iso()}
+        await self._write_text("state.json", json.dumps(state, indent=2) + "\n")
+
+    async def _write_text(self, name: str, text: str, append: bool = False) -> None:
+        path = f"{self.dir}/{name}"
+        cmd = (f"cat >> {path}" if append else
+               f"cat > {path}.tmp && mv -f {path}.tmp {path}")
+        r = await self.conn.run(f"mkdir -p {self.dir} && {cmd}", stdin=text, timeout=30)
+        if not r.ok:
+            raise FleetError(f"Robot {self.robot.name}: writing {name} failed: {r.tail()}.")
+
+    async def append_history(self, entry: dict[str, Any]) -> None:
+        await self._write_text("history.jsonl", json.dumps({"at": now_iso(), **entry}) + "\n", append=True)
+
+    async def bad_versions(self) -> set[str]:
+        r = await self.conn.run(f"cat {self.dir}/bad-versions 2>/dev/null || true", timeout=30)
+        return {line.strip() for line in r.stdout.splitlines() if line.strip()}
+
+    async def mark_bad(self, version: str) -> None:
+        if version not in await self.bad_versions():
+            await self._write_text("bad-versions", version + "\n", append=True)
+
+    async def free_mb(self) -> int:
+        out = await self.conn.check(f"mkdir -p {self.dir}/releases && df -Pk {self.dir} | awk 'NR==2 {{print $4}}'",
+                                    "the disk check", timeout=30)
+        try:
+            return int(out.split()[0]) // 1024
+        except (IndexError, ValueError):
+            raise FleetError(f"Robot {self.robot.name}: cannot read free disk space from df ({out!r}).") from None
+
+    @contextlib.asynccontextmanager
+    async def update_lock(self, wait_s: float) -> AsyncIterator[bool]:
+        """Hold ``update.lock`` (flock) for the whole update; yields False when the robot's application kept
+        it for longer than ``wait_s``. The lock is released when the SSH channel closes, even if we die."""
+        lock = f"{self.dir}/update.lock"
+        cmd = (f"mkdir -p {self.dir} && exec flock -w {wait_s:g} {lock} "
+               f"sh -c 'echo locked; exec cat >/dev/null'")
+        try:
+            proc = await self.conn.conn.create_process(cmd)
+        except (OSError, asyncssh.Error) as exc:
+            raise RobotUnreachable(f"Robot {self.robot.name}: the SSH connection broke ({exc}).") from None
+        try:
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), wait_s + 30)
+            except asyncio.TimeoutError:
+                line = ""
+            yield str(line).strip() == "locked"
+        finally:
+            proc.stdin.write_eof()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait_closed(), 10)
+            proc.close()
+
+    async def switch(self, version: str) -> None:
+        """Point ``current`` at a release directory in one rename, so a reader never sees it missing."""
+        await self.conn.check(
+            f"cd {self.dir} && test -d releases/{q(version)} && ln -sfn releases/{q(version)} .current.tmp "
+            f"&& mv -T .current.tmp current", f"switching to {version}", timeout=30)
+
+    async def compose_up(self, timeout_s: float) -> None:
+        cmd = (f"cd {self.dir}/current && docker compose -p {PROJECT} up -d --wait "
+               f"--wait-timeout {int(max(timeout_s, 1))} --remove-orphans")
+        r = await self.conn.run(cmd, timeout=timeout_s + 60)
+        if not r.ok:
+            raise GateFailed(f"docker compose up did not reach healthy: {r.tail(200)}")
+
+    async def container_health(self) -> str:
+        r = await self.conn.run(
+            f"docker ps -aq --filter label=com.docker.compose.project={PROJECT} "
+            f"--filter label=com.docker.compose.service={SERVICE} | head -n1 | "
+            "xargs -r docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}"
+            "{{else}}none{{end}} {{.Config.Image}}'", timeout=60)
+        return r.stdout.strip() if r.ok else ""
+
+    async def service_check(self, expected_shape: tuple[int, ...] | None, timeout_s: float = 120) -> dict[str, Any]:
+        """Through an SSH port forward: /readyz must say the engine is ready, and when ``expected_shape`` is
+        given a smoke inference must return an ``action`` of that shape."""
+        import httpx
+
+        async with self.conn.forward(self.robot.service_port) as port:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base, timeout=timeout_s) as http:
+                ready = await http.get("/readyz")
+                try:
+                    ready_body = ready.json()
+                except ValueError:
+                    ready_body = {"text": ready.text[:200]}
+                if ready.status_code != 200 or not (isinstance(ready_body, dict) and ready_body.get("ready")):
+                    raise GateFailed(f"/readyz answered {ready.status_code}: {str(ready_body)[:150]}")
+                result: dict[str, Any] = {"readyz": ready_body}
+                if expected_shape is not None:
+                    t0 = time.monotonic()
+                    resp = await http.post("/v1/infer", json=smoke_payload())
+                    result["smoke_s"] = round(time.monotonic() - t0, 3)
+                    if resp.status_code != 200:
+                        raise GateFailed(f"smoke inference answered {resp.status_code}: {resp.text[:150]}")
+                    shape = output_shape(resp.json())
+                    if shape != tuple(expected_shape):
+                        raise GateFailed(f"smoke inference returned action shape {shape}, expected "
+                                         f"{tuple(expected_shape)}")
+                    result["action_shape"] = list(shape)
+                return result
+
+    async def image_present(self, image: str) -> bool:
+        r = await self.conn.run(f"docker image inspect {q(image)} >/dev/null 2>&1", timeout=60)
+        return r.ok
+
+    async def pull(self, image: str) -> None:
+        r = await self.conn.run(f"docker pull -q --platform {q(self.robot.platform)} {q(image)}", timeout=1800)
+        if not r.ok:
+            raise FleetError(f"pulling {image} failed: {r.tail(200)}")
+
+    async def release_image(self, version: str) -> str | None:
+        r = await self.conn.run(f"sed -n 's/^EDGE_IMAGE=//p' {self.dir}/releases/{q(version)}/.env 2>/dev/null",
+                                timeout=30)
+        return r.stdout.strip() or None
+
+    async def prune(self, keep: set[str]) -> list[str]:
+        """Remove release directories and images other than ``keep`` (current and previous)."""
+        r = await self.conn.run(f"ls -1 {self.dir}/releases 2>/dev/null || true", timeout=30)
+        removed = []
+        keep_images = {await self.release_image(v) for v in keep}
+        for name in r.stdout.split():
+            if name in keep or name.startswith("."):
+                continue
+            image = await self.release_image(name)
+            if image and image not in keep_images:
+                await self.conn.run(f"docker image rm {q(image)} >/dev/null 2>&1 || true", timeout=120)
+            await self.conn.run(f"rm -rf {self.dir}/releases/{q(name)}", timeout=60)
+            removed.append(name)
+        return removed
+
+    async def install_unit(self) -> str:
+        """Install and enable the systemd unit so the compose project starts at boot (needs passwordless sudo
+        for install and systemctl). Returns a note when that cannot be done; the release itself stays up."""
+        if not (await self.conn.run("test -d /run/systemd/system", timeout=30)).ok:
+            return "auto-start not installed: the robot does not run systemd"
+        unit = (compose_bundle_dir() / SYSTEMD_UNIT).read_text()
+        home = (await self.conn.check("pwd", "reading the home directory", timeout=30)).strip()
+        d = self.robot.compose_dir
+        unit = unit.replace("@EDGE_DIR@", d if d.startswith("/") else f"{home}/{d}")
+        unit = unit.replace("@EDGE_USER@", self.robot.user)
+        r = await self.conn.run(
+            f"sudo -n install -m 0644 /dev/stdin /etc/systemd/system/{SYSTEMD_UNIT} <<'EOF'\n{unit}EOF\n"
+            f"sudo -n systemctl daemon-reload && sudo -n systemctl enable {SYSTEMD_UNIT}", timeout=60)
+        return "" if r.ok else f"auto-start not installed: {r.tail(150)}"
+
+    # --- the operations --------------------------------------------------------------------------------
+    async def deploy(self, req: DeployRequest, timings: dict[str, float]) -> RobotResult:
+        """Update this robot to ``req.version``; never leaves it without a running release it had."""
+        robot = self.robot
+        res = RobotResult(robot.name, req.version, FAILED, timings=timings)
+        t = time.monotonic()
+        free = await self.free_mb()
+        state = await self.read_state()
+        current, previous = state.get("current"), state.get("previous")
+        res.previous = current
+        timings["preflight"] = round(time.monotonic() - t, 3)
+        if free < robot.min_free_mb:
+            res.outcome, res.stage = REFUSED, "disk"
+            res.reason = f"only {free} MB free in {robot.compose_dir}, below the {robot.min_free_mb} MB minimum"
+            await self.append_history({"action": "deploy", "version": req.version, "result": res.outcome,
+                                       "reason": res.reason})
+            return res
+        if not req.force and req.version in await self.bad_versions():
+            res.outcome, res.stage = SKIPPED, "bad-version"
+            res.reason = f"version {req.version} failed here before (bad-versions); use --force to retry"
+            return res
+        t = time.monotonic()
+        async with self.update_lock(robot.lock_wait_s) as locked:
+            timings["lock"] = round(time.monotonic() - t, 3)
+            if not locked:
+                res.outcome, res.stage = SKIPPED, "lock"
+                res.reason = f"the robot's application held update.lock for more than {robot.lock_wait_s:g} s"
+                await self.append_history({"action": "deploy", "version": req.version, "result": res.outcome,
+                                           "reason": res.reason})
+                return res
+            return await self._deploy_locked(req, res, current, previous, timings)
+
+    async def _deploy_locked(self, req: DeployRequest, res: RobotResult, current: str | None,
+                             previous: str | None, timings: dict[str, float]) -> RobotResult:
+        # A rerun after an interrupted rollout finds current == version: keep the older previous.
+        restore_to = previous if current == req.version else current
+        t = time.monotonic()
+        tmp = f"{self.robot.compose_dir}/releases/.{req.version}.{secrets.token_hex(4)}"
+        try:
+            res.uploaded_bytes = await self.conn.upload(bundle_files(self.robot, req), tmp)
+            final = f"{self.dir}/releases/{q(req.version)}"
+            await self.conn.check(f"rm -rf {final}.old; if [ -d {final} ]; then mv {final} {final}.old; fi; "
+                                  f"mv {q(tmp)} {final} && rm -rf {final}.old", "installing the release files",
+                                  timeout=60)
+        except FleetError as exc:
+            await self.conn.run(f"rm -rf {q(tmp)}", timeout=30)
+            res.stage, res.reason = "upload", str(exc)
+            return res
+        timings["upload"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        try:
+            await self.pull(req.image)
+        except FleetError as exc:
+            res.stage, res.reason = "pull", f"{exc}; the robot stays on {current or 'no release'}"
+            await self.append_history({"action": "deploy", "version": req.version, "result": FAILED,
+                                       "stage": "pull", "reason": str(exc)})
+            return res
+        timings["pull"] = round(time.monotonic() - t, 3)
+        await self.append_history({"action": "deploy", "version": req.version, "result": "started",
+                                   "from": current})
+        t = time.monotonic()
+        await self.switch(req.version)
+        await self.write_state({"current": req.version, "previous": restore_to, "image": req.image,
+                                "last_result": "switching"})
+        timings["switch"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        try:
+            await self.compose_up(req.health_timeout_s)
+            timings["up"] = round(time.monotonic() - t, 3)
+            t = time.monotonic()
+            await self.health_gate_after_up(req)
+            timings["health"] = round(time.monotonic() - t, 3)
+        except GateFailed as exc:
+            timings.setdefault("up", round(time.monotonic() - t, 3))
+            return await self._restore(req, res, restore_to, str(exc), timings)
+        if req.auto_start:
+            res.reason = await self.install_unit()
+        await self.write_state({"current": req.version, "previous": restore_to, "image": req.image,
+                                "last_result": UPDATED if current != req.version else UNCHANGED})
+        await self.append_history({"action": "deploy", "version": req.version, "result": "ok", "from": current,
+                                   "timings": timings})
+        if req.prune:
+            await self.prune({v for v in (req.version, restore_to) if v})
+        res.outcome = UPDATED if current != req.version else UNCHANGED
+        res.stage, res.previous = "health", restore_to if current == req.version else current
+        return res
+
+    async def health_gate_after_up(self, req: DeployRequest) -> dict[str, Any]:
+        health = await self.container_health()
+        if " healthy " not in f" {health} ":
+            raise GateFailed(f"the container is not healthy ({health or 'no container'})")
+        try:
+            return await self.service_check(req.expected_shape)
+        except FleetError:
+            raise
+        except Exception as exc:  # connection refused, timeouts, SSH forward errors
+            raise GateFailed(f"the service on port {self.robot.service_port} did not answer "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    async def _restore(self, req: DeployRequest, res: RobotResult, restore_to: str | None, why: str,
+                       timings: dict[str, float]) -> RobotResult:
+        await self.mark_bad(req.version)
+        res.stage = "health"
+        t = time.monotonic()
+        if restore_to is None:
+            await self.conn.run(f"cd {self.dir}/current && docker compose -p {PROJECT} down; "
+                                f"rm -f {self.dir}/current", timeout=300)
+            await self.write_state({"current": None, "previous": None, "last_result": FAILED})
+            res.outcome, res.reason = FAILED, f"{why}; no previous release to restore, service stopped"
+        else:
+            await self.switch(restore_to)
+            try:
+                await self.compose_up(req.health_timeout_s)
+                res.outcome, res.reason = ROLLED_BACK, f"{why}; restored {restore_to}"
+            except GateFailed as exc2:
+                res.outcome, res.reason = FAILED, f"{why}; restoring {restore_to} also failed ({exc2})"
+            await self.write_state({"current": restore_to, "previous": None, "last_result": res.outcome,
+                                    "bad": req.version})
+        timings["rollback"] = round(time.monotonic() - t, 3)
+        await self.append_history({"action": "auto-rollback", "version": req.version, "to": restore_to,
+                                   "result": res.outcome, "reason": why})
+        return res
+
+    async def rollback(self, to: str | None, health_timeout_s: float,
+                       expected_shape: tuple[int, ...] | None) -> RobotResult:
+        """Back to the previous (or a named) release kept on the robot; nothing is downloaded."""
+        t0 = time.monotonic()
+        state = await self.read_state()
+        current = state.get("current")
+        target = to or state.get("previous")
+        res = RobotResult(self.robot.name, target or "?", FAILED, previous=current)
+        if not target:
+            res.outcome, res.reason = REFUSED, "no previous release is recorded on this robot"
+            return res
+        image = await self.release_image(target)
+        if image is None:
+            res.outcome, res.reason = REFUSED, f"release {target} is not kept on this robot"
+            return res
+        if not await self.image_present(image):
+            res.outcome, res.reason = REFUSED, f"the image of {target} is no longer on this robot ({image})"
+            return res
+        await self.switch(target)
+        try:
+            await self.compose_up(health_timeout_s)
+            await self.health_gate_after_up(DeployRequest(target, image, expected_shape=expected_shape))
+        except GateFailed as exc:
+            res.reason = str(exc)
+            await self.append_history({"action": "rollback", "version": target, "from": current,
+                                       "result": FAILED, "reason": str(exc)})
+            return res
+        await self.write_state({"current": target, "previous": current if current != target else None,
+                                "image": image, "last_result": "rolled_back_by_user"})
+        res.timings["rollback"] = round(time.monotonic() - t0, 3)
+        await self.append_history({"action": "rollback", "version": target, "from": current, "result": "ok",
+                                   "timings": res.timings})
+        res.outcome = UPDATED
+        return res
+
+    async def status(self) -> dict[str, Any]:
+        state = await self.read_state()
+        health = await self.container_health()
+        parts = health.split()
+        info: dict[str, Any] = {
+            "robot": self.robot.name, "version": state.get("current"), "previous": state.get("previous"),
+            "image": parts[2] if len(parts) > 2 else state.get("image"),
+            "container": parts[0] if parts else "absent", "health": parts[1] if len(parts) > 1 else "absent",
+            "last_result": state.get("last_result"), "updated": state.get("updated"),
+        }
+        info["bad_versions"] = sorted(await self.bad_versions())
+        if info["container"] == "running":
+            try:
+                info["engine"] = (await self.service_check(None, timeout_s=10)).get("readyz")
+            except Exception as exc:
+                info["engine"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        return info
+
+    async def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        r = await self.conn.run(f"tail -n {int(limit)} {self.dir}/history.jsonl 2>/dev/null || true", timeout=30)
+        out = []
+        for line in r.stdout.splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out

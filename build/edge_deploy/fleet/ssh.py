@@ -1,0 +1,144 @@
+"""SSH to one robot through asyncssh, host keys checked against the inventory's known_hosts file: an
+unknown or changed key is refused, never accepted silently."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.inventory import Robot
+
+
+class RobotUnreachable(FleetError):
+    """The robot did not answer on SSH (offline, wrong address, timeout)."""
+
+
+class HostKeyRefused(FleetError):
+    """The robot's SSH host key is unknown or differs from the known_hosts entry."""
+
+
+@dataclass
+class CommandResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def tail(self, n: int = 300) -> str:
+        """The last words of stderr (or stdout), for one-sentence error messages."""
+        text = (self.stderr.strip() or self.stdout.strip()).replace("\n", " ")
+        return text[-n:]
+
+
+class RobotConnection:
+    """One open SSH connection: run commands, upload files by SFTP, forward a port to the robot."""
+
+    def __init__(self, robot: Robot, conn: asyncssh.SSHClientConnection) -> None:
+        self.robot = robot
+        self.conn = conn
+
+    async def run(self, command: str, *, timeout: float | None = 600, stdin: str | None = None) -> CommandResult:
+        """Run a shell command; rc, stdout, stderr come back whatever the exit status."""
+        try:
+            r = await asyncio.wait_for(self.conn.run(command, check=False, input=stdin), timeout)
+        except asyncio.TimeoutError:
+            raise FleetError(f"Robot {self.robot.name}: command timed out after {timeout:.0f} s: "
+                             f"{command[:80]}.") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise RobotUnreachable(f"Robot {self.robot.name}: the SSH connection broke ({exc}).") from None
+        rc = r.exit_status if r.exit_status is not None else 255
+        return CommandResult(rc, str(r.stdout or ""), str(r.stderr or ""))
+
+    async def check(self, command: str, what: str, *, timeout: float | None = 600) -> str:
+        r = await self.run(command, timeout=timeout)
+        if not r.ok:
+            raise FleetError(f"Robot {self.robot.name}: {what} failed (exit {r.rc}): {r.tail()}.")
+        return r.stdout
+
+    async def upload(self, files: dict[str, bytes], remote_dir: str) -> int:
+        """Write files into ``remote_dir`` (created) over SFTP; returns the bytes sent."""
+        sent = 0
+        try:
+            async with self.conn.start_sftp_client() as sftp:
+                await sftp.makedirs(remote_dir, exist_ok=True)
+                for name, data in files.items():
+                    async with sftp.open(f"{remote_dir}/{name}", "wb") as f:
+                        await f.write(data)
+                    sent += len(data)
+        except (OSError, asyncssh.Error) as exc:
+            raise FleetError(f"Robot {self.robot.name}: uploading to {remote_dir} failed ({exc}).") from None
+        return sent
+
+    @contextlib.asynccontextmanager
+    async def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> AsyncIterator[int]:
+        """Forward a free local port to ``remote_host:remote_port`` as seen from the robot."""
+        listener = await self.conn.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
+        try:
+            yield listener.get_port()
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    async def close(self) -> None:
+        self.conn.close()
+        with contextlib.suppress(Exception):
+            await self.conn.wait_closed()
+
+
+def _known_hosts(robot: Robot) -> str | None:
+    path = robot.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+    if not path.is_file():
+        raise HostKeyRefused(f"Robot {robot.name}: no known_hosts file ({path}), so its host key cannot be "
+                             f"checked; refusing to connect.")
+    return str(path)
+
+
+async def connect(robot: Robot, *, timeout: float | None = None) -> RobotConnection:
+    """Open an SSH connection with strict host-key checking and a bounded connect time."""
+    known_hosts = _known_hosts(robot)
+    keys = [str(robot.ssh_key)] if robot.ssh_key else None
+    t = timeout if timeout is not None else robot.connect_timeout_s
+    try:
+        conn = await asyncio.wait_for(
+            asyncssh.connect(robot.host, robot.port, username=robot.user, known_hosts=known_hosts,
+                             client_keys=keys, agent_path=None if keys else (), connect_timeout=t,
+                             keepalive_interval=15, keepalive_count_max=3),
+            t + 5)
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostKeyRefused(f"Robot {robot.name}: the SSH host key of {robot.host}:{robot.port} is unknown "
+                             f"or has changed ({exc.reason}); refusing to connect.") from None
+    except asyncssh.PermissionDenied:
+        raise FleetError(f"Robot {robot.name}: SSH login as {robot.user!r} was refused "
+                         f"(check ssh_key and the robot's authorized_keys).") from None
+    except (asyncio.TimeoutError, TimeoutError):
+        raise RobotUnreachable(f"Robot {robot.name}: no SSH answer from {robot.host}:{robot.port} within "
+                               f"{t:.0f} s.") from None
+    except (OSError, asyncssh.Error) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise RobotUnreachable(f"Robot {robot.name}: cannot reach {robot.host}:{robot.port} over SSH "
+                               f"({reason}).") from None
+    return RobotConnection(robot, conn)
+
+
+@contextlib.asynccontextmanager
+async def connected(robot: Robot, *, timeout: float | None = None) -> AsyncIterator[RobotConnection]:
+    c = await connect(robot, timeout=timeout)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def q(value: str) -> str:
+    """Shell-quote one word for a remote command line."""
+    return shlex.quote(value)

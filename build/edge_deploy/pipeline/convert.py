@@ -1,0 +1,346 @@
+"""``convert``: model file → validated, optionally quantized model bundle, one timed step at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_deploy.errors import CalibrationError, PipelineOptionError, ValidationError
+from edge_deploy.pipeline import export as export_mod
+from edge_deploy.pipeline import quantize, sanitize, validate
+from edge_deploy.pipeline.bundle_writer import BundleWriter, check_writable
+from edge_deploy.pipeline.loading import SourceModel, load_model
+from edge_runtime.bundle import PRECISIONS, BatchProfile, BundleManifest, ModelBundle, TensorSpec
+
+MODEL = "model.onnx"
+FP32_MODEL = "model.fp32.onnx"
+CALIB_DATA = "calibration.npz"
+CALIB_CACHE = "calibration.cache"
+VALIDATION_SAMPLES = 32  # calibration samples used for PyTorch-vs-ORT validation (keeps convert fast)
+
+
+@dataclass
+class ConvertOptions:
+    precision: str = "fp32"
+    calibration: Path | dict[str, np.ndarray] | None = None  # npz path, or named arrays (Python API)
+    calibration_method: str = "entropy"
+    opset: int = export_mod.DEFAULT_OPSET
+    batch: BatchProfile = field(default_factory=BatchProfile)
+    inputs: Sequence[str] = ()  # NAME:SHAPE overrides
+    tolerance: float | None = None  # max-abs error accepted; default per precision (validate.TOLERANCES)
+    fp16_onnx: bool = True  # fp16: ship an fp16 ONNX as model.onnx (else fp32 ONNX + fp16 engine flag only)
+    trt_version: str = quantize.DEFAULT_TRT_VERSION
+    force: bool = False
+    name: str = "policy"
+
+    def check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise PipelineOptionError(
+                f"Unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}."
+            )
+        export_mod.check_opset(self.opset)
+        if self.precision == "int8" and self.calibration is None:
+            raise CalibrationError(
+                "INT8 needs calibration data: pass --calibration FILE.npz with arrays named like the inputs."
+            )
+        if self.calibration_method not in quantize.CALIBRATION_METHODS:
+            raise PipelineOptionError(
+                f"Unknown calibration method {self.calibration_method!r}; choose one of: "
+                f"{', '.join(quantize.CALIBRATION_METHODS)}."
+            )
+        if self.tolerance is not None and not self.tolerance > 0:
+            raise PipelineOptionError(f"Tolerance {self.tolerance} must be a positive number.")
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seconds": round(self.seconds, 4), "detail": self.detail}
+
+
+@dataclass
+class ConvertResult:
+    bundle: ModelBundle
+    steps: list[Step]
+    validation: dict[str, Any]
+    quantization: dict[str, Any] | None
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.bundle.manifest
+        return {
+            "bundle": str(self.bundle.path),
+            "bundle_sha256": m.sha256,
+            "precision": m.precision,
+            "opset": m.opset,
+            "batch": str(m.batch),
+            "seconds": round(self.seconds, 3),
+            "steps": [s.to_dict() for s in self.steps],
+            "validation": self.validation,
+            "quantization": self.quantization,
+            "files": sorted(m.files),
+        }
+
+
+StepCallback = Callable[[Step], None]
+
+
+class _Steps:
+    def __init__(self, on_step: StepCallback | None) -> None:
+        self.steps: list[Step] = []
+        self.on_step = on_step
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[Step]:
+        s = Step(name, 0.0)
+        t0 = time.perf_counter()
+        yield s
+        s.seconds = time.perf_counter() - t0
+        self.steps.append(s)
+        if self.on_step:
+            self.on_step(s)
+
+
+def convert(
+    model_path: str | Path | SourceModel,
+    output: str | Path,
+    options: ConvertOptions | None = None,
+    on_step: StepCallback | None = None,
+) -> ConvertResult:
+    """Run every step; any failure raises an EdgeError and leaves nothing at ``output``."""
+    opts = options or ConvertOptions()
+    opts.check()
+    target = Path(output)
+    check_writable(target, opts.force)
+    run = _Steps(on_step)
+
+    with run.step("load") as st:
+        source = model_path if isinstance(model_path, SourceModel) else load_model(model_path, opts.inputs)
+        st.detail = f"{source.kind}, inputs " + ", ".join(f"{s.name}{_shape(s)}" for s in source.inputs)
+    calibration = None
+    if opts.calibration is not None:
+        with run.step("calibration data") as st:
+            if isinstance(opts.calibration, dict):
+                calibration = quantize.check_calibration(opts.calibration, source.inputs)
+                origin = "arrays"
+            else:
+                calibration = quantize.load_calibration(opts.calibration, source.inputs)
+                origin = Path(opts.calibration).name
+            st.detail = f"{len(next(iter(calibration.values())))} samples from {origin}"
+
+    with BundleWriter(target, force=opts.force) as writer:
+        fp32_path = writer.path(FP32_MODEL if opts.precision != "fp32" else MODEL)
+        raw_path = writer.path("export.onnx")
+        export_info: dict[str, Any] = {"exporter": "none (source is ONNX)"}
+        if source.is_torch:
+            with run.step("export") as st:
+                export_info = export_mod.export_onnx(source, raw_path, opts.opset)
+                st.detail = f"torch.onnx.export ({export_info['exporter']}), opset {opts.opset}"
+        with run.step("sanitize") as st:
+            import onnx
+
+            raw = onnx.load(str(raw_path)) if source.is_torch else source.onnx_model
+            clean, report = sanitize.sanitize_model(raw, source.inputs, source.output_names)
+            sanitize.save_model(clean, fp32_path)
+            raw_path.unlink(missing_ok=True)
+            opset = next((o.version for o in clean.opset_import if o.domain in ("", "ai.onnx")), opts.opset)
+            outputs = _output_specs(clean)
+            source.output_names = [o.name for o in outputs]
+            st.detail = (
+                f"{report['nodes_before']} → {report['nodes_after']} nodes, onnx.checker full check passed"
+            )
+
+        with run.step("validate") as st:
+            fp32_validation = _validate_fp32(source, fp32_path, calibration, opts)
+            st.detail = _fmt_cmp(fp32_validation)
+        validation: dict[str, Any] = {"fp32": fp32_validation}
+
+        quant_info: dict[str, Any] | None = None
+        calib_files: dict[str, str] | None = None
+        if opts.precision == "fp16":
+            with run.step("fp16") as st:
+                if opts.fp16_onnx:
+                    onnx.save_model(quantize.to_fp16(onnx.load(str(fp32_path))), str(writer.path(MODEL)))
+                    delta = _delta(fp32_path, writer.path(MODEL), source, calibration, opts, "fp16")
+                    validation["fp16_vs_fp32"] = delta
+                    quant_info = {"format": "fp16 ONNX (float32 inputs/outputs)", "fp32_model": FP32_MODEL}
+                    st.detail = "fp16 ONNX; " + _fmt_cmp(delta)
+                else:
+                    fp32_path.rename(writer.path(MODEL))
+                    quant_info = {"format": "fp32 ONNX; the device engine is built with the FP16 flag"}
+                    st.detail = "fp32 ONNX kept; precision recorded for the engine build"
+        elif opts.precision == "int8":
+            assert calibration is not None
+            with run.step("int8 calibrate + quantize") as st:
+                quant_info = quantize.to_int8(
+                    fp32_path,
+                    writer.path(MODEL),
+                    calibration,
+                    opts.calibration_method,
+                    batch=min(opts.batch.max, 16),
+                )
+                qdq = onnx.load(str(writer.path(MODEL)))
+                scales = quantize.activation_scales(qdq)
+                writer.path(CALIB_CACHE).write_text(quantize.format_trt_cache(scales, opts.trt_version))
+                with writer.path(CALIB_DATA).open("wb") as f:
+                    np.savez(f, **calibration)  # type: ignore[arg-type]
+                calib_files = {"data": CALIB_DATA, "cache": CALIB_CACHE}
+                quant_info.update(
+                    {
+                        "fp32_model": FP32_MODEL,
+                        "trt_cache_tensors": len(scales),
+                        "trt_cache_header": f"TRT-{quantize.trt_version_tag(opts.trt_version)}-EntropyCalibration2",
+                    }
+                )
+                st.detail = f"QDQ, {opts.calibration_method}, {quant_info['samples']} samples, {len(scales)} tensor scales"
+            with run.step("int8 accuracy") as st:
+                delta = _delta(fp32_path, writer.path(MODEL), source, calibration, opts, "int8")
+                validation["int8_vs_fp32"] = delta
+                st.detail = _fmt_cmp(delta)
+
+        with run.step("write bundle") as st:
+            manifest = BundleManifest(
+                precision=opts.precision,
+                opset=int(opset),
+                inputs=source.inputs,
+                outputs=outputs,
+                batch=opts.batch,
+                files={},
+                model_file=MODEL,
+                name=opts.name,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                source={
+                    "path": source.path.name,
+                    "kind": source.kind,
+                    "sha256": source.sha256,
+                    **export_info,
+                },
+                versions=_versions(),
+                validation=validation,
+                quantization=quant_info,
+                calibration=calib_files,
+            )
+            bundle = writer.commit(manifest)
+            st.detail = f"{bundle.path} ({len(manifest.files)} file(s), sha256 {bundle.sha256[:12]})"
+    return ConvertResult(bundle, run.steps, validation, quant_info)
+
+
+def _validate_fp32(
+    source: SourceModel, fp32_path: Path, calibration: dict[str, np.ndarray] | None, opts: ConvertOptions
+) -> dict[str, Any]:
+    tol = (
+        opts.tolerance
+        if opts.tolerance is not None and opts.precision == "fp32"
+        else validate.TOLERANCES["fp32"]
+    )
+    sizes = sorted({opts.batch.min, opts.batch.opt, opts.batch.max})
+    calib = {k: v[:VALIDATION_SAMPLES] for k, v in calibration.items()} if calibration else None
+    candidate = validate.ort_runner(str(fp32_path), source.output_names)
+    reference: validate.Runner
+    if source.is_torch:
+
+        def reference(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return export_mod.run_torch(source.module, source.inputs, feeds)
+
+        labels = ("pytorch", "onnxruntime fp32")
+    else:
+        reference, labels = candidate, ("onnxruntime (source ONNX; no PyTorch reference)", "onnxruntime fp32")
+    try:
+        cmp = validate.compare(
+            reference,
+            candidate,
+            source.output_names,
+            validate.sample_batches(source.inputs, sizes, calib, opts.batch.max),
+            tol,
+            labels,
+        )
+    except Exception as exc:
+        raise ValidationError(
+            f"The exported model fails to run at batch sizes {sizes}: {str(exc).splitlines()[0][:200]}."
+        ) from None
+    if not cmp.passed:
+        raise ValidationError(
+            f"ONNX Runtime's output differs from PyTorch's by {cmp.max_abs:.3g} (max abs), above the fp32 tolerance {tol:g}."
+        )
+    return cmp.to_dict()
+
+
+def _delta(
+    fp32_path: Path,
+    candidate_path: Path,
+    source: SourceModel,
+    calibration: dict[str, np.ndarray] | None,
+    opts: ConvertOptions,
+    precision: str,
+) -> dict[str, Any]:
+    """Accuracy of the reduced-precision model against fp32 ONNX on the calibration set (random if none)."""
+    tol = opts.tolerance if opts.tolerance is not None else validate.TOLERANCES[precision]
+    ref = validate.ort_runner(str(fp32_path), source.output_names)
+    cand = validate.ort_runner(str(candidate_path), source.output_names)
+    sizes = [] if calibration else sorted({opts.batch.min, opts.batch.max})
+    cmp = validate.compare(
+        ref,
+        cand,
+        source.output_names,
+        validate.sample_batches(source.inputs, sizes, calibration, opts.batch.max),
+        tol,
+        ("onnxruntime fp32", f"onnxruntime {precision}"),
+    )
+    result = cmp.to_dict()
+    result["data"] = "calibration set" if calibration else "random inputs"
+    if not cmp.passed:
+        raise ValidationError(
+            f"The {precision} model differs from fp32 by {cmp.max_abs:.3g} (max abs), above the {precision} "
+            f"tolerance {tol:g}; try --calibration-method minmax, more calibration data, or --tolerance."
+        )
+    return result
+
+
+def _output_specs(model: Any) -> list[TensorSpec]:
+    specs = []
+    for vi in model.graph.output:
+        dims: list[int | str] = []
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            dims.append("batch" if i == 0 else (int(d.dim_value) if d.HasField("dim_value") else d.dim_param))
+        specs.append(TensorSpec(vi.name, "float32", tuple(dims)))
+    return specs
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import edge_deploy
+
+    out = {"edge-deploy": edge_deploy.__version__}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnx-graphsurgeon"):
+        with suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def _shape(spec: TensorSpec) -> str:
+    return "[" + ",".join(str(d) for d in spec.shape) + "]"
+
+
+def _fmt_cmp(cmp: dict[str, Any]) -> str:
+    outs = ", ".join(
+        f"{o['name']}: max abs {o['max_abs']:.2e}, max rel {o['max_rel']:.2e}" for o in cmp["outputs"]
+    )
+    return f"{cmp['candidate']} vs {cmp['reference']}: {outs} (tolerance {cmp['tolerance']:g}, batches {cmp['batches']})"
+
+
+__all__ = ["ConvertOptions", "ConvertResult", "Step", "convert"]

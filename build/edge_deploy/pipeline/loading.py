@@ -1,0 +1,231 @@
+"""Load what the user hands ``convert``: TorchScript, a full-module checkpoint, or an existing ONNX file.
+
+Also decides the input specs (names, dtypes, shapes with a dynamic batch axis): read from the model where
+it records them (ONNX, forward signature), the product's defaults for the known policy inputs, and
+``--input NAME:SHAPE`` overrides.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_deploy.errors import InputError, ModelLoadError, PipelineOptionError
+from edge_runtime.bundle import TensorSpec, sha256_file
+
+BATCH_AXIS = "batch"
+# The product's policy interface (ARCHITECTURE.md): used where a TorchScript file names but cannot size inputs.
+DEFAULT_INPUTS: dict[str, tuple[int, ...]] = {"image": (3, 224, 224), "robot_state": (48,)}
+DEFAULT_OUTPUTS = ("action",)
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 9: "bool"}
+
+
+@dataclass
+class SourceModel:
+    """A loaded model plus what the pipeline needs to know about it."""
+
+    path: Path
+    kind: str  # "torchscript" | "module" | "onnx"
+    sha256: str
+    inputs: list[TensorSpec]
+    output_names: list[str]
+    module: Any = None  # torch.nn.Module / ScriptModule; None for ONNX
+    onnx_model: Any = None  # onnx.ModelProto for kind == "onnx"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_torch(self) -> bool:
+        return self.kind in ("torchscript", "module")
+
+
+def parse_input_override(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME:SHAPE`` where SHAPE is ``Bx3x224x224`` or ``B,3,224,224``; the first axis is the batch.
+
+    The batch axis may be written as ``B``/``batch``/``-1`` or any number; it is always dynamic in bundles.
+    """
+    name, sep, shape = text.partition(":")
+    if not sep or not name or not shape:
+        raise PipelineOptionError(
+            f"Input override {text!r} is not of the form NAME:SHAPE (e.g. image:Bx3x224x224)."
+        )
+    parts = [p.strip() for p in re.split(r"[x,]", shape) if p.strip()]
+    if len(parts) < 1:
+        raise PipelineOptionError(f"Input override {text!r} has an empty shape.")
+    dims: list[int] = []
+    for i, p in enumerate(parts):
+        if i == 0 and p.lower() in ("b", "batch", "-1", "n"):
+            continue
+        if not p.isdigit() or int(p) < 1:
+            raise PipelineOptionError(
+                f"Input override {text!r} has a dimension {p!r} that is not a positive number."
+            )
+        if i == 0:
+            continue  # a concrete batch size: the axis stays dynamic
+        dims.append(int(p))
+    return name, tuple(dims)
+
+
+def load_model(path: str | Path, overrides: Sequence[str] = ()) -> SourceModel:
+    """Load and identify a model file; raise ModelLoadError with one sentence when it cannot be used."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"Model file {p} does not exist.")
+    if p.is_dir():
+        raise ModelLoadError(f"Model path {p} is a directory, not a model file.")
+    try:
+        with p.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"Model file {p} cannot be read ({exc.strerror or exc}).") from None
+    if not head:
+        raise ModelLoadError(f"Model file {p} is empty.")
+    parsed = dict(parse_input_override(o) for o in overrides)
+    digest = sha256_file(p)
+    if p.suffix.lower() == ".onnx":
+        return _load_onnx(p, digest, parsed)
+    if zipfile.is_zipfile(p) or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle
+        return _load_torch(p, digest, parsed)
+    return _load_onnx(p, digest, parsed)
+
+
+def _load_onnx(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> SourceModel:
+    import onnx
+
+    try:
+        model = onnx.load(str(p))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        if p.suffix.lower() != ".onnx":
+            raise ModelLoadError(
+                f"{p} is not a model: expected TorchScript, a torch.save'd nn.Module, or an .onnx file."
+            ) from None
+        raise ModelLoadError(f"{p} is not a valid ONNX model: {_short(exc)}.") from None
+    initializers = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        tt = vi.type.tensor_type
+        dtype = _ONNX_DTYPES.get(tt.elem_type)
+        if dtype is None:
+            raise ModelLoadError(f"ONNX input {vi.name!r} has an element type this pipeline does not handle.")
+        dims: list[int | str] = []
+        for i, d in enumerate(tt.shape.dim):
+            if i == 0:
+                dims.append(BATCH_AXIS)
+            elif d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or f"dim{i}")
+        specs.append(TensorSpec(vi.name, dtype, tuple(dims)))
+    names = [s.name for s in specs]
+    _check_override_names(overrides, names)
+    out = []
+    for s in specs:
+        if s.name in overrides:
+            fixed = overrides[s.name]
+            current = tuple(d for d in s.shape[1:])
+            if len(fixed) != len(current) or any(
+                isinstance(c, int) and c != f for c, f in zip(current, fixed, strict=True)
+            ):
+                raise InputError(
+                    f"Input override {s.name}:{_fmt(fixed)} does not match the ONNX model's shape {_fmt(current)}."
+                )
+            s = TensorSpec(s.name, s.dtype, (BATCH_AXIS, *fixed))
+        if any(isinstance(d, str) for d in s.shape[1:]):
+            raise InputError(
+                f"ONNX input {s.name!r} has a dynamic non-batch axis; fix it with --input {s.name}:SHAPE."
+            )
+        out.append(s)
+    return SourceModel(p, "onnx", digest, out, [o.name for o in model.graph.output], onnx_model=model)
+
+
+def _load_torch(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> SourceModel:
+    import torch
+
+    kind = "torchscript"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(p), map_location="cpu")
+        arg_names = [a.name for a in module.forward.schema.arguments][1:]  # drop self
+    except Exception:
+        kind = "module"
+    if kind == "module":
+        try:
+            module = torch.load(str(p), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{p} is not a model this pipeline reads (TorchScript, a torch.save'd module, or .onnx): {_short(exc)}."
+            ) from None
+        if isinstance(module, dict):
+            raise ModelLoadError(
+                f"{p} holds a state_dict (weights only); save the full module with torch.save(model) "
+                "or a TorchScript file (torch.jit.script/trace + torch.jit.save)."
+            )
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(f"{p} holds a {type(module).__name__}, not a torch.nn.Module.")
+        params = inspect.signature(module.forward).parameters.values()
+        arg_names = [a.name for a in params if a.kind in (a.POSITIONAL_ONLY, a.POSITIONAL_OR_KEYWORD)]
+    module.eval()
+    _check_override_names(overrides, arg_names)
+    specs = []
+    for name in arg_names:
+        shape = overrides.get(name, DEFAULT_INPUTS.get(name))
+        if shape is None:
+            raise InputError(
+                f"The model's input {name!r} has no known shape; give it with --input {name}:Bx<dims>."
+            )
+        specs.append(TensorSpec(name, "float32", (BATCH_AXIS, *shape)))
+    return SourceModel(p, kind, digest, specs, list(DEFAULT_OUTPUTS), module=module)
+
+
+def _check_override_names(overrides: dict[str, tuple[int, ...]], names: list[str]) -> None:
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise InputError(
+            f"Input override {unknown[0]!r} does not name a model input; the model takes {', '.join(names)}."
+        )
+
+
+def _fmt(shape: tuple[Any, ...]) -> str:
+    return "x".join(str(d) for d in shape) or "scalar"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200].rstrip(".")
+
+
+def source_from_module(
+    module: Any,
+    inputs: dict[str, tuple[int, ...]] | None = None,
+    output_names: Sequence[str] = DEFAULT_OUTPUTS,
+) -> SourceModel:
+    """Wrap an in-memory ``nn.Module`` (Python API); ``inputs`` maps names to per-sample shapes."""
+    import hashlib
+    import io
+
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"Expected a torch.nn.Module, got {type(module).__name__}.")
+    shapes = inputs or DEFAULT_INPUTS
+    specs = [TensorSpec(n, "float32", (BATCH_AXIS, *shape)) for n, shape in shapes.items()]
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return SourceModel(
+        Path(f"<{type(module).__name__}>"),
+        "module",
+        hashlib.sha256(buf.getvalue()).hexdigest(),
+        specs,
+        list(output_names),
+        module=module.eval(),
+    )

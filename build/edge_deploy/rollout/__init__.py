@@ -1,0 +1,117 @@
+"""The Python API for rollouts: ``deploy_release`` (used by ``JetsonDeployment.deploy`` and the CLI),
+``rollback``, ``fleet_status`` and ``device_history``. The work happens in ``edge_deploy.fleet``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.inventory import Fleet, Robot, load_fleet
+from edge_deploy.fleet.robot import REFUSED, UNREACHABLE, DeployRequest, RobotReleases, RobotResult
+from edge_deploy.fleet.rollout import Progress, Rollout, RolloutResult, plan_waves
+from edge_deploy.fleet.ssh import HostKeyRefused, RobotUnreachable, connected
+from edge_deploy.release.manifest import DEFAULT_RELEASES_DIR, load_release
+
+__all__ = ["RolloutResult", "deploy_release", "device_history", "fleet_status", "plan_waves", "rollback",
+           "verify_signature"]
+
+DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+
+
+def verify_signature(ref: str, public_key: Path) -> None:
+    """Verify the cosign signature of a digest-pinned image, on the host against the registry (robots
+    need no cosign; what they pull is the same digest, content-addressed)."""
+    try:
+        from edge_deploy.release.signing import verify_image
+    except ImportError:
+        verify_image = None
+    if verify_image is not None:
+        verify_image(ref, public_key)
+        return
+    cosign = shutil.which("cosign") or next(
+        (str(p) for p in (Path(os.environ.get("EDGE_HOST_BIN", "/opt/edge-deploy/host/bin")) / "cosign",)
+         if p.is_file()), None)
+    if cosign is None:
+        raise FleetError("A public key is configured but cosign is not installed; run scripts/host-setup.")
+    p = subprocess.run([cosign, "verify", "--key", str(public_key), "--insecure-ignore-tlog",
+                        "--allow-insecure-registry", ref], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise FleetError(f"The signature of {ref} does not verify with {public_key} ({last}).")
+
+
+def _load(fleet: Path | Fleet) -> Fleet:
+    return fleet if isinstance(fleet, Fleet) else load_fleet(Path(fleet))
+
+
+def deploy_release(version: str, fleet: Path | Fleet, *, group: str | None = None,
+                   devices: list[str] | None = None, include_ros2: bool = False, auto_start: bool = False,
+                   canary: int = 0, wave_size: int | None = None, wave_percent: float | None = None,
+                   max_failures: int = 0, health_timeout: float = 600.0, dry_run: bool = False,
+                   releases_dir: Path | None = None, public_key: Path | None = None, force: bool = False,
+                   expected_shape: tuple[int, ...] | None = (1, 7), ros_domain_id: int = 0,
+                   progress: Progress | None = None) -> RolloutResult:
+    """Roll release ``version`` (``releases/<version>.json``) out to the fleet; see ``Rollout``.
+
+    The image is deployed by digest only; with a public key (argument or ``public_key:`` in fleet.yaml)
+    its signature is verified before any robot is touched."""
+    fl = _load(fleet)
+    rdir = releases_dir or fl.releases_dir or DEFAULT_RELEASES_DIR
+    manifest = load_release(version, rdir)
+    image = manifest.runtime.ref
+    if not DIGEST_REF.match(image):
+        raise FleetError(f"Release {version} does not pin its runtime image by digest ({image}); refusing.")
+    key = public_key or fl.public_key
+    robots = fl.select(group=group, devices=devices)
+    req = DeployRequest(version=version, image=image, include_ros2=include_ros2, auto_start=auto_start,
+                        health_timeout_s=health_timeout, expected_shape=expected_shape, force=force,
+                        ros_domain_id=ros_domain_id,
+                        release={"git_sha": manifest.git_sha, "bundle_sha256": manifest.bundle_sha256,
+                                 "precision": manifest.precision, "signed": key is not None})
+    rollout = Rollout(robots, req, canary=canary, wave_size=wave_size, wave_percent=wave_percent,
+                      max_failures=max_failures, dry_run=dry_run, progress=progress)
+    if key is not None and not dry_run:
+        verify_signature(image, key)
+    return asyncio.run(rollout.run())
+
+
+async def _each(robots: list[Robot], fn: Any) -> list[Any]:
+    async def one(robot: Robot) -> Any:
+        try:
+            async with connected(robot) as conn:
+                return await fn(RobotReleases(conn))
+        except HostKeyRefused as exc:
+            return RobotResult(robot.name, "?", REFUSED, str(exc), stage="connect")
+        except RobotUnreachable as exc:
+            return RobotResult(robot.name, "?", UNREACHABLE, str(exc), stage="connect")
+
+    return list(await asyncio.gather(*(one(r) for r in robots)))
+
+
+def rollback(fleet: Path | Fleet, *, to: str | None = None, devices: list[str] | None = None,
+             group: str | None = None, health_timeout: float = 600.0,
+             expected_shape: tuple[int, ...] | None = (1, 7)) -> list[RobotResult]:
+    """Put robots back on their previous (or the named) release from their own store: no download."""
+    robots = _load(fleet).select(group=group, devices=devices)
+    return asyncio.run(_each(robots, lambda rr: rr.rollback(to, health_timeout, expected_shape)))
+
+
+def fleet_status(fleet: Path | Fleet, *, group: str | None = None,
+                 devices: list[str] | None = None) -> list[dict[str, Any]]:
+    robots = _load(fleet).select(group=group, devices=devices)
+    out = asyncio.run(_each(robots, lambda rr: rr.status()))
+    return [o.to_dict() | {"health": "unreachable"} if isinstance(o, RobotResult) else o for o in out]
+
+
+def device_history(fleet: Path | Fleet, device: str, limit: int = 50) -> list[dict[str, Any]]:
+    robot = _load(fleet).robot(device)
+    out = asyncio.run(_each([robot], lambda rr: rr.history(limit)))[0]
+    if isinstance(out, RobotResult):
+        raise FleetError(out.reason)
+    return list(out)

@@ -1,0 +1,491 @@
+"""The inference service: one engine behind a small HTTP API (Starlette on uvicorn).
+
+Start-up: probe → engine cache get-or-build (progress lines while a long build runs) → warm-up → ready.
+The HTTP server answers /healthz from the first second, so Docker sees a live process while TensorRT
+builds; /readyz turns 200 once the engine is loaded and warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.backends import Backend, BuildOptions, Engine, check_feeds, get_backend
+from edge_runtime.bundle import ModelBundle
+from edge_runtime.cache import CachedEngine, EngineCache
+from edge_runtime.device import DeviceProbe, probe
+from edge_runtime.errors import EdgeError, InputError
+from edge_runtime.thermal import STATE_CODES, ThermalGovernor, ThermalPolicy
+
+log = logging.getLogger(__name__)
+
+NPZ = "application/x-npz"
+MIB = 1 << 20
+
+
+@dataclass
+class ServiceConfig:
+    """Everything ``edge-runtime serve`` takes; the CLI fills it from flags and EDGE_* variables."""
+
+    bundle: Path
+    cache: Path
+    backend: str = "auto"
+    precision: str | None = None  # default: the bundle's precision
+    max_body_bytes: int = 64 * MIB
+    warmup_runs: int = 5
+    deadline_ms: float = 2000.0  # watchdog: an inference slower than this marks the service unhealthy
+    thermal: ThermalPolicy = field(default_factory=ThermalPolicy)
+    device_root: Path = Path("/")  # where /etc, /proc and /sys are read from (tests: a fixture tree)
+    thermal_poll_s: float = 1.0
+    cache_keep: int = 3
+    intra_op_threads: int = 0
+    cuda_graph: bool = False
+    on_thermal_change: Callable[[str, str], None] | None = None
+
+
+class ServiceMetrics:
+    """Prometheus metrics in the service's own registry (the ROS 2 bridge adds its own to it)."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Enum, Gauge, Histogram
+
+        buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+        self.latency = Histogram("edge_request_latency_seconds", "POST /v1/infer latency, request to response",
+                                 registry=registry, buckets=buckets)
+        self.infer_latency = Histogram("edge_inference_latency_seconds", "Engine time of one inference",
+                                       registry=registry, buckets=buckets)
+        self.requests = Counter("edge_requests_total", "Inference requests by HTTP status", ["code"],
+                                registry=registry)
+        self.errors = Counter("edge_request_errors_total", "Rejected or failed inference requests by reason",
+                              ["reason"], registry=registry)
+        self.cache = Counter("edge_engine_cache_total", "Engine cache lookups at start-up", ["result"],
+                             registry=registry)
+        self.build_seconds = Gauge("edge_engine_build_seconds", "Seconds the last engine build took (0: cache hit)",
+                                   registry=registry)
+        self.ready = Gauge("edge_ready", "1 when the engine is loaded and warmed up", registry=registry)
+        self.healthy = Gauge("edge_healthy", "0 once the watchdog saw an inference overrun its deadline",
+                             registry=registry)
+        self.temperature = Gauge("edge_temperature_celsius", "Hottest watched thermal zone", registry=registry)
+        self.thermal_state = Enum("edge_thermal_state", "Thermal governor state", states=list(STATE_CODES),
+                                  registry=registry)
+        self.watchdog_trips = Counter("edge_watchdog_trips_total", "Inferences that overran their deadline",
+                                      registry=registry)
+
+
+class RequestError(EdgeError):
+    """A request the service refuses, with its HTTP status and one sentence (the ROS 2 bridge sees it too)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class InferenceService:
+    """Owns the engine, the watchdog and the thermal governor; the HTTP app is a thin layer on top."""
+
+    def __init__(self, config: ServiceConfig, registry: Any = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServiceMetrics(self.registry)
+        self.say = say or (lambda msg: log.info("%s", msg))
+        self.thermal = ThermalGovernor(config.thermal, root=config.device_root, on_change=self._thermal_changed)
+        self.bundle: ModelBundle | None = None
+        self.backend: Backend | None = None
+        self.cache = EngineCache(config.cache, keep=config.cache_keep)
+        self.device: DeviceProbe | None = None
+        self.cached: CachedEngine | None = None
+        self.engine: Engine | None = None
+        self.ready = False
+        self.draining = False
+        self.failed: str | None = None
+        self.unhealthy: str | None = None
+        self.startup: dict[str, Any] = {}
+        self._t0 = time.monotonic()
+        self._engine_lock = threading.Lock()
+        self._inflight: dict[int, float] = {}
+        self._inflight_lock = threading.Lock()
+        self._seq = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.metrics.healthy.set(1)
+        self.metrics.thermal_state.state("normal")
+
+    # -- start-up ------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Fast checks that must fail at start with one sentence: bundle, backend, writable cache."""
+        self.device = probe(self.config.device_root)
+        self.say(f"device: {self.device.identity.board or 'not a Jetson'}, L4T {self.device.identity.l4t or '-'}, "
+                 f"GPU {self.device.identity.gpu}")
+        self.bundle = ModelBundle.load(self.config.bundle)
+        self.backend = get_backend(self.config.backend)
+        self.say(f"backend: {self.backend.name} {self.backend.version()} (asked for {self.config.backend})")
+        self.cache.prepare()
+
+    def options(self) -> BuildOptions:
+        assert self.bundle is not None
+        from edge_runtime.jetson import module_from_device_tree
+
+        workspace = BuildOptions().workspace_bytes
+        if self.device is not None and self.device.model and (m := module_from_device_tree(self.device.model)):
+            workspace = m.default_workspace_bytes
+        return BuildOptions(precision=self.config.precision or self.bundle.manifest.precision,
+                            batch=self.bundle.manifest.batch, workspace_bytes=workspace,
+                            intra_op_threads=self.config.intra_op_threads, cuda_graph=self.config.cuda_graph)
+
+    def load(self) -> None:
+        """Cache get-or-build, then warm-up; sets ready. Raises EdgeError on failure."""
+        if self.bundle is None:
+            self.prepare()
+        assert self.bundle is not None and self.backend is not None and self.device is not None
+        t0 = time.monotonic()
+        cached = self.cache.open(self.backend, self.bundle, self.options(), self.device.identity,
+                                 progress=self.say)
+        self.metrics.cache.labels("hit" if cached.hit else "miss").inc()
+        self.metrics.build_seconds.set(cached.build_seconds)
+        self.say(f"engine cache {'hit' if cached.hit else 'miss'}: key {cached.key.digest[:12]} "
+                 f"(build {cached.build_seconds:.2f} s, load {cached.load_seconds:.3f} s)")
+        self.cached, self.engine = cached, cached.engine
+        feeds = self.example_feeds(self.bundle.manifest.batch.opt)
+        tw = time.monotonic()
+        for _ in range(max(self.config.warmup_runs, 0)):
+            self.engine.infer(feeds)
+        warm_s = time.monotonic() - tw
+        self.startup = {"cache_hit": cached.hit, "key": cached.key.digest, "build_seconds": cached.build_seconds,
+                        "load_seconds": cached.load_seconds, "warmup_seconds": warm_s,
+                        "engine_seconds": time.monotonic() - t0,
+                        "time_to_ready_s": time.monotonic() - self._t0, "backend": self.backend.name}
+        self.ready = True
+        self.metrics.ready.set(1)
+        self.say(f"ready in {self.startup['time_to_ready_s']:.2f} s "
+                 f"({'cache hit' if cached.hit else 'built engine'}, {self.config.warmup_runs} warm-up runs)")
+
+    def example_feeds(self, batch: int) -> dict[str, np.ndarray]:
+        assert self.bundle is not None
+        return {s.name: np.zeros(s.concrete_shape(batch), dtype=s.dtype) for s in self.bundle.inputs}
+
+    # -- inference -----------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checked, watched inference: used by HTTP and by the ROS 2 bridge."""
+        if not self.ready or self.engine is None or self.bundle is None:
+            raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
+        if self.draining:
+            raise RequestError(503, "draining", "The service is shutting down.")
+        refusal = self.thermal.admit()
+        if refusal:
+            status = 503 if self.thermal.state == "critical" else 429
+            raise RequestError(status, "thermal", refusal)
+        try:
+            batch = check_feeds(self.bundle.inputs, feeds, self.bundle.manifest.batch)
+        except InputError as exc:
+            raise RequestError(400, "bad_input", str(exc)) from None
+        cap = self.thermal.max_batch()
+        with self._watch():
+            t0 = time.perf_counter()
+            if cap is not None and batch > cap:
+                parts = [self._run({k: v[i:i + cap] for k, v in feeds.items()}) for i in range(0, batch, cap)]
+                out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            else:
+                out = self._run(feeds)
+            self.metrics.infer_latency.observe(time.perf_counter() - t0)
+        return out
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.engine is not None
+        with self._engine_lock:  # one execution context: calls are serialized
+            return self.engine.infer(feeds)
+
+    @contextlib.contextmanager
+    def _watch(self) -> Any:
+        with self._inflight_lock:
+            self._seq += 1
+            token = self._seq
+            self._inflight[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(token, None)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # -- background loops ----------------------------------------------------------------------------
+    def start_background(self) -> None:
+        for name, target in (("watchdog", self._watchdog_loop), ("thermal", self._thermal_loop)):
+            t = threading.Thread(target=target, name=f"edge-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def check_watchdog(self) -> None:
+        deadline = self.config.deadline_ms / 1000.0
+        if deadline <= 0 or self.unhealthy:
+            return
+        now = time.monotonic()
+        with self._inflight_lock:
+            oldest = min(self._inflight.values(), default=None)
+        if oldest is not None and now - oldest > deadline:
+            self.unhealthy = (f"An inference has been running for {now - oldest:.1f} s, over its "
+                              f"{deadline:.1f} s deadline.")
+            self.metrics.healthy.set(0)
+            self.metrics.watchdog_trips.inc()
+            log.error("watchdog: %s", self.unhealthy)
+
+    def _watchdog_loop(self) -> None:
+        period = max(min(self.config.deadline_ms / 4000.0, 1.0), 0.01)
+        while not self._stop.wait(period):
+            self.check_watchdog()
+
+    def poll_thermal(self) -> None:
+        state = self.thermal.update()
+        self.metrics.thermal_state.state(state)
+        if self.thermal.temp_c is not None:
+            self.metrics.temperature.set(self.thermal.temp_c)
+
+    def _thermal_loop(self) -> None:
+        while True:
+            try:
+                self.poll_thermal()
+            except Exception:
+                log.exception("thermal poll failed")
+            if self._stop.wait(self.config.thermal_poll_s):
+                return
+
+    def _thermal_changed(self, old: str, new: str) -> None:
+        if self.config.on_thermal_change is not None:
+            self.config.on_thermal_change(old, new)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        if self.engine is not None:
+            with self._engine_lock:
+                self.engine.close()
+            self.engine = None
+        self.ready = False
+        self.metrics.ready.set(0)
+
+    # -- status --------------------------------------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """Alive unless the watchdog tripped or start-up failed; the thermal state is shown, not fatal."""
+        body: dict[str, Any] = {"status": "ok", "ready": self.ready, "thermal": self.thermal.snapshot(),
+                                "inflight": self.inflight}
+        if self.failed or self.unhealthy:
+            body.update(status="unhealthy", reason=self.failed or self.unhealthy)
+            return 503, body
+        return 200, body
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {"ready": self.ready, "draining": self.draining, "thermal": self.thermal.state}
+        if self.backend is not None:
+            body["backend"] = self.backend.name
+        if self.startup:
+            body["startup"] = self.startup
+        ok = self.ready and not self.draining and not self.failed and self.thermal.state != "critical"
+        return (200 if ok else 503), body
+
+
+# -- request decoding --------------------------------------------------------------------------------------
+def decode_json(body: bytes, specs: list[Any]) -> dict[str, np.ndarray]:
+    """``{"inputs": {"image": [[...]], ...}}``; numbers are cast to the model's dtype, nothing else is."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "bad_json", "The request body is not valid JSON.") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
+        raise RequestError(400, "bad_json", 'The JSON body must be an object with an "inputs" object.')
+    dtypes = {s.name: s.dtype for s in specs}
+    feeds: dict[str, np.ndarray] = {}
+    for name, value in doc["inputs"].items():
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError):
+            raise RequestError(400, "bad_input", f"Input {name!r} is not a rectangular array of numbers.") from None
+        if arr.dtype.kind not in "biuf" or (arr.size == 0 and arr.ndim <= 1):
+            raise RequestError(400, "bad_input", f"Input {name!r} is not a rectangular array of numbers.")
+        if name in dtypes:
+            with np.errstate(all="ignore"):
+                arr = arr.astype(dtypes[name], copy=False)
+        feeds[str(name)] = arr
+    return feeds
+
+
+def decode_npz(body: bytes) -> dict[str, np.ndarray]:
+    """An ``np.savez`` archive; dtypes must match the model exactly (no silent casts of binary data)."""
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError):
+        raise RequestError(400, "bad_npz", "The request body is not a complete npz archive.") from None
+
+
+def encode_npz(outputs: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **outputs)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+# -- HTTP app ----------------------------------------------------------------------------------------------
+def create_app(service: InferenceService, load_in_background: bool = True,
+               on_failure: Callable[[str], None] | None = None,
+               on_shutdown: Callable[[], None] | None = None) -> Any:
+    """The Starlette app; its lifespan starts the engine load and the watchdog/thermal loops."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    metrics = service.metrics
+
+    async def read_body(request: Request) -> bytes:
+        limit = service.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, "too_large", f"The request body is larger than the {limit} byte limit.")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "too_large", f"The request body is larger than the {limit} byte limit.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def infer(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            body = await read_body(request)
+            ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+            assert service.bundle is not None or not service.ready
+            if ctype == NPZ:
+                feeds = decode_npz(body)
+            elif ctype in ("application/json", "text/json", ""):
+                if service.bundle is None:
+                    raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
+                feeds = decode_json(body, service.bundle.inputs)
+            else:
+                raise RequestError(415, "media_type", f"Content-Type {ctype} is not supported; send "
+                                   f"application/json or {NPZ}.")
+            t_inf = time.perf_counter()
+            outputs = await run_in_threadpool(service.infer, feeds)
+            latency_ms = (time.perf_counter() - t_inf) * 1000.0
+        except RequestError as exc:
+            metrics.requests.labels(str(exc.status)).inc()
+            metrics.errors.labels(exc.reason).inc()
+            headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+        except EdgeError as exc:
+            metrics.requests.labels("500").inc()
+            metrics.errors.labels("engine").inc()
+            return JSONResponse({"error": str(exc)}, status_code=500)
+        if NPZ in request.headers.get("accept", ""):
+            response: Response = Response(encode_npz(outputs), media_type=NPZ,
+                                          headers={"X-Latency-Ms": f"{latency_ms:.3f}"})
+        else:
+            response = JSONResponse({"outputs": {k: v.tolist() for k, v in outputs.items()},
+                                     "latency_ms": latency_ms})
+        metrics.requests.labels("200").inc()
+        metrics.latency.observe(time.perf_counter() - t0)
+        return response
+
+    async def healthz(request: Request) -> Response:
+        status, body = service.health()
+        return JSONResponse(body, status_code=status)
+
+    async def readyz(request: Request) -> Response:
+        status, body = service.readiness()
+        return JSONResponse(body, status_code=status)
+
+    async def prom(request: Request) -> Response:
+        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        service.start_background()
+        loader = None
+        if load_in_background and not service.ready:
+            def load() -> None:
+                try:
+                    service.load()
+                except Exception as exc:  # shown as one sentence, and the process exits non-zero
+                    service.failed = str(exc) if isinstance(exc, EdgeError) else f"Start-up failed: {exc!r}."
+                    log.error("start-up failed: %s", service.failed)
+                    if on_failure is not None:
+                        on_failure(service.failed)
+
+            loader = threading.Thread(target=load, name="edge-load", daemon=True)
+            loader.start()
+        try:
+            yield
+        finally:
+            service.draining = True
+            if on_shutdown is not None:
+                await asyncio.to_thread(on_shutdown)  # e.g. stop the ROS 2 bridge before the engine closes
+            # uvicorn has already waited for in-flight requests; close what the service owns.
+            await asyncio.to_thread(service.close)
+
+    routes = [
+        Route("/v1/infer", infer, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", prom, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def serve(service: InferenceService, host: str = "127.0.0.1", port: int = 8080, drain_timeout_s: float = 30.0,
+          on_ready: Callable[[], None] | None = None, on_stop: Callable[[], None] | None = None) -> int:
+    """Run the HTTP server until SIGTERM/SIGINT; uvicorn stops accepting, then drains in-flight requests."""
+    import uvicorn
+
+    server: uvicorn.Server | None = None
+
+    def fail(msg: str) -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(service, on_failure=fail, on_shutdown=on_stop)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=int(drain_timeout_s), loop="asyncio", http="auto")
+    server = uvicorn.Server(config)
+
+    if on_ready is not None:
+        def wait_ready() -> None:
+            while not service.ready and not service.failed and not service._stop.is_set():
+                time.sleep(0.05)
+            if service.ready:
+                on_ready()
+
+        threading.Thread(target=wait_ready, name="edge-on-ready", daemon=True).start()
+    service.say(f"listening on http://{host}:{port}")
+    server.run()
+    if service.failed:
+        raise EdgeError(service.failed)
+    return 0
+
+
+def pin_cpus(cpus: list[int]) -> None:
+    """Pin this process (and the threads it starts later) to the given CPUs."""
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except (OSError, ValueError) as exc:
+        raise EdgeError(f"Cannot pin to CPUs {cpus}: {exc}.") from None

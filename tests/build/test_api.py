@@ -1,0 +1,105 @@
+"""The documented Python API (PRODUCT-FACTS.md): JetsonDeployment and the module-level functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+import edge_deploy
+from edge_deploy import (
+    JetsonDeployment,
+    convert_to_tensorrt,
+    deploy_to_device,
+    export_to_onnx,
+    profile_performance,
+    quantize_model,
+)
+from edge_deploy.sample import build_policy, calibration_set
+from edge_runtime.errors import EdgeError
+from edge_runtime.jetson import GIB
+from tests.support import tensorrt_importable
+
+SAMPLE = {"image": torch.zeros(1, 3, 224, 224), "robot_state": torch.zeros(1, 48)}
+
+
+def test_jetson_model_table_sets_workspace(sample_files: tuple[Path, Path]) -> None:
+    assert JetsonDeployment(sample_files[0]).workspace_bytes == GIB  # orin_nano default
+    agx = JetsonDeployment(sample_files[0], jetson_model="agx_orin")
+    assert agx.module.compute_capability == "8.7" and agx.workspace_bytes == 2 * GIB
+    assert JetsonDeployment(sample_files[0], jetson_model="xavier_nx").module.compute_capability == "7.2"
+    with pytest.raises(EdgeError, match="Unknown Jetson model 'tx2'"):
+        JetsonDeployment(sample_files[0], jetson_model="tx2")
+
+
+def test_export_to_onnx_from_module(tmp_path: Path) -> None:
+    out = export_to_onnx(build_policy(), (SAMPLE["image"], SAMPLE["robot_state"]), tmp_path / "m.onnx")
+    model = onnx.load(str(out))
+    assert [i.name for i in model.graph.input] == ["image", "robot_state"]
+    assert [o.name for o in model.graph.output] == ["action"]
+    assert model.opset_import[0].version >= 15
+    assert all(
+        vi.type.tensor_type.shape.dim[0].dim_param == "batch"
+        for vi in [*model.graph.input, *model.graph.output]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="checks the path where TensorRT is absent")
+def test_deployment_flow_without_tensorrt(tmp_path: Path, sample_files: tuple[Path, Path]) -> None:
+    d = JetsonDeployment(sample_files[0], jetson_ip="192.0.2.10", jetson_model="orin_nx", workdir=tmp_path)
+    onnx_path = d.export_onnx(SAMPLE, tmp_path / "model.onnx")
+    conv = d.convert_tensorrt(onnx_path, precision="fp16", max_batch_size=4)
+    assert conv.engine_path is None and "engine is built on the device at first start" in conv.note
+    assert conv.bundle.manifest.precision == "fp16" and conv.bundle.manifest.batch.max == 4
+    assert conv.workspace_bytes == GIB
+    latency = d.benchmark(num_runs=5)
+    assert isinstance(latency, float) and latency > 0
+    with pytest.raises(EdgeError, match="needs a published release"):
+        d.deploy(include_ros2=True, auto_start=True)
+
+
+def test_convert_to_tensorrt_int8_needs_calibration(tmp_path: Path, make_bundle) -> None:  # type: ignore[no-untyped-def]
+    src = make_bundle("fp32").bundle.model_path
+    with pytest.raises(EdgeError, match="INT8 needs calibration data"):
+        convert_to_tensorrt(src, tmp_path / "m.engine", "int8")
+    conv = convert_to_tensorrt(src, tmp_path / "m.engine", "int8", calibration_data=calibration_set(8))
+    assert conv.bundle.calibration_path("cache") is not None
+    assert conv.bundle.path == tmp_path / "m.bundle"
+
+
+def test_quantize_model_in_memory(tmp_path: Path) -> None:
+    result = quantize_model(build_policy(), calibration_set(8), "int8-minmax", output_dir=tmp_path / "q")
+    assert result.bundle.manifest.precision == "int8"
+    assert result.validation["int8_vs_fp32"]["passed"]
+    with pytest.raises(EdgeError, match="Unknown quantization method"):
+        quantize_model(build_policy(), None, "int4", output_dir=tmp_path / "x")
+
+
+def test_profile_performance(make_bundle, sample_files: tuple[Path, Path]) -> None:  # type: ignore[no-untyped-def]
+    stats = profile_performance(make_bundle("int8").bundle.path, "cpu", num_iterations=5)
+    assert stats["runs"] == 5 and stats["mean_ms"] > 0 and stats["peak_rss_mb"] > 0
+    assert profile_performance(sample_files[0], num_iterations=3)["precision"] == "fp32"
+    with pytest.raises(EdgeError, match="edge-runtime profile"):
+        profile_performance(sample_files[0], "cuda")
+
+
+def test_deploy_to_device_names_missing_rollout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "edge_deploy.rollout", None)
+    with pytest.raises(EdgeError, match=r"edge_deploy\.rollout"):
+        deploy_to_device("1.0.0", "192.0.2.10", {})
+
+
+def test_api_names_are_exported() -> None:
+    for name in (
+        "JetsonDeployment",
+        "export_to_onnx",
+        "convert_to_tensorrt",
+        "quantize_model",
+        "profile_performance",
+        "deploy_to_device",
+    ):
+        assert callable(getattr(edge_deploy, name))

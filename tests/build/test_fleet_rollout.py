@@ -1,0 +1,143 @@
+"""Wave planning, the failure budget and the bundle written for a robot (pure logic, plus robots that
+refuse connections so that failures are real)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.inventory import Robot
+from edge_deploy.fleet.robot import DeployRequest, bundle_files, env_file, output_shape
+from edge_deploy.fleet.rollout import Rollout, plan_waves
+
+
+def robots(n: int, tmp_path: Path | None = None, port: int = 22) -> list[Robot]:
+    kh = None
+    if tmp_path is not None:
+        kh = tmp_path / "known_hosts"
+        kh.write_text("")
+    return [Robot(name=f"r{i}", host="127.0.0.1", port=port + i, known_hosts=kh, connect_timeout_s=2)
+            for i in range(n)]
+
+
+def names(waves: list[list[Robot]]) -> list[list[str]]:
+    return [[r.name for r in w] for w in waves]
+
+
+def test_plan_waves() -> None:
+    rs = robots(7)
+    assert names(plan_waves(rs)) == [[r.name for r in rs]]
+    assert names(plan_waves(rs, canary=1, wave_size=3)) == [["r0"], ["r1", "r2", "r3"], ["r4", "r5", "r6"]]
+    assert names(plan_waves(rs, wave_percent=50)) == [["r0", "r1", "r2", "r3"], ["r4", "r5", "r6"]]
+    assert names(plan_waves(rs, canary=2, wave_percent=20)) == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"], ["r6"]]
+    assert names(plan_waves(rs[:1], canary=3)) == [["r0"]]
+    flat = [r for w in plan_waves(rs, canary=1, wave_size=2) for r in w]
+    assert flat == rs  # every robot exactly once, in inventory order
+    with pytest.raises(FleetError):
+        plan_waves(rs, wave_size=2, wave_percent=10)
+    with pytest.raises(FleetError):
+        plan_waves(rs, wave_size=0)
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def req() -> DeployRequest:
+    return DeployRequest("0.1.0", "localhost:5000/x@sha256:" + "a" * 64)
+
+
+def run(rollout: Rollout) -> dict:
+    return asyncio.run(rollout.run()).to_dict()
+
+
+def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
+    rs = [Robot(name=f"r{i}", host="127.0.0.1", port=closed_port(), known_hosts=tmp_path / "kh",
+                connect_timeout_s=2) for i in range(4)]
+    (tmp_path / "kh").write_text("")
+    out = run(Rollout(rs, req(), canary=1, max_failures=5))
+    outcomes = [r["outcome"] for r in out["robots"]]
+    assert outcomes == ["unreachable", "not_reached", "not_reached", "not_reached"]
+    assert out["stopped"] and "canary" in out["stop_reason"] and not out["ok"]
+
+
+def test_max_failures_budget(tmp_path: Path) -> None:
+    (tmp_path / "kh").write_text("")
+    rs = [Robot(name=f"r{i}", host="127.0.0.1", port=closed_port(), known_hosts=tmp_path / "kh",
+                connect_timeout_s=2) for i in range(4)]
+    out = run(Rollout(rs, req(), wave_size=1, max_failures=1))
+    assert [r["outcome"] for r in out["robots"]] == ["unreachable", "unreachable", "not_reached", "not_reached"]
+    assert out["failures"] == 2 and out["stopped"]
+    assert all("connect" in r["stage"] for r in out["robots"][:2])
+
+
+def test_dry_run_touches_nothing(tmp_path: Path) -> None:
+    rs = robots(3, tmp_path, port=closed_port())
+    out = run(Rollout(rs, req(), canary=1, wave_size=1, dry_run=True))
+    assert [r["outcome"] for r in out["robots"]] == ["planned"] * 3
+    assert out["waves"] == [["r0"], ["r1"], ["r2"]]
+    assert all(r["timings"] == {} for r in out["robots"])
+
+
+def test_missing_known_hosts_is_refused(tmp_path: Path) -> None:
+    r = Robot(name="r0", host="127.0.0.1", port=closed_port(), known_hosts=None)
+    import edge_deploy.fleet.ssh as ssh
+
+    ssh_home = Path("~/.ssh/known_hosts").expanduser()
+    if ssh_home.is_file():
+        pytest.skip("this user has a ~/.ssh/known_hosts")
+    out = run(Rollout([r], req()))
+    assert out["robots"][0]["outcome"] == "refused"
+    assert "known_hosts" in out["robots"][0]["reason"]
+    assert ssh.HostKeyRefused
+
+
+def test_env_and_bundle_for_simulated_and_jetson_robots() -> None:
+    sim = Robot(name="s", host="h", gpu=False, service_port=18081)
+    jet = Robot(name="j", host="h", gpu=True)
+    r = DeployRequest("0.2.0", "reg/rt@sha256:" + "b" * 64, include_ros2=True, ros_domain_id=7)
+    env_sim = dict(line.split("=", 1) for line in env_file(sim, r).splitlines() if "=" in line
+                   and not line.startswith("#"))
+    assert env_sim["EDGE_IMAGE"] == r.image and env_sim["EDGE_PORT"] == "18081"
+    assert env_sim["COMPOSE_FILE"] == "compose.yaml:compose.ros2.yaml"
+    assert env_sim["EDGE_ROS2"] == "1" and env_sim["ROS_DOMAIN_ID"] == "7"
+    assert "compose.jetson.yaml" in env_file(jet, req())
+    files = bundle_files(sim, r)
+    assert {"compose.yaml", "compose.jetson.yaml", "compose.ros2.yaml", ".env", "release.json"} <= set(files)
+    assert json.loads(files["release.json"])["image"] == r.image
+
+
+def test_compose_file_is_hardened() -> None:
+    import yaml
+
+    from edge_deploy.fleet.robot import compose_bundle_dir
+
+    doc = yaml.safe_load((compose_bundle_dir() / "compose.yaml").read_text())
+    svc = doc["services"]["edge-runtime"]
+    assert svc["image"].startswith("${EDGE_IMAGE")
+    assert svc["network_mode"] == "host" and svc["read_only"] is True
+    assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"]
+    assert svc["restart"] == "unless-stopped" and svc["healthcheck"]["test"][-1] == "healthcheck"
+    assert not str(svc["user"]).startswith("0") and svc["logging"]["driver"] == "json-file"
+    assert "runtime" not in svc  # the NVIDIA runtime comes only from compose.jetson.yaml
+    jet = yaml.safe_load((compose_bundle_dir() / "compose.jetson.yaml").read_text())
+    assert jet["services"]["edge-runtime"]["runtime"] == "nvidia"
+
+
+@pytest.mark.parametrize(("body", "shape"), [
+    ({"outputs": {"action": [[0.0] * 7]}}, (1, 7)),
+    ({"action": [[0.0] * 7, [1.0] * 7]}, (2, 7)),
+    ({"outputs": {"action": {"shape": [1, 7], "data": []}}}, (1, 7)),
+    ({"outputs": {"other": [1]}}, None),
+    ("text", None),
+])
+def test_output_shape(body: object, shape: tuple[int, ...] | None) -> None:
+    assert output_shape(body) == shape

@@ -1,0 +1,161 @@
+"""``edge-runtime serve`` as a real process: cold then warm start, correct answers, SIGTERM drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.runtime.conftest import FIXTURES, sample_feeds
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)]), "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, timeout: float = 2.0) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def post_json(url: str, feeds: dict[str, np.ndarray], timeout: float = 30.0) -> tuple[int, dict]:
+    data = json.dumps({"inputs": {k: v.tolist() for k, v in feeds.items()}}).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@contextmanager
+def serving(bundle: Path, cache: Path, *extra: str, script: list[str] | None = None,
+            env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    cmd = [sys.executable, *(script or ["-m", "edge_runtime"]), "serve", "--bundle", str(bundle), "--cache",
+           str(cache), "--backend", "onnxruntime", "--port", str(port), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or ENV)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if get(url + "/readyz", timeout=1)[0] == 200:
+                    break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.monotonic() < deadline, "service never became ready"
+            time.sleep(0.05)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_cold_then_warm_start_and_correct_actions(tiny_bundle: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    feeds = sample_feeds(2, seed=11)
+    expected = ort.InferenceSession(str(tiny_bundle / "model.onnx")).run(["action"], feeds)[0]
+    starts = []
+    for _ in range(2):
+        with serving(tiny_bundle, tmp_path / "cache") as (url, _proc):
+            status, ready = get(url + "/readyz")
+            starts.append(ready["startup"])
+            status, body = post_json(url + "/v1/infer", feeds)
+            assert status == 200
+            np.testing.assert_allclose(np.array(body["outputs"]["action"]), expected, atol=1e-5)
+            healthcheck = subprocess.run([sys.executable, "-m", "edge_runtime", "healthcheck", "--url", url],
+                                         env=ENV, capture_output=True, text=True, timeout=30)
+            assert healthcheck.returncode == 0
+    assert [s["cache_hit"] for s in starts] == [False, True]
+    assert starts[1]["build_seconds"] == 0.0 and starts[0]["build_seconds"] > 0
+
+
+def test_sigterm_drains_inflight_request(tiny_bundle: Path, tmp_path: Path) -> None:
+    env = {**ENV, "EDGE_TEST_SLOW_S": "1.5"}
+    script = [str(FIXTURES / "procs" / "slow_serve.py")]
+    with serving(tiny_bundle, tmp_path / "cache", "--drain-s", "10", script=script, env=env) as (url, proc):
+        feeds = sample_feeds()
+        feeds["robot_state"][0, 0] = 42.0  # the fixture makes this request slow
+        result: dict[str, object] = {}
+        t = threading.Thread(target=lambda: result.update(r=post_json(url + "/v1/infer", feeds)))
+        t.start()
+        time.sleep(0.5)  # request is in flight
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=20)
+        out, _ = proc.communicate(timeout=20)
+        status, body = result["r"]  # type: ignore[misc]
+        assert status == 200 and len(body["outputs"]["action"][0]) == 7
+        # uvicorn re-raises the captured SIGTERM after draining, so the exit status says "terminated".
+        assert proc.returncode in (0, -signal.SIGTERM), out
+        assert "Traceback" not in out
+
+
+def test_missing_bundle_and_unwritable_cache_fail_at_start(tiny_bundle: Path, tmp_path: Path) -> None:
+    def run(bundle: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_runtime", "serve", "--bundle", str(bundle), "--cache",
+                               str(cache), "--port", str(free_port())], env=ENV, capture_output=True, text=True,
+                              timeout=60)
+
+    r = run(tmp_path / "nope", tmp_path / "cache")
+    assert r.returncode != 0 and "error: Model bundle" in r.stderr and "Traceback" not in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run(tiny_bundle, blocker / "cache")
+    assert r.returncode != 0 and "not writable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    r = subprocess.run([sys.executable, "-m", "edge_runtime", "healthcheck", "--url",
+                        f"http://127.0.0.1:{free_port()}", "--timeout", "1"], env=ENV, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "unreachable" in r.stderr
+
+
+@pytest.mark.parametrize("env_var", ["EDGE_BUNDLE"])
+def test_serve_reads_env_defaults(env_var: str, tiny_bundle: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**ENV, "EDGE_BUNDLE": str(tiny_bundle), "EDGE_CACHE": str(tmp_path / "c"), "EDGE_PORT": str(port),
+           "EDGE_BACKEND": "onnxruntime"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if get(f"http://127.0.0.1:{port}/readyz", timeout=1)[0] == 200:
+                    break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        assert get(f"http://127.0.0.1:{port}/readyz")[1]["backend"] == "onnxruntime"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
