@@ -61,8 +61,8 @@ def run(args: Any = None) -> dict[str, Any]:
 
     if not torch.cuda.is_available():
         raise SystemExit("gpu_precision needs a CUDA GPU visible to torch; none is here.")
-    runs = getattr(args, "runs", 300) if args is not None else 300
-    repeats = getattr(args, "repeats", 5) if args is not None else 5
+    runs = getattr(args, "runs", None) or 300
+    repeats = getattr(args, "repeats", None) or 5
     torch.backends.cuda.matmul.allow_tf32 = False  # honest FP32
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
