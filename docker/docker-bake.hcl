@@ -1,0 +1,86 @@
+# Images of edge-deploy. Bases, versions and the model are variables (data), never edited into Dockerfiles.
+#   docker buildx bake -f docker/docker-bake.hcl                     # converter + runtime
+#   VERSION=0.1.0 REGISTRY=registry.example.com docker buildx bake -f docker/docker-bake.hcl --push
+# `edge-deploy image build` wraps this (it first exports the bundle to label the runtime image with its sha256).
+
+variable "REGISTRY" { default = "localhost:5000" }
+variable "IMAGE_PREFIX" { default = "edge-deploy" }
+variable "VERSION" { default = "dev" }
+# Extra tags, comma-separated tag names (the release tool computes them); VERSION is always a tag.
+variable "TAGS" { default = "" }
+variable "L4T_BASE" { default = "nvcr.io/nvidia/l4t-jetpack:r36.4.0" }
+variable "CONVERTER_BASE" { default = "python:3.11-slim-bookworm" }
+variable "TORCH_SPEC" { default = "torch==2.13.0" }
+# Wheel directories the offline builds install from (`edge-deploy image build` fills them with pip download).
+variable "WHEELHOUSE" { default = ".edge/wheelhouse/converter" }
+variable "RUNTIME_WHEELHOUSE" { default = ".edge/wheelhouse/runtime" }
+# Directory holding the model (MODEL is a path inside it: a .pt/.onnx file or a prebuilt bundle directory).
+variable "MODEL_DIR" { default = "." }
+variable "MODEL" { default = "policy.pt" }
+variable "PRECISION" { default = "fp16" }
+variable "CALIBRATION" { default = "" }
+variable "BATCH" { default = "1,1,8" }
+variable "BUNDLE_SHA256" { default = "" }
+variable "RUNTIME_PLATFORMS" { default = "linux/arm64" }
+variable "GIT_SHA" { default = "unknown" }
+variable "CREATED" { default = "" }
+variable "SOURCE" { default = "" }
+
+function "tags_for" {
+  params = [name]
+  result = concat(
+    ["${REGISTRY}/${IMAGE_PREFIX}/${name}:${VERSION}"],
+    [for t in compact(split(",", TAGS)) : "${REGISTRY}/${IMAGE_PREFIX}/${name}:${trimspace(t)}"]
+  )
+}
+
+group "default" {
+  targets = ["converter", "runtime"]
+}
+
+target "_common" {
+  context = "."
+}
+
+target "converter" {
+  inherits = ["_common"]
+  dockerfile = "docker/converter.Dockerfile"
+  target = "converter"
+  platforms = ["linux/amd64"]
+  contexts = { wheelhouse = WHEELHOUSE }
+  args = { CONVERTER_BASE = CONVERTER_BASE, TORCH_SPEC = TORCH_SPEC }
+  tags = tags_for("converter")
+  labels = {
+    "org.opencontainers.image.title" = "edge-deploy converter"
+    "org.opencontainers.image.version" = VERSION
+    "org.opencontainers.image.revision" = GIT_SHA
+    "org.opencontainers.image.created" = CREATED
+    "org.opencontainers.image.source" = SOURCE
+    "org.opencontainers.image.base.name" = CONVERTER_BASE
+  }
+}
+
+target "_model" {
+  inherits = ["_common"]
+  dockerfile = "docker/runtime.Dockerfile"
+  contexts = { converter = "target:converter", model = MODEL_DIR, wheelhouse = RUNTIME_WHEELHOUSE }
+  args = {
+    L4T_BASE = L4T_BASE, MODEL = MODEL, PRECISION = PRECISION, CALIBRATION = CALIBRATION, BATCH = BATCH,
+    VERSION = VERSION, GIT_SHA = GIT_SHA, CREATED = CREATED, SOURCE = SOURCE, BUNDLE_SHA256 = BUNDLE_SHA256
+  }
+}
+
+# The converted bundle alone, exported to a local directory (`--set bundle.output=type=local,dest=DIR`).
+target "bundle" {
+  inherits = ["_model"]
+  target = "bundle"
+  platforms = ["linux/amd64"]
+  output = ["type=local,dest=.edge/bundle-export"]
+}
+
+target "runtime" {
+  inherits = ["_model"]
+  target = "runtime"
+  platforms = split(",", RUNTIME_PLATFORMS)
+  tags = tags_for("runtime")
+}

@@ -1,0 +1,70 @@
+# Robot runtime image (L4T, arm64): edge_runtime + its backend, then the model bundle LAST in its own
+# layer, so a model-only release pushes and pulls one small layer. The model is converted natively on the
+# build platform in the `convert` stage (FROM the converter), never under QEMU.
+ARG L4T_BASE=nvcr.io/nvidia/l4t-jetpack:r36.4.0
+
+# --- model → bundle, on the build platform --------------------------------------------------------------
+FROM --platform=$BUILDPLATFORM converter AS convert
+ARG MODEL=policy.pt
+ARG PRECISION=fp16
+ARG CALIBRATION=
+ARG BATCH=1,1,8
+USER root
+COPY --from=model . /in
+# A prebuilt bundle (a directory with bundle.json) is taken as it is; a model file is converted.
+RUN --network=none set -e; mkdir -p /out; \
+    if [ -f "/in/${MODEL}/bundle.json" ]; then cp -a "/in/${MODEL}" /out/bundle; \
+    else edge-deploy convert "/in/${MODEL}" -o /out/bundle --precision "${PRECISION}" --batch "${BATCH}" \
+           ${CALIBRATION:+--calibration "/in/${CALIBRATION}"}; fi; \
+    chmod -R a+rX /out/bundle
+
+# `bake bundle` exports just the bundle (its sha256 becomes the runtime image's label)
+FROM scratch AS bundle
+COPY --from=convert /out/bundle /
+
+# requirements of the device side, resolved from pyproject.toml on the build platform
+FROM --platform=$BUILDPLATFORM converter AS device-reqs
+USER root
+COPY pyproject.toml docker/requirements.py /src/
+RUN --network=none python /src/requirements.py /src/pyproject.toml device > /requirements-device.txt
+
+# --- the robot's image --------------------------------------------------------------------------------
+FROM ${L4T_BASE} AS runtime
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+RUN --network=none python3 -m venv /opt/edge/venv
+# Offline: wheels for this platform come from the `wheelhouse` context (filled on the host by pip download).
+RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    --mount=type=bind,from=device-reqs,source=/requirements-device.txt,target=/tmp/requirements-device.txt \
+    /opt/edge/venv/bin/pip install --no-index --find-links /wheelhouse --no-compile -r /tmp/requirements-device.txt \
+ && find /opt/edge/venv -name '__pycache__' -prune -exec rm -rf {} + \
+ && printf '#!/opt/edge/venv/bin/python\nimport sys\nfrom edge_runtime.cli import main\nsys.exit(main())\n' \
+      > /opt/edge/venv/bin/edge-runtime && chmod 0755 /opt/edge/venv/bin/edge-runtime \
+ && (getent group video >/dev/null || groupadd --system video) \
+ && useradd --system --uid 1000 --gid video --home-dir /var/cache/edge --no-create-home --shell /usr/sbin/nologin edge \
+ && mkdir -p /var/cache/edge && chown edge:video /var/cache/edge
+ENV PATH=/opt/edge/venv/bin:$PATH PYTHONPATH=/opt/edge/lib PYTHONDONTWRITEBYTECODE=1 \
+    EDGE_BUNDLE=/opt/edge/bundle EDGE_CACHE=/var/cache/edge EDGE_HOST=0.0.0.0 EDGE_PORT=8080
+VOLUME ["/var/cache/edge"]
+USER edge
+WORKDIR /var/cache/edge
+EXPOSE 8080
+# The first start builds the engine (minutes on a Jetson), hence the long start period.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=600s --retries=3 CMD ["edge-runtime", "healthcheck"]
+ENTRYPOINT ["edge-runtime", "serve"]
+ARG VERSION=dev
+ARG GIT_SHA=unknown
+ARG CREATED=
+ARG SOURCE=
+ARG L4T_BASE
+ARG BUNDLE_SHA256=
+ARG PRECISION=fp16
+LABEL org.opencontainers.image.title="edge-runtime" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_SHA}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.base.name="${L4T_BASE}" \
+      io.edge-deploy.bundle.sha256="${BUNDLE_SHA256}" \
+      io.edge-deploy.precision="${PRECISION}"
+COPY --link runtime/edge_runtime /opt/edge/lib/edge_runtime
+COPY --link --from=convert /out/bundle /opt/edge/bundle
