@@ -37,8 +37,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         cols += [c for c in r if c not in cols and not isinstance(r[c], (dict, list))]
     cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
 
@@ -69,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for <name>.json results")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (benchmark default)")
-    parser.add_argument("--runs", type=int, default=None, help="timed calls per measurement (benchmark default)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repeats per measurement (benchmark default)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=None, help="timed calls per measurement (benchmark default)"
+    )
     modules = {}
     for name, module in BENCHMARKS.items():
         try:

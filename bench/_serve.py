@@ -26,8 +26,21 @@ class ServiceProcess:
     def __init__(self, bundle: Path, cache: Path, backend: str, extra: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "edge_runtime", "serve", "--bundle", str(bundle), "--cache", str(cache),
-               "--backend", backend, "--port", str(self.port), *(extra or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--cache",
+            str(cache),
+            "--backend",
+            backend,
+            "--port",
+            str(self.port),
+            *(extra or []),
+        ]
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.ready_s: float | None = None
@@ -37,7 +50,9 @@ class ServiceProcess:
         deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"edge-runtime serve exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                raise RuntimeError(
+                    f"edge-runtime serve exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
                     if r.status == 200:
@@ -68,5 +83,10 @@ class ServiceProcess:
 def spread(values: list[float]) -> dict[str, float]:
     import statistics
 
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }

@@ -7,6 +7,7 @@ start filled. Reported per backend available here (ONNX Runtime everywhere; Tens
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -19,8 +20,12 @@ NAME = "startup"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--startup-bundle", type=Path, default=None,
-                        help="startup: bundle to start (default: a generated conv policy)")
+    parser.add_argument(
+        "--startup-bundle",
+        type=Path,
+        default=None,
+        help="startup: bundle to start (default: a generated conv policy)",
+    )
 
 
 def _backends() -> list[str]:
@@ -41,8 +46,11 @@ def run(args: Any = None) -> dict[str, Any]:
         root = Path(tmp)
         bundle = getattr(args, "startup_bundle", None) or write_conv_policy_bundle(root / "bundle")
         rows = []
-        result: dict[str, Any] = {"repeats": repeats, "machine": f"{platform.machine()} {platform.node()}",
-                                  "bundle": str(bundle) if getattr(args, "startup_bundle", None) else "conv-policy"}
+        result: dict[str, Any] = {
+            "repeats": repeats,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "bundle": str(bundle) if getattr(args, "startup_bundle", None) else "conv-policy",
+        }
         for backend in _backends():
             cold, warm, builds, loads_cold, loads_warm = [], [], [], [], []
             for i in range(repeats):
@@ -59,8 +67,17 @@ def run(args: Any = None) -> dict[str, Any]:
             c, w = spread(cold), spread(warm)
             ec, ew = spread(loads_cold), spread(loads_warm)
             for phase, s, e in (("cold (build)", c, ec), ("warm (cache hit)", w, ew)):
-                rows.append({"backend": backend, "start": phase, "ready_s_median": s["median"], "ready_s_min": s["min"],
-                             "ready_s_max": s["max"], "ready_s_stdev": s["stdev"], "engine_s_median": e["median"]})
+                rows.append(
+                    {
+                        "backend": backend,
+                        "start": phase,
+                        "ready_s_median": s["median"],
+                        "ready_s_min": s["min"],
+                        "ready_s_max": s["max"],
+                        "ready_s_stdev": s["stdev"],
+                        "engine_s_median": e["median"],
+                    }
+                )
             result[f"{backend}_cold_over_warm"] = c["median"] / w["median"]
             result[f"{backend}_engine_cold_over_warm"] = ec["median"] / ew["median"]
             result[f"{backend}_build_s_median"] = spread(builds)["median"]

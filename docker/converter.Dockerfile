@@ -23,7 +23,7 @@ FROM ${CONVERTER_BASE} AS converter
 RUN --network=none useradd --system --uid 1001 --create-home --home-dir /home/edge edge
 COPY --from=deps /opt/edge/venv /opt/edge/venv
 ENV PATH=/opt/edge/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1
-USER edge
+USER 1001
 WORKDIR /work
 ENTRYPOINT ["edge-deploy"]
 CMD ["--help"]

@@ -4,29 +4,31 @@
 ARG L4T_BASE=nvcr.io/nvidia/l4t-jetpack:r36.4.0
 
 # --- model → bundle, on the build platform --------------------------------------------------------------
+# `converter` and `model` are bake named contexts (target:converter, the model directory), not registry images.
+# hadolint ignore=DL3006
 FROM --platform=$BUILDPLATFORM converter AS convert
 ARG MODEL=policy.pt
 ARG PRECISION=fp16
 ARG CALIBRATION=
 ARG BATCH=1,1,8
-USER root
-COPY --from=model . /in
+# hadolint ignore=DL3022
+COPY --from=model --chown=1001 . /in
 # A prebuilt bundle (a directory with bundle.json) is taken as it is; a model file is converted.
-RUN --network=none set -e; mkdir -p /out; \
-    if [ -f "/in/${MODEL}/bundle.json" ]; then cp -a "/in/${MODEL}" /out/bundle; \
-    else edge-deploy convert "/in/${MODEL}" -o /out/bundle --precision "${PRECISION}" --batch "${BATCH}" \
+RUN --network=none set -e; mkdir -p /tmp/out; \
+    if [ -f "/in/${MODEL}/bundle.json" ]; then cp -a "/in/${MODEL}" /tmp/out/bundle; \
+    else edge-deploy convert "/in/${MODEL}" -o /tmp/out/bundle --precision "${PRECISION}" --batch "${BATCH}" \
            ${CALIBRATION:+--calibration "/in/${CALIBRATION}"}; fi; \
-    chmod -R a+rX /out/bundle
+    chmod -R a+rX /tmp/out/bundle
 
 # `bake bundle` exports just the bundle (its sha256 becomes the runtime image's label)
 FROM scratch AS bundle
-COPY --from=convert /out/bundle /
+COPY --from=convert /tmp/out/bundle /
 
 # requirements of the device side, resolved from pyproject.toml on the build platform
+# hadolint ignore=DL3006
 FROM --platform=$BUILDPLATFORM converter AS device-reqs
-USER root
-COPY pyproject.toml docker/requirements.py /src/
-RUN --network=none python /src/requirements.py /src/pyproject.toml device > /requirements-device.txt
+COPY pyproject.toml docker/requirements.py /tmp/src/
+RUN --network=none python /tmp/src/requirements.py /tmp/src/pyproject.toml device > /tmp/requirements-device.txt
 
 # --- the robot's image --------------------------------------------------------------------------------
 FROM ${L4T_BASE} AS runtime
@@ -34,7 +36,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN --network=none python3 -m venv /opt/edge/venv
 # Offline: wheels for this platform come from the `wheelhouse` context (filled on the host by pip download).
 RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
-    --mount=type=bind,from=device-reqs,source=/requirements-device.txt,target=/tmp/requirements-device.txt \
+    --mount=type=bind,from=device-reqs,source=/tmp/requirements-device.txt,target=/tmp/requirements-device.txt \
     /opt/edge/venv/bin/pip install --no-index --find-links /wheelhouse --no-compile -r /tmp/requirements-device.txt \
  && find /opt/edge/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && printf '#!/opt/edge/venv/bin/python\nimport sys\nfrom edge_runtime.cli import main\nsys.exit(main())\n' \
@@ -45,7 +47,7 @@ RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
 ENV PATH=/opt/edge/venv/bin:$PATH PYTHONPATH=/opt/edge/lib PYTHONDONTWRITEBYTECODE=1 \
     EDGE_BUNDLE=/opt/edge/bundle EDGE_CACHE=/var/cache/edge EDGE_HOST=0.0.0.0 EDGE_PORT=8080
 VOLUME ["/var/cache/edge"]
-USER edge
+USER 1000
 WORKDIR /var/cache/edge
 EXPOSE 8080
 # The first start builds the engine (minutes on a Jetson), hence the long start period.
@@ -67,4 +69,4 @@ LABEL org.opencontainers.image.title="edge-runtime" \
       io.edge-deploy.bundle.sha256="${BUNDLE_SHA256}" \
       io.edge-deploy.precision="${PRECISION}"
 COPY --link runtime/edge_runtime /opt/edge/lib/edge_runtime
-COPY --link --from=convert /out/bundle /opt/edge/bundle
+COPY --link --from=convert /tmp/out/bundle /opt/edge/bundle

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -201,9 +202,12 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
                  version: str = "dev", registry: str = "localhost:5000", image_prefix: str = "edge-deploy",
                  l4t_base: str | None = None, converter_base: str | None = None, runtime_python: str | None = None,
                  runtime_platforms: str = "linux/arm64", tags: Sequence[str] = (), push: bool = False,
-                 overrides: Sequence[str] = (), progress: str = "auto",
+                 overrides: Sequence[str] = (), progress: str = "auto", bundle_out: Path | None = None,
                  on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Wheelhouses → bundle export → bake converter + runtime; return results and the bundle's identity."""
+    """Wheelhouses → bundle export → bake converter + runtime; return results and the bundle's identity.
+
+    ``bundle_out`` keeps a copy of the bundle baked into the runtime image (for checks on the host).
+    """
     if not (model_dir / model).exists():
         raise ImageError(f"Model {model_dir / model} does not exist.")
     python = runtime_python or DEFAULT_RUNTIME_PYTHON
@@ -223,7 +227,11 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
         variables["CONVERTER_BASE"] = converter_base
     with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
         on_step("model stage → bundle")
-        manifest = export_bundle(variables, Path(tmp) / "bundle", progress=progress)
+        exported = Path(tmp) / "bundle"
+        manifest = export_bundle(variables, exported, progress=progress)
+        if bundle_out is not None:
+            shutil.rmtree(bundle_out, ignore_errors=True)
+            shutil.copytree(exported, bundle_out)
     variables["BUNDLE_SHA256"] = str(manifest.get("bundle_sha256", ""))
     variables["PRECISION"] = str(manifest.get("precision", precision))
     on_step("bake converter + runtime" + (" --push" if push else ""))

@@ -92,6 +92,9 @@ def _atomic_write(target: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; models are shared with build contexts
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -50,8 +50,9 @@ class CacheKey:
     parts: dict[str, Any]
 
 
-def engine_key(bundle_sha256: str, backend: str, backend_version: str, device: DeviceIdentity,
-               options: BuildOptions) -> CacheKey:
+def engine_key(
+    bundle_sha256: str, backend: str, backend_version: str, device: DeviceIdentity, options: BuildOptions
+) -> CacheKey:
     """The one place the key is derived: sha256 of canonical JSON of every part that changes the engine."""
     parts: dict[str, Any] = {
         "bundle_sha256": bundle_sha256,
@@ -78,8 +79,11 @@ class CacheEntry:
         return str(self.meta.get("created", ""))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "engine": str(self.engine_path), **{k: v for k, v in self.meta.items()
-                                                                      if k != "key"}}
+        return {
+            "key": self.key,
+            "engine": str(self.engine_path),
+            **{k: v for k, v in self.meta.items() if k != "key"},
+        }
 
 
 @dataclass
@@ -133,7 +137,9 @@ class EngineCache:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
-            raise CacheError(f"Engine cache directory {self.root} is not writable ({exc.strerror or exc}).") from None
+            raise CacheError(
+                f"Engine cache directory {self.root} is not writable ({exc.strerror or exc})."
+            ) from None
 
     def timing_cache_path(self, trt_version: str, gpu: str) -> Path:
         """TensorRT timing cache, keyed by TensorRT version and GPU only, so other models reuse it."""
@@ -242,7 +248,7 @@ class EngineCache:
         """Check every entry's checksum; optionally quarantine the bad ones."""
         report = []
         for entry in self.entries():
-            suffix = entry.engine_path.name[len(entry.key):] if entry.engine_path.name else ""
+            suffix = entry.engine_path.name[len(entry.key) :] if entry.engine_path.name else ""
             data, why = self.check(entry.key, suffix) if suffix else (None, "sidecar names no engine file")
             ok = data is not None
             if not ok and quarantine:
@@ -263,7 +269,7 @@ class EngineCache:
     def evict(self, protect: str) -> list[str]:
         """Keep the newest ``keep`` entries (by sidecar ``created``); skip entries another process holds."""
         removed = []
-        for entry in self.entries()[self.keep:]:
+        for entry in self.entries()[self.keep :]:
             if entry.key == protect:
                 continue
             lock = self._locks.setdefault(entry.key, FileLock(str(self.locks / f"{entry.key}.lock")))
@@ -308,8 +314,15 @@ class EngineCache:
             raise
         return engine_path
 
-    def open(self, backend: Backend, bundle: ModelBundle, options: BuildOptions, device: DeviceIdentity,
-             progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0) -> CachedEngine:
+    def open(
+        self,
+        backend: Backend,
+        bundle: ModelBundle,
+        options: BuildOptions,
+        device: DeviceIdentity,
+        progress: Callable[[str], None] | None = None,
+        progress_every_s: float = 5.0,
+    ) -> CachedEngine:
         """Load the engine for this bundle/backend/device, building and storing it on a miss.
 
         A corrupt, truncated or unloadable entry is quarantined and rebuilt once; a build failure
@@ -336,10 +349,13 @@ class EngineCache:
             engine = backend.load(data, bundle, options)
             load_s = time.monotonic() - t1
         self.evict(protect=key.digest)
-        return CachedEngine(engine, key, hit=False, build_seconds=build_s, load_seconds=load_s, path=engine_path)
+        return CachedEngine(
+            engine, key, hit=False, build_seconds=build_s, load_seconds=load_s, path=engine_path
+        )
 
-    def _try_load(self, key: CacheKey, backend: Backend, bundle: ModelBundle,
-                  options: BuildOptions) -> CachedEngine | None:
+    def _try_load(
+        self, key: CacheKey, backend: Backend, bundle: ModelBundle, options: BuildOptions
+    ) -> CachedEngine | None:
         suffix = backend.engine_suffix
         data, why = self.check(key.digest, suffix)
         if data is None:
@@ -360,17 +376,27 @@ class EngineCache:
         engine_path, _ = self._paths(key.digest, suffix)
         with contextlib.suppress(OSError):
             os.utime(engine_path)
-        return CachedEngine(engine, key, hit=True, build_seconds=0.0, load_seconds=time.monotonic() - t0,
-                            path=engine_path)
+        return CachedEngine(
+            engine, key, hit=True, build_seconds=0.0, load_seconds=time.monotonic() - t0, path=engine_path
+        )
 
-    def _build_with_progress(self, backend: Backend, bundle: ModelBundle, options: BuildOptions,
-                             device: DeviceIdentity, progress: Callable[[str], None] | None, every_s: float) -> bytes:
+    def _build_with_progress(
+        self,
+        backend: Backend,
+        bundle: ModelBundle,
+        options: BuildOptions,
+        device: DeviceIdentity,
+        progress: Callable[[str], None] | None,
+        every_s: float,
+    ) -> bytes:
         """Build, reporting elapsed time every few seconds so a 10-minute TensorRT build is not silent."""
         say = progress or (lambda msg: log.info("%s", msg))
         if options.timing_cache is None:  # backends without a timing cache ignore it
             timing = self.timing_cache_path(backend.version(), device.gpu)
             options = dataclasses.replace(options, timing_cache=timing)
-        say(f"building {backend.name} engine for {bundle.manifest.name} ({options.precision}, batch {options.batch})")
+        say(
+            f"building {backend.name} engine for {bundle.manifest.name} ({options.precision}, batch {options.batch})"
+        )
         done = threading.Event()
         t0 = time.monotonic()
 
@@ -387,4 +413,3 @@ class EngineCache:
             thread.join()
         say(f"built {backend.name} engine in {time.monotonic() - t0:.1f} s ({len(data) / 1e6:.1f} MB)")
         return data
-

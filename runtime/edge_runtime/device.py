@@ -94,8 +94,9 @@ class DeviceProbe:
         return {
             "is_jetson": self.is_jetson,
             "identity": self.identity.key_parts(),
-            "l4t": None if self.l4t is None else {**asdict(self.l4t), "version": self.l4t.version,
-                                                  "jetpack": self.l4t.jetpack},
+            "l4t": None
+            if self.l4t is None
+            else {**asdict(self.l4t), "version": self.l4t.version, "jetpack": self.l4t.jetpack},
             "model": self.model,
             "module": self.module,
             "tensorrt": self.tensorrt,

@@ -28,8 +28,15 @@ def gpu_memory_mb() -> dict[str, float] | None:
     return {"used_mb": (total - free) / 2**20, "total_mb": total / 2**20}
 
 
-def profile_bundle(bundle_dir: Path, cache_dir: Path | None = None, backend_name: str = "auto", runs: int = 200,
-                   batch: int = 1, warmup: int = 20, root: Path = Path("/")) -> dict[str, Any]:
+def profile_bundle(
+    bundle_dir: Path,
+    cache_dir: Path | None = None,
+    backend_name: str = "auto",
+    runs: int = 200,
+    batch: int = 1,
+    warmup: int = 20,
+    root: Path = Path("/"),
+) -> dict[str, Any]:
     import numpy as np
 
     bundle = ModelBundle.load(bundle_dir)
@@ -40,13 +47,16 @@ def profile_bundle(bundle_dir: Path, cache_dir: Path | None = None, backend_name
         cached = cache.open(backend, bundle, options, device_identity(root))
         try:
             rng = np.random.default_rng(0)
-            feeds = {s.name: rng.standard_normal(s.concrete_shape(batch)).astype(s.dtype) for s in bundle.inputs}
+            feeds = {
+                s.name: rng.standard_normal(s.concrete_shape(batch)).astype(s.dtype) for s in bundle.inputs
+            }
             temps_before = {z.type: z.temp_c for z in read_thermal_zones(root)}
             sampler = TegrastatsSampler(interval_ms=200)
             sampler.start()
             t0 = time.perf_counter()
             samples = time_calls(lambda: cached.engine.infer(feeds), runs=runs, warmup=warmup)
             wall = time.perf_counter() - t0
+            sampler.wait_for(1)
             tegra = summarize(sampler.stop())
             temps_after = {z.type: z.temp_c for z in read_thermal_zones(root)}
         finally:

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,7 +71,7 @@ def parse_line(line: str) -> TegrastatsSample:
     s = TegrastatsSample()
     if m := _DATE.match(line):
         s.timestamp = m.group(1)
-        line = line[m.end():]
+        line = line[m.end() :]
     if m := _RAM.search(line):
         s.ram_used_mb, s.ram_total_mb = int(m.group(1)), int(m.group(2))
     if m := _SWAP.search(line):
@@ -119,8 +120,12 @@ class TegrastatsSampler:
     def start(self) -> None:
         if self.exe is None:
             return
-        self._proc = subprocess.Popen([self.exe, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True)
+        self._proc = subprocess.Popen(
+            [self.exe, "--interval", str(self.interval_ms)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self._thread = threading.Thread(target=self._read, name="tegrastats", daemon=True)
         self._thread.start()
 
@@ -129,6 +134,15 @@ class TegrastatsSampler:
         for line in self._proc.stdout:
             if line.strip():
                 self.samples.append(parse_line(line))
+
+    def wait_for(self, count: int = 1, timeout_s: float | None = None) -> bool:
+        """Wait until ``count`` samples arrived (a short run still gets a power reading); False on timeout."""
+        if self._proc is None:
+            return False
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else 3 * self.interval_ms / 1000)
+        while len(self.samples) < count and time.monotonic() < deadline and self._proc.poll() is None:
+            time.sleep(0.01)
+        return len(self.samples) >= count
 
     def stop(self) -> list[TegrastatsSample]:
         if self._proc is not None:

@@ -38,9 +38,13 @@ class ThermalPolicy:
 
 
 class ThermalGovernor:
-    def __init__(self, policy: ThermalPolicy | None = None, root: str | Path = "/",
-                 on_change: Callable[[str, str], None] | None = None,
-                 read: Callable[[], float | None] | None = None) -> None:
+    def __init__(
+        self,
+        policy: ThermalPolicy | None = None,
+        root: str | Path = "/",
+        on_change: Callable[[str, str], None] | None = None,
+        read: Callable[[], float | None] | None = None,
+    ) -> None:
         self.policy = policy or ThermalPolicy()
         self.root = Path(root)
         self.on_change = on_change  # (old, new): e.g. ask nvpmodel for a lower mode when degraded
@@ -68,15 +72,27 @@ class ThermalGovernor:
             elif temp >= p.hard_c:
                 new = CRITICAL
             elif old == CRITICAL:
-                new = CRITICAL if temp >= p.soft_c else DEGRADED if temp >= p.soft_c - p.hysteresis_c else NORMAL
+                new = (
+                    CRITICAL
+                    if temp >= p.soft_c
+                    else DEGRADED
+                    if temp >= p.soft_c - p.hysteresis_c
+                    else NORMAL
+                )
             elif temp >= p.soft_c or (old == DEGRADED and temp >= p.soft_c - p.hysteresis_c):
                 new = DEGRADED
             else:
                 new = NORMAL
             self.state = new
         if new != old:
-            log.warning("thermal state %s → %s at %.1f °C (soft %.0f, hard %.0f)", old, new, temp or 0.0,
-                        p.soft_c, p.hard_c)
+            log.warning(
+                "thermal state %s → %s at %.1f °C (soft %.0f, hard %.0f)",
+                old,
+                new,
+                temp or 0.0,
+                p.soft_c,
+                p.hard_c,
+            )
             if self.on_change is not None:
                 try:
                     self.on_change(old, new)
@@ -93,8 +109,10 @@ class ThermalGovernor:
         with self._lock:
             state = self.state
             if state == CRITICAL:
-                return (f"The device is too hot ({self.temp_c:.1f} °C ≥ {self.policy.hard_c:.0f} °C); "
-                        "inference is paused until it cools.")
+                return (
+                    f"The device is too hot ({self.temp_c:.1f} °C ≥ {self.policy.hard_c:.0f} °C); "
+                    "inference is paused until it cools."
+                )
             rate = self.policy.degraded_rate_hz
             if state == DEGRADED and rate:
                 now = time.monotonic()
@@ -104,5 +122,9 @@ class ThermalGovernor:
         return None
 
     def snapshot(self) -> dict[str, object]:
-        return {"state": self.state, "temp_c": self.temp_c, "soft_c": self.policy.soft_c,
-                "hard_c": self.policy.hard_c}
+        return {
+            "state": self.state,
+            "temp_c": self.temp_c,
+            "soft_c": self.policy.soft_c,
+            "hard_c": self.policy.hard_c,
+        }

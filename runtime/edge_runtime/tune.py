@@ -50,23 +50,38 @@ def parse_cpus(text: str) -> list[int]:
     return sorted(cpus)
 
 
-def plan(power_mode: int | None = None, max_clocks: bool = False, cpus: list[int] | None = None,
-         pid: int | None = None) -> list[TuneStep]:
+def plan(
+    power_mode: int | None = None,
+    max_clocks: bool = False,
+    cpus: list[int] | None = None,
+    pid: int | None = None,
+) -> list[TuneStep]:
     steps = []
     if power_mode is not None:
         if power_mode < 0:
             raise EdgeError(f"Power mode {power_mode} is invalid; nvpmodel modes are 0 or greater.")
-        steps.append(TuneStep(f"power mode {power_mode} (0 is MAXN on Orin)", ["nvpmodel", "-m", str(power_mode)]))
+        steps.append(
+            TuneStep(f"power mode {power_mode} (0 is MAXN on Orin)", ["nvpmodel", "-m", str(power_mode)])
+        )
     if max_clocks:
         steps.append(TuneStep("pin CPU, GPU and EMC clocks at their maximum", ["jetson_clocks"]))
     if cpus:
         cpu_list = ",".join(map(str, cpus))
         if pid:
-            steps.append(TuneStep(f"pin process {pid} and its threads to CPUs {cpu_list}",
-                                  ["taskset", "-a", "-c", "-p", cpu_list, str(pid)]))
+            steps.append(
+                TuneStep(
+                    f"pin process {pid} and its threads to CPUs {cpu_list}",
+                    ["taskset", "-a", "-c", "-p", cpu_list, str(pid)],
+                )
+            )
         else:  # the service pins itself (os.sched_setaffinity) when started with --cpus
-            steps.append(TuneStep(f"start the service pinned to CPUs {cpu_list}",
-                                  ["edge-runtime", "serve", "--cpus", cpu_list], runnable=False))
+            steps.append(
+                TuneStep(
+                    f"start the service pinned to CPUs {cpu_list}",
+                    ["edge-runtime", "serve", "--cpus", cpu_list],
+                    runnable=False,
+                )
+            )
     if not steps:
         raise EdgeError("Nothing to tune: give --power-mode, --max-clocks or --cpus.")
     return steps
@@ -85,6 +100,8 @@ def apply(steps: list[TuneStep], dry_run: bool = False, timeout_s: float = 60.0)
         step.ran, step.returncode = True, proc.returncode
         step.output = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:
-            raise DeviceError(f"{step.shell} failed with exit code {proc.returncode}: "
-                              f"{step.output.splitlines()[-1] if step.output else 'no output'}.")
+            raise DeviceError(
+                f"{step.shell} failed with exit code {proc.returncode}: "
+                f"{step.output.splitlines()[-1] if step.output else 'no output'}."
+            )
     return steps

@@ -23,9 +23,27 @@ def test_table_and_result_file(tmp_path: Path) -> None:
 
 def test_startup_and_service_overhead_run(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
-    r = subprocess.run([sys.executable, "-m", "bench", "startup", "service_overhead", "--repeats", "1", "--runs",
-                        "20", "--out", str(tmp_path), "--json"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "startup",
+            "service_overhead",
+            "--repeats",
+            "1",
+            "--runs",
+            "20",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)
     startup = results["startup"]
@@ -34,6 +52,19 @@ def test_startup_and_service_overhead_run(tmp_path: Path) -> None:
     assert all(row["ready_s_median"] > 0 for row in startup["rows"])
     overhead = results["service_overhead"]
     paths = [row["path"] for row in overhead["rows"]]
-    assert paths == ["raw engine.infer", "POST npz", "POST JSON"]
+    assert paths == [
+        "raw engine.infer",
+        "POST npz",
+        "POST JSON",
+        "raw engine.infer (inline run)",
+        "POST npz inline",
+        "raw engine.infer",
+        "POST npz",
+        "raw engine.infer (inline run)",
+        "POST npz inline",
+        "no-op ASGI app (HTTP floor)",
+    ]
+    assert overhead["fixed_added_p50_ms"] > 0
     assert all(row["p99_ms"] >= row["p50_ms"] > 0 for row in overhead["rows"])
+    assert overhead["http_floor_p50_ms"] > 0
     assert (tmp_path / "startup.json").is_file() and (tmp_path / "service_overhead.json").is_file()

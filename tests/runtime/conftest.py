@@ -44,7 +44,10 @@ def write_tiny_bundle(root: Path, seed: int = 0, batch: BatchProfile | None = No
     manifest = BundleManifest(
         precision="fp32",
         opset=17,
-        inputs=[TensorSpec("image", "float32", ("batch", 3, 224, 224)), TensorSpec("robot_state", "float32", ("batch", 48))],
+        inputs=[
+            TensorSpec("image", "float32", ("batch", 3, 224, 224)),
+            TensorSpec("robot_state", "float32", ("batch", 48)),
+        ],
         outputs=[TensorSpec("action", "float32", ("batch", 7))],
         batch=batch or BatchProfile(1, 1, 8),
         files={"model.onnx": sha256_file(root / "model.onnx")},

@@ -60,8 +60,12 @@ def test_tensorrt_engine_matches_onnxruntime(tiny_bundle: Path, tmp_path: Path, 
 
     bundle = ModelBundle.load(tiny_bundle)
     backend = get_backend("tensorrt")
-    options = BuildOptions(precision=precision, batch=bundle.manifest.batch, timing_cache=tmp_path / "t.cache",
-                           workspace_bytes=256 << 20)
+    options = BuildOptions(
+        precision=precision,
+        batch=bundle.manifest.batch,
+        timing_cache=tmp_path / "t.cache",
+        workspace_bytes=256 << 20,
+    )
     engine = backend.load(backend.build(bundle, options), bundle, options)
     feeds = sample_feeds(2)
     expected = ort.InferenceSession(str(bundle.model_path)).run(["action"], feeds)[0]
@@ -69,3 +73,31 @@ def test_tensorrt_engine_matches_onnxruntime(tiny_bundle: Path, tmp_path: Path, 
     np.testing.assert_allclose(engine.infer(feeds)["action"], expected, rtol=tol, atol=tol)
     assert (tmp_path / "t.cache").stat().st_size > 0
     engine.close()
+
+
+def test_tensorrt_source_model_per_bundle_kind(tmp_path: Path) -> None:
+    """Which file TensorRT parses: runs here, since it only reads the bundle (no TensorRT import)."""
+    import dataclasses
+
+    from edge_runtime.backends.tensorrt import source_model
+    from tests.runtime.conftest import write_tiny_bundle
+
+    bundle = ModelBundle.load(write_tiny_bundle(tmp_path / "b"))
+    (bundle.path / "model.fp32.onnx").write_bytes(bundle.model_path.read_bytes())
+
+    def with_quant(q: dict | None) -> ModelBundle:
+        return ModelBundle(bundle.path, dataclasses.replace(bundle.manifest, quantization=q))
+
+    assert source_model(bundle, "fp32") == (bundle.model_path, False)
+    assert source_model(with_quant({"format": "QDQ", "fp32_model": "model.fp32.onnx"}), "int8") == (
+        bundle.model_path,
+        True,
+    )
+    assert source_model(with_quant({"fp32_model": "model.fp32.onnx"}), "fp16") == (
+        bundle.path / "model.fp32.onnx",
+        False,
+    )
+    assert source_model(with_quant({"fp32_model": "model.fp32.onnx"}), "int8") == (
+        bundle.path / "model.fp32.onnx",
+        False,
+    )

@@ -64,7 +64,7 @@ def test_miss_then_hit_and_same_outputs(bundle: ModelBundle, tmp_path: Path) -> 
     meta = json.loads((tmp_path / "engines" / f"{second.key.digest}.json").read_text())
     assert meta["parts"]["bundle_sha256"] == bundle.sha256
     assert meta["size"] == second.path.stat().st_size
-    assert second.path.read_bytes()[:4] != b"{\"ke"  # no header prepended
+    assert second.path.read_bytes()[:4] != b'{"ke'  # no header prepended
 
 
 def test_backend_upgrade_misses(bundle: ModelBundle, tmp_path: Path) -> None:
@@ -77,8 +77,9 @@ def test_backend_upgrade_misses(bundle: ModelBundle, tmp_path: Path) -> None:
 
 def test_l4t_upgrade_misses(bundle: ModelBundle, tmp_path: Path, fake_root: Path) -> None:
     r36 = device_identity(fake_root)
-    (fake_root / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 3.0, GCID: 1, BOARD: generic, "
-                                                    "EABI: aarch64, DATE: x\n")
+    (fake_root / "etc/nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 3.0, GCID: 1, BOARD: generic, EABI: aarch64, DATE: x\n"
+    )
     r363 = device_identity(fake_root)
     assert r36.l4t == "36.4.0" and r363.l4t == "36.3.0"
     backend = CountingBackend()
@@ -93,7 +94,9 @@ def test_key_parts_change_key(bundle: ModelBundle) -> None:
     for changed in (
         engine_key("0" * 64, "onnxruntime", "1", dev, opts(bundle)),
         engine_key(bundle.sha256, "onnxruntime", "1", dataclasses.replace(dev, gpu="Orin"), opts(bundle)),
-        engine_key(bundle.sha256, "onnxruntime", "1", dev, dataclasses.replace(opts(bundle), precision="fp16")),
+        engine_key(
+            bundle.sha256, "onnxruntime", "1", dev, dataclasses.replace(opts(bundle), precision="fp16")
+        ),
     ):
         assert changed.digest != base.digest
     assert engine_key(bundle.sha256, "onnxruntime", "1", dev, opts(bundle)) == base  # deterministic
@@ -120,7 +123,9 @@ def test_bad_entry_is_quarantined_and_rebuilt(bundle: ModelBundle, tmp_path: Pat
         meta = json.loads(sidecar.read_text())
         import hashlib
 
-        sidecar.write_text(json.dumps({**meta, "size": len(junk), "sha256": hashlib.sha256(junk).hexdigest()}))
+        sidecar.write_text(
+            json.dumps({**meta, "size": len(junk), "sha256": hashlib.sha256(junk).hexdigest()})
+        )
     again = EngineCache(tmp_path).open(backend, bundle, opts(bundle), dev)
     assert not again.hit and backend.builds == 2
     assert again.engine.infer(sample_feeds())["action"].shape == (1, 7)
@@ -189,8 +194,13 @@ def test_eviction_keeps_newest(tmp_path: Path) -> None:
 
 def _child(bundle: Path, cache: Path, mode: str, counter: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
-    return subprocess.Popen([sys.executable, str(PROCS / "cache_builder.py"), str(bundle), str(cache), mode,
-                             str(counter)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(PROCS / "cache_builder.py"), str(bundle), str(cache), mode, str(counter)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_two_processes_build_once(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -225,3 +235,18 @@ def test_killed_mid_write_next_start_rebuilds(tiny_bundle: Path, tmp_path: Path)
     assert list((cache / "engines").glob(".*.tmp")) == []
     assert result.engine.infer(sample_feeds())["action"].shape == (1, 7)
     assert EngineCache(cache).open(backend, bundle, opts(bundle), device_identity()).hit
+
+
+def test_long_build_reports_progress_with_elapsed_time(bundle: ModelBundle, tmp_path: Path) -> None:
+    class Slow(CountingBackend):
+        def build(self, bundle: ModelBundle, options: BuildOptions) -> bytes:
+            time.sleep(0.35)
+            return super().build(bundle, options)
+
+    lines: list[str] = []
+    EngineCache(tmp_path).open(
+        Slow(), bundle, opts(bundle), device_identity(), progress=lines.append, progress_every_s=0.1
+    )
+    assert lines[0].startswith("building onnxruntime engine")
+    assert any(line.startswith("still building") and "s elapsed" in line for line in lines)
+    assert lines[-1].startswith("built onnxruntime engine in")

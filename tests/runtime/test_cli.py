@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from edge_runtime.cli import cli
@@ -16,14 +18,32 @@ def invoke(*args: str) -> tuple[int, str]:
 
 def test_engine_build_list_verify_clear(tiny_bundle: Path, tmp_path: Path) -> None:
     cache = str(tmp_path / "cache")
-    code, out = invoke("engine", "build", "--bundle", str(tiny_bundle), "--cache", cache, "--backend",
-                       "onnxruntime", "--json")
+    code, out = invoke(
+        "engine",
+        "build",
+        "--bundle",
+        str(tiny_bundle),
+        "--cache",
+        cache,
+        "--backend",
+        "onnxruntime",
+        "--json",
+    )
     assert code == 0, out
-    built = json.loads(out[out.index("{"):])
+    built = json.loads(out[out.index("{") :])
     assert built["hit"] is False
-    code, out = invoke("engine", "build", "--bundle", str(tiny_bundle), "--cache", cache, "--backend",
-                       "onnxruntime", "--json")
-    assert json.loads(out[out.index("{"):])["hit"] is True
+    code, out = invoke(
+        "engine",
+        "build",
+        "--bundle",
+        str(tiny_bundle),
+        "--cache",
+        cache,
+        "--backend",
+        "onnxruntime",
+        "--json",
+    )
+    assert json.loads(out[out.index("{") :])["hit"] is True
     code, out = invoke("engine", "list", "--cache", cache, "--json")
     listed = json.loads(out)
     assert [e["key"] for e in listed] == [built["key"]] and listed[0]["parts"]["backend"] == "onnxruntime"
@@ -48,8 +68,48 @@ def test_tune_prints_exact_commands_without_tools() -> None:
 
 
 def test_profile_json(tiny_bundle: Path) -> None:
-    code, out = invoke("profile", "--bundle", str(tiny_bundle), "--runs", "30", "--backend", "onnxruntime", "--json")
+    code, out = invoke(
+        "profile", "--bundle", str(tiny_bundle), "--runs", "30", "--backend", "onnxruntime", "--json"
+    )
     assert code == 0, out
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     lat = data["latency"]
     assert lat["runs"] == 30 and 0 < lat["p50_ms"] <= lat["p99_ms"] and data["peak_rss_mb"] > 0
+
+
+def test_profile_samples_tegrastats_when_present(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = (
+        "11-25-2026 07:51:16 RAM 1965/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [1%@729,2%@729] "
+        "GR3D_FREQ 40%@[624] cpu@46.25C gpu@45.031C VDD_IN 4451mW/4451mW VDD_SOC 1322mW/1322mW"
+    )
+    fake = tmp_path / "bin" / "tegrastats"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nwhile true; do echo '{line}'; sleep 0.05; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    code, out = invoke(
+        "profile", "--bundle", str(tiny_bundle), "--runs", "20", "--backend", "onnxruntime", "--json"
+    )
+    assert code == 0, out
+    data = json.loads(out[out.index("{") :])
+    assert data["power_source"] == "tegrastats"
+    assert data["tegrastats"]["power_max_mw"] == 4451 and data["tegrastats"]["gpu_load_mean_pct"] == 40
+
+
+def test_tune_runs_the_tools_where_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "calls.txt"
+    for tool in ("nvpmodel", "jetson_clocks"):
+        (bindir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
+        (bindir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    code, out = invoke("tune", "--power-mode", "2", "--max-clocks", "--json")
+    assert code == 0, out
+    assert [s["ran"] for s in json.loads(out)] == [True, True]
+    assert log.read_text().splitlines() == ["nvpmodel -m 2", "jetson_clocks "]
+    (bindir / "nvpmodel").write_text("#!/bin/sh\necho 'NVPM ERROR: invalid mode' >&2\nexit 1\n")
+    result = CliRunner().invoke(cli, ["tune", "--power-mode", "9"])
+    assert result.exit_code != 0 and "exit code 1" in str(result.exception)

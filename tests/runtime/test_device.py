@@ -10,11 +10,15 @@ from edge_runtime.device import L4TRelease, device_identity, probe, read_board_m
 
 
 def test_l4t_release_lines() -> None:
-    r36 = L4TRelease.parse("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
-                           "DATE: Fri Sep 13 04:36:44 UTC 2024\n# KERNEL_VARIANT: oot\n")
+    r36 = L4TRelease.parse(
+        "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
+        "DATE: Fri Sep 13 04:36:44 UTC 2024\n# KERNEL_VARIANT: oot\n"
+    )
     assert r36 is not None and (r36.version, r36.jetpack, r36.board) == ("36.4.0", "6", "generic")
-    r35 = L4TRelease.parse("# R35 (release), REVISION: 5.0, GCID: 35550185, BOARD: t186ref, EABI: aarch64, "
-                           "DATE: Tue Feb 20 04:46:31 UTC 2024")
+    r35 = L4TRelease.parse(
+        "# R35 (release), REVISION: 5.0, GCID: 35550185, BOARD: t186ref, EABI: aarch64, "
+        "DATE: Tue Feb 20 04:46:31 UTC 2024"
+    )
     assert r35 is not None and (r35.version, r35.jetpack, r35.board) == ("35.5.0", "5", "t186ref")
     assert L4TRelease.parse("garbage") is None
 

@@ -22,7 +22,11 @@ import pytest
 from tests.runtime.conftest import FIXTURES, sample_feeds
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)]), "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)]),
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def free_port() -> int:
@@ -50,11 +54,24 @@ def post_json(url: str, feeds: dict[str, np.ndarray], timeout: float = 30.0) -> 
 
 
 @contextmanager
-def serving(bundle: Path, cache: Path, *extra: str, script: list[str] | None = None,
-            env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def serving(
+    bundle: Path, cache: Path, *extra: str, script: list[str] | None = None, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
-    cmd = [sys.executable, *(script or ["-m", "edge_runtime"]), "serve", "--bundle", str(bundle), "--cache",
-           str(cache), "--backend", "onnxruntime", "--port", str(port), *extra]
+    cmd = [
+        sys.executable,
+        *(script or ["-m", "edge_runtime"]),
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--cache",
+        str(cache),
+        "--backend",
+        "onnxruntime",
+        "--port",
+        str(port),
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or ENV)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -92,8 +109,13 @@ def test_cold_then_warm_start_and_correct_actions(tiny_bundle: Path, tmp_path: P
             status, body = post_json(url + "/v1/infer", feeds)
             assert status == 200
             np.testing.assert_allclose(np.array(body["outputs"]["action"]), expected, atol=1e-5)
-            healthcheck = subprocess.run([sys.executable, "-m", "edge_runtime", "healthcheck", "--url", url],
-                                         env=ENV, capture_output=True, text=True, timeout=30)
+            healthcheck = subprocess.run(
+                [sys.executable, "-m", "edge_runtime", "healthcheck", "--url", url],
+                env=ENV,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert healthcheck.returncode == 0
     assert [s["cache_hit"] for s in starts] == [False, True]
     assert starts[1]["build_seconds"] == 0.0 and starts[0]["build_seconds"] > 0
@@ -121,9 +143,24 @@ def test_sigterm_drains_inflight_request(tiny_bundle: Path, tmp_path: Path) -> N
 
 def test_missing_bundle_and_unwritable_cache_fail_at_start(tiny_bundle: Path, tmp_path: Path) -> None:
     def run(bundle: Path, cache: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "edge_runtime", "serve", "--bundle", str(bundle), "--cache",
-                               str(cache), "--port", str(free_port())], env=ENV, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime",
+                "serve",
+                "--bundle",
+                str(bundle),
+                "--cache",
+                str(cache),
+                "--port",
+                str(free_port()),
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     r = run(tmp_path / "nope", tmp_path / "cache")
     assert r.returncode != 0 and "error: Model bundle" in r.stderr and "Traceback" not in r.stderr
@@ -134,19 +171,41 @@ def test_missing_bundle_and_unwritable_cache_fail_at_start(tiny_bundle: Path, tm
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:
-    r = subprocess.run([sys.executable, "-m", "edge_runtime", "healthcheck", "--url",
-                        f"http://127.0.0.1:{free_port()}", "--timeout", "1"], env=ENV, capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "healthcheck",
+            "--url",
+            f"http://127.0.0.1:{free_port()}",
+            "--timeout",
+            "1",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and "unreachable" in r.stderr
 
 
 @pytest.mark.parametrize("env_var", ["EDGE_BUNDLE"])
 def test_serve_reads_env_defaults(env_var: str, tiny_bundle: Path, tmp_path: Path) -> None:
     port = free_port()
-    env = {**ENV, "EDGE_BUNDLE": str(tiny_bundle), "EDGE_CACHE": str(tmp_path / "c"), "EDGE_PORT": str(port),
-           "EDGE_BACKEND": "onnxruntime"}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **ENV,
+        "EDGE_BUNDLE": str(tiny_bundle),
+        "EDGE_CACHE": str(tmp_path / "c"),
+        "EDGE_PORT": str(port),
+        "EDGE_BACKEND": "onnxruntime",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -159,3 +218,55 @@ def test_serve_reads_env_defaults(env_var: str, tiny_bundle: Path, tmp_path: Pat
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_ros2_bridge_started_after_ready_and_stopped_on_sigterm(tiny_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "ros2.log"
+    env = {**ENV, "EDGE_TEST_ROS2_LOG": str(log)}
+    script = [str(FIXTURES / "procs" / "fake_ros2_serve.py")]
+    with serving(tiny_bundle, tmp_path / "cache", "--ros2", script=script, env=env) as (_url, proc):
+        deadline = time.monotonic() + 30
+        while "start" not in log.read_text() if log.exists() else True:
+            assert time.monotonic() < deadline, "bridge never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["init", "start", "stop"]
+    assert events[0]["inputs"] == ["image", "robot_state"] and events[0]["registry"] == "CollectorRegistry"
+    assert events[1]["outputs"] == {"action": [1, 7]}
+
+
+def test_ros2_without_the_module_is_a_clear_error(tiny_bundle: Path, tmp_path: Path) -> None:
+    code = "import sys; sys.modules['edge_runtime.ros2'] = None; from edge_runtime.cli import main; main()"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "serve",
+            "--bundle",
+            str(tiny_bundle),
+            "--cache",
+            str(tmp_path / "c"),
+            "--ros2",
+            "--port",
+            str(free_port()),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        r.returncode != 0
+        and "error: --ros2 needs edge_runtime.ros2" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+
+
+def test_serve_pins_itself_to_cpus(tiny_bundle: Path, tmp_path: Path) -> None:
+    with serving(tiny_bundle, tmp_path / "cache", "--cpus", "0") as (_url, proc):
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        allowed = next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+        assert allowed.split(":")[1].strip() == "0"

@@ -30,8 +30,15 @@ def _npz(feeds: dict[str, np.ndarray]) -> bytes:
 
 
 def make_service(bundle: Path, cache: Path, root: Path, **kw: object) -> InferenceService:
-    config = ServiceConfig(bundle=bundle, cache=cache, backend="onnxruntime", device_root=root, warmup_runs=2,
-                           max_body_bytes=16 << 20, **kw)  # type: ignore[arg-type]
+    config = ServiceConfig(
+        bundle=bundle,
+        cache=cache,
+        backend="onnxruntime",
+        device_root=root,
+        warmup_runs=2,
+        max_body_bytes=16 << 20,
+        **kw,
+    )  # type: ignore[arg-type]
     service = InferenceService(config)
     service.load()
     return service
@@ -69,12 +76,22 @@ def test_json_ints_are_cast_to_model_dtype(client: TestClient) -> None:
 
 
 BAD_CASES = {
-    "unknown input": ({"inputs": {**{k: v.tolist() for k, v in sample_feeds().items()}, "depth": [1]}},
-                      400, "Unknown input 'depth'"),
+    "unknown input": (
+        {"inputs": {**{k: v.tolist() for k, v in sample_feeds().items()}, "depth": [1]}},
+        400,
+        "Unknown input 'depth'",
+    ),
     "missing input": ({"inputs": {"robot_state": [[0.0] * 48]}}, 400, "Missing input 'image'"),
-    "wrong shape": ({"inputs": {"image": np.zeros((1, 3, 224, 224)).tolist(), "robot_state": [[0.0] * 47]}},
-                    400, "has shape [1, 47]"),
-    "non-numeric": ({"inputs": {"image": "cat", "robot_state": [[0.0] * 48]}}, 400, "not a rectangular array"),
+    "wrong shape": (
+        {"inputs": {"image": np.zeros((1, 3, 224, 224)).tolist(), "robot_state": [[0.0] * 47]}},
+        400,
+        "has shape [1, 47]",
+    ),
+    "non-numeric": (
+        {"inputs": {"image": "cat", "robot_state": [[0.0] * 48]}},
+        400,
+        "not a rectangular array",
+    ),
     "ragged": ({"inputs": {"image": [[1, 2], [3]], "robot_state": [[0.0] * 48]}}, 400, "not a rectangular"),
     "no inputs object": ({"outputs": {}}, 400, '"inputs" object'),
 }
@@ -90,8 +107,12 @@ def test_bad_json_inputs_are_4xx_with_a_sentence(client: TestClient, case: str) 
 
 
 def test_invalid_json_truncated_npz_wrong_dtype_media_type(client: TestClient) -> None:
-    assert client.post("/v1/infer", content=b'{"inputs": {', headers={"Content-Type": "application/json"}
-                       ).status_code == 400
+    assert (
+        client.post(
+            "/v1/infer", content=b'{"inputs": {', headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
     blob = _npz(sample_feeds())
     r = client.post("/v1/infer", content=blob[: len(blob) // 2], headers={"Content-Type": NPZ})
     assert r.status_code == 400 and "npz" in r.json()["error"]
@@ -118,18 +139,24 @@ def test_oversized_body_is_413(client: TestClient) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.one_of(
-    st.binary(max_size=300),
-    json_values.map(lambda v: json.dumps(v).encode()),
-    st.dictionaries(st.sampled_from(["image", "robot_state", "x"]), json_values, max_size=3)
-    .map(lambda d: json.dumps({"inputs": d}).encode()),
-), npz=st.booleans())
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(st.sampled_from(["image", "robot_state", "x"]), json_values, max_size=3).map(
+            lambda d: json.dumps({"inputs": d}).encode()
+        ),
+    ),
+    npz=st.booleans(),
+)
 def test_fuzzed_bodies_never_500(client: TestClient, body: bytes, npz: bool) -> None:
     r = client.post("/v1/infer", content=body, headers={"Content-Type": NPZ if npz else "application/json"})
     assert 400 <= r.status_code < 500, r.text
@@ -140,9 +167,15 @@ def test_metrics_exposes_the_service(client: TestClient) -> None:
     client.post("/v1/infer", json={"inputs": {k: v.tolist() for k, v in sample_feeds().items()}})
     client.post("/v1/infer", json={"nope": 1})
     text = client.get("/metrics").text
-    for name in ("edge_request_latency_seconds_bucket", 'edge_requests_total{code="200"}',
-                 'edge_request_errors_total{reason="bad_json"}', 'edge_engine_cache_total{result="miss"}',
-                 "edge_engine_build_seconds", "edge_temperature_celsius", 'edge_thermal_state{edge_thermal_state="normal"} 1.0'):
+    for name in (
+        "edge_request_latency_seconds_bucket",
+        'edge_requests_total{code="200"}',
+        'edge_request_errors_total{reason="bad_json"}',
+        'edge_engine_cache_total{result="miss"}',
+        "edge_engine_build_seconds",
+        "edge_temperature_celsius",
+        'edge_thermal_state{edge_thermal_state="normal"} 1.0',
+    ):
         assert name in text, name
 
 
@@ -173,11 +206,16 @@ def _write_temp(root: Path, celsius: float) -> None:
 def test_thermal_governor_in_service(tiny_bundle: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     _write_temp(root, 50)
-    service = make_service(tiny_bundle, tmp_path / "cache", root,
-                           thermal=ThermalPolicy(soft_c=70, hard_c=85, degraded_max_batch=2))
+    service = make_service(
+        tiny_bundle,
+        tmp_path / "cache",
+        root,
+        thermal=ThermalPolicy(soft_c=70, hard_c=85, degraded_max_batch=2),
+    )
     feeds = sample_feeds(5)
     expected = _reference(tiny_bundle, feeds)
     with TestClient(create_app(service)) as c:
+
         def infer() -> object:
             return c.post("/v1/infer", content=_npz(feeds), headers={"Content-Type": NPZ, "Accept": NPZ})
 
@@ -227,8 +265,11 @@ def test_build_failure_stops_the_server_with_a_sentence(tiny_bundle: Path, tmp_p
     from edge_runtime.errors import EdgeError, EngineBuildError
     from edge_runtime.service import serve
 
-    service = InferenceService(ServiceConfig(bundle=tiny_bundle, cache=tmp_path / "cache", backend="onnxruntime",
-                                             device_root=tmp_path))
+    service = InferenceService(
+        ServiceConfig(
+            bundle=tiny_bundle, cache=tmp_path / "cache", backend="onnxruntime", device_root=tmp_path
+        )
+    )
     service.prepare()
 
     def broken(bundle: object, options: object) -> bytes:
@@ -248,3 +289,40 @@ def test_request_error_is_an_edge_error() -> None:
     from edge_runtime.service import RequestError
 
     assert issubclass(RequestError, EdgeError)
+
+
+def test_inline_inference_mode_gives_the_same_answers(tiny_bundle: Path, tmp_path: Path) -> None:
+    service = make_service(tiny_bundle, tmp_path / "cache", tmp_path / "none", inline_infer=True)
+    feeds = sample_feeds(2, seed=9)
+    with TestClient(create_app(service)) as c:
+        r = c.post("/v1/infer", content=_npz(feeds), headers={"Content-Type": NPZ, "Accept": NPZ})
+        assert r.status_code == 200
+        with np.load(io.BytesIO(r.content)) as out:
+            np.testing.assert_allclose(out["action"], _reference(tiny_bundle, feeds), atol=1e-5)
+        assert c.post("/v1/infer", json={"inputs": {}}).status_code == 400
+
+
+def test_backend_failure_is_a_500_sentence_and_service_stays_up(tiny_bundle: Path, tmp_path: Path) -> None:
+    service = make_service(tiny_bundle, tmp_path / "cache", tmp_path / "none")
+    assert service.engine is not None
+    real = service.engine.infer
+    calls = {"n": 0}
+
+    def flaky(feeds):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(feeds)
+
+    service.engine.infer = flaky  # type: ignore[method-assign]
+    with TestClient(create_app(service)) as c:
+        r = c.post("/v1/infer", content=_npz(sample_feeds()), headers={"Content-Type": NPZ})
+        assert (
+            r.status_code == 500
+            and r.json()["error"] == "Inference failed (RuntimeError); see the service log."
+        )
+        assert (
+            c.post("/v1/infer", content=_npz(sample_feeds()), headers={"Content-Type": NPZ}).status_code
+            == 200
+        )
+        assert c.get("/healthz").status_code == 200

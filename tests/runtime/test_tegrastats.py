@@ -42,7 +42,7 @@ def test_jetpack6_orin_nano_lines() -> None:
 def test_sampler_reads_a_tegrastats_binary(tmp_path: Path) -> None:
     fake = tmp_path / "tegrastats"
     line = samples()[1]
-    fake.write_text(f"#!/bin/sh\nfor i in 1 2 3; do echo '{line}'; done\nsleep 30\n")
+    fake.write_text(f"#!/bin/sh\nfor i in 1 2 3; do echo '{line}'; done\nexec sleep 30\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     sampler = TegrastatsSampler(interval_ms=100, exe=os.fspath(fake))
     sampler.start()

@@ -16,8 +16,11 @@ def set_temp(root: Path, zone: int, kind: str, celsius: float) -> None:
 
 def test_states_and_hysteresis_from_sysfs(tmp_path: Path) -> None:
     changes: list[tuple[str, str]] = []
-    gov = ThermalGovernor(ThermalPolicy(soft_c=70, hard_c=85, hysteresis_c=3, degraded_max_batch=2), root=tmp_path,
-                          on_change=lambda a, b: changes.append((a, b)))
+    gov = ThermalGovernor(
+        ThermalPolicy(soft_c=70, hard_c=85, hysteresis_c=3, degraded_max_batch=2),
+        root=tmp_path,
+        on_change=lambda a, b: changes.append((a, b)),
+    )
     set_temp(tmp_path, 0, "cpu-thermal", 40)
     set_temp(tmp_path, 1, "gpu-thermal", 50)
     assert gov.update() == NORMAL and gov.temp_c == 50 and gov.max_batch() is None and gov.admit() is None

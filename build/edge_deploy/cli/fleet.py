@@ -22,11 +22,15 @@ def fleet() -> None:
               envvar="EDGE_FLEET_STATE")
 @click.option("--registry", default=sim.DEFAULT_REGISTRY, show_default=True, envvar="EDGE_REGISTRY",
               help="Registry the robots may pull from over plain HTTP.")
+@click.option("--platform", type=click.Choice(["linux/arm64", "linux/amd64"]), default="linux/arm64",
+              show_default=True, help="Image platform the robots pull (arm64 runs under QEMU).")
 @click.option("--no-engines", is_flag=True, help="Start only the SSH side (no dockerd per robot).")
 @click.option("--json", "as_json", is_flag=True)
-def simulate(robots: int, name: str, state_root: Path, registry: str, no_engines: bool, as_json: bool) -> None:
+def simulate(robots: int, name: str, state_root: Path, registry: str, platform: str, no_engines: bool,
+             as_json: bool) -> None:
     """Start N simulated robots (own dockerd and sshd each) and write their fleet.yaml."""
-    s = sim.simulate(robots, name, state_root=state_root, engines=not no_engines, registry=registry)
+    s = sim.simulate(robots, name, state_root=state_root, engines=not no_engines, registry=registry,
+                     platform=platform)
     if as_json:
         click.echo(json.dumps({"fleet_file": str(s.fleet_file), "robots": [r.name for r in s.robots]}))
         return

@@ -28,9 +28,12 @@ def _progress_printer() -> Any:
     t0 = time.monotonic()
 
     def progress(robot: str, step: str, detail: str) -> None:
-        style = STYLE.get(step, "")
-        text = f"[{time.monotonic() - t0:6.1f}s] {robot:<18} [{style}]{step:<12}[/] {detail}"
-        console.print(text.rstrip(), markup=True, soft_wrap=True)
+        from rich.text import Text
+
+        line = Text(f"[{time.monotonic() - t0:6.1f}s] {robot:<18} ")
+        line.append(f"{step:<12}", style=STYLE.get(step, "bold"))
+        line.append(f" {detail}".rstrip())
+        console.print(line, soft_wrap=True)
 
     return progress
 
@@ -42,9 +45,10 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     for col in ("robot", "outcome", "total s", "reason"):
         table.add_column(col)
     for r in rows:
-        style = STYLE.get(r["outcome"], "")
-        table.add_row(r["robot"], f"[{style}]{r['outcome']}[/]", f"{r['timings'].get('total', 0):.1f}",
-                      r["reason"][:100])
+        from rich.text import Text
+
+        table.add_row(r["robot"], Text(r["outcome"], style=STYLE.get(r["outcome"], "")),
+                      f"{r['timings'].get('total', 0):.1f}", Text(r["reason"][:160]))
     _console(stderr=False).print(table)
 
 

@@ -68,6 +68,7 @@ class BundleWriter:
         for p in self.tmp.iterdir():
             with p.open("rb") as f:
                 os.fsync(f.fileno())
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is read by other users
         _fsync_dir(self.tmp)
         old: Path | None = None
         if self.target.exists():
@@ -84,6 +85,12 @@ class BundleWriter:
     ) -> None:
         if self.tmp != Path() and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:

@@ -39,7 +39,9 @@ def _cudart() -> Any:
         try:
             from cuda.bindings import runtime as cudart  # cuda-python 13
         except Exception as exc:
-            raise BackendUnavailable(f"The tensorrt backend needs cuda-python for CUDA streams ({exc}).") from None
+            raise BackendUnavailable(
+                f"The tensorrt backend needs cuda-python for CUDA streams ({exc})."
+            ) from None
     return cudart
 
 
@@ -71,7 +73,9 @@ def _make_calibrator(trt: Any, bundle: ModelBundle, options: BuildOptions) -> An
     cache_path = options.calibration_cache or bundle.calibration_path("cache")
     has_data = data_path is not None and data_path.is_file()
     if not has_data and (cache_path is None or not Path(cache_path).is_file()):
-        raise EngineBuildError("INT8 needs calibration data or a calibration cache in the bundle; it has neither.")
+        raise EngineBuildError(
+            "INT8 needs calibration data or a calibration cache in the bundle; it has neither."
+        )
     batches: dict[str, np.ndarray] = {}
     if data_path is not None and data_path.is_file():
         with np.load(data_path) as npz:
@@ -96,9 +100,16 @@ def _make_calibrator(trt: Any, bundle: ModelBundle, options: BuildOptions) -> An
                 return None
             ptrs = []
             for name in names:
-                chunk = np.ascontiguousarray(batches[name][self.index:self.index + batch_size])
-                _check(cudart.cudaMemcpy(self.device[name], chunk.ctypes.data, chunk.nbytes,
-                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy")
+                chunk = np.ascontiguousarray(batches[name][self.index : self.index + batch_size])
+                _check(
+                    cudart.cudaMemcpy(
+                        self.device[name],
+                        chunk.ctypes.data,
+                        chunk.nbytes,
+                        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                    ),
+                    "cudaMemcpy",
+                )
                 ptrs.append(self.device[name])
             self.index += batch_size
             return ptrs
@@ -123,7 +134,9 @@ def _make_calibrator(trt: Any, bundle: ModelBundle, options: BuildOptions) -> An
 class TensorRTEngine:
     """A deserialized plan with one execution context and device buffers on a private CUDA stream."""
 
-    def __init__(self, engine: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], cuda_graph: bool) -> None:
+    def __init__(
+        self, engine: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], cuda_graph: bool
+    ) -> None:
         self.trt = _trt()
         self.cudart = _cudart()
         self.engine = engine
@@ -153,8 +166,9 @@ class TensorRTEngine:
             ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
             return ins, [n for n in names if n not in ins]
         names = [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)]  # TensorRT < 8.5
-        return [n for n in names if self.engine.binding_is_input(n)], [n for n in names
-                                                                       if not self.engine.binding_is_input(n)]
+        return [n for n in names if self.engine.binding_is_input(n)], [
+            n for n in names if not self.engine.binding_is_input(n)
+        ]
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, trt = self.cudart, self.trt
@@ -171,7 +185,9 @@ class TensorRTEngine:
                 self.context.set_tensor_address(name, ptr)
             else:
                 self.context.set_binding_shape(self.engine.get_binding_index(name), arr.shape)
-            _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream), "cudaMemcpyAsync")
+            _check(
+                cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream), "cudaMemcpyAsync"
+            )
         host_out: dict[str, np.ndarray] = {}
         for name in out_names:
             if self.use_v3:
@@ -193,8 +209,10 @@ class TensorRTEngine:
             if not self.context.execute_async_v2(bindings, self.stream):
                 raise EngineBuildError("TensorRT execute_async_v2 failed.")
         for name, arr in host_out.items():
-            _check(cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes, d2h, self.stream),
-                   "cudaMemcpyAsync")
+            _check(
+                cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes, d2h, self.stream),
+                "cudaMemcpyAsync",
+            )
         _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return host_out
 
@@ -202,16 +220,16 @@ class TensorRTEngine:
         """Run the context; with cuda_graph, capture once per input shape and replay the graph after."""
         cudart = self.cudart
         if not self.cuda_graph:
-            if not self.context.execute_async_v3(int(self.stream)):
+            if not self.context.execute_async_v3(self.stream):
                 raise EngineBuildError("TensorRT execute_async_v3 failed.")
             return
         graph_exec = self._graphs.get(shapes)
         if graph_exec is None:
             # TensorRT needs one ordinary enqueue after a shape change before it can be captured.
-            self.context.execute_async_v3(int(self.stream))
+            self.context.execute_async_v3(self.stream)
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
             _check(cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
-            self.context.execute_async_v3(int(self.stream))
+            self.context.execute_async_v3(self.stream)
             graph = _check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
             graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
             self._graphs[shapes] = graph_exec
@@ -227,6 +245,22 @@ class TensorRTEngine:
             self.stream = None
         self.context = None
         self.engine = None
+
+
+def source_model(bundle: ModelBundle, precision: str) -> tuple[Path, bool]:
+    """Which ONNX file TensorRT should parse, and whether it carries its own INT8 scales (Q/DQ nodes).
+
+    A Q/DQ model is built as is (explicit quantization, what TensorRT 10 recommends); an INT8 bundle
+    without Q/DQ, and FP16 bundles, are built from the FP32 model where the bundle keeps one, so TensorRT
+    picks per-layer precision itself (INT8 scales then come from the calibrator and its cache).
+    """
+    quant = bundle.manifest.quantization or {}
+    fp32 = quant.get("fp32_model")
+    if precision == "int8" and str(quant.get("format", "")).upper() == "QDQ":
+        return bundle.model_path, True
+    if precision in ("int8", "fp16") and fp32 and (bundle.path / fp32).is_file():
+        return bundle.path / fp32, False
+    return bundle.model_path, False
 
 
 class TensorRTBackend:
@@ -261,9 +295,10 @@ class TensorRTBackend:
         flags = 0 if v.major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(bundle.model_path)):
+        source, explicit_int8 = source_model(bundle, options.precision)
+        if not parser.parse_from_file(str(source)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise EngineBuildError(f"TensorRT could not parse {bundle.model_path.name}: {errors or 'unknown error'}.")
+            raise EngineBuildError(f"TensorRT could not parse {source.name}: {errors or 'unknown error'}.")
         config = builder.create_builder_config()
         if hasattr(config, "set_memory_pool_limit"):
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
@@ -272,19 +307,22 @@ class TensorRTBackend:
 
         profile = builder.create_optimization_profile()
         for spec in bundle.inputs:
-            lo, opt, hi = (spec.concrete_shape(b) for b in (options.batch.min, options.batch.opt, options.batch.max))
+            lo, opt, hi = (
+                spec.concrete_shape(b) for b in (options.batch.min, options.batch.opt, options.batch.max)
+            )
             profile.set_shape(spec.name, lo, opt, hi)
         config.add_optimization_profile(profile)
 
         if options.precision in ("fp16", "int8"):
-            if not builder.platform_has_fast_fp16:
+            if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in TensorRT 10
                 log.warning("this GPU has no fast FP16; TensorRT may fall back to FP32 kernels")
             config.set_flag(trt.BuilderFlag.FP16)
         if options.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = _make_calibrator(trt, bundle, options)
-            if hasattr(config, "set_calibration_profile"):
-                config.set_calibration_profile(profile)
+            if not explicit_int8:  # implicit quantization: scales come from the entropy calibrator
+                config.int8_calibrator = _make_calibrator(trt, bundle, options)
+                if hasattr(config, "set_calibration_profile"):
+                    config.set_calibration_profile(profile)
 
         timing_cache = None
         if options.timing_cache is not None:
@@ -304,7 +342,9 @@ class TensorRTBackend:
         runtime = trt.Runtime(_Logger.get())
         cuda_engine = runtime.deserialize_cuda_engine(engine)
         if cuda_engine is None:
-            raise EngineBuildError("TensorRT could not deserialize the cached engine (built by another version?).")
+            raise EngineBuildError(
+                "TensorRT could not deserialize the cached engine (built by another version?)."
+            )
         return TensorRTEngine(cuda_engine, bundle.inputs, bundle.outputs, options.cuda_graph)
 
 

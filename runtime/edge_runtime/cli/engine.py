@@ -19,10 +19,19 @@ def engine() -> None:
 @engine.command()
 @click.option("--bundle", type=click.Path(path_type=Path), envvar="EDGE_BUNDLE", required=True)
 @cache_option
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), envvar="EDGE_BACKEND",
-              default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Default: the bundle's precision.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+    envvar="EDGE_BACKEND",
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="Default: the bundle's precision.",
+)
 @json_option
 def build(bundle: Path, cache: Path, backend: str, precision: str | None, as_json: bool) -> None:
     """Build the engine for BUNDLE into the cache (a cache hit builds nothing)."""
@@ -34,16 +43,24 @@ def build(bundle: Path, cache: Path, backend: str, precision: str | None, as_jso
     mb = ModelBundle.load(bundle)
     be = get_backend(backend)
     options = BuildOptions(precision=precision or mb.manifest.precision, batch=mb.manifest.batch)
-    result = EngineCache(cache).open(be, mb, options, device_identity(),
-                                     progress=lambda m: click.echo(m, err=True))
+    result = EngineCache(cache).open(
+        be, mb, options, device_identity(), progress=lambda m: click.echo(m, err=True)
+    )
     result.engine.close()
-    info = {"key": result.key.digest, "hit": result.hit, "build_seconds": result.build_seconds,
-            "path": str(result.path), "backend": be.name}
+    info = {
+        "key": result.key.digest,
+        "hit": result.hit,
+        "build_seconds": result.build_seconds,
+        "path": str(result.path),
+        "backend": be.name,
+    }
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"{'cache hit' if result.hit else 'built'}: {result.path} ({be.name}, "
-                   f"{result.build_seconds:.2f} s build)")
+        click.echo(
+            f"{'cache hit' if result.hit else 'built'}: {result.path} ({be.name}, "
+            f"{result.build_seconds:.2f} s build)"
+        )
 
 
 @engine.command("list")
@@ -62,10 +79,12 @@ def list_(cache: Path, as_json: bool) -> None:
     for e in entries:
         parts = e.meta.get("parts", {})
         dev = parts.get("device") or {}
-        click.echo(f"{e.key[:12]}  {e.meta.get('backend')} {e.meta.get('backend_version')}  "
-                   f"{parts.get('precision')} batch {parts.get('batch')}  L4T {dev.get('l4t') or '-'}  "
-                   f"GPU {dev.get('gpu')}  bundle {str(parts.get('bundle_sha256'))[:12]}  "
-                   f"{e.meta.get('size', 0) / 1e6:.1f} MB  built {e.created}")
+        click.echo(
+            f"{e.key[:12]}  {e.meta.get('backend')} {e.meta.get('backend_version')}  "
+            f"{parts.get('precision')} batch {parts.get('batch')}  L4T {dev.get('l4t') or '-'}  "
+            f"GPU {dev.get('gpu')}  bundle {str(parts.get('bundle_sha256'))[:12]}  "
+            f"{e.meta.get('size', 0) / 1e6:.1f} MB  built {e.created}"
+        )
 
 
 @engine.command()

@@ -9,8 +9,14 @@ import click
 
 
 @click.command()
-@click.option("--root", type=click.Path(path_type=Path), envvar="EDGE_DEVICE_ROOT", default=Path("/"),
-              show_default=True, help="Read /etc, /proc and /sys under this directory.")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_DEVICE_ROOT",
+    default=Path("/"),
+    show_default=True,
+    help="Read /etc, /proc and /sys under this directory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def probe(root: Path, as_json: bool) -> None:
     """Show the device identity the engine cache keys on, and the device's current state."""

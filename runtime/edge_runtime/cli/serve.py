@@ -11,35 +11,123 @@ from edge_runtime.errors import EdgeError
 
 
 @click.command()
-@click.option("--bundle", type=click.Path(path_type=Path), envvar="EDGE_BUNDLE", required=True,
-              help="Model bundle directory [env EDGE_BUNDLE].")
-@click.option("--cache", type=click.Path(path_type=Path), envvar="EDGE_CACHE", required=True,
-              help="Engine cache directory, a volume [env EDGE_CACHE].")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), envvar="EDGE_BACKEND",
-              default="auto", show_default=True, help="[env EDGE_BACKEND]")
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_BUNDLE",
+    required=True,
+    help="Model bundle directory [env EDGE_BUNDLE].",
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_CACHE",
+    required=True,
+    help="Engine cache directory, a volume [env EDGE_CACHE].",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+    envvar="EDGE_BACKEND",
+    default="auto",
+    show_default=True,
+    help="[env EDGE_BACKEND]",
+)
 @click.option("--host", envvar="EDGE_HOST", default="127.0.0.1", show_default=True, help="[env EDGE_HOST]")
 @click.option("--port", type=int, envvar="EDGE_PORT", default=8080, show_default=True, help="[env EDGE_PORT]")
-@click.option("--ros2", is_flag=True, envvar="EDGE_ROS2", help="Also serve over ROS 2 topics [env EDGE_ROS2].")
+@click.option(
+    "--ros2", is_flag=True, envvar="EDGE_ROS2", help="Also serve over ROS 2 topics [env EDGE_ROS2]."
+)
 @click.option("--cpus", envvar="EDGE_CPUS", default=None, help="Pin to these CPUs, e.g. 2-5 [env EDGE_CPUS].")
 @click.option("--max-body-mb", type=float, envvar="EDGE_MAX_BODY_MB", default=64.0, show_default=True)
-@click.option("--deadline-ms", type=float, envvar="EDGE_DEADLINE_MS", default=2000.0, show_default=True,
-              help="Watchdog: an inference slower than this marks the service unhealthy (0: off).")
+@click.option(
+    "--deadline-ms",
+    type=float,
+    envvar="EDGE_DEADLINE_MS",
+    default=2000.0,
+    show_default=True,
+    help="Watchdog: an inference slower than this marks the service unhealthy (0: off).",
+)
 @click.option("--warmup", type=int, envvar="EDGE_WARMUP", default=5, show_default=True)
-@click.option("--soft-temp", type=float, envvar="EDGE_SOFT_TEMP_C", default=80.0, show_default=True,
-              help="°C above which the service degrades (smaller batches).")
-@click.option("--hard-temp", type=float, envvar="EDGE_HARD_TEMP_C", default=95.0, show_default=True,
-              help="°C above which new work gets 503 until below the soft limit.")
-@click.option("--degraded-rate", type=float, envvar="EDGE_DEGRADED_RATE_HZ", default=None,
-              help="Requests per second accepted while degraded (default: no cap).")
-@click.option("--degraded-power-mode", type=int, envvar="EDGE_DEGRADED_POWER_MODE", default=None,
-              help="nvpmodel mode to ask for while degraded (needs nvpmodel).")
-@click.option("--device-root", type=click.Path(path_type=Path), envvar="EDGE_DEVICE_ROOT", default=Path("/"),
-              hidden=True)
-@click.option("--drain-s", type=float, envvar="EDGE_DRAIN_S", default=30.0, show_default=True,
-              help="On SIGTERM, wait this long for in-flight requests.")
-def serve(bundle: Path, cache: Path, backend: str, host: str, port: int, ros2: bool, cpus: str | None,
-          max_body_mb: float, deadline_ms: float, warmup: int, soft_temp: float, hard_temp: float,
-          degraded_rate: float | None, degraded_power_mode: int | None, device_root: Path, drain_s: float) -> None:
+@click.option(
+    "--soft-temp",
+    type=float,
+    envvar="EDGE_SOFT_TEMP_C",
+    default=80.0,
+    show_default=True,
+    help="°C above which the service degrades (smaller batches).",
+)
+@click.option(
+    "--hard-temp",
+    type=float,
+    envvar="EDGE_HARD_TEMP_C",
+    default=95.0,
+    show_default=True,
+    help="°C above which new work gets 503 until below the soft limit.",
+)
+@click.option(
+    "--degraded-rate",
+    type=float,
+    envvar="EDGE_DEGRADED_RATE_HZ",
+    default=None,
+    help="Requests per second accepted while degraded (default: no cap).",
+)
+@click.option(
+    "--degraded-power-mode",
+    type=int,
+    envvar="EDGE_DEGRADED_POWER_MODE",
+    default=None,
+    help="nvpmodel mode to ask for while degraded (needs nvpmodel).",
+)
+@click.option(
+    "--device-root",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_DEVICE_ROOT",
+    default=Path("/"),
+    hidden=True,
+)
+@click.option(
+    "--drain-s",
+    type=float,
+    envvar="EDGE_DRAIN_S",
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM, wait this long for in-flight requests.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(0),
+    envvar="EDGE_THREADS",
+    default=0,
+    show_default=True,
+    help="ONNX Runtime intra-op threads (0: one per core).",
+)
+@click.option(
+    "--inline-infer",
+    is_flag=True,
+    envvar="EDGE_INLINE_INFER",
+    help="Run inference on the HTTP event loop: lower latency, but health checks wait for it.",
+)
+def serve(
+    bundle: Path,
+    cache: Path,
+    backend: str,
+    host: str,
+    port: int,
+    ros2: bool,
+    cpus: str | None,
+    max_body_mb: float,
+    deadline_ms: float,
+    warmup: int,
+    soft_temp: float,
+    hard_temp: float,
+    degraded_rate: float | None,
+    degraded_power_mode: int | None,
+    device_root: Path,
+    drain_s: float,
+    threads: int,
+    inline_infer: bool,
+) -> None:
     """Serve a model bundle over HTTP: POST /v1/infer, GET /healthz, /readyz, /metrics."""
     from edge_runtime.service import InferenceService, ServiceConfig, pin_cpus
     from edge_runtime.service import serve as run_server
@@ -55,13 +143,24 @@ def serve(bundle: Path, cache: Path, backend: str, host: str, port: int, ros2: b
 
     on_change = None
     if degraded_power_mode is not None:
+
         def on_change(old: str, new: str) -> None:
             if new == "degraded":
                 apply(plan(power_mode=degraded_power_mode))
 
-    config = ServiceConfig(bundle=bundle, cache=cache, backend=backend, max_body_bytes=int(max_body_mb * (1 << 20)),
-                           warmup_runs=warmup, deadline_ms=deadline_ms, thermal=policy, device_root=device_root,
-                           on_thermal_change=on_change)
+    config = ServiceConfig(
+        bundle=bundle,
+        cache=cache,
+        backend=backend,
+        max_body_bytes=int(max_body_mb * (1 << 20)),
+        warmup_runs=warmup,
+        deadline_ms=deadline_ms,
+        thermal=policy,
+        device_root=device_root,
+        on_thermal_change=on_change,
+        intra_op_threads=threads,
+        inline_infer=inline_infer,
+    )
     service = InferenceService(config, say=lambda msg: click.echo(f"edge-runtime: {msg}", err=True))
     service.prepare()  # missing bundle, unusable backend, unwritable cache: one sentence, before listening
 
@@ -71,15 +170,17 @@ def serve(bundle: Path, cache: Path, backend: str, host: str, port: int, ros2: b
         try:
             from edge_runtime.ros2 import Ros2Bridge, Ros2Config
         except ImportError as exc:
-            raise EdgeError(f"--ros2 needs edge_runtime.ros2 and cyclonedds, which are not importable ({exc}).") \
-                from None
+            raise EdgeError(
+                f"--ros2 needs edge_runtime.ros2 and cyclonedds, which are not importable ({exc})."
+            ) from None
         assert service.bundle is not None
 
         def infer(feeds: Any) -> Any:
             return service.infer(feeds)
 
-        bridge = Ros2Bridge(infer=infer, inputs=service.bundle.inputs, config=Ros2Config.from_env(),
-                            registry=service.registry)
+        bridge = Ros2Bridge(
+            infer=infer, inputs=service.bundle.inputs, config=Ros2Config.from_env(), registry=service.registry
+        )
 
         def on_ready() -> None:
             bridge.start()

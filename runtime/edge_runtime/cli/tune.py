@@ -11,11 +11,14 @@ import click
 @click.option("--power-mode", type=int, default=None, help="nvpmodel mode (0 = MAXN on Orin).")
 @click.option("--max-clocks", is_flag=True, help="Run jetson_clocks (pin clocks at maximum).")
 @click.option("--cpus", default=None, help="CPU list for the service, e.g. 2-5.")
-@click.option("--pid", type=int, default=None, help="Pin this running process instead of printing the command.")
+@click.option(
+    "--pid", type=int, default=None, help="Pin this running process instead of printing the command."
+)
 @click.option("--dry-run", is_flag=True, help="Only show the commands.")
 @click.option("--json", "as_json", is_flag=True)
-def tune(power_mode: int | None, max_clocks: bool, cpus: str | None, pid: int | None, dry_run: bool,
-         as_json: bool) -> None:
+def tune(
+    power_mode: int | None, max_clocks: bool, cpus: str | None, pid: int | None, dry_run: bool, as_json: bool
+) -> None:
     """Apply real-time tuning where the Jetson tools exist; otherwise print the exact commands."""
     from edge_runtime.tune import apply, parse_cpus, plan
 

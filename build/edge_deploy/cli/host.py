@@ -1,0 +1,42 @@
+"""``edge-deploy host setup|check|teardown``: the Docker harness on this machine (scripts/host-setup)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+
+from edge_deploy.images import REPO_ROOT
+from edge_runtime.errors import EdgeError
+
+
+def _script(name: str, *args: str) -> int:
+    path = REPO_ROOT / "scripts" / name
+    if not path.exists():
+        raise EdgeError(f"{path} is missing; host set-up runs from a checkout of edge-deploy.")
+    return subprocess.run([str(path), *args], check=False).returncode
+
+
+@click.group()
+def host() -> None:
+    """Install and start Docker, buildx, compose, a local registry, QEMU (arm64), sshd and cosign."""
+
+
+@host.command()
+@click.option("--no-bases", is_flag=True, help="Skip building the stand-in L4T base images.")
+def setup(no_bases: bool) -> None:
+    """Install what is missing and start it (idempotent)."""
+    sys.exit(_script("host-setup", *(["--no-bases"] if no_bases else [])))
+
+
+@host.command()
+def check() -> None:
+    """Report what is present; exit 1 if anything is missing."""
+    sys.exit(_script("host-setup", "--check"))
+
+
+@host.command()
+def teardown() -> None:
+    """Stop what setup started, by recorded PID."""
+    sys.exit(_script("host-teardown"))

@@ -1,0 +1,101 @@
+"""Session fixtures for the e2e tests: the host's Docker engine and registry, stand-in bases, and the
+converter + runtime images built once (real buildx bake, pushed to the local registry) and shared."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import need
+
+REGISTRY = os.environ.get("EDGE_REGISTRY", "localhost:5000")
+STANDIN = os.environ.get("EDGE_L4T_BASE", f"{REGISTRY}/edge-deploy/l4t-standin:r36.4")
+STANDIN_PYTHON = "3.11"  # Debian 12 stand-in; JetPack 6 has 3.10
+
+
+def host_ready() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
+        return False
+    import httpx
+
+    try:
+        return httpx.get(f"http://{REGISTRY}/v2/", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    repository: str
+    digest: str
+    tags: list[str]
+    platforms: dict[str, str]
+    size_bytes: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass
+class BuiltImages:
+    converter: BuiltImage
+    runtime: BuiltImage
+    bundle_dir: Path
+    bundle_sha256: str
+    model_dir: Path
+    version: str
+    result: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    """The host engine and registry from scripts/host-setup (fails under CI=true when absent)."""
+    need(host_ready(), f"Docker engine and registry at {REGISTRY} (run scripts/host-setup)")
+    inspect = subprocess.run(["docker", "buildx", "imagetools", "inspect", STANDIN], capture_output=True, timeout=60)
+    need(inspect.returncode == 0, f"stand-in base {STANDIN} in the local registry (scripts/host-setup)")
+    return REGISTRY
+
+
+def _built(d: dict[str, Any]) -> BuiltImage:
+    repo = d["tags"][0].rsplit(":", 1)[0]
+    return BuiltImage(repo, d["digest"], d["tags"], d["platforms"], d["size_bytes"])
+
+
+@pytest.fixture(scope="session")
+def sample_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edge_deploy.sample import write_sample_policy
+
+    d = tmp_path_factory.mktemp("model")
+    write_sample_policy(d / "policy.pt", d / "calib.npz", calibration_count=16)
+    return d
+
+
+@pytest.fixture(scope="session")
+def built_images(docker_host: str, sample_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
+    """Converter + arm64 runtime (fp16 sample policy) built with bake and pushed, once per session."""
+    from edge_deploy.images import build_images
+
+    version = f"e2e-{uuid.uuid4().hex[:8]}"
+    bundle_dir = tmp_path_factory.mktemp("baked") / "bundle"
+    result = build_images(model_dir=sample_model_dir, model="policy.pt", precision="fp16", version=version,
+                          registry=docker_host, l4t_base=STANDIN, converter_base=STANDIN,
+                          runtime_python=STANDIN_PYTHON, push=True, progress="quiet", bundle_out=bundle_dir)
+    images = result["images"]
+    return BuiltImages(_built(images["converter"]), _built(images["runtime"]), bundle_dir,
+                       result["bundle_sha256"], sample_model_dir, version, result)
+
+
+@pytest.fixture(scope="session")
+def runtime_image(built_images: BuiltImages) -> BuiltImage:
+    """The pushed arm64 runtime image (repository@digest via ``.ref``); used by fleet and release tests."""
+    return built_images.runtime

@@ -1,0 +1,176 @@
+"""Images built with bake and pushed to the local registry, then run for real (arm64 under QEMU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import STANDIN, STANDIN_PYTHON, BuiltImage, BuiltImages
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+
+
+def registry_get(repo_ref: str, digest: str, kind: str = "manifests") -> dict[str, Any]:
+    host, name = repo_ref.split("/", 1)
+    r = httpx.get(f"http://{host}/v2/{name}/{kind}/{digest}", headers={"Accept": ACCEPT}, timeout=30)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def platform_manifest(image: BuiltImage, platform: str) -> dict[str, Any]:
+    return registry_get(image.repository, image.platforms[platform])
+
+
+def config(image: BuiltImage, platform: str) -> dict[str, Any]:
+    m = platform_manifest(image, platform)
+    return registry_get(image.repository, m["config"]["digest"], "blobs")
+
+
+def test_pushed_index_has_platforms_and_labels(built_images: BuiltImages) -> None:
+    assert list(built_images.runtime.platforms) == ["linux/arm64"]
+    assert list(built_images.converter.platforms) == ["linux/amd64"]
+    index = registry_get(built_images.runtime.repository, built_images.runtime.digest)
+    assert "manifests" in index, "runtime is pushed as an OCI index"
+    cfg = config(built_images.runtime, "linux/arm64")
+    assert cfg["architecture"] == "arm64"
+    labels = cfg["config"]["Labels"]
+    assert labels["io.edge-deploy.bundle.sha256"] == built_images.bundle_sha256
+    assert labels["io.edge-deploy.precision"] == "fp16"
+    assert labels["org.opencontainers.image.version"] == built_images.version
+    assert labels["org.opencontainers.image.base.name"] == STANDIN
+    assert len(labels["org.opencontainers.image.revision"]) >= 7
+    assert labels["org.opencontainers.image.created"].endswith("Z")
+    # the bundle baked in is the one exported from the model stage
+    bundle = json.loads((built_images.bundle_dir / "bundle.json").read_text())
+    assert bundle["bundle_sha256"] == built_images.bundle_sha256
+
+
+def test_runtime_is_non_root_with_no_secrets(built_images: BuiltImages) -> None:
+    cfg = config(built_images.runtime, "linux/arm64")
+    assert cfg["config"]["User"] not in ("", "0", "root")
+    assert cfg["config"]["Entrypoint"] == ["edge-runtime", "serve"]
+    assert cfg["config"]["Healthcheck"]["Test"][-1] == "healthcheck"
+    text = json.dumps(cfg["history"]) + json.dumps(cfg["config"].get("Env", []))
+    for needle in ("BEGIN CERTIFICATE", "PIP_CERT", "PASSWORD", "TOKEN", "ca-certificates.crt", "secret"):
+        assert needle.lower() not in text.lower(), needle
+    conv = config(built_images.converter, "linux/amd64")
+    assert conv["config"]["User"] not in ("", "0", "root")
+    assert "secret" not in json.dumps(conv["history"]).lower()
+
+
+def test_runtime_image_holds_device_side_only(built_images: BuiltImages) -> None:
+    ref = built_images.runtime.ref
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none", "--entrypoint", "python3", ref,
+         "-c", "import importlib.util as u; print([m for m in ('edge_runtime', 'onnxruntime', 'torch', "
+               "'edge_deploy', 'docker') if u.find_spec(m)])"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['edge_runtime', 'onnxruntime']"
+
+
+def _run_service(ref: str, volume: str, port: int) -> tuple[str, float]:
+    name = f"edge-e2e-{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    subprocess.run(["docker", "run", "-d", "--name", name, "--platform", "linux/arm64", "--network", "host",
+                    "-e", f"EDGE_PORT={port}", "-e", "EDGE_HOST=127.0.0.1", "-v", f"{volume}:/var/cache/edge", ref],
+                   check=True, capture_output=True, timeout=120)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return name, time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True,
+                               text=True, timeout=30).stdout.strip()
+        if state == "false":
+            break
+        time.sleep(0.5)
+    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+    raise AssertionError(f"service did not become ready: {logs.stdout[-1500:]} {logs.stderr[-1500:]}")
+
+
+def _stop(name: str) -> str:
+    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+    return logs.stdout + logs.stderr
+
+
+def test_engine_built_on_first_start_and_loaded_from_volume(built_images: BuiltImages,
+                                                            record_property: Any) -> None:
+    from edge_runtime.backends import BuildOptions, get_backend
+    from edge_runtime.bundle import ModelBundle
+
+    volume = f"edge-e2e-cache-{uuid.uuid4().hex[:8]}"
+    port = 18600 + uuid.uuid4().int % 300
+    subprocess.run(["docker", "volume", "create", volume], check=True, capture_output=True, timeout=60)
+    try:
+        first, cold_s = _run_service(built_images.runtime.ref, volume, port)
+        metrics_1 = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        logs_1 = _stop(first)
+        second, warm_s = _run_service(built_images.runtime.ref, volume, port)
+        try:
+            metrics_2 = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            rng = np.random.default_rng(7)
+            image = rng.standard_normal((2, 3, 224, 224), dtype=np.float32)
+            state = rng.standard_normal((2, 48), dtype=np.float32)
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/infer", timeout=60,
+                           json={"inputs": {"image": image.tolist(), "robot_state": state.tolist()}})
+            assert r.status_code == 200, r.text
+            served = np.asarray(r.json()["outputs"]["action"], dtype=np.float32)
+        finally:
+            logs_2 = _stop(second)
+    finally:
+        subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True, timeout=60)
+    assert 'edge_engine_cache_total{result="miss"} 1.0' in metrics_1
+    assert 'edge_engine_cache_total{result="hit"} 1.0' in metrics_2
+    assert "cache miss" in logs_1 and "cache hit" in logs_2
+    # the same input through ONNX Runtime on the host, from the bundle baked into the image
+    bundle = ModelBundle.load(built_images.bundle_dir)
+    backend = get_backend("onnxruntime")
+    opts = BuildOptions(precision=bundle.manifest.precision, batch=bundle.manifest.batch)
+    engine = backend.load(backend.build(bundle, opts), bundle, opts)
+    expected = engine.infer({"image": image, "robot_state": state})["action"]
+    assert served.shape == (2, 7)
+    np.testing.assert_allclose(served, expected, atol=2e-3, rtol=1e-3)  # arm64 vs x86 kernels, fp16 model
+    record_property("cold_ready_s", round(cold_s, 2))
+    record_property("warm_ready_s", round(warm_s, 2))
+
+
+def test_model_only_change_pushes_one_small_layer(built_images: BuiltImages, tmp_path: Path) -> None:
+    from edge_deploy.images import build_images
+
+    # Same code, same wheels: only the model differs (fp32 instead of fp16).
+    result = build_images(model_dir=built_images.model_dir, model="policy.pt", precision="fp32",
+                          version=built_images.version + "-m", registry=built_images.runtime.repository.split("/")[0],
+                          l4t_base=STANDIN, converter_base=STANDIN, runtime_python=STANDIN_PYTHON, push=True,
+                          progress="quiet", bundle_out=tmp_path / "bundle")
+    new = result["images"]["runtime"]
+    assert new["digest"] != built_images.runtime.digest
+    old_layers = platform_manifest(built_images.runtime, "linux/arm64")["layers"]
+    new_image = BuiltImage(built_images.runtime.repository, new["digest"], new["tags"], new["platforms"], 0)
+    new_layers = platform_manifest(new_image, "linux/arm64")["layers"]
+    old_digests = {layer["digest"] for layer in old_layers}
+    added = [layer for layer in new_layers if layer["digest"] not in old_digests]
+    assert len(added) == 1, added
+    assert new_layers[-1] == added[0], "the bundle is the last layer"
+    bundle_bytes = sum(p.stat().st_size for p in (tmp_path / "bundle").iterdir())
+    # compressed tar of the bundle: no bigger than the bundle plus tar overhead
+    assert added[0]["size"] <= bundle_bytes + 64 * 1024
+    assert added[0]["size"] >= 0.3 * bundle_bytes
