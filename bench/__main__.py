@@ -21,6 +21,10 @@ BENCHMARKS: dict[str, str] = {
     "startup": "bench.startup",
     "service_overhead": "bench.service_overhead",
     "gpu_precision": "bench.gpu_precision",
+    "precision": "bench.precision",
+    "images": "bench.images",
+    "fleet": "bench.fleet",
+    "plots": "bench.plots",
 }
 RESULTS = Path(__file__).parent / "results"
 

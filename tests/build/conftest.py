@@ -29,10 +29,12 @@ def make_bundle(
     cache: dict[str, object] = {}
     model, calib = sample_files
 
-    def make(precision: str) -> object:
-        if precision not in cache:
-            out = tmp_path_factory.mktemp(f"bundle-{precision}") / "bundle"
-            cache[precision] = convert(model, out, ConvertOptions(precision=precision, calibration=calib))
-        return cache[precision]
+    def make(precision: str, embed_calibration: int = 0) -> object:
+        key = f"{precision}-{embed_calibration}"
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"bundle-{key}") / "bundle"
+            cache[key] = convert(model, out, ConvertOptions(precision=precision, calibration=calib,
+                                                            embed_calibration=embed_calibration))
+        return cache[key]
 
     return make

@@ -58,7 +58,7 @@ def test_writer_commit_hashes_every_file(tmp_path: Path, make_bundle: Any) -> No
 @pytest.mark.parametrize("victim", ["model.onnx", "calibration.cache", "calibration.npz"])
 def test_tampered_file_is_refused_by_name(tmp_path: Path, make_bundle: Any, victim: str) -> None:
     target = tmp_path / "b"
-    shutil.copytree(make_bundle("int8").bundle.path, target)
+    shutil.copytree(make_bundle("int8", embed_calibration=2).bundle.path, target)
     with (target / victim).open("ab") as f:
         f.write(b"\0")
     with pytest.raises(BundleError, match=f"Bundle file {victim} does not match"):

@@ -81,12 +81,8 @@ def test_fp16_bundle_keeps_float32_io_and_records_delta(make_bundle: Any) -> Non
 def test_int8_bundle_is_qdq_with_trt_cache(make_bundle: Any) -> None:
     result = make_bundle("int8")
     b = result.bundle
-    assert sorted(b.manifest.files) == [
-        "calibration.cache",
-        "calibration.npz",
-        "model.fp32.onnx",
-        "model.onnx",
-    ]
+    assert sorted(b.manifest.files) == ["calibration.cache", "model.fp32.onnx", "model.onnx"]
+    assert b.calibration_path("data") is None  # the QDQ model carries its scales
     ops = {n.op_type for n in onnx.load(str(b.model_path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     cache = b.calibration_path("cache")
@@ -220,3 +216,11 @@ def test_plain_module_falls_back_to_dynamo_exporter(tmp_path: Path, monkeypatch:
     assert [(t.name, t.shape) for t in m.outputs] == [("action", ("batch", 7))]
     model = onnx.load(str(r.bundle.model_path))
     assert [vi.type.tensor_type.shape.dim[0].dim_param for vi in model.graph.input] == ["batch", "batch"]
+
+
+def test_int8_bundle_can_embed_a_calibration_subset(make_bundle: Any) -> None:
+    b = make_bundle("int8", embed_calibration=4).bundle
+    data = b.calibration_path("data")
+    assert data is not None and data.name == "calibration.npz"
+    with np.load(data) as npz:
+        assert npz["image"].shape == (4, 3, 224, 224) and npz["robot_state"].shape == (4, 48)

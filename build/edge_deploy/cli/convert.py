@@ -52,6 +52,14 @@ from edge_runtime.bundle import PRECISIONS
     show_default=True,
     help="TensorRT version named in the int8 calibration cache header.",
 )
+@click.option(
+    "--embed-calibration",
+    type=click.IntRange(0, None),
+    default=0,
+    show_default=True,
+    help="int8: also put N calibration samples in the bundle, for a device that must recalibrate "
+    "(a TensorRT version that rejects the shipped cache). 0 keeps model-only releases small.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def convert(
@@ -66,6 +74,7 @@ def convert(
     tolerance: float | None,
     fp16_onnx: bool,
     trt_version: str,
+    embed_calibration: int,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -87,6 +96,7 @@ def convert(
         tolerance=tolerance,
         fp16_onnx=fp16_onnx,
         trt_version=trt_version,
+        embed_calibration=embed_calibration,
         force=force,
     )
 

@@ -37,6 +37,9 @@ class ConvertOptions:
     tolerance: float | None = None  # max-abs error accepted; default per precision (validate.TOLERANCES)
     fp16_onnx: bool = True  # fp16: ship an fp16 ONNX as model.onnx (else fp32 ONNX + fp16 engine flag only)
     trt_version: str = quantize.DEFAULT_TRT_VERSION
+    # int8: calibration samples kept in the bundle. The QDQ model carries its scales (TensorRT builds it
+    # with explicit quantization) and calibration.cache serves the implicit path, so none by default.
+    embed_calibration: int = 0
     force: bool = False
     name: str = "policy"
 
@@ -196,9 +199,12 @@ def convert(
                 qdq = onnx.load(str(writer.path(MODEL)))
                 scales = quantize.activation_scales(qdq)
                 writer.path(CALIB_CACHE).write_text(quantize.format_trt_cache(scales, opts.trt_version))
-                with writer.path(CALIB_DATA).open("wb") as f:
-                    np.savez(f, **calibration)  # type: ignore[arg-type]
-                calib_files = {"data": CALIB_DATA, "cache": CALIB_CACHE}
+                calib_files = {"cache": CALIB_CACHE}
+                if opts.embed_calibration:
+                    subset = {k: v[: opts.embed_calibration] for k, v in calibration.items()}
+                    with writer.path(CALIB_DATA).open("wb") as f:
+                        np.savez_compressed(f, **subset)  # type: ignore[arg-type]
+                    calib_files["data"] = CALIB_DATA
                 quant_info.update(
                     {
                         "fp32_model": FP32_MODEL,
