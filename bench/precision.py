@@ -7,6 +7,7 @@ within each repeat. Accuracy is each model against the FP32 ONNX model on held-o
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -21,6 +22,15 @@ NAME = "precision"
 PRECISIONS = ("fp32", "fp16", "int8")
 BATCHES = (1, 8)
 HELD_OUT_SEED = 4242  # not the calibration seed: accuracy is measured on inputs quantization never saw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision-threads",
+        type=int,
+        default=1,
+        help="precision: ONNX Runtime intra-op threads (default 1: steadier on a shared 2-core machine)",
+    )
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -75,7 +85,7 @@ def run(args: Any = None) -> dict[str, Any]:
 
     runs = getattr(args, "runs", None) or 300
     repeats = getattr(args, "repeats", None) or 5
-    threads = os.cpu_count() or 1
+    threads = getattr(args, "precision_threads", None) or 1
     result: dict[str, Any] = {"runs": runs, "repeats": repeats, "intra_op_threads": threads}
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         bundles = _build_bundles(Path(tmp))

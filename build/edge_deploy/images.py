@@ -62,7 +62,8 @@ def _run(cmd: Sequence[str], *, env: dict[str, str] | None = None, what: str,
          stream: bool = False) -> subprocess.CompletedProcess[str]:
     log.debug("run: %s", " ".join(cmd))
     try:
-        proc = subprocess.run(list(cmd), env=env, text=True, check=False,
+        # the bake file's contexts ("." and docker/…) are relative to the working directory: the checkout
+        proc = subprocess.run(list(cmd), env=env, text=True, check=False, cwd=REPO_ROOT,
                               stdout=None if stream else subprocess.PIPE,
                               stderr=None if stream else subprocess.PIPE)
     except FileNotFoundError:

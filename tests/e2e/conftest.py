@@ -3,6 +3,7 @@ converter + runtime images built once (real buildx bake, pushed to the local reg
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -55,6 +56,18 @@ class BuiltImages:
     model_dir: Path
     version: str
     result: dict[str, Any]
+    runtime_source: str  # hash of runtime/edge_runtime when the build started
+
+
+def runtime_source_hash() -> str:
+    """Hash of the device code baked into the runtime image (to tell a code edit from a model change)."""
+    from edge_deploy.images import REPO_ROOT
+
+    h = hashlib.sha256()
+    root = REPO_ROOT / "runtime" / "edge_runtime"
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -86,13 +99,14 @@ def built_images(docker_host: str, sample_model_dir: Path, tmp_path_factory: pyt
     from edge_deploy.images import build_images
 
     version = f"e2e-{uuid.uuid4().hex[:8]}"
+    source = runtime_source_hash()
     bundle_dir = tmp_path_factory.mktemp("baked") / "bundle"
     result = build_images(model_dir=sample_model_dir, model="policy.pt", precision="fp16", version=version,
                           registry=docker_host, l4t_base=STANDIN, converter_base=STANDIN,
                           runtime_python=STANDIN_PYTHON, push=True, progress="quiet", bundle_out=bundle_dir)
     images = result["images"]
     return BuiltImages(_built(images["converter"]), _built(images["runtime"]), bundle_dir,
-                       result["bundle_sha256"], sample_model_dir, version, result)
+                       result["bundle_sha256"], sample_model_dir, version, result, source)
 
 
 @pytest.fixture(scope="session")

@@ -139,8 +139,12 @@ def env(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         release(releases, version, ref)
     root = Path(tempfile.mkdtemp(prefix="edge-fleet-e2e-", dir="/var/tmp"))
     os.chmod(root, 0o755)
-    s = sim.simulate(3, "e2e", state_root=root, ssh_port_base=2401, service_port_base=18181, registry=REGISTRY,
-                     platform=PLATFORM)
+    try:
+        s = sim.simulate(3, "e2e", state_root=root, ssh_port_base=2401, service_port_base=18181,
+                         registry=REGISTRY, platform=PLATFORM)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield Env(s.fleet_file, releases, s, refs)
     finally:
@@ -226,6 +230,7 @@ def test_model_only_release_one_then_three_robots(env: Env) -> None:
     pulled = {n: content_bytes(env, n) - before[n] for n in names(env)}
     NUMBERS["pulled_bytes_model_only_0.1.2"] = pulled
     runtime_size = content_bytes(env, r1)
+    NUMBERS["robot_content_store_bytes"] = runtime_size
     for n in names(env):
         assert 0 < pulled[n] < runtime_size / 4, (n, pulled[n], runtime_size)  # one small layer, not the image
     st = status(env)

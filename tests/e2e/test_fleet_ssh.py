@@ -31,7 +31,11 @@ def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     # Robot users must be able to enter their homes: pytest's own tmp root is private to root.
     root = Path(tempfile.mkdtemp(prefix="edge-fleet-ssh-", dir="/var/tmp"))
     os.chmod(root, 0o755)
-    s = sim.simulate(2, "pyssh", state_root=root, engines=False, ssh_port_base=2301)
+    try:
+        s = sim.simulate(2, "pyssh", state_root=root, engines=False, ssh_port_base=2301)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield load_fleet(s.fleet_file)
     finally:

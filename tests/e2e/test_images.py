@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import STANDIN, STANDIN_PYTHON, BuiltImage, BuiltImages
+from tests.e2e.conftest import STANDIN, STANDIN_PYTHON, BuiltImage, BuiltImages, runtime_source_hash
+from tests.support import need
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -38,6 +39,25 @@ def platform_manifest(image: BuiltImage, platform: str) -> dict[str, Any]:
 def config(image: BuiltImage, platform: str) -> dict[str, Any]:
     m = platform_manifest(image, platform)
     return registry_get(image.repository, m["config"]["digest"], "blobs")
+
+
+def base_layers(platform: str) -> set[str]:
+    """Layer digests of the stand-in base for ``platform`` (its per-platform manifest in the local registry)."""
+    repo, tag = STANDIN.rsplit(":", 1)
+    index = registry_get(repo, tag)
+    arch = platform.split("/")[1]
+    digest = next(m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == arch)
+    return {layer["digest"] for layer in registry_get(repo, digest)["layers"]}
+
+
+def test_runtime_adds_little_above_its_base(built_images: BuiltImages, record_property: Any) -> None:
+    layers = platform_manifest(built_images.runtime, "linux/arm64")["layers"]
+    base = base_layers("linux/arm64")
+    assert base <= {layer["digest"] for layer in layers}, "built FROM the stand-in base"
+    above = sum(layer["size"] for layer in layers if layer["digest"] not in base)
+    record_property("runtime_bytes_above_base", above)
+    # numpy + onnxruntime + the service stack + edge_runtime + a small bundle, compressed; no torch
+    assert 10e6 < above < 150e6, above
 
 
 def test_pushed_index_has_platforms_and_labels(built_images: BuiltImages) -> None:
@@ -153,7 +173,8 @@ def test_engine_built_on_first_start_and_loaded_from_volume(built_images: BuiltI
     record_property("warm_ready_s", round(warm_s, 2))
 
 
-def test_model_only_change_pushes_one_small_layer(built_images: BuiltImages, tmp_path: Path) -> None:
+def test_model_only_change_pushes_one_small_layer(built_images: BuiltImages, tmp_path: Path,
+                                                  record_property: Any) -> None:
     from edge_deploy.images import build_images
 
     # Same code, same wheels: only the model differs (fp32 instead of fp16).
@@ -163,6 +184,10 @@ def test_model_only_change_pushes_one_small_layer(built_images: BuiltImages, tmp
                           progress="quiet", bundle_out=tmp_path / "bundle")
     new = result["images"]["runtime"]
     assert new["digest"] != built_images.runtime.digest
+    # On a shared working tree the device code may be edited between the two builds; then its layer
+    # changes too and this is not a model-only change (never the case in CI's clean checkout).
+    need(runtime_source_hash() == built_images.runtime_source,
+         "runtime/edge_runtime unchanged between the two builds (it was edited during the test)")
     old_layers = platform_manifest(built_images.runtime, "linux/arm64")["layers"]
     new_image = BuiltImage(built_images.runtime.repository, new["digest"], new["tags"], new["platforms"], 0)
     new_layers = platform_manifest(new_image, "linux/arm64")["layers"]
@@ -174,3 +199,5 @@ def test_model_only_change_pushes_one_small_layer(built_images: BuiltImages, tmp
     # compressed tar of the bundle: no bigger than the bundle plus tar overhead
     assert added[0]["size"] <= bundle_bytes + 64 * 1024
     assert added[0]["size"] >= 0.3 * bundle_bytes
+    record_property("model_only_pushed_layer_bytes", added[0]["size"])
+    record_property("bundle_bytes", bundle_bytes)

@@ -1,4 +1,4 @@
-"""``edge-deploy host setup|check|teardown``: the Docker harness on this machine (scripts/host-setup)."""
+"""``edge-deploy host setup|status|env|teardown``: the Docker harness on this machine (scripts/host-setup)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,19 @@ def setup(no_bases: bool) -> None:
 
 
 @host.command()
-def check() -> None:
+def status() -> None:
     """Report what is present; exit 1 if anything is missing."""
     sys.exit(_script("host-setup", "--check"))
+
+
+# `check` is the same report under the name scripts/host-setup uses (--check).
+host.add_command(status, name="check")
+
+
+@host.command()
+def env() -> None:
+    """Print KEY=VALUE lines (EDGE_HOST_BIN, EDGE_REGISTRY, EDGE_STATE, ...) for other tools."""
+    sys.exit(_script("host-setup", "--env"))
 
 
 @host.command()

@@ -358,6 +358,18 @@ def simulate(robots: int, name: str = "sim", *, state_root: Path = DEFAULT_STATE
     return sim
 
 
+def _unmount_under(prefix: Path) -> None:
+    """Unmount what a stopped engine left below ``prefix`` (its netns file, overlay snapshots), deepest
+    first, so the directory can be removed."""
+    root = str(prefix).rstrip("/") + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    for mnt in sorted((m for m in mounts if m.startswith(root) or m == root[:-1]), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
 def stop(sim: Simulation, *, purge: bool = False) -> None:
     """Stop every recorded sshd and dockerd by PID (the engines stop their containers); ``purge`` also
     deletes the robots' users and state."""
@@ -371,8 +383,8 @@ def stop(sim: Simulation, *, purge: bool = False) -> None:
     if purge:
         for robot in sim.robots:
             subprocess.run(["userdel", robot.user], capture_output=True)
-            # dockerd leaves read-only overlay/snapshot dirs; unmount leftovers before deleting.
-            subprocess.run(["umount", "-R", robot.data_root], capture_output=True)
+            _unmount_under(Path(robot.data_root))
+        _unmount_under(RUN_ROOT / sim.name)
         shutil.rmtree(sim.state_dir, ignore_errors=True)
         shutil.rmtree(RUN_ROOT / sim.name, ignore_errors=True)
 

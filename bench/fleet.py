@@ -1,0 +1,179 @@
+"""Rollout time for 1, 3 and 5 simulated robots (ratio to one robot), rollback time per robot, and what
+bounds each: the per-robot step timings of the rollout (pull, up, health gate) and the engine start-up the
+service reports (build vs cache hit).
+
+For each fleet size a fresh simulated fleet (``edge_deploy.fleet.simulate``: one dockerd + sshd per robot,
+arm64 images under QEMU on x86) gets: release A (the runtime image: every layer is pulled, the engine is
+built), release B (model-only: the same runtime with another bundle), then a rollback to A (no download,
+engine cache hit). Needs root, the host harness (scripts/host-setup) and the runtime image in the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+NAME = "fleet"
+REGISTRY = os.environ.get("EDGE_REGISTRY", "localhost:5000")
+DEFAULT_IMAGE = f"{REGISTRY}/edge-deploy/runtime:0.0.1-dev"
+PLATFORM = os.environ.get("EDGE_BENCH_PLATFORM", "linux/arm64")
+HEALTH_TIMEOUT = 300.0
+STEPS = ("preflight", "lock", "upload", "pull", "switch", "up", "health")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fleet-image", default=DEFAULT_IMAGE, help="fleet: runtime image (tag or digest)")
+    parser.add_argument(
+        "--fleet-sizes", default="1,3,5", help="fleet: comma-separated robot counts (default 1,3,5)"
+    )
+
+
+def _sh(*cmd: str, timeout: float = 900) -> str:
+    p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({p.returncode}): {p.stderr.strip()[-800:]}")
+    return p.stdout
+
+
+def _digest_ref(image: str) -> str:
+    """repository@sha256 of ``image`` as the registry has it (the release pins it by digest)."""
+    if "@sha256:" in image:
+        return image
+    out = json.loads(_sh("docker", "buildx", "imagetools", "inspect", image, "--format", "{{json .Manifest}}"))
+    return f"{image.rsplit(':', 1)[0]}@{out['digest']}"
+
+
+def _model_only_image(runtime_ref: str, work: Path) -> str:
+    """The runtime image with another model bundle (fp16 sample policy) on top: a model-only release."""
+    from edge_deploy.pipeline import ConvertOptions, convert
+    from edge_deploy.sample import write_sample_policy
+
+    ctx = work / "ctx"
+    ctx.mkdir()
+    write_sample_policy(work / "policy.pt")
+    convert(work / "policy.pt", ctx / "bundle", ConvertOptions(precision="fp16"))
+    for p in [ctx / "bundle", *(ctx / "bundle").iterdir()]:
+        os.chmod(p, 0o755)  # bundles are written private; the service user must read them
+    (ctx / "Dockerfile").write_text(f"FROM {runtime_ref}\nCOPY bundle/ /opt/edge/bundle/\n")
+    repo = f"{REGISTRY}/edge-deploy/bench-fleet"
+    meta = work / "meta.json"
+    _sh("docker", "buildx", "build", "--platform", PLATFORM, "--provenance=false", "--push",
+        "-t", f"{repo}:model-fp16", "--metadata-file", str(meta), str(ctx))
+    return f"{repo}@{json.loads(meta.read_text())['containerimage.digest']}"
+
+
+def _engine(fleet_file: Path, devices: list[str]) -> dict[str, Any]:
+    """Engine start-up as each robot's service reports it (/readyz ``startup``)."""
+    from edge_deploy.rollout import fleet_status
+
+    out = {}
+    for row in fleet_status(fleet_file, devices=devices):
+        engine = row.get("engine") if isinstance(row.get("engine"), dict) else {}
+        startup = (engine or {}).get("startup") or {}
+        out[row["robot"]] = {
+            "cache_hit": startup.get("cache_hit"),
+            "engine_s": startup.get("engine_seconds"),
+            "build_s": startup.get("build_seconds"),
+        }
+    return out
+
+
+def _total(timings: dict[str, float]) -> float:
+    return timings.get("total") or timings.get("rollback") or sum(timings.get(k, 0.0) for k in STEPS)
+
+
+def _bound(timings: dict[str, float]) -> str:
+    steps = {k: v for k, v in timings.items() if k in STEPS or k == "rollback"}
+    return max(steps, key=lambda k: steps[k]) if steps else ""
+
+
+def _one_size(n: int, refs: dict[str, str], root: Path) -> list[dict[str, Any]]:
+    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.release.manifest import ReleaseImage, ReleaseManifest, save_release
+    from edge_deploy.rollout import deploy_release, rollback
+
+    releases = root / f"releases-{n}"
+    for tag, ref in refs.items():
+        repo, digest = ref.split("@")
+        save_release(ReleaseManifest(tag, "bench", "2026-01-01T00:00:00Z",
+                                     {"runtime": ReleaseImage(repo, digest)}, "0" * 64, "fp32", "standin"),
+                     releases)
+    state = root / f"state-{n}"
+    state.mkdir(mode=0o755)
+    os.chmod(state, 0o755)
+    s = sim.simulate(n, f"bench{n}", state_root=state, ssh_port_base=2600 + 10 * n,
+                     service_port_base=18300 + 10 * n, registry=REGISTRY, platform=PLATFORM)
+    rows: list[dict[str, Any]] = []
+    try:
+        names = [r.name for r in s.robots]
+        ops: list[tuple[str, str | None]] = [
+            ("rollout (all layers)", "0.1.0"), ("rollout (model-only)", "0.1.1"), ("rollback", None)]
+        for op, version in ops:
+            t0 = time.monotonic()
+            if version:
+                res = deploy_release(version, s.fleet_file, releases_dir=releases, health_timeout=HEALTH_TIMEOUT)
+                per_robot = [r.to_dict() for r in res.results]
+            else:
+                per_robot = [r.to_dict() for r in rollback(s.fleet_file, health_timeout=HEALTH_TIMEOUT)]
+            wall = time.monotonic() - t0
+            engine = _engine(s.fleet_file, names)
+            ok = all(r["outcome"] == "updated" for r in per_robot)
+            totals = [_total(r["timings"]) for r in per_robot]
+            steps = {k: statistics.median(r["timings"].get(k, 0.0) for r in per_robot)
+                     for k in (*STEPS, "rollback") if any(k in r["timings"] for r in per_robot)}
+            eng = [e["engine_s"] for e in engine.values() if e["engine_s"] is not None]
+            rows.append({
+                "robots": n, "operation": op, "wall_s": round(wall, 2),
+                "robot_total_s_median": statistics.median(totals) if totals else None,
+                "robot_total_s_max": max(totals) if totals else None,
+                **{f"{k}_s": round(v, 2) for k, v in steps.items()},
+                "engine_s_median": statistics.median(eng) if eng else None,
+                "cache_hits": sum(1 for e in engine.values() if e["cache_hit"]),
+                "bound_by": statistics.mode(_bound(r["timings"]) for r in per_robot) if per_robot else "",
+                "ok": ok,
+                "outcomes": sorted({r["outcome"] for r in per_robot}),
+                "per_robot": per_robot, "engine": engine,
+            })
+            print(f"fleet: {n} robot(s) {op}: {wall:.1f} s", flush=True)
+    finally:
+        sim.stop(s, purge=True)
+    return rows
+
+
+def run(args: Any = None) -> dict[str, Any]:
+    from edge_deploy.fleet import simulate as sim
+
+    if os.geteuid() != 0:
+        raise SystemExit("needs root: simulated robots are users with their own dockerd and sshd")
+    if sim.host_bin() is None or shutil.which("docker") is None:
+        raise SystemExit("needs the Docker engine and host binaries from scripts/host-setup")
+    image = getattr(args, "fleet_image", None) or DEFAULT_IMAGE
+    sizes = [int(x) for x in (getattr(args, "fleet_sizes", None) or "1,3,5").split(",")]
+    root = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/var/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        runtime_ref = _digest_ref(image)
+        refs = {"0.1.0": runtime_ref, "0.1.1": _model_only_image(runtime_ref, root)}
+        rows: list[dict[str, Any]] = []
+        for n in sizes:
+            rows += _one_size(n, refs, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result: dict[str, Any] = {"platform": PLATFORM, "image": runtime_ref, "sizes": sizes}
+    for op in ("rollout (all layers)", "rollout (model-only)", "rollback"):
+        one = next((r["wall_s"] for r in rows if r["robots"] == 1 and r["operation"] == op), None)
+        for r in rows:
+            if r["operation"] == op and one:
+                r["ratio_to_1"] = round(r["wall_s"] / one, 3)
+    result["rows"] = rows
+    result["machine"] = f"{os.cpu_count()} CPUs, robots' arm64 containers under QEMU user emulation"
+    result["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return result

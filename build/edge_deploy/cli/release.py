@@ -1,0 +1,247 @@
+"""``edge-deploy release VERSION | list | show``, ``verify`` and ``promote``: argument parsing and output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge_deploy.release.manifest import ReleaseError, load_release
+from edge_deploy.release.release import IMAGES, Release, ReleaseOptions, sorted_releases
+from edge_deploy.release.tags import CHANNELS, normalize_version
+
+
+def _repo_root() -> Path:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], text=True, capture_output=True, check=False
+    )
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else Path.cwd()
+
+
+def _release(releases_dir: Path | None) -> Release:
+    return Release(
+        _repo_root(), releases_dir=releases_dir, on_step=lambda s: click.echo(f"release: {s}", err=True)
+    )
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+releases_dir_option = click.option(
+    "--releases-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where release manifests live [default: <repo>/releases].",
+)
+
+
+class VersionGroup(click.Group):
+    """A group whose sub-commands are ``list`` and ``show``; anything else is a VERSION to release."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        helping = any(a in ("-h", "--help") for a in args) and not any(not a.startswith("-") for a in args)
+        if args and not helping and not any(a in self.commands for a in args):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=VersionGroup)
+def release() -> None:
+    """Release VERSION (build, push, sign, tag, manifest), or `list` / `show VERSION`.
+
+    `edge-deploy release VERSION [OPTIONS]` is `edge-deploy release create VERSION [OPTIONS]`
+    (see `edge-deploy release create --help`).
+    """
+
+
+@release.command("create")
+@click.argument("version")
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model to bake into the runtime image (.pt/.onnx file or bundle directory).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option("--calibration", default="", help="Calibration npz name inside the model's directory (int8).")
+@click.option(
+    "--channel",
+    type=click.Choice(CHANNELS),
+    default=None,
+    help="Channel tag [default: beta for pre-releases, stable otherwise].",
+)
+@click.option(
+    "--push/--no-push",
+    default=True,
+    show_default=True,
+    help="--no-push: checks, tag plan and a local build only.",
+)
+@click.option("--force", is_flag=True, help="Redo an existing version, or release from a dirty tree.")
+@click.option("--registry", envvar="EDGE_REGISTRY", default="localhost:5000", show_default=True)
+@click.option("--prefix", "image_prefix", default="edge-deploy", show_default=True)
+@click.option(
+    "--l4t-base", envvar="EDGE_L4T_BASE", default=None, help="Runtime base image [env EDGE_L4T_BASE]."
+)
+@click.option("--converter-base", envvar="EDGE_CONVERTER_BASE", default=None)
+@click.option("--runtime-python", envvar="EDGE_RUNTIME_PYTHON", default=None)
+@click.option("--platform", "platforms", default="linux/arm64", show_default=True)
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_COSIGN_KEY",
+    default=None,
+    help="cosign private key [env EDGE_COSIGN_KEY]; its password comes from COSIGN_PASSWORD.",
+)
+@click.option("--no-sign", is_flag=True, help="Release without signatures (verify will then fail).")
+@click.option(
+    "--provenance/--no-provenance",
+    default=True,
+    show_default=True,
+    help="buildx provenance attestation (mode=max).",
+)
+@click.option("--sbom", is_flag=True, help="buildx SBOM attestation (needs the syft scanner image).")
+@click.option(
+    "--reuse",
+    multiple=True,
+    metavar="NAME=REPO@DIGEST",
+    help="Release already pushed images instead of building (both converter and runtime).",
+)
+@releases_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def create(
+    version: str,
+    model: Path | None,
+    precision: str,
+    calibration: str,
+    channel: str | None,
+    push: bool,
+    force: bool,
+    registry: str,
+    image_prefix: str,
+    l4t_base: str | None,
+    converter_base: str | None,
+    runtime_python: str | None,
+    platforms: str,
+    key: Path | None,
+    no_sign: bool,
+    provenance: bool,
+    sbom: bool,
+    reuse: tuple[str, ...],
+    releases_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Release VERSION: build + push both images, sign the digests, move tags, write the manifest."""
+    reused: dict[str, str] = {}
+    for item in reuse:
+        name, sep, ref = item.partition("=")
+        if not sep or name not in IMAGES:
+            raise click.UsageError(
+                f"--reuse {item!r} is not NAME=REPO@DIGEST with NAME in {', '.join(IMAGES)}."
+            )
+        reused[name] = ref
+    if push and key is None and not no_sign:
+        raise click.UsageError("No signing key: pass --key (or set EDGE_COSIGN_KEY), or --no-sign.")
+    model = model.resolve() if model is not None else None
+    opts = ReleaseOptions(
+        version=version,
+        model_dir=model.parent if model else None,
+        model=model.name if model else "policy.pt",
+        precision=precision,
+        calibration=calibration,
+        channel=channel,
+        push=push,
+        force=force,
+        registry=registry,
+        image_prefix=image_prefix,
+        l4t_base=l4t_base,
+        converter_base=converter_base,
+        runtime_python=runtime_python,
+        runtime_platforms=platforms,
+        key=None if no_sign else key,
+        provenance=provenance,
+        sbom=sbom,
+        reuse=reused,
+    )
+    rel = _release(releases_dir)
+    if not push:
+        plan = rel.dry_run(opts)
+        _emit(plan, as_json, f"{plan['version']} (not pushed): tags {', '.join(plan['tags'])}")
+        return
+    manifest = rel.create(opts)
+    lines = [f"released {manifest.version} ({manifest.git_sha[:12]}), pushed {manifest.pushed_bytes} bytes"]
+    lines += [f"  {n}: {img.ref}  tags {', '.join(img.tags)}" for n, img in manifest.images.items()]
+    _emit(manifest.to_dict(), as_json, "\n".join(lines))
+
+
+@release.command("list")
+@releases_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def list_(releases_dir: Path | None, as_json: bool) -> None:
+    """Releases recorded in the repository, oldest version first."""
+    rel = _release(releases_dir)
+    found = sorted_releases(rel.releases_dir)
+    rows = [
+        {
+            "version": m.version,
+            "git_sha": m.git_sha,
+            "created": m.created,
+            "channels": m.channels,
+            "runtime": m.runtime.ref,
+        }
+        for m in found
+    ]
+    text = (
+        "\n".join(
+            f"{r['version']:<16} {r['created']}  {','.join(r['channels']) or '-':<12} {r['runtime']}"
+            for r in rows
+        )
+        or "no releases"
+    )
+    _emit(rows, as_json, text)
+
+
+@release.command("show")
+@click.argument("version")
+@releases_dir_option
+def show(version: str, releases_dir: Path | None) -> None:
+    """Print a release's manifest (JSON)."""
+    rel = _release(releases_dir)
+    click.echo(load_release(normalize_version(version), rel.releases_dir).to_json(), nl=False)
+
+
+@click.command()
+@click.argument("version")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_COSIGN_PUB",
+    default=Path("cosign.pub"),
+    show_default=True,
+    help="cosign public key [env EDGE_COSIGN_PUB].",
+)
+@releases_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def verify(version: str, key: Path, releases_dir: Path | None, as_json: bool) -> None:
+    """Check that VERSION's tags still point at its recorded digests and that the signatures verify."""
+    report = _release(releases_dir).verify(version, key)
+    lines = [f"{n}: {r['ref']} signature ok" for n, r in report["images"].items()]
+    _emit(report, as_json, "\n".join([f"release {report['version']} verified", *lines]))
+
+
+@click.command()
+@click.argument("version")
+@click.option("--channel", type=click.Choice(CHANNELS), required=True)
+@releases_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def promote(version: str, channel: str, releases_dir: Path | None, as_json: bool) -> None:
+    """Point CHANNEL at VERSION's image digests (re-tag, no rebuild)."""
+    manifest = _release(releases_dir).promote(version, channel)
+    _emit(manifest.to_dict(), as_json, f"{manifest.version} is now on {channel}: {manifest.runtime.ref}")
+
+
+__all__ = ["ReleaseError", "promote", "release", "verify"]

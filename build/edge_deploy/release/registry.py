@@ -1,0 +1,206 @@
+"""The OCI registry, through its HTTP API (distribution spec): resolve tags, list tags, re-tag by digest.
+
+Re-tagging PUTs the manifest bytes fetched by digest under the new tag, so the digest is unchanged and
+nothing is pulled or rebuilt. Pushed bytes are measured as the blobs reachable from the new digests that
+no tag of the same repository reached before the release (what the builder had to upload).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from edge_deploy.release.manifest import ReleaseError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+ACCEPT = ", ".join(MANIFEST_TYPES)
+
+
+class RegistryError(ReleaseError):
+    """The registry cannot be reached or refused a request."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+def split_repository(repository: str) -> tuple[str, str]:
+    """``localhost:5000/edge-deploy/runtime`` → (``localhost:5000``, ``edge-deploy/runtime``)."""
+    host, _, name = repository.partition("/")
+    if not name or ("." not in host and ":" not in host and host != "localhost"):
+        raise RegistryError(
+            f"Repository {repository!r} does not name a registry host (e.g. localhost:5000/x/y)."
+        )
+    return host, name
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``repo@sha256:…`` or ``repo:tag`` → (repository, digest-or-tag)."""
+    if "@" in ref:
+        repo, _, digest = ref.partition("@")
+        return repo, digest
+    head, _, last = ref.rpartition("/")
+    if ":" in last:
+        name, _, tag = last.partition(":")
+        return f"{head}/{name}", tag
+    return ref, "latest"
+
+
+class Registry:
+    """One registry host. ``http`` for loopback hosts (the local registry), ``https`` elsewhere;
+    credentials (CI) come from ``EDGE_REGISTRY_USER`` / ``EDGE_REGISTRY_PASSWORD``."""
+
+    def __init__(self, host: str, *, timeout: float = 30.0, client: httpx.Client | None = None) -> None:
+        self.host = host
+        loopback = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
+        self.base = f"{'http' if loopback else 'https'}://{host}/v2"
+        user, password = os.environ.get("EDGE_REGISTRY_USER"), os.environ.get("EDGE_REGISTRY_PASSWORD")
+        auth = httpx.BasicAuth(user, password) if user and password else None
+        self.client = client or httpx.Client(timeout=timeout, auth=auth)
+
+    def _authenticate(self, resp: httpx.Response) -> bool:
+        """Bearer token flow (distribution token auth): trade the basic credentials for a token."""
+        challenge = resp.headers.get("www-authenticate", "")
+        if not challenge.lower().startswith("bearer "):
+            return False
+        params = dict(p.split("=", 1) for p in challenge[7:].replace('"', "").split(",") if "=" in p)
+        realm = params.pop("realm", None)
+        if not realm:
+            return False
+        token_resp = self.client.get(realm, params=params)
+        if token_resp.status_code != 200:
+            return False
+        body = token_resp.json()
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            return False
+        self.client.auth = httpx.Auth()  # no-op: the bearer header replaces basic credentials
+        self.client.headers["Authorization"] = f"Bearer {token}"
+        return True
+
+    @classmethod
+    def for_repository(cls, repository: str) -> Registry:
+        return cls(split_repository(repository)[0])
+
+    def _request(
+        self, method: str, path: str, *, what: str, ok: Iterable[int] = (200,), **kw: Any
+    ) -> httpx.Response:
+        try:
+            resp = self.client.request(method, f"{self.base}/{path}", **kw)
+            if resp.status_code == 401 and self._authenticate(resp):
+                resp = self.client.request(method, f"{self.base}/{path}", **kw)
+        except httpx.HTTPError as exc:
+            raise RegistryError(
+                f"Registry {self.host} is unreachable while {what} ({type(exc).__name__})."
+            ) from None
+        if resp.status_code not in tuple(ok):
+            raise RegistryError(f"Registry {self.host} refused {what} (HTTP {resp.status_code}).")
+        return resp
+
+    def ping(self) -> None:
+        self._request("GET", "", what="checking the API", ok=(200, 401))
+
+    def manifest(self, name: str, reference: str) -> Manifest:
+        resp = self._request(
+            "GET",
+            f"{name}/manifests/{reference}",
+            what=f"fetching {name}:{reference}",
+            ok=(200, 404),
+            headers={"Accept": ACCEPT},
+        )
+        if resp.status_code == 404:
+            raise RegistryError(f"Image {self.host}/{name}:{reference} does not exist in the registry.")
+        media = resp.headers.get("content-type", "").split(";")[0]
+        digest = resp.headers.get("docker-content-digest") or ""
+        return Manifest(digest=digest, media_type=media, body=resp.content)
+
+    def resolve(self, name: str, tag: str) -> str | None:
+        """The digest a tag points to now, or None when the tag does not exist."""
+        resp = self._request(
+            "HEAD",
+            f"{name}/manifests/{tag}",
+            what=f"resolving {name}:{tag}",
+            ok=(200, 404),
+            headers={"Accept": ACCEPT},
+        )
+        if resp.status_code == 404:
+            return None
+        return resp.headers.get("docker-content-digest")
+
+    def tags(self, name: str) -> list[str]:
+        resp = self._request("GET", f"{name}/tags/list", what=f"listing tags of {name}", ok=(200, 404))
+        if resp.status_code == 404:
+            return []
+        return sorted(resp.json().get("tags") or [])
+
+    def repositories(self) -> list[str]:
+        resp = self._request("GET", "_catalog?n=10000", what="listing repositories")
+        return sorted(resp.json().get("repositories") or [])
+
+    def tag(self, name: str, digest: str, tag: str) -> None:
+        """Point ``tag`` at ``digest`` by re-putting the same manifest bytes (digest unchanged)."""
+        m = self.manifest(name, digest)
+        self._request(
+            "PUT",
+            f"{name}/manifests/{tag}",
+            what=f"tagging {name}@{digest} as {tag}",
+            ok=(201, 200),
+            content=m.body,
+            headers={"Content-Type": m.media_type},
+        )
+
+    def blobs(self, name: str, reference: str) -> dict[str, int]:
+        """Every blob (layers, configs) reachable from a manifest or index → size in bytes."""
+        out: dict[str, int] = {}
+        self._walk(name, reference, out, set())
+        return out
+
+    def _walk(self, name: str, reference: str, out: dict[str, int], seen: set[str]) -> None:
+        if reference in seen:
+            return
+        seen.add(reference)
+        try:
+            doc = self.manifest(name, reference).json
+        except RegistryError as exc:
+            if "does not exist" in str(exc):
+                return
+            raise
+        for child in doc.get("manifests") or []:
+            self._walk(name, child["digest"], out, seen)
+        for blob in [doc.get("config") or {}, *(doc.get("layers") or [])]:
+            if blob.get("digest"):
+                out[blob["digest"]] = int(blob.get("size", 0))
+
+    def repository_blobs(self, name: str) -> set[str]:
+        """Blobs reachable from any tag of repository ``name``. A builder uploads every blob the target
+        repository lacks (blob existence is checked per repository), so this is the "before" of a push."""
+        found: dict[str, int] = {}
+        seen: set[str] = set()
+        for tag in self.tags(name):
+            self._walk(name, tag, found, seen)
+        return set(found)
+
+
+def pushed_bytes(before: set[str], new: dict[str, int]) -> int:
+    """Bytes of blobs in ``new`` that the registry did not hold before."""
+    return sum(size for digest, size in new.items() if digest not in before)

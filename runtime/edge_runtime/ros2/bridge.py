@@ -1,0 +1,421 @@
+"""Ros2Bridge: serve the policy to ROS 2 nodes over DDS topics, with the wire conventions of ``rmw_cyclonedds_cpp``.
+
+It subscribes to a camera topic (``sensor_msgs/Image``) and a robot-state topic (``std_msgs/Float32MultiArray``),
+pairs the newest image with the newest state that arrived within the sync window, drops frames that went
+stale, runs the model at most ``max_rate_hz`` times a second and publishes the action
+(``std_msgs/Float32MultiArray``). A bad message is counted and logged, never fatal. One thread does all of
+this, waking at least every 100 ms so ``stop()`` is prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle import TensorSpec
+from edge_runtime.errors import BackendUnavailable, EdgeError
+from edge_runtime.ros2.config import Ros2Config
+from edge_runtime.ros2.convert import BadMessage, ImageInput, VectorInput, check_image, to_float32_multiarray
+from edge_runtime.ros2.qos import profile
+
+log = logging.getLogger(__name__)
+
+Infer = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+MAX_WAIT_S = 0.1  # longest the bridge thread blocks, so stop() returns within about this
+TAKE_BATCH = 32
+LOG_EVERY_S = 10.0  # a repeated bad-message reason is logged at most this often (all are counted)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+
+
+def load_cyclonedds() -> Any:
+    """Import Cyclone DDS's Python binding, or say in one sentence how to get it."""
+    try:
+        import cyclonedds.domain
+        import cyclonedds.pub
+        import cyclonedds.sub
+        import cyclonedds.topic
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"The ROS 2 bridge needs the cyclonedds package (install edge-deploy[ros2]), which is not importable ({exc})."
+        ) from None
+    import cyclonedds
+
+    return cyclonedds
+
+
+@dataclass
+class Frame:
+    """One converted observation and when it arrived (``time.monotonic()``)."""
+
+    value: np.ndarray
+    arrived: float
+    stamp_age: float = 0.0  # how old its header stamp already was on arrival (0: no stamp or not checked)
+
+    def age(self, now: float) -> float:
+        return now - self.arrived + self.stamp_age
+
+
+@dataclass
+class Pair:
+    image: Frame
+    state: Frame
+
+
+@dataclass
+class ObservationSync:
+    """Pairs the latest image with the latest state; pure logic with explicit times so tests can drive it.
+
+    An image is used at most once. It pairs with the newest state whose arrival is within ``window_s`` of its
+    own; it is dropped as ``stale`` once older than ``stale_after_s``, as ``unsynced`` when no state can still
+    arrive inside the window, and as ``superseded`` when a newer image replaces it before it was used.
+    Pairs are released at most once per ``min_interval_s``.
+    """
+
+    window_s: float
+    stale_after_s: float
+    min_interval_s: float
+    image: Frame | None = None
+    state: Frame | None = None
+    last_release: float = -math.inf
+    drops: dict[str, int] = field(default_factory=dict)
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def put_image(self, frame: Frame) -> None:
+        if self.image is not None:
+            self._drop("superseded")
+        self.image = frame
+
+    def put_state(self, frame: Frame) -> None:
+        self.state = frame
+
+    def poll(self, now: float) -> tuple[Pair | None, float]:
+        """A pair ready to run now (or None), and how long until something can change without new data."""
+        image = self.image
+        if image is None:
+            return None, math.inf
+        if image.age(now) > self.stale_after_s:
+            self.image = None
+            self._drop("stale")
+            return None, math.inf
+        state = self.state
+        if state is None or state.arrived < image.arrived - self.window_s:
+            deadline = image.arrived + self.window_s
+            if now > deadline:
+                self.image = None
+                self._drop("unsynced")
+                return None, math.inf
+            return None, deadline - now
+        if state.arrived > image.arrived + self.window_s:
+            self.image = None
+            self._drop("unsynced")
+            return None, math.inf
+        wait = self.last_release + self.min_interval_s - now
+        if wait > 0:
+            return None, min(wait, self.stale_after_s - image.age(now))
+        self.image = None
+        self.last_release = now
+        return Pair(image, state), math.inf
+
+
+class BridgeMetrics:
+    """The bridge's series in the service's Prometheus registry (all names start ``edge_ros2_``)."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.received = Counter(
+            "edge_ros2_messages_total", "ROS 2 messages received, by stream", ["stream"], registry=registry
+        )
+        self.bad = Counter(
+            "edge_ros2_bad_messages_total",
+            "ROS 2 messages refused (wrong encoding, wrong size, bad values), by stream and reason",
+            ["stream", "reason"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "edge_ros2_dropped_frames_total",
+            "Images not used: stale, unsynced (no state in the window) or superseded by a newer one",
+            ["reason"],
+            registry=registry,
+        )
+        self.actions = Counter("edge_ros2_actions_total", "Actions published", registry=registry)
+        self.errors = Counter(
+            "edge_ros2_infer_errors_total", "Inferences that failed or were refused", registry=registry
+        )
+        self.latency = Histogram(
+            "edge_ros2_latency_seconds",
+            "Per message: image received to action published",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+class ThrottledLog:
+    """Logs the first of each kind of problem and then at most once per ``every_s``, with the count skipped."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._skipped: dict[tuple[str, str], int] = {}
+
+    def warning(self, key: tuple[str, str], sentence: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return
+        skipped = self._skipped.pop(key, 0)
+        more = f" ({skipped} more like it since the last report)" if skipped else ""
+        log.warning("ROS 2 %s: %s%s", key[0], sentence, more)
+        self._last[key] = now
+
+
+def _pick(specs: list[TensorSpec], name: str, rank: int, what: str, env: str) -> TensorSpec:
+    if name:
+        for spec in specs:
+            if spec.name == name:
+                return spec
+        raise EdgeError(f"The model has no tensor {name!r} for the ROS 2 {what} (set {env}).")
+    for spec in specs:
+        if len(spec.shape) == rank:
+            return spec
+    raise EdgeError(f"The model has no {rank}-D input to take the ROS 2 {what}; name one with {env}.")
+
+
+class Ros2Bridge:
+    """Subscribes to the observation topics, runs ``infer`` on synchronized pairs, publishes the action.
+
+    ``infer`` takes and returns dicts of name → array (batch 1). DDS entities are created here, so a missing
+    ``cyclonedds`` or an unusable ``CYCLONEDDS_URI`` is reported before the service starts listening;
+    ``start()`` runs the bridge thread and ``stop()`` ends it and leaves the DDS domain. Not restartable.
+    """
+
+    def __init__(
+        self,
+        infer: Infer,
+        inputs: list[TensorSpec],
+        config: Ros2Config | None = None,
+        registry: Any = None,
+    ) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.config = config or Ros2Config()
+        self.infer = infer
+        self.registry = registry if registry is not None else CollectorRegistry()
+        image_spec = _pick(inputs, self.config.image_input, 4, "image", "EDGE_ROS2_IMAGE_INPUT")
+        state_spec = _pick(inputs, self.config.state_input, 2, "robot state", "EDGE_ROS2_STATE_INPUT")
+        others = [s.name for s in inputs if s.name not in (image_spec.name, state_spec.name)]
+        if others:
+            raise EdgeError(
+                f"The model also takes {', '.join(others)}, which no ROS 2 topic of the bridge provides."
+            )
+        self.image_input = ImageInput(image_spec, self.config.pixel_scale)
+        self.state_input = VectorInput(state_spec)
+        self.metrics = BridgeMetrics(self.registry)
+        self.sync = ObservationSync(
+            window_s=self.config.sync_window_s,
+            stale_after_s=self.config.stale_after_s,
+            min_interval_s=self.config.min_interval_s,
+        )
+        self._complaints = ThrottledLog()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._counted_drops: dict[str, int] = {}
+        self._open_dds()
+
+    # -- DDS -----------------------------------------------------------------------------------------------
+
+    def _open_dds(self) -> None:
+        dds = load_cyclonedds()
+        from cyclonedds.core import DDSException, ReadCondition, SampleState, WaitSet
+        from cyclonedds.domain import DomainParticipant
+        from cyclonedds.pub import DataWriter
+        from cyclonedds.sub import DataReader
+        from cyclonedds.topic import Topic
+
+        from edge_runtime.ros2.msgs import Float32MultiArray, Image
+
+        cfg = self.config
+        try:
+            self._participant: Any = DomainParticipant(cfg.domain_id)
+            image_topic = Topic(self._participant, cfg.image_topic, Image)
+            state_topic = Topic(self._participant, cfg.state_topic, Float32MultiArray)
+            action_topic = Topic(self._participant, cfg.action_topic, Float32MultiArray)
+            self._image_reader = DataReader(
+                self._participant, image_topic, qos=profile(cfg.image_qos).to_dds()
+            )
+            self._state_reader = DataReader(
+                self._participant, state_topic, qos=profile(cfg.state_qos).to_dds()
+            )
+            self._writer = DataWriter(self._participant, action_topic, qos=profile(cfg.action_qos).to_dds())
+            self._waitset = WaitSet(self._participant)
+            for reader in (self._image_reader, self._state_reader):
+                self._waitset.attach(ReadCondition(reader, SampleState.NotRead))
+        except DDSException as exc:
+            raise EdgeError(
+                f"Cyclone DDS could not join ROS 2 domain {cfg.domain_id} (check CYCLONEDDS_URI): {exc}."
+            ) from None
+        log.info(
+            "ROS 2 bridge (cyclonedds %s) on domain %d: %s + %s -> %s",
+            getattr(dds, "__version__", "?"),
+            cfg.domain_id,
+            cfg.image_topic,
+            cfg.state_topic,
+            cfg.action_topic,
+        )
+
+    def _close_dds(self) -> None:
+        participant = getattr(self, "_participant", None)
+        if participant is None:
+            return
+        for name in ("_waitset", "_writer", "_image_reader", "_state_reader"):
+            setattr(self, name, None)
+        self._participant = None
+        participant.__del__()  # deletes the participant and every entity under it now, not at GC time
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._participant is None:
+            raise EdgeError("This ROS 2 bridge was stopped; create a new one to serve again.")
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="ros2-bridge", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """End the bridge thread (bounded wait) and leave the DDS domain."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("ROS 2 bridge thread did not end within %.1f s; leaving it to exit", timeout_s)
+                return
+        self._close_dds()
+
+    def __enter__(self) -> Ros2Bridge:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        wait_s = MAX_WAIT_S
+        while not self._stop.is_set():
+            try:
+                self._waitset.wait(int(max(0.001, min(wait_s, MAX_WAIT_S)) * 1e9))  # ns; ≥ 1 ms, no busy loop
+                self._take_states()
+                self._take_images()
+                wait_s = self._step()
+            except Exception as exc:  # the bridge outlives any one message; the loop itself must not die
+                self._complaints.warning(
+                    ("bridge", type(exc).__name__), f"unexpected error, continuing: {exc}"
+                )
+                wait_s = MAX_WAIT_S
+
+    def _take(self, reader: Any, stream: str) -> list[Any]:
+        samples: list[Any] = []
+        while True:
+            try:
+                batch = reader.take(N=TAKE_BATCH)
+            except Exception as exc:  # a sample that does not deserialize as the declared type
+                self._bad(stream, BadMessage("malformed", f"a sample could not be decoded ({exc})."))
+                return samples
+            samples.extend(s for s in batch if getattr(s, "sample_info", None) and s.sample_info.valid_data)
+            if len(batch) < TAKE_BATCH:
+                return samples
+
+    def _bad(self, stream: str, exc: BadMessage) -> None:
+        self.metrics.bad.labels(stream, exc.reason).inc()
+        self._complaints.warning((stream, exc.reason), f"message refused: {exc}")
+
+    def _take_states(self) -> None:
+        for msg in self._take(self._state_reader, "state"):
+            now = time.monotonic()
+            self.metrics.received.labels("state").inc()
+            try:
+                self.sync.put_state(Frame(self.state_input(msg), now))
+            except BadMessage as exc:
+                self._bad("state", exc)
+
+    def _take_images(self) -> None:
+        samples = self._take(self._image_reader, "image")
+        now = time.monotonic()
+        newest = None
+        for i, msg in enumerate(samples):
+            self.metrics.received.labels("image").inc()
+            try:
+                check_image(msg)
+            except BadMessage as exc:
+                self._bad("image", exc)
+                continue
+            if newest is not None:
+                self.sync.drops["superseded"] = self.sync.drops.get("superseded", 0) + 1
+            newest = i
+        if newest is None:
+            return
+        msg = samples[newest]
+        try:
+            value = self.image_input(msg)
+        except BadMessage as exc:
+            self._bad("image", exc)
+            return
+        self.sync.put_image(Frame(value, now, self._stamp_age(msg)))
+
+    def _stamp_age(self, msg: Any) -> float:
+        if not self.config.stamp_check:
+            return 0.0
+        stamp = msg.header.stamp
+        if not stamp.sec and not stamp.nanosec:
+            return 0.0
+        return max(0.0, time.time() - (stamp.sec + stamp.nanosec * 1e-9))
+
+    def _step(self) -> float:
+        pair, wait_s = self.sync.poll(time.monotonic())
+        self._count_drops()
+        if pair is not None:
+            self._serve(pair)
+            pair, wait_s = self.sync.poll(time.monotonic())
+            self._count_drops()
+        return wait_s
+
+    def _count_drops(self) -> None:
+        for reason, total in self.sync.drops.items():
+            new = total - self._counted_drops.get(reason, 0)
+            if new:
+                self.metrics.dropped.labels(reason).inc(new)
+                self._counted_drops[reason] = total
+                if reason == "stale" and self.config.stamp_check:
+                    self._complaints.warning(
+                        ("image", "stale"),
+                        f"frames older than {self.config.stale_after_s * 1000:.0f} ms are dropped "
+                        "(if the camera stamps with sim time, set EDGE_ROS2_STAMP_CHECK=0).",
+                    )
+
+    def _serve(self, pair: Pair) -> None:
+        feeds = {self.image_input.spec.name: pair.image.value, self.state_input.spec.name: pair.state.value}
+        try:
+            outputs = self.infer(feeds)
+            name = self.config.action_output or next(iter(outputs))
+            action = np.asarray(outputs[name])
+        except Exception as exc:
+            self.metrics.errors.inc()
+            self._complaints.warning(("inference", type(exc).__name__), f"no action published: {exc}")
+            return
+        self._writer.write(to_float32_multiarray(action, name))
+        self.metrics.actions.inc()
+        self.metrics.latency.observe(time.monotonic() - pair.image.arrived)

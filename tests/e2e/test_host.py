@@ -1,0 +1,147 @@
+"""The host harness (scripts/host-setup, scripts/host-teardown) on this machine: contract, idempotency, PIDs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_deploy.images import REPO_ROOT
+from tests.e2e.conftest import STANDIN
+from tests.support import need
+
+pytestmark = [pytest.mark.docker]
+
+SETUP = REPO_ROOT / "scripts" / "host-setup"
+TEARDOWN = REPO_ROOT / "scripts" / "host-teardown"
+CONTRACT_KEYS = ("EDGE_HOST_BIN", "EDGE_HOST_STATE", "EDGE_HOST_PREFIX", "EDGE_REGISTRY", "EDGE_STATE")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CONTRACT_KEYS and not k.startswith("EDGE_HOST_")}
+    env.update(extra)
+    return env
+
+
+def host_env() -> dict[str, str]:
+    out = subprocess.run(
+        [str(SETUP), "--env"], capture_output=True, text=True, timeout=30, env=_clean_env(), check=True
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_env_prints_the_contract_other_tools_read() -> None:
+    env = host_env()
+    assert env["EDGE_HOST_BIN"] == "/opt/edge-deploy/host/bin"
+    assert env["EDGE_REGISTRY"] == "localhost:5000"
+    assert env["EDGE_STATE"] == "/var/lib/edge-deploy/host"
+    assert env["EDGE_L4T_BASE"].startswith("localhost:5000/edge-deploy/")
+
+
+def test_setup_again_is_fast_and_leaves_the_running_engine_alone(docker_host: str) -> None:
+    need(os.geteuid() == 0, "root (host-setup installs packages and starts daemons)")
+    state = Path(host_env()["EDGE_STATE"])
+    pids_before = {p.name: p.read_text() for p in state.glob("*.pid")}
+    t0 = time.monotonic()
+    out = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=120, env=_clean_env())
+    seconds = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    assert seconds < 15, f"host-setup took {seconds:.1f} s with everything present"
+    assert "ready:" in out.stderr
+    assert {p.name: p.read_text() for p in state.glob("*.pid")} == pids_before
+    check = subprocess.run(
+        [str(SETUP), "--check"], capture_output=True, text=True, timeout=60, env=_clean_env()
+    )
+    assert check.returncode == 0, check.stderr
+    assert "missing" not in check.stderr
+
+
+def test_installed_versions_match_the_verified_set(docker_host: str) -> None:
+    bin_dir = Path(host_env()["EDGE_HOST_BIN"])
+
+    def version(*cmd: str) -> str:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=True).stdout
+
+    assert re.search(r"\b26\.\d+\.\d+", version(str(bin_dir / "dockerd"), "--version"))
+    assert "version 10." in version(str(bin_dir / "qemu-aarch64"), "--version")
+    assert re.search(r"\bv?0\.\d+\.\d+", version("docker", "buildx", "version"))
+    assert re.search(r"v?2\.\d+", version("docker", "compose", "version", "--short"))
+    assert "GitVersion" in version(str(bin_dir / "cosign"), "version")
+    assert (bin_dir / "docker-init").exists()
+    init = subprocess.run(
+        ["docker", "run", "--rm", "--init", "--network", "none", STANDIN, "true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert init.returncode == 0, init.stderr  # `docker run --init` finds docker-init
+    assert Path("/usr/sbin/sshd").exists() and Path("/run/sshd").is_dir()
+    info = version("docker", "info", "--format", "{{json .DriverStatus}}")
+    assert "snapshotter" in info, "containerd image store"
+
+
+def test_qemu_runs_arm64_containers_with_the_f_flag(docker_host: str) -> None:
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").read_text()
+    assert "enabled" in entry
+    assert re.search(r"^flags: .*F", entry, re.M)
+    out = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--platform",
+            "linux/arm64",
+            STANDIN,
+            "python3",
+            "-c",
+            "import platform, sys; print(platform.machine(), sys.version_info[:2])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "aarch64"
+
+
+def _spawn(path: Path) -> subprocess.Popen[bytes]:
+    # a shell loop (not exec) keeps the script's name in /proc/PID/cmdline, as a real daemon's would be
+    path.write_text("#!/bin/sh\nwhile :; do sleep 1; done\n")
+    path.chmod(0o755)
+    return subprocess.Popen([str(path)], start_new_session=True)
+
+
+def test_teardown_stops_only_the_recorded_processes(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    recorded = _spawn(tmp_path / "dockerd")  # the "engine" setup would have recorded
+    bystander = _spawn(tmp_path / "docker-registry")  # a registry someone else started: not recorded
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a reused PID
+    try:
+        (state / "dockerd.pid").write_text(f"{recorded.pid}\n")
+        (state / "registry.pid").write_text(f"{unrelated.pid}\n")
+        out = subprocess.run(
+            [str(TEARDOWN)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_clean_env(EDGE_HOST_STATE=str(state)),
+        )
+        assert out.returncode == 0, out.stderr
+        assert recorded.wait(timeout=30) is not None
+        assert bystander.poll() is None
+        assert unrelated.poll() is None, "a PID that is no longer the registry is left alone"
+        assert not list(state.glob("*.pid"))
+        assert f"stopped dockerd (pid {recorded.pid})" in out.stdout
+    finally:
+        for p in (recorded, bystander, unrelated):
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)

@@ -1,0 +1,56 @@
+"""End to end: ``edge-runtime serve --ros2`` as one process, the ROS 2-like peer as another, over DDS."""
+
+from __future__ import annotations
+
+import signal
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.backends import BuildOptions, get_backend
+from edge_runtime.bundle import ModelBundle
+from tests.runtime.ros2_support import dds_env, expected_feeds, finish_peer, random_domain, start_peer
+from tests.runtime.test_serve_cli import serving
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line_start} not in /metrics")
+
+
+def test_serve_ros2_round_trip_metrics_and_clean_stop(tiny_bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("cyclonedds")
+    domain = random_domain()
+    env = dds_env(domain, PYTHONUNBUFFERED="1", EDGE_ROS2_MAX_RATE_HZ="50")
+    with serving(tiny_bundle, tmp_path / "cache", "--ros2", env=env) as (url, proc):
+        out = tmp_path / "peer.npz"
+        err = finish_peer(start_peer(domain, out, "--rounds", "3", "--bad", "encoding"))
+        assert out.exists(), err
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=30)[0]
+    assert proc.returncode in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal it stopped on
+    assert "ROS 2 bridge started" in log
+    assert "ROS 2 image: message refused: Image encoding 'yuv422' is not supported" in log
+
+    got = np.load(out)
+    bundle = ModelBundle.load(tiny_bundle)
+    backend = get_backend("onnxruntime")
+    options = BuildOptions(batch=bundle.manifest.batch)
+    engine = backend.load(backend.build(bundle, options), bundle, options)
+    for image, state, action in zip(got["images"], got["states"], got["actions"], strict=True):
+        np.testing.assert_allclose(
+            action, engine.infer(expected_feeds(image, state))["action"][0], rtol=1e-5, atol=1e-5
+        )
+    assert len(got["actions"]) == 3
+
+    assert metric(text, "edge_ros2_actions_total") >= 3
+    assert metric(text, "edge_ros2_latency_seconds_count") >= 3
+    assert metric(text, 'edge_ros2_bad_messages_total{reason="encoding",stream="image"}') == 1
