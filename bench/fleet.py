@@ -3,7 +3,7 @@ bounds each: the per-robot step timings of the rollout (pull, up, health gate) a
 service reports (build vs cache hit).
 
 For each fleet size a fresh simulated fleet (``edge_deploy.fleet.simulate``: one dockerd + sshd per robot,
-arm64 images under QEMU on x86) gets: release A (the runtime image: every layer is pulled, the engine is
+all on this host; robots run the host's own architecture unless ``--fleet-platform`` says otherwise) gets: release A (the runtime image: every layer is pulled, the engine is
 built), release B (model-only: the same runtime with another bundle), then a rollback to A (no download,
 engine cache hit). Needs root, the host harness (scripts/host-setup) and the runtime image in the registry.
 """
@@ -11,8 +11,10 @@ engine cache hit). Needs root, the host harness (scripts/host-setup) and the run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import platform as host_platform
 import shutil
 import statistics
 import subprocess
@@ -23,14 +25,19 @@ from typing import Any
 
 NAME = "fleet"
 REGISTRY = os.environ.get("EDGE_REGISTRY", "localhost:5000")
-DEFAULT_IMAGE = f"{REGISTRY}/edge-deploy/runtime:0.0.1-dev"
-PLATFORM = os.environ.get("EDGE_BENCH_PLATFORM", "linux/arm64")
+STANDIN_BASE = f"{REGISTRY}/edge-deploy/l4t-standin:r36.4"
+# Robots run their own architecture natively, as a Jetson does: on an x86 host that is linux/amd64.
+# linux/arm64 on x86 runs every robot's Python under QEMU, which then bounds everything (see README).
+NATIVE = "linux/arm64" if host_platform.machine() in ("aarch64", "arm64") else "linux/amd64"
 HEALTH_TIMEOUT = 300.0
 STEPS = ("preflight", "lock", "upload", "pull", "switch", "up", "health")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fleet-image", default=DEFAULT_IMAGE, help="fleet: runtime image (tag or digest)")
+    parser.add_argument("--fleet-image", default=None,
+                        help="fleet: runtime image (tag or digest; default: built for --fleet-platform)")
+    parser.add_argument("--fleet-platform", default=os.environ.get("EDGE_BENCH_PLATFORM", NATIVE),
+                        help=f"fleet: the robots' platform (default {NATIVE}, this host's own)")
     parser.add_argument(
         "--fleet-sizes", default="1,3,5", help="fleet: comma-separated robot counts (default 1,3,5)"
     )
@@ -51,7 +58,22 @@ def _digest_ref(image: str) -> str:
     return f"{image.rsplit(':', 1)[0]}@{out['digest']}"
 
 
-def _model_only_image(runtime_ref: str, work: Path) -> str:
+def _runtime_image(platform: str, work: Path) -> str:
+    """Build and push the runtime image for ``platform`` with the images API (stand-in base)."""
+    from edge_deploy.images import build_images
+    from edge_deploy.sample import write_sample_policy
+
+    (work / "model").mkdir()
+    write_sample_policy(work / "model" / "policy.pt")
+    out = build_images(model_dir=work / "model", model="policy.pt", precision="fp32", version="bench-fleet",
+                       registry=REGISTRY, image_prefix="edge-deploy-bench", l4t_base=STANDIN_BASE,
+                       converter_base=STANDIN_BASE, runtime_python="3.11", runtime_platforms=platform,
+                       push=True, progress="quiet")
+    rt = out["images"]["runtime"]
+    return f"{rt['tags'][0].rsplit(':', 1)[0]}@{rt['digest']}"
+
+
+def _model_only_image(runtime_ref: str, work: Path, platform: str) -> str:
     """The runtime image with another model bundle (fp16 sample policy) on top: a model-only release."""
     from edge_deploy.pipeline import ConvertOptions, convert
     from edge_deploy.sample import write_sample_policy
@@ -65,7 +87,7 @@ def _model_only_image(runtime_ref: str, work: Path) -> str:
     (ctx / "Dockerfile").write_text(f"FROM {runtime_ref}\nCOPY bundle/ /opt/edge/bundle/\n")
     repo = f"{REGISTRY}/edge-deploy/bench-fleet"
     meta = work / "meta.json"
-    _sh("docker", "buildx", "build", "--platform", PLATFORM, "--provenance=false", "--push",
+    _sh("docker", "buildx", "build", "--platform", platform, "--provenance=false", "--push",
         "-t", f"{repo}:model-fp16", "--metadata-file", str(meta), str(ctx))
     return f"{repo}@{json.loads(meta.read_text())['containerimage.digest']}"
 
@@ -95,7 +117,8 @@ def _bound(timings: dict[str, float]) -> str:
     return max(steps, key=lambda k: steps[k]) if steps else ""
 
 
-def _one_size(n: int, refs: dict[str, str], root: Path) -> list[dict[str, Any]]:
+def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[dict[str, Any]]:
+    from edge_deploy.fleet import FleetError
     from edge_deploy.fleet import simulate as sim
     from edge_deploy.release.manifest import ReleaseImage, ReleaseManifest, save_release
     from edge_deploy.rollout import deploy_release, rollback
@@ -109,8 +132,17 @@ def _one_size(n: int, refs: dict[str, str], root: Path) -> list[dict[str, Any]]:
     state = root / f"state-{n}"
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)
-    s = sim.simulate(n, f"bench{n}", state_root=state, ssh_port_base=2600 + 10 * n,
-                     service_port_base=18300 + 10 * n, registry=REGISTRY, platform=PLATFORM)
+    for attempt in (1, 2):  # simulate is idempotent; a daemon slow to write its pidfile is retried once
+        try:
+            s = sim.simulate(n, f"bench{n}", state_root=state, ssh_port_base=2600 + 10 * n,
+                             service_port_base=18300 + 10 * n, registry=REGISTRY, platform=platform)
+            break
+        except (OSError, FleetError) as exc:
+            with contextlib.suppress(Exception):  # stop what started; nothing may outlive the benchmark
+                sim.stop(sim.Simulation.load(f"bench{n}", state), purge=True)
+            if attempt == 2:
+                raise
+            print(f"fleet: starting {n} simulated robot(s) failed ({exc}); retrying", flush=True)
     rows: list[dict[str, Any]] = []
     try:
         names = [r.name for r in s.robots]
@@ -155,25 +187,29 @@ def run(args: Any = None) -> dict[str, Any]:
         raise SystemExit("needs root: simulated robots are users with their own dockerd and sshd")
     if sim.host_bin() is None or shutil.which("docker") is None:
         raise SystemExit("needs the Docker engine and host binaries from scripts/host-setup")
-    image = getattr(args, "fleet_image", None) or DEFAULT_IMAGE
+    image = getattr(args, "fleet_image", None)
+    platform = getattr(args, "fleet_platform", None) or NATIVE
     sizes = [int(x) for x in (getattr(args, "fleet_sizes", None) or "1,3,5").split(",")]
     root = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/var/tmp"))
     os.chmod(root, 0o755)
     try:
-        runtime_ref = _digest_ref(image)
-        refs = {"0.1.0": runtime_ref, "0.1.1": _model_only_image(runtime_ref, root)}
+        runtime_ref = _digest_ref(image) if image else _runtime_image(platform, root)
+        refs = {"0.1.0": runtime_ref, "0.1.1": _model_only_image(runtime_ref, root, platform)}
         rows: list[dict[str, Any]] = []
         for n in sizes:
-            rows += _one_size(n, refs, root)
+            rows += _one_size(n, refs, root, platform)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result: dict[str, Any] = {"platform": PLATFORM, "image": runtime_ref, "sizes": sizes}
+    result: dict[str, Any] = {"platform": platform, "image": runtime_ref, "sizes": sizes}
     for op in ("rollout (all layers)", "rollout (model-only)", "rollback"):
         one = next((r["wall_s"] for r in rows if r["robots"] == 1 and r["operation"] == op), None)
         for r in rows:
             if r["operation"] == op and one:
                 r["ratio_to_1"] = round(r["wall_s"] / one, 3)
     result["rows"] = rows
-    result["machine"] = f"{os.cpu_count()} CPUs, robots' arm64 containers under QEMU user emulation"
+    emulated = platform != NATIVE
+    result["machine"] = (f"{os.cpu_count()} CPUs ({host_platform.machine()}); all robots on this one host; "
+                         f"robots run {platform}" + (" under QEMU user emulation" if emulated else " natively"))
+    result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # others' work on a shared host skews timings
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return result

@@ -97,9 +97,9 @@ def plot_fleet(res: dict[str, Any], dest: Path) -> Path:
         ax.set_ylabel(f"{row['robots']}: {row['operation']}", rotation=0, ha="right", va="center", fontsize=8)
         ax.invert_yaxis()
     axes[-1, 0].set_xlabel("seconds since the robot's update began")
-    fig.legend(loc="upper right", fontsize=7, ncol=4)
+    fig.legend(loc="lower center", fontsize=7, ncol=len(STEP_COLOURS))
     fig.suptitle(f"rollout timelines ({res.get('machine', '')})", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     fig.savefig(dest, dpi=110)
     plt.close(fig)
     return dest

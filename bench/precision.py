@@ -142,6 +142,7 @@ def run(args: Any = None) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "note": "CPU ONNX Runtime (CPUExecutionProvider); says nothing about TensorRT on a Jetson.",
     }
+    result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # others' work on a shared host skews timings
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return result
 

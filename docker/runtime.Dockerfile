@@ -2,6 +2,7 @@
 # layer, so a model-only release pushes and pulls one small layer. The model is converted natively on the
 # build platform in the `convert` stage (FROM the converter), never under QEMU.
 ARG L4T_BASE=nvcr.io/nvidia/l4t-jetpack:r36.4.0
+ARG CONVERTER_BASE=python:3.11-slim-bookworm
 
 # --- model → bundle, on the build platform --------------------------------------------------------------
 # `converter` and `model` are bake named contexts (target:converter, the model directory), not registry images.
@@ -24,13 +25,12 @@ RUN --network=none set -e; mkdir -p /tmp/out; \
 FROM scratch AS bundle
 COPY --from=convert /tmp/out/bundle /
 
-# requirements of the device side, resolved from pyproject.toml on the build platform
-# hadolint ignore=DL3006
-FROM --platform=$BUILDPLATFORM converter AS device-reqs
+# Device requirements from pyproject.toml, on the build platform. It depends on pyproject.toml alone (not on
+# the converter, whose code changes every release), so the runtime's dependency layer stays cached.
+FROM --platform=$BUILDPLATFORM ${CONVERTER_BASE} AS device-reqs
 COPY pyproject.toml docker/requirements.py /tmp/src/
-RUN --network=none python /tmp/src/requirements.py /tmp/src/pyproject.toml device > /tmp/requirements-device.txt
+RUN --network=none python3 /tmp/src/requirements.py /tmp/src/pyproject.toml device > /tmp/requirements-device.txt
 
-# --- the robot's image --------------------------------------------------------------------------------
 FROM ${L4T_BASE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN --network=none python3 -m venv /opt/edge/venv

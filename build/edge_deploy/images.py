@@ -85,10 +85,14 @@ def requirements_for(extra: str, pyproject: Path = REPO_ROOT / "pyproject.toml")
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
-def fill_wheelhouse(dest: Path, requirements: list[str], *, arch: str, python: str) -> Path:
-    """``pip download`` binary wheels for ``arch``/``python`` into ``dest`` (kept between builds)."""
+def fill_wheelhouse(dest: Path, requirements: list[str], *, arch: str, python: str,
+                    stamp_name: str = ".requirements") -> Path:
+    """``pip download`` binary wheels for ``arch``/``python`` into ``dest`` (kept between builds).
+
+    One directory may hold several architectures (one ``stamp_name`` per arch); pip picks by wheel tag.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    stamp = dest / ".requirements"
+    stamp = dest / stamp_name
     wanted = "\n".join([arch, python, *requirements])
     if stamp.exists() and stamp.read_text() == wanted and any(dest.glob("*.whl")):
         return dest
@@ -114,6 +118,23 @@ def prepare_wheelhouses(*, runtime_python: str, converter_python: str = "3.11",
     runtime_amd64 = fill_wheelhouse(root / f"runtime-amd64-py{runtime_python}", device, arch="amd64",
                                     python=runtime_python)
     return {"converter": converter, "runtime": runtime, "runtime_amd64": runtime_amd64}
+
+
+def runtime_wheelhouse(platforms: str, houses: dict[str, Path], *, python: str,
+                       root: Path = WHEELHOUSE_ROOT) -> Path:
+    """The wheelhouse for the runtime's platforms: per-arch directories, or one holding both arches."""
+    plats = [p.strip() for p in platforms.split(",") if p.strip()]
+    if plats == ["linux/arm64"]:
+        return houses["runtime"]
+    if plats == ["linux/amd64"]:
+        return houses["runtime_amd64"]
+    if not plats or not set(plats) <= {"linux/arm64", "linux/amd64"}:
+        raise ImageError(f"Runtime platforms {platforms!r} are not supported (linux/arm64 and/or linux/amd64).")
+    both = root / f"runtime-multi-py{python}"
+    device = requirements_for("device")
+    for arch in ("arm64", "amd64"):
+        fill_wheelhouse(both, device, arch=arch, python=python, stamp_name=f".requirements-{arch}")
+    return both
 
 
 def _variables_env(variables: dict[str, str]) -> dict[str, str]:
@@ -218,7 +239,7 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
         "REGISTRY": registry, "IMAGE_PREFIX": image_prefix, "VERSION": version, "TAGS": ",".join(tags),
         "MODEL_DIR": str(model_dir.resolve()), "MODEL": model, "PRECISION": precision, "CALIBRATION": calibration,
         "WHEELHOUSE": str(houses["converter"]),
-        "RUNTIME_WHEELHOUSE": str(houses["runtime" if runtime_platforms == "linux/arm64" else "runtime_amd64"]),
+        "RUNTIME_WHEELHOUSE": str(runtime_wheelhouse(runtime_platforms, houses, python=python)),
         "RUNTIME_PLATFORMS": runtime_platforms, "GIT_SHA": git_sha(),
         "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -12,12 +12,15 @@ from edge_deploy.release.manifest import ReleaseImage, ReleaseManifest, save_rel
 
 
 def edge_deploy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_deploy", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_deploy", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_malformed_fleet_yaml_is_one_clear_sentence(tmp_path: Path) -> None:
-    (tmp_path / "fleet.yaml").write_text("robots:\n  - name: arm-1\n    host: 10.0.0.1\n    jetson_model: tx2\n")
+    (tmp_path / "fleet.yaml").write_text(
+        "robots:\n  - name: arm-1\n    host: 10.0.0.1\n    jetson_model: tx2\n"
+    )
     p = edge_deploy("status", "--fleet", "fleet.yaml", cwd=tmp_path)
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
@@ -28,13 +31,34 @@ def test_malformed_fleet_yaml_is_one_clear_sentence(tmp_path: Path) -> None:
 def test_dry_run_prints_waves(tmp_path: Path) -> None:
     (tmp_path / "kh").write_text("")
     (tmp_path / "fleet.yaml").write_text(
-        "defaults: {known_hosts: kh, port: 1}\nrobots:\n" +
-        "".join(f"  - {{name: r{i}, host: 10.9.9.{i}}}\n" for i in range(1, 5)))
-    save_release(ReleaseManifest("0.1.0", "abc", "2026-01-01T00:00:00Z",
-                                 {"runtime": ReleaseImage("localhost:5000/edge/runtime", "sha256:" + "c" * 64)},
-                                 "d" * 64, "fp16", "standin"), tmp_path / "releases")
-    p = edge_deploy("rollout", "0.1.0", "--fleet", "fleet.yaml", "--canary", "1", "--wave-size", "2",
-                    "--dry-run", "--json", cwd=tmp_path)
+        "defaults: {known_hosts: kh, port: 1}\nrobots:\n"
+        + "".join(f"  - {{name: r{i}, host: 10.9.9.{i}}}\n" for i in range(1, 5))
+    )
+    save_release(
+        ReleaseManifest(
+            "0.1.0",
+            "abc",
+            "2026-01-01T00:00:00Z",
+            {"runtime": ReleaseImage("localhost:5000/edge/runtime", "sha256:" + "c" * 64)},
+            "d" * 64,
+            "fp16",
+            "standin",
+        ),
+        tmp_path / "releases",
+    )
+    p = edge_deploy(
+        "rollout",
+        "0.1.0",
+        "--fleet",
+        "fleet.yaml",
+        "--canary",
+        "1",
+        "--wave-size",
+        "2",
+        "--dry-run",
+        "--json",
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["dry_run"] and out["waves"] == [["r1"], ["r2", "r3"], ["r4"]]
@@ -43,9 +67,20 @@ def test_dry_run_prints_waves(tmp_path: Path) -> None:
 
 def test_tag_only_release_is_refused(tmp_path: Path) -> None:
     (tmp_path / "kh").write_text("")
-    (tmp_path / "fleet.yaml").write_text("defaults: {known_hosts: kh}\nrobots: [{name: r1, host: 10.9.9.1}]\n")
-    save_release(ReleaseManifest("0.1.0", "abc", "2026-01-01T00:00:00Z",
-                                 {"runtime": ReleaseImage("localhost:5000/edge/runtime", "latest")},
-                                 "d" * 64, "fp16", "standin"), tmp_path / "releases")
+    (tmp_path / "fleet.yaml").write_text(
+        "defaults: {known_hosts: kh}\nrobots: [{name: r1, host: 10.9.9.1}]\n"
+    )
+    save_release(
+        ReleaseManifest(
+            "0.1.0",
+            "abc",
+            "2026-01-01T00:00:00Z",
+            {"runtime": ReleaseImage("localhost:5000/edge/runtime", "latest")},
+            "d" * 64,
+            "fp16",
+            "standin",
+        ),
+        tmp_path / "releases",
+    )
     p = edge_deploy("rollout", "0.1.0", "--fleet", "fleet.yaml", cwd=tmp_path)
     assert p.returncode != 0 and "does not pin its runtime image by digest" in p.stderr

@@ -48,7 +48,12 @@ def test_good_inventory_loads_with_defaults_and_overrides(tmp_path: Path) -> Non
     assert a.ssh_key == tmp_path.resolve() / "id_ed25519"
     assert a.labels == {"site": "lab"}
     assert (b.port, b.jetson_model, b.compose_dir, b.service_port, b.groups) == (
-        2222, "agx_orin", "/opt/edge", 9090, ("main",))
+        2222,
+        "agx_orin",
+        "/opt/edge",
+        9090,
+        ("main",),
+    )
     assert [r.name for r in fleet.select(group="main")] == ["arm-2"]
     assert [r.name for r in fleet.select(devices=["arm-1"])] == ["arm-1"]
 
@@ -60,23 +65,26 @@ def test_dump_round_trips(tmp_path: Path) -> None:
     assert load_fleet(again).robots == fleet.robots
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("robots: [{name: r1, host: h, jetson_model: orin_mega}]", ["'r1'", "jetson_model", "orin_mega"]),
-    ("robots: [{name: r1, host: h, port: 70000}]", ["'r1'", "'port'", "70000"]),
-    ("robots: [{name: r1, host: h, port: '22'}]", ["'r1'", "'port'"]),
-    ("robots: [{name: r1, host: h, ssh_key: nope}]", ["'r1'", "ssh_key", "does not exist"]),
-    ("robots: [{name: r1, host: h, colour: red}]", ["'r1'", "unknown field 'colour'"]),
-    ("robots: [{name: r1}]", ["'r1'", "'host'"]),
-    ("robots: [{host: h}]", ["robot #1", "'name'"]),
-    ("robots: [{name: r1, host: h}, {name: r1, host: g}]", ["'r1'", "twice"]),
-    ("robots: [{name: r1, host: h}, {name: r2, host: h}]", ["'r2'", "same host and port", "'r1'"]),
-    ("robots: [{name: r1, host: h, compose_dir: ../etc}]", ["'r1'", "compose_dir"]),
-    ("robots: [{name: r1, host: h, gpu: maybe}]", ["'r1'", "'gpu'"]),
-    ("robots: []", ["'robots'", "non-empty"]),
-    ("defaults: {name: x}\nrobots: [{name: r1, host: h}]", ["'defaults'", "'name'"]),
-    ("robots:\n  - name: r1\n   host: h", ["not valid YAML", "line"]),
-    ("- just\n- a list", ["mapping"]),
-])
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("robots: [{name: r1, host: h, jetson_model: orin_mega}]", ["'r1'", "jetson_model", "orin_mega"]),
+        ("robots: [{name: r1, host: h, port: 70000}]", ["'r1'", "'port'", "70000"]),
+        ("robots: [{name: r1, host: h, port: '22'}]", ["'r1'", "'port'"]),
+        ("robots: [{name: r1, host: h, ssh_key: nope}]", ["'r1'", "ssh_key", "does not exist"]),
+        ("robots: [{name: r1, host: h, colour: red}]", ["'r1'", "unknown field 'colour'"]),
+        ("robots: [{name: r1}]", ["'r1'", "'host'"]),
+        ("robots: [{host: h}]", ["robot #1", "'name'"]),
+        ("robots: [{name: r1, host: h}, {name: r1, host: g}]", ["'r1'", "twice"]),
+        ("robots: [{name: r1, host: h}, {name: r2, host: h}]", ["'r2'", "same host and port", "'r1'"]),
+        ("robots: [{name: r1, host: h, compose_dir: ../etc}]", ["'r1'", "compose_dir"]),
+        ("robots: [{name: r1, host: h, gpu: maybe}]", ["'r1'", "'gpu'"]),
+        ("robots: []", ["'robots'", "non-empty"]),
+        ("defaults: {name: x}\nrobots: [{name: r1, host: h}]", ["'defaults'", "'name'"]),
+        ("robots:\n  - name: r1\n   host: h", ["not valid YAML", "line"]),
+        ("- just\n- a list", ["mapping"]),
+    ],
+)
 def test_malformed_inventory_is_one_sentence(tmp_path: Path, text: str, words: list[str]) -> None:
     path = write(tmp_path, text)
     with pytest.raises(FleetError) as info:

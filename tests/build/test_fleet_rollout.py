@@ -21,8 +21,10 @@ def robots(n: int, tmp_path: Path | None = None, port: int = 22) -> list[Robot]:
     if tmp_path is not None:
         kh = tmp_path / "known_hosts"
         kh.write_text("")
-    return [Robot(name=f"r{i}", host="127.0.0.1", port=port + i, known_hosts=kh, connect_timeout_s=2)
-            for i in range(n)]
+    return [
+        Robot(name=f"r{i}", host="127.0.0.1", port=port + i, known_hosts=kh, connect_timeout_s=2)
+        for i in range(n)
+    ]
 
 
 def names(waves: list[list[Robot]]) -> list[list[str]]:
@@ -34,7 +36,12 @@ def test_plan_waves() -> None:
     assert names(plan_waves(rs)) == [[r.name for r in rs]]
     assert names(plan_waves(rs, canary=1, wave_size=3)) == [["r0"], ["r1", "r2", "r3"], ["r4", "r5", "r6"]]
     assert names(plan_waves(rs, wave_percent=50)) == [["r0", "r1", "r2", "r3"], ["r4", "r5", "r6"]]
-    assert names(plan_waves(rs, canary=2, wave_percent=20)) == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"], ["r6"]]
+    assert names(plan_waves(rs, canary=2, wave_percent=20)) == [
+        ["r0", "r1"],
+        ["r2", "r3"],
+        ["r4", "r5"],
+        ["r6"],
+    ]
     assert names(plan_waves(rs[:1], canary=3)) == [["r0"]]
     flat = [r for w in plan_waves(rs, canary=1, wave_size=2) for r in w]
     assert flat == rs  # every robot exactly once, in inventory order
@@ -60,8 +67,16 @@ def run(rollout: Rollout) -> dict:
 
 
 def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
-    rs = [Robot(name=f"r{i}", host="127.0.0.1", port=closed_port(), known_hosts=tmp_path / "kh",
-                connect_timeout_s=2) for i in range(4)]
+    rs = [
+        Robot(
+            name=f"r{i}",
+            host="127.0.0.1",
+            port=closed_port(),
+            known_hosts=tmp_path / "kh",
+            connect_timeout_s=2,
+        )
+        for i in range(4)
+    ]
     (tmp_path / "kh").write_text("")
     out = run(Rollout(rs, req(), canary=1, max_failures=5))
     outcomes = [r["outcome"] for r in out["robots"]]
@@ -71,10 +86,23 @@ def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
 
 def test_max_failures_budget(tmp_path: Path) -> None:
     (tmp_path / "kh").write_text("")
-    rs = [Robot(name=f"r{i}", host="127.0.0.1", port=closed_port(), known_hosts=tmp_path / "kh",
-                connect_timeout_s=2) for i in range(4)]
+    rs = [
+        Robot(
+            name=f"r{i}",
+            host="127.0.0.1",
+            port=closed_port(),
+            known_hosts=tmp_path / "kh",
+            connect_timeout_s=2,
+        )
+        for i in range(4)
+    ]
     out = run(Rollout(rs, req(), wave_size=1, max_failures=1))
-    assert [r["outcome"] for r in out["robots"]] == ["unreachable", "unreachable", "not_reached", "not_reached"]
+    assert [r["outcome"] for r in out["robots"]] == [
+        "unreachable",
+        "unreachable",
+        "not_reached",
+        "not_reached",
+    ]
     assert out["failures"] == 2 and out["stopped"]
     assert all("connect" in r["stage"] for r in out["robots"][:2])
 
@@ -104,8 +132,11 @@ def test_env_and_bundle_for_simulated_and_jetson_robots() -> None:
     sim = Robot(name="s", host="h", gpu=False, service_port=18081)
     jet = Robot(name="j", host="h", gpu=True)
     r = DeployRequest("0.2.0", "reg/rt@sha256:" + "b" * 64, include_ros2=True, ros_domain_id=7)
-    env_sim = dict(line.split("=", 1) for line in env_file(sim, r).splitlines() if "=" in line
-                   and not line.startswith("#"))
+    env_sim = dict(
+        line.split("=", 1)
+        for line in env_file(sim, r).splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     assert env_sim["EDGE_IMAGE"] == r.image and env_sim["EDGE_PORT"] == "18081"
     assert env_sim["COMPOSE_FILE"] == "compose.yaml:compose.ros2.yaml"
     assert env_sim["EDGE_ROS2"] == "1" and env_sim["ROS_DOMAIN_ID"] == "7"
@@ -132,12 +163,15 @@ def test_compose_file_is_hardened() -> None:
     assert jet["services"]["edge-runtime"]["runtime"] == "nvidia"
 
 
-@pytest.mark.parametrize(("body", "shape"), [
-    ({"outputs": {"action": [[0.0] * 7]}}, (1, 7)),
-    ({"action": [[0.0] * 7, [1.0] * 7]}, (2, 7)),
-    ({"outputs": {"action": {"shape": [1, 7], "data": []}}}, (1, 7)),
-    ({"outputs": {"other": [1]}}, None),
-    ("text", None),
-])
+@pytest.mark.parametrize(
+    ("body", "shape"),
+    [
+        ({"outputs": {"action": [[0.0] * 7]}}, (1, 7)),
+        ({"action": [[0.0] * 7, [1.0] * 7]}, (2, 7)),
+        ({"outputs": {"action": {"shape": [1, 7], "data": []}}}, (1, 7)),
+        ({"outputs": {"other": [1]}}, None),
+        ("text", None),
+    ],
+)
 def test_output_shape(body: object, shape: tuple[int, ...] | None) -> None:
     assert output_shape(body) == shape

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,19 +95,50 @@ def sample_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_images(docker_host: str, sample_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
-    """Converter + arm64 runtime (fp16 sample policy) built with bake and pushed, once per session."""
+def built_images(docker_host: str, sample_model_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImages]:
+    """Converter + arm64 runtime (fp16 sample policy) built with bake and pushed, once per session.
+
+    The session's tags (``e2e-<id>`` and tests' ``e2e-<id>-…``) are deleted from the registry at the end,
+    so test runs do not pile up tags that release listings would show; layers stay cached.
+    """
     from edge_deploy.images import build_images
 
     version = f"e2e-{uuid.uuid4().hex[:8]}"
     source = runtime_source_hash()
     bundle_dir = tmp_path_factory.mktemp("baked") / "bundle"
-    result = build_images(model_dir=sample_model_dir, model="policy.pt", precision="fp16", version=version,
-                          registry=docker_host, l4t_base=STANDIN, converter_base=STANDIN,
-                          runtime_python=STANDIN_PYTHON, push=True, progress="quiet", bundle_out=bundle_dir)
-    images = result["images"]
-    return BuiltImages(_built(images["converter"]), _built(images["runtime"]), bundle_dir,
-                       result["bundle_sha256"], sample_model_dir, version, result, source)
+    try:
+        result = build_images(model_dir=sample_model_dir, model="policy.pt", precision="fp16", version=version,
+                              registry=docker_host, l4t_base=STANDIN, converter_base=STANDIN,
+                              runtime_python=STANDIN_PYTHON, push=True, progress="quiet", bundle_out=bundle_dir)
+        images = result["images"]
+        yield BuiltImages(_built(images["converter"]), _built(images["runtime"]), bundle_dir,
+                          result["bundle_sha256"], sample_model_dir, version, result, source)
+    finally:
+        for name in ("converter", "runtime"):
+            delete_tags(docker_host, f"edge-deploy/{name}", version)
+
+
+def delete_tags(registry: str, repository: str, prefix: str) -> None:
+    """Delete the manifests tagged ``prefix`` or ``prefix-…``, unless another tag shares the digest (a
+    release made from the test image keeps it). Best effort: a registry error leaves the tags."""
+    import httpx
+
+    base = f"http://{registry}/v2/{repository}"
+    accept = {"Accept": "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"}
+    try:
+        tags = httpx.get(f"{base}/tags/list", timeout=30).json().get("tags") or []
+        by_digest: dict[str, set[str]] = {}
+        for tag in tags:
+            digest = httpx.head(f"{base}/manifests/{tag}", headers=accept, timeout=30).headers.get(
+                "Docker-Content-Digest")
+            if digest:
+                by_digest.setdefault(digest, set()).add(tag)
+        for digest, names in by_digest.items():
+            if all(t == prefix or t.startswith(prefix + "-") for t in names):
+                httpx.delete(f"{base}/manifests/{digest}", timeout=30)
+    except httpx.HTTPError:
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ current release untouched."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -34,6 +35,8 @@ def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         s = sim.simulate(2, "pyssh", state_root=root, engines=False, ssh_port_base=2301)
     except BaseException:
+        with contextlib.suppress(Exception):
+            sim.stop(sim.Simulation.load("pyssh", root), purge=True)
         shutil.rmtree(root, ignore_errors=True)
         raise
     try:
@@ -115,8 +118,13 @@ def test_update_lock_held_by_the_application_skips_with_reason(ssh_fleet: Fleet)
 
 def test_failed_pull_leaves_the_current_release(ssh_fleet: Fleet) -> None:
     r = ssh_fleet.robots[0]
-    asyncio.run(remote(r, "mkdir -p edge/releases/0.0.9 && ln -sfn releases/0.0.9 edge/current && "
-                          "echo '{\"current\": \"0.0.9\"}' > edge/state.json"))
+    asyncio.run(
+        remote(
+            r,
+            "mkdir -p edge/releases/0.0.9 && ln -sfn releases/0.0.9 edge/current && "
+            'echo \'{"current": "0.0.9"}\' > edge/state.json',
+        )
+    )
     out = deploy(r, "0.1.0")
     assert out["outcome"] == "failed" and out["stage"] == "pull"
     assert "stays on 0.0.9" in out["reason"]

@@ -57,6 +57,27 @@ def state_msg(values: np.ndarray) -> Float32MultiArray:
     return Float32MultiArray(layout=MultiArrayLayout(dim=[dim], data_offset=0), data=values.tolist())
 
 
+def stream(
+    args: argparse.Namespace, image_writer: DataWriter, state_writer: DataWriter, reader: DataReader
+) -> int:
+    """Publish state + image at ``--hz`` for ``--stream-s`` seconds, like a live camera; count the actions."""
+    pixels = np.zeros((args.height, args.width, 3), dtype=np.uint8)
+    state = np.zeros(args.state_size, dtype=np.float32)
+    sent = received = 0
+    start = time.monotonic()
+    while (now := time.monotonic()) < start + args.stream_s:
+        state_writer.write(state_msg(state))
+        image_writer.write(image_msg(pixels, "rgb8"))
+        sent += 1
+        received += sum(hasattr(s, "data") for s in reader.take(N=64))
+        time.sleep(max(0.0, start + sent / args.hz - now))
+    time.sleep(0.3)  # the last actions in flight
+    received += sum(hasattr(s, "data") for s in reader.take(N=64))
+    np.savez(args.out, sent=sent, actions=received, seconds=time.monotonic() - start)
+    print(f"peer: streamed {sent} frames, {received} actions", file=sys.stderr)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--domain", type=int, required=True)
@@ -74,6 +95,8 @@ def main() -> int:
     ap.add_argument(
         "--gap", type=float, default=0.15, help="pause between rounds, longer than the sync window"
     )
+    ap.add_argument("--stream-s", type=float, default=0.0, help="instead of rounds: stream for this long")
+    ap.add_argument("--hz", type=float, default=60.0, help="camera rate when streaming")
     args = ap.parse_args()
 
     dp = DomainParticipant(args.domain)
@@ -109,6 +132,9 @@ def main() -> int:
         else:
             raise SystemExit(f"unknown bad kind {kind}")
         time.sleep(0.05)
+
+    if args.stream_s > 0:
+        return stream(args, image_writer, state_writer, action_reader)
 
     rng = np.random.default_rng(1234)
     images, states, actions, tries, rtts = [], [], [], [], []

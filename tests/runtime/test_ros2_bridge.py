@@ -18,7 +18,7 @@ from edge_runtime.bundle import TensorSpec
 from edge_runtime.errors import BackendUnavailable, EdgeError
 from edge_runtime.ros2 import Ros2Bridge, Ros2Config
 from edge_runtime.ros2.bridge import Frame, ObservationSync, Pair
-from tests.runtime.ros2_support import CYCLONEDDS_LOOPBACK, random_domain
+from tests.runtime.ros2_support import CYCLONEDDS_LOOPBACK, need_cyclonedds, random_domain
 
 INPUTS = [
     TensorSpec("image", "float32", ("batch", 3, 4, 4)),
@@ -93,7 +93,7 @@ class Recorder:
 
 @pytest.fixture
 def bridge(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ros2Bridge]:
-    pytest.importorskip("cyclonedds")
+    need_cyclonedds()
     monkeypatch.setenv("CYCLONEDDS_URI", CYCLONEDDS_LOOPBACK)
 
     def policy(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,7 +149,7 @@ def test_idle_bridge_does_not_spin(bridge: Ros2Bridge) -> None:
 
 
 def test_model_inputs_without_a_topic_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("cyclonedds")
+    need_cyclonedds()
     monkeypatch.setenv("CYCLONEDDS_URI", CYCLONEDDS_LOOPBACK)
     extra = [*INPUTS, TensorSpec("goal", "float32", ("batch", 3, 1))]
     with pytest.raises(EdgeError, match="goal, which no ROS 2 topic"):

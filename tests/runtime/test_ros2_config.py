@@ -8,6 +8,7 @@ from edge_runtime.errors import EdgeError
 from edge_runtime.ros2 import Ros2Config, Ros2ConfigError
 from edge_runtime.ros2.config import dds_topic
 from edge_runtime.ros2.qos import RELIABLE, SENSOR_DATA, profile
+from tests.runtime.ros2_support import need_cyclonedds
 
 
 def test_defaults_follow_ros2_conventions() -> None:
@@ -71,7 +72,7 @@ def test_qos_profiles_match_rclpy() -> None:
 
 
 def test_qos_profiles_as_cyclone_policies() -> None:
-    pytest.importorskip("cyclonedds")
+    need_cyclonedds()
     from cyclonedds.core import Policy
 
     sensor = SENSOR_DATA.to_dds()

@@ -16,6 +16,7 @@ from edge_runtime.ros2.convert import (
     decode_image,
     resize_bilinear,
 )
+from tests.runtime.ros2_support import need_cyclonedds
 
 NCHW = TensorSpec("image", "float32", ("batch", 3, 4, 6))
 
@@ -142,7 +143,7 @@ def test_vector_input_size_offset_and_nan() -> None:
 
 
 def test_action_message_layout() -> None:
-    pytest.importorskip("cyclonedds")
+    need_cyclonedds()
     from edge_runtime.ros2.convert import to_float32_multiarray
 
     msg = to_float32_multiarray(np.arange(7, dtype=np.float32)[None], "action")

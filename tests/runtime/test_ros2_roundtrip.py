@@ -15,7 +15,14 @@ import pytest
 
 from edge_runtime.backends import BuildOptions, get_backend
 from edge_runtime.bundle import ModelBundle
-from tests.runtime.ros2_support import dds_env, expected_feeds, finish_peer, random_domain, start_peer
+from tests.runtime.ros2_support import (
+    dds_env,
+    expected_feeds,
+    finish_peer,
+    need_cyclonedds,
+    random_domain,
+    start_peer,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,7 +39,7 @@ def engine(tiny_bundle: Path) -> Iterator[object]:
 
 @pytest.fixture
 def domain(monkeypatch: pytest.MonkeyPatch) -> int:
-    pytest.importorskip("cyclonedds")
+    need_cyclonedds()
     d = random_domain()
     for key, value in dds_env(d).items():
         if key in ("CYCLONEDDS_URI", "ROS_DOMAIN_ID"):
@@ -102,3 +109,22 @@ def test_bad_messages_are_counted_logged_and_service_continues(
     assert "'yuv422' is not supported" in text
     assert "8x8 rgb8 with step 24 needs 192" in text
     assert "has 51 values; the model needs 48" in text
+
+
+def test_live_stream_is_rate_limited(engine: object, tiny_bundle: Path, domain: int, tmp_path: Path) -> None:
+    """A 60 Hz camera into a bridge capped at 20 Hz: about 20 actions a second, the rest superseded."""
+    bridge = make_bridge(engine, tiny_bundle, EDGE_ROS2_MAX_RATE_HZ="20")
+    bridge.start()  # type: ignore[attr-defined]
+    try:
+        out = tmp_path / "stream.npz"
+        err = finish_peer(start_peer(domain, out, "--stream-s", "2", "--hz", "60"))
+        assert out.exists(), err
+    finally:
+        bridge.stop()  # type: ignore[attr-defined]
+    got = np.load(out)
+    reg = bridge.registry  # type: ignore[attr-defined]
+    published = reg.get_sample_value("edge_ros2_actions_total")
+    # Reliable QoS: the subscriber got every action but the last few still in flight when it stopped.
+    assert published - 3 <= got["actions"] <= published
+    assert 10 <= published <= 20 * float(got["seconds"]) + 2, (published, int(got["sent"]))
+    assert reg.get_sample_value("edge_ros2_dropped_frames_total", {"reason": "superseded"}) > 0

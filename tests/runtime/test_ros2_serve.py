@@ -11,7 +11,14 @@ import pytest
 
 from edge_runtime.backends import BuildOptions, get_backend
 from edge_runtime.bundle import ModelBundle
-from tests.runtime.ros2_support import dds_env, expected_feeds, finish_peer, random_domain, start_peer
+from tests.runtime.ros2_support import (
+    dds_env,
+    expected_feeds,
+    finish_peer,
+    need_cyclonedds,
+    random_domain,
+    start_peer,
+)
 from tests.runtime.test_serve_cli import serving
 
 pytestmark = pytest.mark.timeout(240)
@@ -25,7 +32,7 @@ def metric(text: str, line_start: str) -> float:
 
 
 def test_serve_ros2_round_trip_metrics_and_clean_stop(tiny_bundle: Path, tmp_path: Path) -> None:
-    pytest.importorskip("cyclonedds")
+    need_cyclonedds()
     domain = random_domain()
     env = dds_env(domain, PYTHONUNBUFFERED="1", EDGE_ROS2_MAX_RATE_HZ="50")
     with serving(tiny_bundle, tmp_path / "cache", "--ros2", env=env) as (url, proc):

@@ -7,9 +7,11 @@ import struct
 
 import pytest
 
-pytest.importorskip("cyclonedds")
+from tests.runtime.ros2_support import need_cyclonedds
 
-from edge_runtime.ros2 import msgs
+need_cyclonedds(module_level=True)
+
+from edge_runtime.ros2 import msgs  # noqa: E402
 
 
 def test_type_names_follow_rmw_cyclonedds() -> None:
@@ -75,3 +77,34 @@ def test_large_image_round_trips_as_bytes() -> None:
     data = bytes(range(256)) * 1800  # a 640x240 rgb8 frame
     msg = msgs.Image(height=240, width=640, encoding="rgb8", step=1920, data=data)
     assert msgs.Image.deserialize(msg.serialize(use_version_2=False)).data == data
+
+
+def test_only_plain_cdr_endpoints_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our QoS pins XCDR1 as rmw_cyclonedds_cpp does; a writer offering only XCDR2 is not matched."""
+    import time
+
+    from cyclonedds.core import Policy
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.pub import DataWriter
+    from cyclonedds.qos import Qos
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+
+    from edge_runtime.ros2.qos import RELIABLE
+    from tests.runtime.ros2_support import CYCLONEDDS_LOOPBACK, random_domain
+
+    monkeypatch.setenv("CYCLONEDDS_URI", CYCLONEDDS_LOOPBACK)
+    dp = DomainParticipant(random_domain())
+    topic = Topic(dp, "rt/policy/action", msgs.Float32MultiArray)
+    reader = DataReader(dp, topic, qos=RELIABLE.to_dds())  # noqa: F841  (held: deleted when dropped)
+    xcdr2 = Qos(Policy.Reliability.Reliable(0), Policy.DataRepresentation(use_xcdrv2_representation=True))
+
+    def matched(qos: object) -> int:
+        writer = DataWriter(dp, topic, qos=qos)
+        deadline = time.monotonic() + 1.0
+        while not writer.get_publication_matched_status().current_count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return int(writer.get_publication_matched_status().current_count)
+
+    assert matched(RELIABLE.to_dds()) == 1
+    assert matched(xcdr2) == 0

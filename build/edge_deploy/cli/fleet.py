@@ -18,19 +18,36 @@ def fleet() -> None:
 @fleet.command("simulate")
 @click.option("--robots", "-n", type=click.IntRange(1, 50), default=2, show_default=True)
 @click.option("--name", default="sim", show_default=True, help="Fleet name (state under the state root).")
-@click.option("--state-root", type=click.Path(path_type=Path), default=sim.DEFAULT_STATE_ROOT, show_default=True,
-              envvar="EDGE_FLEET_STATE")
-@click.option("--registry", default=sim.DEFAULT_REGISTRY, show_default=True, envvar="EDGE_REGISTRY",
-              help="Registry the robots may pull from over plain HTTP.")
-@click.option("--platform", type=click.Choice(["linux/arm64", "linux/amd64"]), default="linux/arm64",
-              show_default=True, help="Image platform the robots pull (arm64 runs under QEMU).")
+@click.option(
+    "--state-root",
+    type=click.Path(path_type=Path),
+    default=sim.DEFAULT_STATE_ROOT,
+    show_default=True,
+    envvar="EDGE_FLEET_STATE",
+)
+@click.option(
+    "--registry",
+    default=sim.DEFAULT_REGISTRY,
+    show_default=True,
+    envvar="EDGE_REGISTRY",
+    help="Registry the robots may pull from over plain HTTP.",
+)
+@click.option(
+    "--platform",
+    type=click.Choice(["linux/arm64", "linux/amd64"]),
+    default="linux/arm64",
+    show_default=True,
+    help="Image platform the robots pull (arm64 runs under QEMU).",
+)
 @click.option("--no-engines", is_flag=True, help="Start only the SSH side (no dockerd per robot).")
 @click.option("--json", "as_json", is_flag=True)
-def simulate(robots: int, name: str, state_root: Path, registry: str, platform: str, no_engines: bool,
-             as_json: bool) -> None:
+def simulate(
+    robots: int, name: str, state_root: Path, registry: str, platform: str, no_engines: bool, as_json: bool
+) -> None:
     """Start N simulated robots (own dockerd and sshd each) and write their fleet.yaml."""
-    s = sim.simulate(robots, name, state_root=state_root, engines=not no_engines, registry=registry,
-                     platform=platform)
+    s = sim.simulate(
+        robots, name, state_root=state_root, engines=not no_engines, registry=registry, platform=platform
+    )
     if as_json:
         click.echo(json.dumps({"fleet_file": str(s.fleet_file), "robots": [r.name for r in s.robots]}))
         return
@@ -41,8 +58,13 @@ def simulate(robots: int, name: str, state_root: Path, registry: str, platform: 
 
 @fleet.command("stop")
 @click.option("--name", default="sim", show_default=True)
-@click.option("--state-root", type=click.Path(path_type=Path), default=sim.DEFAULT_STATE_ROOT, show_default=True,
-              envvar="EDGE_FLEET_STATE")
+@click.option(
+    "--state-root",
+    type=click.Path(path_type=Path),
+    default=sim.DEFAULT_STATE_ROOT,
+    show_default=True,
+    envvar="EDGE_FLEET_STATE",
+)
 @click.option("--purge", is_flag=True, help="Also delete the robots' users, image stores and state.")
 def stop(name: str, state_root: Path, purge: bool) -> None:
     """Stop a simulated fleet's sshd and dockerd processes (by recorded PID)."""
@@ -52,8 +74,13 @@ def stop(name: str, state_root: Path, purge: bool) -> None:
 
 
 @fleet.command("list")
-@click.option("--state-root", type=click.Path(path_type=Path), default=sim.DEFAULT_STATE_ROOT, show_default=True,
-              envvar="EDGE_FLEET_STATE")
+@click.option(
+    "--state-root",
+    type=click.Path(path_type=Path),
+    default=sim.DEFAULT_STATE_ROOT,
+    show_default=True,
+    envvar="EDGE_FLEET_STATE",
+)
 @click.option("--json", "as_json", is_flag=True)
 def list_(state_root: Path, as_json: bool) -> None:
     """List simulated robots and whether their processes run."""
@@ -66,3 +93,29 @@ def list_(state_root: Path, as_json: bool) -> None:
     for r in rows:
         up = "up" if r["sshd"] and r["dockerd"] else ("ssh only" if r["sshd"] else "down")
         click.echo(f"{r['fleet']:<10} {r['robot']:<16} {r['ssh']:<28} port {r['service_port']:<6} {up}")
+
+
+@fleet.command("infer")
+@click.option("--fleet", "fleet_file", type=click.Path(path_type=Path), default=Path("fleet.yaml"),
+              show_default=True, envvar="EDGE_FLEET", help="Fleet inventory [env EDGE_FLEET].")
+@click.option("--group", help="Only robots of this inventory group.")
+@click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def infer(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json: bool) -> None:
+    """Send one inference (a fixed smoke input) to each robot's running release over SSH."""
+    from edge_deploy.rollout import fleet_infer
+
+    rows = fleet_infer(fleet_file, group=group, devices=list(devices) or None)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    for r in rows if not as_json else []:
+        if not r.get("ok"):
+            click.echo(f"{r['robot']:<16} FAILED  {r.get('error')}")
+            continue
+        action = r["outputs"].get("action")
+        values = action.get("data") if isinstance(action, dict) else action
+        flat = [round(float(v), 4) for v in (values[0] if values and isinstance(values[0], list) else values or [])]
+        click.echo(f"{r['robot']:<16} {r.get('version') or '-':<10} action {flat}  "
+                   f"({r['round_trip_ms']:.0f} ms round trip, {r.get('service_ms') or 0:.1f} ms in service)")
+    if any(not r.get("ok") for r in rows):
+        raise SystemExit(1)

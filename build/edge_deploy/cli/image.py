@@ -31,7 +31,8 @@ def image() -> None:
 @click.option("--runtime-python", envvar="EDGE_RUNTIME_PYTHON", default=DEFAULT_RUNTIME_PYTHON, show_default=True,
               help="Python version of the runtime base (3.10 on JetPack 6, 3.11 on our stand-in).")
 @click.option("--platform", "platforms", default="linux/arm64", show_default=True,
-              type=click.Choice(["linux/arm64", "linux/amd64"]), help="Runtime platform (amd64: simulation hosts).")
+              type=click.Choice(["linux/arm64", "linux/amd64", "linux/arm64,linux/amd64"]),
+              help="Runtime platform(s) (amd64: x86 simulation hosts; both: one multi-platform index).")
 @click.option("--push", is_flag=True, help="Push to the registry and report digests.")
 @click.option("--set", "overrides", multiple=True, help="Bake override, e.g. runtime.args.BATCH=1,2,4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

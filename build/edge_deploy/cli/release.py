@@ -112,6 +112,8 @@ def release() -> None:
     help="Release already pushed images instead of building (both converter and runtime).",
 )
 @releases_dir_option
+@click.option("--git-tag/--no-git-tag", default=True, show_default=True,
+              help="Create the annotated git tag vVERSION (off for trial releases such as the quickstart).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def create(
     version: str,
@@ -133,6 +135,7 @@ def create(
     sbom: bool,
     reuse: tuple[str, ...],
     releases_dir: Path | None,
+    git_tag: bool,
     as_json: bool,
 ) -> None:
     """Release VERSION: build + push both images, sign the digests, move tags, write the manifest."""
@@ -166,6 +169,7 @@ def create(
         provenance=provenance,
         sbom=sbom,
         reuse=reused,
+        git_tag=git_tag,
     )
     rel = _release(releases_dir)
     if not push:

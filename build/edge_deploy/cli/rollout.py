@@ -10,11 +10,27 @@ from typing import Any
 
 import click
 
-FLEET = click.option("--fleet", "fleet_file", type=click.Path(path_type=Path), default=Path("fleet.yaml"),
-                     show_default=True, envvar="EDGE_FLEET", help="Fleet inventory (fleet.yaml).")
+FLEET = click.option(
+    "--fleet",
+    "fleet_file",
+    type=click.Path(path_type=Path),
+    default=Path("fleet.yaml"),
+    show_default=True,
+    envvar="EDGE_FLEET",
+    help="Fleet inventory (fleet.yaml).",
+)
 
-STYLE = {"updated": "green", "unchanged": "green", "planned": "cyan", "rolled_back": "yellow",
-         "skipped": "yellow", "not_reached": "dim", "failed": "red", "refused": "red", "unreachable": "red"}
+STYLE = {
+    "updated": "green",
+    "unchanged": "green",
+    "planned": "cyan",
+    "rolled_back": "yellow",
+    "skipped": "yellow",
+    "not_reached": "dim",
+    "failed": "red",
+    "refused": "red",
+    "unreachable": "red",
+}
 
 
 def _console(stderr: bool = True) -> Any:
@@ -47,8 +63,12 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         from rich.text import Text
 
-        table.add_row(r["robot"], Text(r["outcome"], style=STYLE.get(r["outcome"], "")),
-                      f"{r['timings'].get('total', 0):.1f}", Text(r["reason"][:160]))
+        table.add_row(
+            r["robot"],
+            Text(r["outcome"], style=STYLE.get(r["outcome"], "")),
+            f"{r['timings'].get('total', 0):.1f}",
+            Text(r["reason"][:160]),
+        )
     _console(stderr=False).print(table)
 
 
@@ -57,34 +77,82 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
 @FLEET
 @click.option("--group", help="Only robots of this inventory group.")
 @click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
-@click.option("--canary", type=click.IntRange(0), default=0, show_default=True,
-              help="Robots in a first wave; any failure there stops the rollout.")
+@click.option(
+    "--canary",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Robots in a first wave; any failure there stops the rollout.",
+)
 @click.option("--wave-size", type=click.IntRange(1), help="Robots per wave after the canary.")
-@click.option("--wave-percent", type=click.FloatRange(0, 100, min_open=True), help="Wave size as % of robots.")
-@click.option("--max-failures", type=click.IntRange(0), default=0, show_default=True,
-              help="Stop after more failed robots than this; later waves stay untouched.")
-@click.option("--health-timeout", type=click.FloatRange(1), default=600, show_default=True,
-              help="Seconds for the service to turn healthy (first start builds the engine).")
+@click.option(
+    "--wave-percent", type=click.FloatRange(0, 100, min_open=True), help="Wave size as % of robots."
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Stop after more failed robots than this; later waves stay untouched.",
+)
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(1),
+    default=600,
+    show_default=True,
+    help="Seconds for the service to turn healthy (first start builds the engine).",
+)
 @click.option("--releases-dir", type=click.Path(path_type=Path), help="Where releases/<VERSION>.json live.")
-@click.option("--key", "public_key", type=click.Path(exists=True, path_type=Path),
-              help="cosign public key; the image signature must verify (also `public_key:` in fleet.yaml).")
+@click.option(
+    "--key",
+    "public_key",
+    type=click.Path(exists=True, path_type=Path),
+    help="cosign public key; the image signature must verify (also `public_key:` in fleet.yaml).",
+)
 @click.option("--ros2", "include_ros2", is_flag=True, help="Enable the ROS 2 bridge (compose.ros2.yaml).")
 @click.option("--auto-start", is_flag=True, help="Install and enable the systemd unit on each robot.")
 @click.option("--force", is_flag=True, help="Deploy even where the version is marked bad.")
 @click.option("--dry-run", is_flag=True, help="Show the waves; touch no robot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def rollout(version: str, fleet_file: Path, group: str | None, devices: tuple[str, ...], canary: int,
-            wave_size: int | None, wave_percent: float | None, max_failures: int, health_timeout: float,
-            releases_dir: Path | None, public_key: Path | None, include_ros2: bool, auto_start: bool,
-            force: bool, dry_run: bool, as_json: bool) -> None:
+def rollout(
+    version: str,
+    fleet_file: Path,
+    group: str | None,
+    devices: tuple[str, ...],
+    canary: int,
+    wave_size: int | None,
+    wave_percent: float | None,
+    max_failures: int,
+    health_timeout: float,
+    releases_dir: Path | None,
+    public_key: Path | None,
+    include_ros2: bool,
+    auto_start: bool,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Roll release VERSION out to the fleet in waves, with health gates and automatic rollback."""
     from edge_deploy.rollout import deploy_release
 
-    result = deploy_release(version, fleet_file, group=group, devices=list(devices) or None,
-                            include_ros2=include_ros2, auto_start=auto_start, canary=canary, wave_size=wave_size,
-                            wave_percent=wave_percent, max_failures=max_failures, health_timeout=health_timeout,
-                            dry_run=dry_run, releases_dir=releases_dir, public_key=public_key, force=force,
-                            progress=None if dry_run else _progress_printer())
+    result = deploy_release(
+        version,
+        fleet_file,
+        group=group,
+        devices=list(devices) or None,
+        include_ros2=include_ros2,
+        auto_start=auto_start,
+        canary=canary,
+        wave_size=wave_size,
+        wave_percent=wave_percent,
+        max_failures=max_failures,
+        health_timeout=health_timeout,
+        dry_run=dry_run,
+        releases_dir=releases_dir,
+        public_key=public_key,
+        force=force,
+        progress=None if dry_run else _progress_printer(),
+    )
     summary = result.to_dict()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -106,13 +174,20 @@ def rollout(version: str, fleet_file: Path, group: str | None, devices: tuple[st
 @click.option("--group", help="Only robots of this inventory group.")
 @click.option("--health-timeout", type=click.FloatRange(1), default=600, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def rollback(fleet_file: Path, to: str | None, devices: tuple[str, ...], group: str | None, health_timeout: float,
-             as_json: bool) -> None:
+def rollback(
+    fleet_file: Path,
+    to: str | None,
+    devices: tuple[str, ...],
+    group: str | None,
+    health_timeout: float,
+    as_json: bool,
+) -> None:
     """Go back to a release kept on the robot (its previous one, or --to VERSION); nothing is downloaded."""
     from edge_deploy.rollout import rollback as do_rollback
 
-    results = do_rollback(fleet_file, to=to, devices=list(devices) or None, group=group,
-                          health_timeout=health_timeout)
+    results = do_rollback(
+        fleet_file, to=to, devices=list(devices) or None, group=group, health_timeout=health_timeout
+    )
     rows = [r.to_dict() for r in results]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -145,11 +220,20 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
         if isinstance(engine, dict):
             startup = engine.get("startup") or {}
             cache = "" if "cache_hit" not in startup else (" cache hit" if startup["cache_hit"] else " built")
-            engine = (f"ready {engine.get('backend', '')}{cache}".strip() if engine.get("ready")
-                      else str(engine.get("error") or "not ready")[:40])
+            engine = (
+                f"ready {engine.get('backend', '')}{cache}".strip()
+                if engine.get("ready")
+                else str(engine.get("error") or "not ready")[:40]
+            )
         image = str(r.get("image") or "")
-        table.add_row(r["robot"], str(r.get("version") or "-"), str(r.get("health")), str(engine or "-"),
-                      image.split("@")[-1][:19], str(r.get("last_result") or r.get("reason", "-"))[:60])
+        table.add_row(
+            r["robot"],
+            str(r.get("version") or "-"),
+            str(r.get("health")),
+            str(engine or "-"),
+            image.split("@")[-1][:19],
+            str(r.get("last_result") or r.get("reason", "-"))[:60],
+        )
     _console(stderr=False).print(table)
 
 
@@ -168,5 +252,7 @@ def history(fleet_file: Path, device: str, limit: int, as_json: bool) -> None:
         return
     for e in entries:
         extra = e.get("reason") or (f"from {e['from']}" if e.get("from") else "")
-        click.echo(f"{e.get('at', '?')}  {e.get('action', '?'):<14} {e.get('version', '?'):<12} "
-                   f"{e.get('result', '?'):<12} {extra}")
+        click.echo(
+            f"{e.get('at', '?')}  {e.get('action', '?'):<14} {e.get('version', '?'):<12} "
+            f"{e.get('result', '?'):<12} {extra}"
+        )

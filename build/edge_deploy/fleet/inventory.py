@@ -17,8 +17,22 @@ from edge_runtime.jetson import jetson_module
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 ROBOT_FIELDS = {
-    "name", "host", "port", "user", "ssh_key", "known_hosts", "jetson_model", "groups", "labels",
-    "compose_dir", "service_port", "platform", "min_free_mb", "lock_wait_s", "gpu", "connect_timeout_s",
+    "name",
+    "host",
+    "port",
+    "user",
+    "ssh_key",
+    "known_hosts",
+    "jetson_model",
+    "groups",
+    "labels",
+    "compose_dir",
+    "service_port",
+    "platform",
+    "min_free_mb",
+    "lock_wait_s",
+    "gpu",
+    "connect_timeout_s",
 }
 DEFAULT_FIELDS = ROBOT_FIELDS - {"name", "host"}
 TOP_FIELDS = {"fleet", "defaults", "robots", "public_key", "releases_dir"}
@@ -102,8 +116,10 @@ def _num(value: Any, where: str, fld: str) -> float:
 def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int) -> Robot:
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise FleetError(f"fleet.yaml: robot #{index + 1} needs a 'name' of letters, digits, '.', '_' or '-'"
-                         f" (got {name!r}).")
+        raise FleetError(
+            f"fleet.yaml: robot #{index + 1} needs a 'name' of letters, digits, '.', '_' or '-'"
+            f" (got {name!r})."
+        )
     where = f"robot {name!r}"
     unknown = sorted(set(raw) - ROBOT_FIELDS)
     if unknown:
@@ -192,7 +208,9 @@ def parse_fleet(data: Any, base: Path, path: Path | None = None) -> Fleet:
             raise FleetError(f"fleet.yaml: robot {robot.name!r} appears twice.")
         clash = next((r for r in robots if (r.host, r.port) == (robot.host, robot.port)), None)
         if clash is not None:
-            raise FleetError(f"fleet.yaml: robot {robot.name!r} has the same host and port as {clash.name!r}.")
+            raise FleetError(
+                f"fleet.yaml: robot {robot.name!r} has the same host and port as {clash.name!r}."
+            )
         robots.append(robot)
     public_key = data.get("public_key")
     pk = _path(public_key, base, "the fleet", "public_key") if public_key else None
@@ -202,8 +220,13 @@ def parse_fleet(data: Any, base: Path, path: Path | None = None) -> Fleet:
     name = data.get("fleet", path.stem if path else "fleet")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise FleetError(f"fleet.yaml: 'fleet' must be a short name, got {name!r}.")
-    return Fleet(name=name, robots=tuple(robots), path=path, public_key=pk,
-                 releases_dir=_path(rd, base, "the fleet", "releases_dir") if rd else None)
+    return Fleet(
+        name=name,
+        robots=tuple(robots),
+        path=path,
+        public_key=pk,
+        releases_dir=_path(rd, base, "the fleet", "releases_dir") if rd else None,
+    )
 
 
 def load_fleet(path: Path) -> Fleet:
@@ -231,11 +254,20 @@ def dump_fleet(fleet: Fleet) -> str:
     """YAML for a fleet (used by the simulator to write the inventory it generates)."""
     robots = []
     for r in fleet.robots:
-        d: dict[str, Any] = {"name": r.name, "host": r.host, "port": r.port, "user": r.user,
-                             "jetson_model": r.jetson_model, "groups": list(r.groups),
-                             "compose_dir": r.compose_dir, "service_port": r.service_port,
-                             "platform": r.platform, "gpu": r.gpu, "min_free_mb": r.min_free_mb,
-                             "lock_wait_s": r.lock_wait_s}
+        d: dict[str, Any] = {
+            "name": r.name,
+            "host": r.host,
+            "port": r.port,
+            "user": r.user,
+            "jetson_model": r.jetson_model,
+            "groups": list(r.groups),
+            "compose_dir": r.compose_dir,
+            "service_port": r.service_port,
+            "platform": r.platform,
+            "gpu": r.gpu,
+            "min_free_mb": r.min_free_mb,
+            "lock_wait_s": r.lock_wait_s,
+        }
         if r.labels:
             d["labels"] = dict(r.labels)
         if r.ssh_key:

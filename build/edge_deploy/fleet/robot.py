@@ -49,6 +49,9 @@ UNREACHABLE = "unreachable"
 NOT_REACHED = "not_reached"  # the rollout stopped before this robot's wave
 PLANNED = "planned"  # dry run
 FAILURES = {ROLLED_BACK, FAILED, REFUSED, UNREACHABLE}
+# Putting the previous release back must not give up as early as a short --health-timeout for the new one:
+# its engine is cached, but a loaded robot (or QEMU) can still take minutes to report healthy.
+RESTORE_TIMEOUT_S = 300.0
 
 
 def now_iso() -> str:
@@ -132,8 +135,13 @@ def bundle_files(robot: Robot, req: DeployRequest) -> dict[str, bytes]:
     src = compose_bundle_dir()
     files = {name: (src / name).read_bytes() for name in COMPOSE_FILES if (src / name).is_file()}
     files[".env"] = env_file(robot, req).encode()
-    release = {"version": req.version, "image": req.image, "robot": robot.name, "deployed_at": now_iso(),
-               **req.release}
+    release = {
+        "version": req.version,
+        "image": req.image,
+        "robot": robot.name,
+        "deployed_at": now_iso(),
+        **req.release,
+    }
     files["release.json"] = (json.dumps(release, indent=2) + "\n").encode()
     return files
 
@@ -142,8 +150,12 @@ def smoke_payload(shape_image: tuple[int, ...] = (1, 3, 224, 224), state_dim: in
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return {"inputs": {"image": rng.random(shape_image, dtype=np.float32).round(3).tolist(),
-                       "robot_state": rng.random((1, state_dim), dtype=np.float32).round(3).tolist()}}
+    return {
+        "inputs": {
+            "image": rng.random(shape_image, dtype=np.float32).round(3).tolist(),
+            "robot_state": rng.random((1, state_dim), dtype=np.float32).round(3).tolist(),
+        }
+    }
 
 
 def output_shape(body: Any, name: str = "action") -> tuple[int, ...] | None:
@@ -186,8 +198,7 @@ class RobotReleases:
 
     async def _write_text(self, name: str, text: str, append: bool = False) -> None:
         path = f"{self.dir}/{name}"
-        cmd = (f"cat >> {path}" if append else
-               f"cat > {path}.tmp && mv -f {path}.tmp {path}")
+        cmd = f"cat >> {path}" if append else f"cat > {path}.tmp && mv -f {path}.tmp {path}"
         r = await self.conn.run(f"mkdir -p {self.dir} && {cmd}", stdin=text, timeout=30)
         if not r.ok:
             raise FleetError(f"Robot {self.robot.name}: writing {name} failed: {r.tail()}.")
@@ -204,20 +215,26 @@ class RobotReleases:
             await self._write_text("bad-versions", version + "\n", append=True)
 
     async def free_mb(self) -> int:
-        out = await self.conn.check(f"mkdir -p {self.dir}/releases && df -Pk {self.dir} | awk 'NR==2 {{print $4}}'",
-                                    "the disk check", timeout=30)
+        out = await self.conn.check(
+            f"mkdir -p {self.dir}/releases && df -Pk {self.dir} | awk 'NR==2 {{print $4}}'",
+            "the disk check",
+            timeout=30,
+        )
         try:
             return int(out.split()[0]) // 1024
         except (IndexError, ValueError):
-            raise FleetError(f"Robot {self.robot.name}: cannot read free disk space from df ({out!r}).") from None
+            raise FleetError(
+                f"Robot {self.robot.name}: cannot read free disk space from df ({out!r})."
+            ) from None
 
     @contextlib.asynccontextmanager
     async def update_lock(self, wait_s: float) -> AsyncIterator[bool]:
         """Hold ``update.lock`` (flock) for the whole update; yields False when the robot's application kept
         it for longer than ``wait_s``. The lock is released when the SSH channel closes, even if we die."""
         lock = f"{self.dir}/update.lock"
-        cmd = (f"mkdir -p {self.dir} && exec flock -w {wait_s:g} {lock} "
-               f"sh -c 'echo locked; exec cat >/dev/null'")
+        cmd = (
+            f"mkdir -p {self.dir} && exec flock -w {wait_s:g} {lock} sh -c 'echo locked; exec cat >/dev/null'"
+        )
         try:
             proc = await self.conn.conn.create_process(cmd)
         except (OSError, asyncssh.Error) as exc:
@@ -238,11 +255,16 @@ class RobotReleases:
         """Point ``current`` at a release directory in one rename, so a reader never sees it missing."""
         await self.conn.check(
             f"cd {self.dir} && test -d releases/{q(version)} && ln -sfn releases/{q(version)} .current.tmp "
-            f"&& mv -T .current.tmp current", f"switching to {version}", timeout=30)
+            f"&& mv -T .current.tmp current",
+            f"switching to {version}",
+            timeout=30,
+        )
 
     async def compose_up(self, timeout_s: float) -> None:
-        cmd = (f"cd {self.dir}/current && docker compose -p {PROJECT} up -d --wait "
-               f"--wait-timeout {int(max(timeout_s, 1))} --remove-orphans")
+        cmd = (
+            f"cd {self.dir}/current && docker compose -p {PROJECT} up -d --wait "
+            f"--wait-timeout {int(max(timeout_s, 1))} --remove-orphans"
+        )
         r = await self.conn.run(cmd, timeout=timeout_s + 60)
         if not r.ok:
             raise GateFailed(f"docker compose up did not reach healthy: {r.tail(200)}")
@@ -252,10 +274,14 @@ class RobotReleases:
             f"docker ps -aq --filter label=com.docker.compose.project={PROJECT} "
             f"--filter label=com.docker.compose.service={SERVICE} | head -n1 | "
             "xargs -r docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}"
-            "{{else}}none{{end}} {{.Config.Image}}'", timeout=60)
+            "{{else}}none{{end}} {{.Config.Image}}'",
+            timeout=60,
+        )
         return r.stdout.strip() if r.ok else ""
 
-    async def service_check(self, expected_shape: tuple[int, ...] | None, timeout_s: float = 120) -> dict[str, Any]:
+    async def service_check(
+        self, expected_shape: tuple[int, ...] | None, timeout_s: float = 120
+    ) -> dict[str, Any]:
         """Through an SSH port forward: /readyz must say the engine is ready, and when ``expected_shape`` is
         given a smoke inference must return an ``action`` of that shape."""
         import httpx
@@ -279,23 +305,45 @@ class RobotReleases:
                         raise GateFailed(f"smoke inference answered {resp.status_code}: {resp.text[:150]}")
                     shape = output_shape(resp.json())
                     if shape != tuple(expected_shape):
-                        raise GateFailed(f"smoke inference returned action shape {shape}, expected "
-                                         f"{tuple(expected_shape)}")
+                        raise GateFailed(
+                            f"smoke inference returned action shape {shape}, expected {tuple(expected_shape)}"
+                        )
                     result["action_shape"] = list(shape)
                 return result
+
+    async def infer(self, payload: dict[str, Any], timeout_s: float = 120) -> dict[str, Any]:
+        """One inference on the robot's service, through an SSH port forward (it listens on the robot's
+        loopback); returns the answer's outputs and the round-trip time."""
+        import httpx
+
+        async with (
+            self.conn.forward(self.robot.service_port) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as http,
+        ):
+            t0 = time.monotonic()
+            resp = await http.post("/v1/infer", json=payload)
+            round_trip_ms = (time.monotonic() - t0) * 1000
+        if resp.status_code != 200:
+            raise GateFailed(f"inference answered {resp.status_code}: {resp.text[:150]}")
+        body = resp.json()
+        return {"outputs": body.get("outputs", {}), "service_ms": body.get("latency_ms"),
+                "round_trip_ms": round(round_trip_ms, 2)}
 
     async def image_present(self, image: str) -> bool:
         r = await self.conn.run(f"docker image inspect {q(image)} >/dev/null 2>&1", timeout=60)
         return r.ok
 
     async def pull(self, image: str) -> None:
-        r = await self.conn.run(f"docker pull -q --platform {q(self.robot.platform)} {q(image)}", timeout=1800)
+        r = await self.conn.run(
+            f"docker pull -q --platform {q(self.robot.platform)} {q(image)}", timeout=1800
+        )
         if not r.ok:
             raise FleetError(f"pulling {image} failed: {r.tail(200)}")
 
     async def release_image(self, version: str) -> str | None:
-        r = await self.conn.run(f"sed -n 's/^EDGE_IMAGE=//p' {self.dir}/releases/{q(version)}/.env 2>/dev/null",
-                                timeout=30)
+        r = await self.conn.run(
+            f"sed -n 's/^EDGE_IMAGE=//p' {self.dir}/releases/{q(version)}/.env 2>/dev/null", timeout=30
+        )
         return r.stdout.strip() or None
 
     async def prune(self, keep: set[str]) -> list[str]:
@@ -325,7 +373,9 @@ class RobotReleases:
         unit = unit.replace("@EDGE_USER@", self.robot.user)
         r = await self.conn.run(
             f"sudo -n install -m 0644 /dev/stdin /etc/systemd/system/{SYSTEMD_UNIT} <<'EOF'\n{unit}EOF\n"
-            f"sudo -n systemctl daemon-reload && sudo -n systemctl enable {SYSTEMD_UNIT}", timeout=60)
+            f"sudo -n systemctl daemon-reload && sudo -n systemctl enable {SYSTEMD_UNIT}",
+            timeout=60,
+        )
         return "" if r.ok else f"auto-start not installed: {r.tail(150)}"
 
     # --- the operations --------------------------------------------------------------------------------
@@ -341,9 +391,12 @@ class RobotReleases:
         timings["preflight"] = round(time.monotonic() - t, 3)
         if free < robot.min_free_mb:
             res.outcome, res.stage = REFUSED, "disk"
-            res.reason = f"only {free} MB free in {robot.compose_dir}, below the {robot.min_free_mb} MB minimum"
-            await self.append_history({"action": "deploy", "version": req.version, "result": res.outcome,
-                                       "reason": res.reason})
+            res.reason = (
+                f"only {free} MB free in {robot.compose_dir}, below the {robot.min_free_mb} MB minimum"
+            )
+            await self.append_history(
+                {"action": "deploy", "version": req.version, "result": res.outcome, "reason": res.reason}
+            )
             return res
         if not req.force and req.version in await self.bad_versions():
             res.outcome, res.stage = SKIPPED, "bad-version"
@@ -355,13 +408,20 @@ class RobotReleases:
             if not locked:
                 res.outcome, res.stage = SKIPPED, "lock"
                 res.reason = f"the robot's application held update.lock for more than {robot.lock_wait_s:g} s"
-                await self.append_history({"action": "deploy", "version": req.version, "result": res.outcome,
-                                           "reason": res.reason})
+                await self.append_history(
+                    {"action": "deploy", "version": req.version, "result": res.outcome, "reason": res.reason}
+                )
                 return res
             return await self._deploy_locked(req, res, current, previous, timings)
 
-    async def _deploy_locked(self, req: DeployRequest, res: RobotResult, current: str | None,
-                             previous: str | None, timings: dict[str, float]) -> RobotResult:
+    async def _deploy_locked(
+        self,
+        req: DeployRequest,
+        res: RobotResult,
+        current: str | None,
+        previous: str | None,
+        timings: dict[str, float],
+    ) -> RobotResult:
         # A rerun after an interrupted rollout finds current == version: keep the older previous.
         restore_to = previous if current == req.version else current
         t = time.monotonic()
@@ -369,9 +429,12 @@ class RobotReleases:
         try:
             res.uploaded_bytes = await self.conn.upload(bundle_files(self.robot, req), tmp)
             final = f"{self.dir}/releases/{q(req.version)}"
-            await self.conn.check(f"rm -rf {final}.old; if [ -d {final} ]; then mv {final} {final}.old; fi; "
-                                  f"mv {q(tmp)} {final} && rm -rf {final}.old", "installing the release files",
-                                  timeout=60)
+            await self.conn.check(
+                f"rm -rf {final}.old; if [ -d {final} ]; then mv {final} {final}.old; fi; "
+                f"mv {q(tmp)} {final} && rm -rf {final}.old",
+                "installing the release files",
+                timeout=60,
+            )
         except FleetError as exc:
             await self.conn.run(f"rm -rf {q(tmp)}", timeout=30)
             res.stage, res.reason = "upload", str(exc)
@@ -382,16 +445,25 @@ class RobotReleases:
             await self.pull(req.image)
         except FleetError as exc:
             res.stage, res.reason = "pull", f"{exc}; the robot stays on {current or 'no release'}"
-            await self.append_history({"action": "deploy", "version": req.version, "result": FAILED,
-                                       "stage": "pull", "reason": str(exc)})
+            await self.append_history(
+                {
+                    "action": "deploy",
+                    "version": req.version,
+                    "result": FAILED,
+                    "stage": "pull",
+                    "reason": str(exc),
+                }
+            )
             return res
         timings["pull"] = round(time.monotonic() - t, 3)
-        await self.append_history({"action": "deploy", "version": req.version, "result": "started",
-                                   "from": current})
+        await self.append_history(
+            {"action": "deploy", "version": req.version, "result": "started", "from": current}
+        )
         t = time.monotonic()
         await self.switch(req.version)
-        await self.write_state({"current": req.version, "previous": restore_to, "image": req.image,
-                                "last_result": "switching"})
+        await self.write_state(
+            {"current": req.version, "previous": restore_to, "image": req.image, "last_result": "switching"}
+        )
         timings["switch"] = round(time.monotonic() - t, 3)
         t = time.monotonic()
         try:
@@ -405,10 +477,17 @@ class RobotReleases:
             return await self._restore(req, res, restore_to, str(exc), timings)
         if req.auto_start:
             res.reason = await self.install_unit()
-        await self.write_state({"current": req.version, "previous": restore_to, "image": req.image,
-                                "last_result": UPDATED if current != req.version else UNCHANGED})
-        await self.append_history({"action": "deploy", "version": req.version, "result": "ok", "from": current,
-                                   "timings": timings})
+        await self.write_state(
+            {
+                "current": req.version,
+                "previous": restore_to,
+                "image": req.image,
+                "last_result": UPDATED if current != req.version else UNCHANGED,
+            }
+        )
+        await self.append_history(
+            {"action": "deploy", "version": req.version, "result": "ok", "from": current, "timings": timings}
+        )
         if req.prune:
             await self.prune({v for v in (req.version, restore_to) if v})
         res.outcome = UPDATED if current != req.version else UNCHANGED
@@ -424,35 +503,53 @@ class RobotReleases:
         except FleetError:
             raise
         except Exception as exc:  # connection refused, timeouts, SSH forward errors
-            raise GateFailed(f"the service on port {self.robot.service_port} did not answer "
-                             f"({type(exc).__name__}: {exc})") from None
+            raise GateFailed(
+                f"the service on port {self.robot.service_port} did not answer ({type(exc).__name__}: {exc})"
+            ) from None
 
-    async def _restore(self, req: DeployRequest, res: RobotResult, restore_to: str | None, why: str,
-                       timings: dict[str, float]) -> RobotResult:
+    async def _restore(
+        self,
+        req: DeployRequest,
+        res: RobotResult,
+        restore_to: str | None,
+        why: str,
+        timings: dict[str, float],
+    ) -> RobotResult:
         await self.mark_bad(req.version)
         res.stage = "health"
         t = time.monotonic()
         if restore_to is None:
-            await self.conn.run(f"cd {self.dir}/current && docker compose -p {PROJECT} down; "
-                                f"rm -f {self.dir}/current", timeout=300)
+            await self.conn.run(
+                f"cd {self.dir}/current && docker compose -p {PROJECT} down; rm -f {self.dir}/current",
+                timeout=300,
+            )
             await self.write_state({"current": None, "previous": None, "last_result": FAILED})
             res.outcome, res.reason = FAILED, f"{why}; no previous release to restore, service stopped"
         else:
             await self.switch(restore_to)
             try:
-                await self.compose_up(req.health_timeout_s)
+                await self.compose_up(max(req.health_timeout_s, RESTORE_TIMEOUT_S))
                 res.outcome, res.reason = ROLLED_BACK, f"{why}; restored {restore_to}"
             except GateFailed as exc2:
                 res.outcome, res.reason = FAILED, f"{why}; restoring {restore_to} also failed ({exc2})"
-            await self.write_state({"current": restore_to, "previous": None, "last_result": res.outcome,
-                                    "bad": req.version})
+            await self.write_state(
+                {"current": restore_to, "previous": None, "last_result": res.outcome, "bad": req.version}
+            )
         timings["rollback"] = round(time.monotonic() - t, 3)
-        await self.append_history({"action": "auto-rollback", "version": req.version, "to": restore_to,
-                                   "result": res.outcome, "reason": why})
+        await self.append_history(
+            {
+                "action": "auto-rollback",
+                "version": req.version,
+                "to": restore_to,
+                "result": res.outcome,
+                "reason": why,
+            }
+        )
         return res
 
-    async def rollback(self, to: str | None, health_timeout_s: float,
-                       expected_shape: tuple[int, ...] | None) -> RobotResult:
+    async def rollback(
+        self, to: str | None, health_timeout_s: float, expected_shape: tuple[int, ...] | None
+    ) -> RobotResult:
         """Back to the previous (or a named) release kept on the robot; nothing is downloaded."""
         t0 = time.monotonic()
         state = await self.read_state()
@@ -475,14 +572,28 @@ class RobotReleases:
             await self.health_gate_after_up(DeployRequest(target, image, expected_shape=expected_shape))
         except GateFailed as exc:
             res.reason = str(exc)
-            await self.append_history({"action": "rollback", "version": target, "from": current,
-                                       "result": FAILED, "reason": str(exc)})
+            await self.append_history(
+                {
+                    "action": "rollback",
+                    "version": target,
+                    "from": current,
+                    "result": FAILED,
+                    "reason": str(exc),
+                }
+            )
             return res
-        await self.write_state({"current": target, "previous": current if current != target else None,
-                                "image": image, "last_result": "rolled_back_by_user"})
+        await self.write_state(
+            {
+                "current": target,
+                "previous": current if current != target else None,
+                "image": image,
+                "last_result": "rolled_back_by_user",
+            }
+        )
         res.timings["rollback"] = round(time.monotonic() - t0, 3)
-        await self.append_history({"action": "rollback", "version": target, "from": current, "result": "ok",
-                                   "timings": res.timings})
+        await self.append_history(
+            {"action": "rollback", "version": target, "from": current, "result": "ok", "timings": res.timings}
+        )
         res.outcome = UPDATED
         return res
 
@@ -491,10 +602,14 @@ class RobotReleases:
         health = await self.container_health()
         parts = health.split()
         info: dict[str, Any] = {
-            "robot": self.robot.name, "version": state.get("current"), "previous": state.get("previous"),
+            "robot": self.robot.name,
+            "version": state.get("current"),
+            "previous": state.get("previous"),
             "image": parts[2] if len(parts) > 2 else state.get("image"),
-            "container": parts[0] if parts else "absent", "health": parts[1] if len(parts) > 1 else "absent",
-            "last_result": state.get("last_result"), "updated": state.get("updated"),
+            "container": parts[0] if parts else "absent",
+            "health": parts[1] if len(parts) > 1 else "absent",
+            "last_result": state.get("last_result"),
+            "updated": state.get("updated"),
         }
         info["bad_versions"] = sorted(await self.bad_versions())
         if info["container"] == "running":
@@ -505,7 +620,9 @@ class RobotReleases:
         return info
 
     async def history(self, limit: int = 50) -> list[dict[str, Any]]:
-        r = await self.conn.run(f"tail -n {int(limit)} {self.dir}/history.jsonl 2>/dev/null || true", timeout=30)
+        r = await self.conn.run(
+            f"tail -n {int(limit)} {self.dir}/history.jsonl 2>/dev/null || true", timeout=30
+        )
         out = []
         for line in r.stdout.splitlines():
             with contextlib.suppress(json.JSONDecodeError):

@@ -26,8 +26,9 @@ from edge_deploy.fleet.ssh import HostKeyRefused, RobotUnreachable, connected
 Progress = Callable[[str, str, str], None]  # robot, step, detail
 
 
-def plan_waves(robots: list[Robot], *, canary: int = 0, wave_size: int | None = None,
-               wave_percent: float | None = None) -> list[list[Robot]]:
+def plan_waves(
+    robots: list[Robot], *, canary: int = 0, wave_size: int | None = None, wave_percent: float | None = None
+) -> list[list[Robot]]:
     """Split robots (in inventory order) into waves: an optional canary wave, then fixed-size waves."""
     if canary < 0:
         raise FleetError("--canary must be zero or more robots.")
@@ -49,7 +50,7 @@ def plan_waves(robots: list[Robot], *, canary: int = 0, wave_size: int | None = 
         size = max(1, math.ceil(total * wave_percent / 100))  # of the whole selection
     else:
         size = wave_size or len(robots)
-    waves.extend(robots[i:i + size] for i in range(0, len(robots), size))
+    waves.extend(robots[i : i + size] for i in range(0, len(robots), size))
     return waves
 
 
@@ -75,10 +76,18 @@ class RolloutResult:
         return not self.stopped and self.failures == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "image": self.image, "ok": self.ok, "stopped": self.stopped,
-                "stop_reason": self.stop_reason, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
-                "failures": self.failures, "waves": self.waves,
-                "robots": [r.to_dict() for r in self.results]}
+        return {
+            "version": self.version,
+            "image": self.image,
+            "ok": self.ok,
+            "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
+            "dry_run": self.dry_run,
+            "seconds": round(self.seconds, 3),
+            "failures": self.failures,
+            "waves": self.waves,
+            "robots": [r.to_dict() for r in self.results],
+        }
 
 
 async def deploy_one(robot: Robot, req: DeployRequest, progress: Progress | None = None) -> RobotResult:
@@ -106,9 +115,19 @@ async def deploy_one(robot: Robot, req: DeployRequest, progress: Progress | None
 class Rollout:
     """Deploy one release to a list of robots in waves with a failure budget."""
 
-    def __init__(self, robots: list[Robot], req: DeployRequest, *, canary: int = 0, wave_size: int | None = None,
-                 wave_percent: float | None = None, max_failures: int = 0, concurrency: int = 8,
-                 dry_run: bool = False, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        robots: list[Robot],
+        req: DeployRequest,
+        *,
+        canary: int = 0,
+        wave_size: int | None = None,
+        wave_percent: float | None = None,
+        max_failures: int = 0,
+        concurrency: int = 8,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
         if max_failures < 0:
             raise FleetError("--max-failures must be zero or more.")
         if not robots:
@@ -124,8 +143,12 @@ class Rollout:
 
     async def run(self) -> RolloutResult:
         t0 = time.monotonic()
-        out = RolloutResult(self.req.version, self.req.image, dry_run=self.dry_run,
-                            waves=[[r.name for r in w] for w in self.waves])
+        out = RolloutResult(
+            self.req.version,
+            self.req.image,
+            dry_run=self.dry_run,
+            waves=[[r.name for r in w] for w in self.waves],
+        )
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(robot: Robot) -> RobotResult:
@@ -134,11 +157,15 @@ class Rollout:
 
         for i, wave in enumerate(self.waves):
             if out.stopped:
-                out.results.extend(RobotResult(r.name, self.req.version, NOT_REACHED,
-                                               "the rollout stopped before this wave") for r in wave)
+                out.results.extend(
+                    RobotResult(r.name, self.req.version, NOT_REACHED, "the rollout stopped before this wave")
+                    for r in wave
+                )
                 continue
             if self.dry_run:
-                out.results.extend(RobotResult(r.name, self.req.version, PLANNED, f"wave {i + 1}") for r in wave)
+                out.results.extend(
+                    RobotResult(r.name, self.req.version, PLANNED, f"wave {i + 1}") for r in wave
+                )
                 continue
             results = await asyncio.gather(*(one(r) for r in wave))
             out.results.extend(results)
@@ -147,6 +174,8 @@ class Rollout:
                 out.stopped, out.stop_reason = True, "the canary wave failed"
             elif out.failures > self.max_failures:
                 out.stopped = True
-                out.stop_reason = f"{out.failures} robot(s) failed, more than --max-failures {self.max_failures}"
+                out.stop_reason = (
+                    f"{out.failures} robot(s) failed, more than --max-failures {self.max_failures}"
+                )
         out.seconds = time.monotonic() - t0
         return out

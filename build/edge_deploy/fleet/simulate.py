@@ -139,8 +139,10 @@ def _terminate(pid: int | None, marker: str, timeout: float = 30) -> None:
 
 def _ensure_user(user: str, home: Path) -> None:
     if subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
-        _run(["useradd", "--home-dir", str(home), "--create-home", "--shell", "/bin/bash", user],
-             f"creating user {user}")
+        _run(
+            ["useradd", "--home-dir", str(home), "--create-home", "--shell", "/bin/bash", user],
+            f"creating user {user}",
+        )
     else:  # left from an earlier simulation: point it at this state directory
         _run(["usermod", "--home", str(home), user], f"updating user {user}")
     home.mkdir(parents=True, exist_ok=True)
@@ -149,8 +151,12 @@ def _ensure_user(user: str, home: Path) -> None:
     _run(["usermod", "-p", "*", "-aG", "docker", user], f"unlocking user {user}")
 
 
-PLUGIN_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/lib/docker/cli-plugins",
-               "/usr/libexec/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins")
+PLUGIN_DIRS = (
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+)
 
 
 def _give_compose_plugin(robot: SimRobot) -> None:
@@ -173,37 +179,55 @@ def _give_compose_plugin(robot: SimRobot) -> None:
 
 def _write_sshd_config(rdir: Path, robot: SimRobot) -> Path:
     cfg = rdir / "sshd_config"
-    cfg.write_text("\n".join([
-        f"Port {robot.ssh_port}",
-        "ListenAddress 127.0.0.1",
-        f"HostKey {rdir / 'ssh_host_ed25519_key'}",
-        f"PidFile {rdir / 'sshd.pid'}",
-        f"AllowUsers {robot.user}",
-        "UsePAM no",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes",
-        "PermitRootLogin no",
-        "AuthorizedKeysFile .ssh/authorized_keys",
-        "AllowTcpForwarding local",
-        "X11Forwarding no",
-        "Subsystem sftp internal-sftp",
-        f"SetEnv DOCKER_HOST=unix://{robot.socket}",
-        "",
-    ]))
+    cfg.write_text(
+        "\n".join(
+            [
+                f"Port {robot.ssh_port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {rdir / 'ssh_host_ed25519_key'}",
+                f"PidFile {rdir / 'sshd.pid'}",
+                f"AllowUsers {robot.user}",
+                "UsePAM no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin no",
+                "AuthorizedKeysFile .ssh/authorized_keys",
+                "AllowTcpForwarding local",
+                "X11Forwarding no",
+                "Subsystem sftp internal-sftp",
+                f"SetEnv DOCKER_HOST=unix://{robot.socket}",
+                "",
+            ]
+        )
+    )
     return cfg
 
 
 def _write_daemon_config(rdir: Path, robot: SimRobot, exec_root: Path, registry: str) -> Path:
     cfg = rdir / "daemon.json"
     registries = sorted({registry, "localhost:5000", "127.0.0.1:5000"})
-    cfg.write_text(json.dumps({
-        "data-root": robot.data_root, "exec-root": str(exec_root), "pidfile": str(rdir / "dockerd.pid"),
-        "hosts": [f"unix://{robot.socket}"], "group": "docker", "bridge": "none", "iptables": False,
-        "ip6tables": False, "ip-masq": False, "features": {"containerd-snapshotter": True},
-        "insecure-registries": registries,
-        "log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "2"},
-    }, indent=2) + "\n")
+    cfg.write_text(
+        json.dumps(
+            {
+                "data-root": robot.data_root,
+                "exec-root": str(exec_root),
+                "pidfile": str(rdir / "dockerd.pid"),
+                "hosts": [f"unix://{robot.socket}"],
+                "group": "docker",
+                "bridge": "none",
+                "iptables": False,
+                "ip6tables": False,
+                "ip-masq": False,
+                "features": {"containerd-snapshotter": True},
+                "insecure-registries": registries,
+                "log-driver": "json-file",
+                "log-opts": {"max-size": "10m", "max-file": "2"},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return cfg
 
 
@@ -211,9 +235,14 @@ def _wait_docker(sock: str, proc: subprocess.Popen[bytes], timeout: float = 90) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise FleetError(f"The robot engine for {sock} exited during start-up (see dockerd.log beside it).")
-        p = subprocess.run(["docker", "-H", f"unix://{sock}", "version", "--format", "{{.Server.Version}}"],
-                           capture_output=True, text=True)
+            raise FleetError(
+                f"The robot engine for {sock} exited during start-up (see dockerd.log beside it)."
+            )
+        p = subprocess.run(
+            ["docker", "-H", f"unix://{sock}", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode == 0:
             return
         time.sleep(0.5)
@@ -238,9 +267,18 @@ def start_sshd(sim: Simulation, robot: SimRobot) -> None:
         return
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     (rdir / "sshd.pid").unlink(missing_ok=True)
-    _run([_sshd(), "-f", str(cfg), "-E", str(rdir / "sshd.log")], f"starting sshd for {robot.name}")
+    log = rdir / "sshd.log"
+    _run([_sshd(), "-f", str(cfg), "-E", str(log)], f"starting sshd for {robot.name}")
+    # The daemon writes its pidfile once it listens; a port answering without it is someone else's.
+    pidfile = rdir / "sshd.pid"
+    deadline = time.monotonic() + 15
+    while not pidfile.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not pidfile.is_file():
+        last = (log.read_text().strip().splitlines() or ["no log"])[-1] if log.is_file() else "no log"
+        raise FleetError(f"sshd for {robot.name} did not start on 127.0.0.1:{robot.ssh_port} ({last}).")
+    robot.sshd_pid = int(pidfile.read_text().strip())
     _wait_port(robot.ssh_port)
-    robot.sshd_pid = int((rdir / "sshd.pid").read_text().strip())
 
 
 def stop_sshd(sim: Simulation, robot: SimRobot) -> None:
@@ -260,16 +298,32 @@ def start_dockerd(sim: Simulation, robot: SimRobot) -> None:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     env.pop("DOCKER_HOST", None)
     with open(rdir / "dockerd.log", "ab") as log:
-        proc = subprocess.Popen([str(bin_dir / "dockerd"), "--config-file", str(cfg)], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(bin_dir / "dockerd"), "--config-file", str(cfg)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     robot.dockerd_pid = proc.pid
     sim.save()
     _wait_docker(robot.socket, proc)
 
 
-def simulate(robots: int, name: str = "sim", *, state_root: Path = DEFAULT_STATE_ROOT, engines: bool = True,
-             registry: str = DEFAULT_REGISTRY, ssh_port_base: int = 2201, service_port_base: int = 18081,
-             min_free_mb: int = 512, lock_wait_s: float = 10.0, platform: str = "linux/arm64") -> Simulation:
+def simulate(
+    robots: int,
+    name: str = "sim",
+    *,
+    state_root: Path = DEFAULT_STATE_ROOT,
+    engines: bool = True,
+    registry: str = DEFAULT_REGISTRY,
+    ssh_port_base: int = 2201,
+    service_port_base: int = 18081,
+    min_free_mb: int = 512,
+    lock_wait_s: float = 10.0,
+    platform: str = "linux/arm64",
+) -> Simulation:
     """Start (or restart) a simulated fleet and write its ``fleet.yaml``; ``engines=False`` starts only the
     SSH side (for tests of the SSH layer on machines without Docker). Robots pull ``platform`` images:
     linux/arm64 (Jetson, under QEMU here) unless an amd64 runtime variant is wanted on x86 hosts."""
@@ -293,12 +347,16 @@ def simulate(robots: int, name: str = "sim", *, state_root: Path = DEFAULT_STATE
     os.chmod(state, 0o755)
     for parent in state.resolve().parents:  # robot users must reach their homes under the state dir
         if not os.stat(parent).st_mode & 0o001:
-            raise FleetError(f"The simulated robots' users cannot enter {parent} (mode "
-                             f"{os.stat(parent).st_mode & 0o777:o}); choose a state root they can traverse.")
+            raise FleetError(
+                f"The simulated robots' users cannot enter {parent} (mode "
+                f"{os.stat(parent).st_mode & 0o777:o}); choose a state root they can traverse."
+            )
     key = state / "id_ed25519"
     if not key.is_file():
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"edge-deploy@{name}", "-f", str(key)],
-             "creating the fleet's SSH key")
+        _run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"edge-deploy@{name}", "-f", str(key)],
+            "creating the fleet's SSH key",
+        )
     subprocess.run(["groupadd", "-f", "docker"], check=False, capture_output=True)
     taken: set[int] = set()
     known_lines = []
@@ -310,18 +368,24 @@ def simulate(robots: int, name: str = "sim", *, state_root: Path = DEFAULT_STATE
         exec_root = RUN_ROOT / name / str(i)
         exec_root.mkdir(parents=True, exist_ok=True)
         robot = old or SimRobot(
-            name=rname, user=f"edge-{name}-{i}"[:32],
-            ssh_port=_free_port(ssh_port_base, taken), service_port=_free_port(service_port_base, taken),
-            home=str(rdir / "home"), socket=str(RUN_ROOT / name / f"{i}.sock"),
-            data_root=str(rdir / "docker"))
+            name=rname,
+            user=f"edge-{name}-{i}"[:32],
+            ssh_port=_free_port(ssh_port_base, taken),
+            service_port=_free_port(service_port_base, taken),
+            home=str(rdir / "home"),
+            socket=str(RUN_ROOT / name / f"{i}.sock"),
+            data_root=str(rdir / "docker"),
+        )
         taken.update({robot.ssh_port, robot.service_port})
         if old is None:
             sim.robots.append(robot)
         _ensure_user(robot.user, Path(robot.home))
         hostkey = rdir / "ssh_host_ed25519_key"
         if not hostkey.is_file():
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", rname, "-f", str(hostkey)],
-                 f"creating the host key of {rname}")
+            _run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", rname, "-f", str(hostkey)],
+                f"creating the host key of {rname}",
+            )
         ssh_dir = Path(robot.home) / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         (ssh_dir / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
@@ -346,15 +410,32 @@ def simulate(robots: int, name: str = "sim", *, state_root: Path = DEFAULT_STATE
     except BaseException:
         stop(sim)
         raise
-    fleet = Fleet(name=name, robots=tuple(
-        Robot(name=r.name, host="127.0.0.1", port=r.ssh_port, user=r.user, ssh_key=key,
-              known_hosts=state / "known_hosts", jetson_model="orin_nano",
-              groups=("canary",) if i == 0 else ("main",), labels={"simulated": "true"},
-              compose_dir="edge", service_port=r.service_port, platform=platform, gpu=False,
-              min_free_mb=min_free_mb, lock_wait_s=lock_wait_s)
-        for i, r in enumerate(sim.robots)))
-    sim.fleet_file.write_text("# Generated by `edge-deploy fleet simulate`; robots are local dockerd + sshd.\n"
-                              + dump_fleet(fleet))
+    fleet = Fleet(
+        name=name,
+        robots=tuple(
+            Robot(
+                name=r.name,
+                host="127.0.0.1",
+                port=r.ssh_port,
+                user=r.user,
+                ssh_key=key,
+                known_hosts=state / "known_hosts",
+                jetson_model="orin_nano",
+                groups=("canary",) if i == 0 else ("main",),
+                labels={"simulated": "true"},
+                compose_dir="edge",
+                service_port=r.service_port,
+                platform=platform,
+                gpu=False,
+                min_free_mb=min_free_mb,
+                lock_wait_s=lock_wait_s,
+            )
+            for i, r in enumerate(sim.robots)
+        ),
+    )
+    sim.fleet_file.write_text(
+        "# Generated by `edge-deploy fleet simulate`; robots are local dockerd + sshd.\n" + dump_fleet(fleet)
+    )
     return sim
 
 
@@ -396,9 +477,15 @@ def list_simulations(state_root: Path = DEFAULT_STATE_ROOT) -> list[dict[str, An
             sim = Simulation.load(path.parent.name, state_root)
             for r in sim.robots:
                 rdir = Path(sim.state_dir) / "robots" / r.name
-                out.append({"fleet": sim.name, "robot": r.name, "ssh": f"{r.user}@127.0.0.1:{r.ssh_port}",
-                            "service_port": r.service_port,
-                            "sshd": _alive(r.sshd_pid, str(rdir / "sshd_config")),
-                            "dockerd": _alive(r.dockerd_pid, str(rdir / "daemon.json")),
-                            "fleet_file": str(sim.fleet_file)})
+                out.append(
+                    {
+                        "fleet": sim.name,
+                        "robot": r.name,
+                        "ssh": f"{r.user}@127.0.0.1:{r.ssh_port}",
+                        "service_port": r.service_port,
+                        "sshd": _alive(r.sshd_pid, str(rdir / "sshd_config")),
+                        "dockerd": _alive(r.dockerd_pid, str(rdir / "daemon.json")),
+                        "fleet_file": str(sim.fleet_file),
+                    }
+                )
     return out

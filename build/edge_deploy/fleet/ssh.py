@@ -47,13 +47,16 @@ class RobotConnection:
         self.robot = robot
         self.conn = conn
 
-    async def run(self, command: str, *, timeout: float | None = 600, stdin: str | None = None) -> CommandResult:
+    async def run(
+        self, command: str, *, timeout: float | None = 600, stdin: str | None = None
+    ) -> CommandResult:
         """Run a shell command; rc, stdout, stderr come back whatever the exit status."""
         try:
             r = await asyncio.wait_for(self.conn.run(command, check=False, input=stdin), timeout)
         except asyncio.TimeoutError:
-            raise FleetError(f"Robot {self.robot.name}: command timed out after {timeout:.0f} s: "
-                             f"{command[:80]}.") from None
+            raise FleetError(
+                f"Robot {self.robot.name}: command timed out after {timeout:.0f} s: {command[:80]}."
+            ) from None
         except (OSError, asyncssh.Error) as exc:
             raise RobotUnreachable(f"Robot {self.robot.name}: the SSH connection broke ({exc}).") from None
         rc = r.exit_status if r.exit_status is not None else 255
@@ -98,8 +101,10 @@ class RobotConnection:
 def _known_hosts(robot: Robot) -> str | None:
     path = robot.known_hosts or Path("~/.ssh/known_hosts").expanduser()
     if not path.is_file():
-        raise HostKeyRefused(f"Robot {robot.name}: no known_hosts file ({path}), so its host key cannot be "
-                             f"checked; refusing to connect.")
+        raise HostKeyRefused(
+            f"Robot {robot.name}: no known_hosts file ({path}), so its host key cannot be "
+            f"checked; refusing to connect."
+        )
     return str(path)
 
 
@@ -110,23 +115,38 @@ async def connect(robot: Robot, *, timeout: float | None = None) -> RobotConnect
     t = timeout if timeout is not None else robot.connect_timeout_s
     try:
         conn = await asyncio.wait_for(
-            asyncssh.connect(robot.host, robot.port, username=robot.user, known_hosts=known_hosts,
-                             client_keys=keys, agent_path=None if keys else (), connect_timeout=t,
-                             keepalive_interval=15, keepalive_count_max=3),
-            t + 5)
+            asyncssh.connect(
+                robot.host,
+                robot.port,
+                username=robot.user,
+                known_hosts=known_hosts,
+                client_keys=keys,
+                agent_path=None if keys else (),
+                connect_timeout=t,
+                keepalive_interval=15,
+                keepalive_count_max=3,
+            ),
+            t + 5,
+        )
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise HostKeyRefused(f"Robot {robot.name}: the SSH host key of {robot.host}:{robot.port} is unknown "
-                             f"or has changed ({exc.reason}); refusing to connect.") from None
+        raise HostKeyRefused(
+            f"Robot {robot.name}: the SSH host key of {robot.host}:{robot.port} is unknown "
+            f"or has changed ({exc.reason}); refusing to connect."
+        ) from None
     except asyncssh.PermissionDenied:
-        raise FleetError(f"Robot {robot.name}: SSH login as {robot.user!r} was refused "
-                         f"(check ssh_key and the robot's authorized_keys).") from None
+        raise FleetError(
+            f"Robot {robot.name}: SSH login as {robot.user!r} was refused "
+            f"(check ssh_key and the robot's authorized_keys)."
+        ) from None
     except (asyncio.TimeoutError, TimeoutError):
-        raise RobotUnreachable(f"Robot {robot.name}: no SSH answer from {robot.host}:{robot.port} within "
-                               f"{t:.0f} s.") from None
+        raise RobotUnreachable(
+            f"Robot {robot.name}: no SSH answer from {robot.host}:{robot.port} within {t:.0f} s."
+        ) from None
     except (OSError, asyncssh.Error) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-        raise RobotUnreachable(f"Robot {robot.name}: cannot reach {robot.host}:{robot.port} over SSH "
-                               f"({reason}).") from None
+        raise RobotUnreachable(
+            f"Robot {robot.name}: cannot reach {robot.host}:{robot.port} over SSH ({reason})."
+        ) from None
     return RobotConnection(robot, conn)
 
 

@@ -180,6 +180,8 @@ class Release:
         return version
 
     def create(self, opts: ReleaseOptions) -> ReleaseManifest:
+        if not opts.push:
+            raise ReleaseError("A release pushes its images; use dry_run() to build without pushing.")
         version = self.check(opts)
         sha = self.git_sha()
         channel = self.channel_for(version, opts.channel)
@@ -194,9 +196,6 @@ class Release:
             version, released=[*self.released_versions(), version], git_sha=sha, channel=channel
         )
         build_tag = f"build-{version.replace('+', '-')}-{sha[:7]}"
-
-        if not opts.push:
-            raise ReleaseError("A release pushes its images; use dry_run() to build without pushing.")
         images, extra = self._build(opts, version, build_tag)
 
         pushed = {

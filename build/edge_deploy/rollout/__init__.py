@@ -10,13 +10,28 @@ from typing import Any
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Fleet, Robot, load_fleet
-from edge_deploy.fleet.robot import REFUSED, UNREACHABLE, DeployRequest, RobotReleases, RobotResult
+from edge_deploy.fleet.robot import (
+    REFUSED,
+    UNREACHABLE,
+    DeployRequest,
+    RobotReleases,
+    RobotResult,
+    smoke_payload,
+)
 from edge_deploy.fleet.rollout import Progress, Rollout, RolloutResult, plan_waves
 from edge_deploy.fleet.ssh import HostKeyRefused, RobotUnreachable, connected
 from edge_deploy.release.manifest import DEFAULT_RELEASES_DIR, load_release
 
-__all__ = ["RolloutResult", "deploy_release", "device_history", "fleet_status", "plan_waves", "rollback",
-           "verify_signature"]
+__all__ = [
+    "RolloutResult",
+    "deploy_release",
+    "device_history",
+    "fleet_infer",
+    "fleet_status",
+    "plan_waves",
+    "rollback",
+    "verify_signature",
+]
 
 DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
@@ -34,13 +49,27 @@ def _load(fleet: Path | Fleet) -> Fleet:
     return fleet if isinstance(fleet, Fleet) else load_fleet(Path(fleet))
 
 
-def deploy_release(version: str, fleet: Path | Fleet, *, group: str | None = None,
-                   devices: list[str] | None = None, include_ros2: bool = False, auto_start: bool = False,
-                   canary: int = 0, wave_size: int | None = None, wave_percent: float | None = None,
-                   max_failures: int = 0, health_timeout: float = 600.0, dry_run: bool = False,
-                   releases_dir: Path | None = None, public_key: Path | None = None, force: bool = False,
-                   expected_shape: tuple[int, ...] | None = (1, 7), ros_domain_id: int = 0,
-                   progress: Progress | None = None) -> RolloutResult:
+def deploy_release(
+    version: str,
+    fleet: Path | Fleet,
+    *,
+    group: str | None = None,
+    devices: list[str] | None = None,
+    include_ros2: bool = False,
+    auto_start: bool = False,
+    canary: int = 0,
+    wave_size: int | None = None,
+    wave_percent: float | None = None,
+    max_failures: int = 0,
+    health_timeout: float = 600.0,
+    dry_run: bool = False,
+    releases_dir: Path | None = None,
+    public_key: Path | None = None,
+    force: bool = False,
+    expected_shape: tuple[int, ...] | None = (1, 7),
+    ros_domain_id: int = 0,
+    progress: Progress | None = None,
+) -> RolloutResult:
     """Roll release ``version`` (``releases/<version>.json``) out to the fleet; see ``Rollout``.
 
     The image is deployed by digest only; with a public key (argument or ``public_key:`` in fleet.yaml)
@@ -53,13 +82,32 @@ def deploy_release(version: str, fleet: Path | Fleet, *, group: str | None = Non
         raise FleetError(f"Release {version} does not pin its runtime image by digest ({image}); refusing.")
     key = public_key or fl.public_key
     robots = fl.select(group=group, devices=devices)
-    req = DeployRequest(version=version, image=image, include_ros2=include_ros2, auto_start=auto_start,
-                        health_timeout_s=health_timeout, expected_shape=expected_shape, force=force,
-                        ros_domain_id=ros_domain_id,
-                        release={"git_sha": manifest.git_sha, "bundle_sha256": manifest.bundle_sha256,
-                                 "precision": manifest.precision, "signed": key is not None})
-    rollout = Rollout(robots, req, canary=canary, wave_size=wave_size, wave_percent=wave_percent,
-                      max_failures=max_failures, dry_run=dry_run, progress=progress)
+    req = DeployRequest(
+        version=version,
+        image=image,
+        include_ros2=include_ros2,
+        auto_start=auto_start,
+        health_timeout_s=health_timeout,
+        expected_shape=expected_shape,
+        force=force,
+        ros_domain_id=ros_domain_id,
+        release={
+            "git_sha": manifest.git_sha,
+            "bundle_sha256": manifest.bundle_sha256,
+            "precision": manifest.precision,
+            "signed": key is not None,
+        },
+    )
+    rollout = Rollout(
+        robots,
+        req,
+        canary=canary,
+        wave_size=wave_size,
+        wave_percent=wave_percent,
+        max_failures=max_failures,
+        dry_run=dry_run,
+        progress=progress,
+    )
     if key is not None and not dry_run:
         verify_signature(image, key)
     return asyncio.run(rollout.run())
@@ -78,19 +126,45 @@ async def _each(robots: list[Robot], fn: Any) -> list[Any]:
     return list(await asyncio.gather(*(one(r) for r in robots)))
 
 
-def rollback(fleet: Path | Fleet, *, to: str | None = None, devices: list[str] | None = None,
-             group: str | None = None, health_timeout: float = 600.0,
-             expected_shape: tuple[int, ...] | None = (1, 7)) -> list[RobotResult]:
+def rollback(
+    fleet: Path | Fleet,
+    *,
+    to: str | None = None,
+    devices: list[str] | None = None,
+    group: str | None = None,
+    health_timeout: float = 600.0,
+    expected_shape: tuple[int, ...] | None = (1, 7),
+) -> list[RobotResult]:
     """Put robots back on their previous (or the named) release from their own store: no download."""
     robots = _load(fleet).select(group=group, devices=devices)
     return asyncio.run(_each(robots, lambda rr: rr.rollback(to, health_timeout, expected_shape)))
 
 
-def fleet_status(fleet: Path | Fleet, *, group: str | None = None,
-                 devices: list[str] | None = None) -> list[dict[str, Any]]:
+def fleet_status(
+    fleet: Path | Fleet, *, group: str | None = None, devices: list[str] | None = None
+) -> list[dict[str, Any]]:
     robots = _load(fleet).select(group=group, devices=devices)
     out = asyncio.run(_each(robots, lambda rr: rr.status()))
     return [o.to_dict() | {"health": "unreachable"} if isinstance(o, RobotResult) else o for o in out]
+
+
+def fleet_infer(fleet: Path | Fleet, *, group: str | None = None, devices: list[str] | None = None,
+                payload: dict[str, Any] | None = None, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Send one inference (the smoke input unless ``payload`` is given) to each robot's running release."""
+    body = payload or smoke_payload()
+
+    async def one(rr: RobotReleases) -> dict[str, Any]:
+        state = await rr.read_state()
+        try:
+            answer = await rr.infer(body, timeout)
+        except Exception as exc:  # refused connection, forward errors, non-200 answers
+            return {"robot": rr.robot.name, "version": state.get("current"), "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}"[:200]}
+        return {"robot": rr.robot.name, "version": state.get("current"), "ok": True, **answer}
+
+    robots = _load(fleet).select(group=group, devices=devices)
+    out = asyncio.run(_each(robots, one))
+    return [{"robot": o.robot, "ok": False, "error": o.reason} if isinstance(o, RobotResult) else o for o in out]
 
 
 def device_history(fleet: Path | Fleet, device: str, limit: int = 50) -> list[dict[str, Any]]:

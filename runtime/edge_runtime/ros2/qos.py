@@ -1,7 +1,8 @@
 """ROS 2 QoS profiles, as rclpy defines them, mapped onto Cyclone DDS policies.
 
-Both profiles also pin the data representation to XCDR1 (plain CDR): ROS 2 Humble's ``rmw_cyclonedds_cpp``
-offers only that, and a Cyclone DDS Python writer left on its default (XCDR2) would not match it.
+Both profiles also pin the data representation to XCDR1 (plain CDR), the only one ROS 2 Humble's
+``rmw_cyclonedds_cpp`` offers; Cyclone DDS would pick XCDR2 for some type shapes, and an endpoint that
+offers only XCDR2 does not match a ROS 2 one (tests/runtime/test_ros2_wire.py shows both).
 """
 
 from __future__ import annotations
