@@ -34,10 +34,16 @@ STEPS = ("preflight", "lock", "upload", "pull", "switch", "up", "health")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fleet-image", default=None,
-                        help="fleet: runtime image (tag or digest; default: built for --fleet-platform)")
-    parser.add_argument("--fleet-platform", default=os.environ.get("EDGE_BENCH_PLATFORM", NATIVE),
-                        help=f"fleet: the robots' platform (default {NATIVE}, this host's own)")
+    parser.add_argument(
+        "--fleet-image",
+        default=None,
+        help="fleet: runtime image (tag or digest; default: built for --fleet-platform)",
+    )
+    parser.add_argument(
+        "--fleet-platform",
+        default=os.environ.get("EDGE_BENCH_PLATFORM", NATIVE),
+        help=f"fleet: the robots' platform (default {NATIVE}, this host's own)",
+    )
     parser.add_argument(
         "--fleet-sizes", default="1,3,5", help="fleet: comma-separated robot counts (default 1,3,5)"
     )
@@ -54,7 +60,9 @@ def _digest_ref(image: str) -> str:
     """repository@sha256 of ``image`` as the registry has it (the release pins it by digest)."""
     if "@sha256:" in image:
         return image
-    out = json.loads(_sh("docker", "buildx", "imagetools", "inspect", image, "--format", "{{json .Manifest}}"))
+    out = json.loads(
+        _sh("docker", "buildx", "imagetools", "inspect", image, "--format", "{{json .Manifest}}")
+    )
     return f"{image.rsplit(':', 1)[0]}@{out['digest']}"
 
 
@@ -65,10 +73,20 @@ def _runtime_image(platform: str, work: Path) -> str:
 
     (work / "model").mkdir()
     write_sample_policy(work / "model" / "policy.pt")
-    out = build_images(model_dir=work / "model", model="policy.pt", precision="fp32", version="bench-fleet",
-                       registry=REGISTRY, image_prefix="edge-deploy-bench", l4t_base=STANDIN_BASE,
-                       converter_base=STANDIN_BASE, runtime_python="3.11", runtime_platforms=platform,
-                       push=True, progress="quiet")
+    out = build_images(
+        model_dir=work / "model",
+        model="policy.pt",
+        precision="fp32",
+        version="bench-fleet",
+        registry=REGISTRY,
+        image_prefix="edge-deploy-bench",
+        l4t_base=STANDIN_BASE,
+        converter_base=STANDIN_BASE,
+        runtime_python="3.11",
+        runtime_platforms=platform,
+        push=True,
+        progress="quiet",
+    )
     rt = out["images"]["runtime"]
     return f"{rt['tags'][0].rsplit(':', 1)[0]}@{rt['digest']}"
 
@@ -87,8 +105,20 @@ def _model_only_image(runtime_ref: str, work: Path, platform: str) -> str:
     (ctx / "Dockerfile").write_text(f"FROM {runtime_ref}\nCOPY bundle/ /opt/edge/bundle/\n")
     repo = f"{REGISTRY}/edge-deploy/bench-fleet"
     meta = work / "meta.json"
-    _sh("docker", "buildx", "build", "--platform", platform, "--provenance=false", "--push",
-        "-t", f"{repo}:model-fp16", "--metadata-file", str(meta), str(ctx))
+    _sh(
+        "docker",
+        "buildx",
+        "build",
+        "--platform",
+        platform,
+        "--provenance=false",
+        "--push",
+        "-t",
+        f"{repo}:model-fp16",
+        "--metadata-file",
+        str(meta),
+        str(ctx),
+    )
     return f"{repo}@{json.loads(meta.read_text())['containerimage.digest']}"
 
 
@@ -126,16 +156,32 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
     releases = root / f"releases-{n}"
     for tag, ref in refs.items():
         repo, digest = ref.split("@")
-        save_release(ReleaseManifest(tag, "bench", "2026-01-01T00:00:00Z",
-                                     {"runtime": ReleaseImage(repo, digest)}, "0" * 64, "fp32", "standin"),
-                     releases)
+        save_release(
+            ReleaseManifest(
+                tag,
+                "bench",
+                "2026-01-01T00:00:00Z",
+                {"runtime": ReleaseImage(repo, digest)},
+                "0" * 64,
+                "fp32",
+                "standin",
+            ),
+            releases,
+        )
     state = root / f"state-{n}"
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)
     for attempt in (1, 2):  # simulate is idempotent; a daemon slow to write its pidfile is retried once
         try:
-            s = sim.simulate(n, f"bench{n}", state_root=state, ssh_port_base=2600 + 10 * n,
-                             service_port_base=18300 + 10 * n, registry=REGISTRY, platform=platform)
+            s = sim.simulate(
+                n,
+                f"bench{n}",
+                state_root=state,
+                ssh_port_base=2600 + 10 * n,
+                service_port_base=18300 + 10 * n,
+                registry=REGISTRY,
+                platform=platform,
+            )
             break
         except (OSError, FleetError) as exc:
             with contextlib.suppress(Exception):  # stop what started; nothing may outlive the benchmark
@@ -147,11 +193,16 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
     try:
         names = [r.name for r in s.robots]
         ops: list[tuple[str, str | None]] = [
-            ("rollout (all layers)", "0.1.0"), ("rollout (model-only)", "0.1.1"), ("rollback", None)]
+            ("rollout (all layers)", "0.1.0"),
+            ("rollout (model-only)", "0.1.1"),
+            ("rollback", None),
+        ]
         for op, version in ops:
             t0 = time.monotonic()
             if version:
-                res = deploy_release(version, s.fleet_file, releases_dir=releases, health_timeout=HEALTH_TIMEOUT)
+                res = deploy_release(
+                    version, s.fleet_file, releases_dir=releases, health_timeout=HEALTH_TIMEOUT
+                )
                 per_robot = [r.to_dict() for r in res.results]
             else:
                 per_robot = [r.to_dict() for r in rollback(s.fleet_file, health_timeout=HEALTH_TIMEOUT)]
@@ -159,21 +210,29 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
             engine = _engine(s.fleet_file, names)
             ok = all(r["outcome"] == "updated" for r in per_robot)
             totals = [_total(r["timings"]) for r in per_robot]
-            steps = {k: statistics.median(r["timings"].get(k, 0.0) for r in per_robot)
-                     for k in (*STEPS, "rollback") if any(k in r["timings"] for r in per_robot)}
+            steps = {
+                k: statistics.median(r["timings"].get(k, 0.0) for r in per_robot)
+                for k in (*STEPS, "rollback")
+                if any(k in r["timings"] for r in per_robot)
+            }
             eng = [e["engine_s"] for e in engine.values() if e["engine_s"] is not None]
-            rows.append({
-                "robots": n, "operation": op, "wall_s": round(wall, 2),
-                "robot_total_s_median": statistics.median(totals) if totals else None,
-                "robot_total_s_max": max(totals) if totals else None,
-                **{f"{k}_s": round(v, 2) for k, v in steps.items()},
-                "engine_s_median": statistics.median(eng) if eng else None,
-                "cache_hits": sum(1 for e in engine.values() if e["cache_hit"]),
-                "bound_by": statistics.mode(_bound(r["timings"]) for r in per_robot) if per_robot else "",
-                "ok": ok,
-                "outcomes": sorted({r["outcome"] for r in per_robot}),
-                "per_robot": per_robot, "engine": engine,
-            })
+            rows.append(
+                {
+                    "robots": n,
+                    "operation": op,
+                    "wall_s": round(wall, 2),
+                    "robot_total_s_median": statistics.median(totals) if totals else None,
+                    "robot_total_s_max": max(totals) if totals else None,
+                    **{f"{k}_s": round(v, 2) for k, v in steps.items()},
+                    "engine_s_median": statistics.median(eng) if eng else None,
+                    "cache_hits": sum(1 for e in engine.values() if e["cache_hit"]),
+                    "bound_by": statistics.mode(_bound(r["timings"]) for r in per_robot) if per_robot else "",
+                    "ok": ok,
+                    "outcomes": sorted({r["outcome"] for r in per_robot}),
+                    "per_robot": per_robot,
+                    "engine": engine,
+                }
+            )
             print(f"fleet: {n} robot(s) {op}: {wall:.1f} s", flush=True)
     finally:
         sim.stop(s, purge=True)
@@ -208,8 +267,10 @@ def run(args: Any = None) -> dict[str, Any]:
                 r["ratio_to_1"] = round(r["wall_s"] / one, 3)
     result["rows"] = rows
     emulated = platform != NATIVE
-    result["machine"] = (f"{os.cpu_count()} CPUs ({host_platform.machine()}); all robots on this one host; "
-                         f"robots run {platform}" + (" under QEMU user emulation" if emulated else " natively"))
+    result["machine"] = (
+        f"{os.cpu_count()} CPUs ({host_platform.machine()}); all robots on this one host; "
+        f"robots run {platform}" + (" under QEMU user emulation" if emulated else " natively")
+    )
     result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # others' work on a shared host skews timings
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return result

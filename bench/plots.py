@@ -13,8 +13,14 @@ from typing import Any
 NAME = "plots"
 RESULTS = Path(__file__).parent / "results"
 STEP_COLOURS = {
-    "preflight": "#999999", "lock": "#cccccc", "upload": "#8c564b", "pull": "#1f77b4",
-    "switch": "#bcbd22", "up": "#ff7f0e", "health": "#2ca02c", "rollback": "#d62728",
+    "preflight": "#999999",
+    "lock": "#cccccc",
+    "upload": "#8c564b",
+    "pull": "#1f77b4",
+    "switch": "#bcbd22",
+    "up": "#ff7f0e",
+    "health": "#2ca02c",
+    "rollback": "#d62728",
 }
 STEP_ORDER = ("preflight", "lock", "upload", "pull", "switch", "up", "health")
 
@@ -46,8 +52,10 @@ def plot_precision(res: dict[str, Any], dest: Path) -> Path:
         ax.set_yscale("log")
         ax.set_title(f"batch {batch}: ONNX Runtime CPU latency")
         ax.set_ylabel("ms per call (log)")
-    fig.suptitle(f"precision: {res['machine']['cpu']}, {res.get('intra_op_threads', '?')} thread(s), "
-                 f"{res['repeats']}x{res['runs']} calls")
+    fig.suptitle(
+        f"precision: {res['machine']['cpu']}, {res.get('intra_op_threads', '?')} thread(s), "
+        f"{res['repeats']}x{res['runs']} calls"
+    )
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
     plt.close(fig)
@@ -79,9 +87,14 @@ def plot_fleet(res: dict[str, Any], dest: Path) -> Path:
     """One stacked bar per robot and operation: the steps of its update, in order, in seconds."""
     plt = _pyplot()
     rows = res["rows"]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.0 + 0.35 * sum(len(r["per_robot"]) for r in rows)),
-                             squeeze=False, sharex=True,
-                             gridspec_kw={"height_ratios": [max(1, len(r["per_robot"])) for r in rows]})
+    fig, axes = plt.subplots(
+        len(rows),
+        1,
+        figsize=(10, 1.0 + 0.35 * sum(len(r["per_robot"]) for r in rows)),
+        squeeze=False,
+        sharex=True,
+        gridspec_kw={"height_ratios": [max(1, len(r["per_robot"])) for r in rows]},
+    )
     seen: set[str] = set()
     for ax, row in zip(axes[:, 0], rows, strict=True):
         for i, robot in enumerate(row["per_robot"]):
@@ -89,8 +102,13 @@ def plot_fleet(res: dict[str, Any], dest: Path) -> Path:
             timings = robot["timings"]
             steps = [s for s in STEP_ORDER if s in timings] or [s for s in ("rollback",) if s in timings]
             for step in steps:
-                ax.barh(i, timings[step], left=t, color=STEP_COLOURS[step],
-                        label=step if step not in seen else None)
+                ax.barh(
+                    i,
+                    timings[step],
+                    left=t,
+                    color=STEP_COLOURS[step],
+                    label=step if step not in seen else None,
+                )
                 seen.add(step)
                 t += timings[step]
         ax.set_yticks(range(len(row["per_robot"])), [r["robot"] for r in row["per_robot"]], fontsize=7)
@@ -108,8 +126,11 @@ def plot_fleet(res: dict[str, Any], dest: Path) -> Path:
 def run(args: Any = None) -> dict[str, Any]:
     out: Path = getattr(args, "out", None) or RESULTS
     drawn: list[dict[str, Any]] = []
-    for name, draw in (("precision", plot_precision), ("service_overhead", plot_service_overhead),
-                       ("fleet", plot_fleet)):
+    for name, draw in (
+        ("precision", plot_precision),
+        ("service_overhead", plot_service_overhead),
+        ("fleet", plot_fleet),
+    ):
         res = _load(out, name)
         if res is None:
             drawn.append({"plot": f"{name}.png", "status": f"skipped: no {name}.json"})
