@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.bundle import BatchProfile, BundleManifest, TensorSpec, sha256_file
+from edge_deploy.sample import write_linear_bundle, write_onnx_bundle
 
 
 def write_conv_policy_bundle(root: Path, seed: int = 0) -> Path:
@@ -14,8 +14,7 @@ def write_conv_policy_bundle(root: Path, seed: int = 0) -> Path:
 
     BatchNorm after each Conv gives ONNX Runtime's optimizer real work (fusions), like an exported policy.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
@@ -60,76 +59,11 @@ def write_conv_policy_bundle(root: Path, seed: int = 0) -> Path:
             ["action"],
         ),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "conv_policy",
-        [
-            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224]),
-            helper.make_tensor_value_info("robot_state", TensorProto.FLOAT, ["batch", 48]),
-        ],
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", 7])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edge-bench")
-    model.ir_version = 8
-    root.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, root / "model.onnx")
-    manifest = BundleManifest(
-        precision="fp32",
-        opset=17,
-        inputs=[
-            TensorSpec("image", "float32", ("batch", 3, 224, 224)),
-            TensorSpec("robot_state", "float32", ("batch", 48)),
-        ],
-        outputs=[TensorSpec("action", "float32", ("batch", 7))],
-        batch=BatchProfile(1, 1, 8),
-        files={"model.onnx": sha256_file(root / "model.onnx")},
-        name="conv-policy",
-    )
-    (root / "bundle.json").write_text(manifest.to_json())
-    return root
+    return write_onnx_bundle(root, nodes, inits, name="conv-policy", producer="edge-bench")
 
 
 def write_small_io_bundle(root: Path, image_hw: int = 8) -> Path:
     """The policy's interface with an image of image_hw×image_hw: measures the service's fixed per-request cost."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     weight = np.full((3 + 48, 7), 0.01, dtype=np.float32)
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-        helper.make_node("Concat", ["flat", "robot_state"], ["feat"], axis=1),
-        helper.make_node("Gemm", ["feat", "W", "B"], ["action"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "small_io",
-        [
-            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, image_hw, image_hw]),
-            helper.make_tensor_value_info("robot_state", TensorProto.FLOAT, ["batch", 48]),
-        ],
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", 7])],
-        initializer=[
-            numpy_helper.from_array(weight, "W"),
-            numpy_helper.from_array(np.zeros(7, np.float32), "B"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edge-bench")
-    model.ir_version = 8
-    root.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, root / "model.onnx")
-    manifest = BundleManifest(
-        precision="fp32",
-        opset=17,
-        inputs=[
-            TensorSpec("image", "float32", ("batch", 3, image_hw, image_hw)),
-            TensorSpec("robot_state", "float32", ("batch", 48)),
-        ],
-        outputs=[TensorSpec("action", "float32", ("batch", 7))],
-        batch=BatchProfile(1, 1, 8),
-        files={"model.onnx": sha256_file(root / "model.onnx")},
-        name="small-io",
-    )
-    (root / "bundle.json").write_text(manifest.to_json())
-    return root
+    return write_linear_bundle(root, weight, np.zeros(7, np.float32), image_hw=image_hw, name="small-io",
+                               producer="edge-bench")

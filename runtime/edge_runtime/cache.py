@@ -98,7 +98,8 @@ class CachedEngine:
     path: Path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so a rename inside it survives a power cut (shared with the bundle writer)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -176,7 +177,7 @@ class EngineCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from edge_deploy.errors import OutputError
 from edge_runtime.bundle import MANIFEST, BundleManifest, ModelBundle, sha256_file
+from edge_runtime.cache import fsync_dir
 
 
 def check_writable(target: Path, force: bool = False) -> None:
@@ -69,13 +70,13 @@ class BundleWriter:
             with p.open("rb") as f:
                 os.fsync(f.fileno())
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is read by other users
-        _fsync_dir(self.tmp)
+        fsync_dir(self.tmp)
         old: Path | None = None
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
             os.replace(self.target, old)
         os.replace(self.tmp, self.target)
-        _fsync_dir(self.target.parent)
+        fsync_dir(self.target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return ModelBundle.load(self.target)
@@ -91,11 +92,3 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
