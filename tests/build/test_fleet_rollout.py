@@ -115,13 +115,11 @@ def test_dry_run_touches_nothing(tmp_path: Path) -> None:
     assert all(r["timings"] == {} for r in out["robots"])
 
 
-def test_missing_known_hosts_is_refused(tmp_path: Path) -> None:
+def test_missing_known_hosts_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     r = Robot(name="r0", host="127.0.0.1", port=closed_port(), known_hosts=None)
     import edge_deploy.fleet.ssh as ssh
 
-    ssh_home = Path("~/.ssh/known_hosts").expanduser()
-    if ssh_home.is_file():
-        pytest.skip("this user has a ~/.ssh/known_hosts")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts to fall back on
     out = run(Rollout([r], req()))
     assert out["robots"][0]["outcome"] == "refused"
     assert "known_hosts" in out["robots"][0]["reason"]
