@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -187,18 +187,11 @@ def deploy_to_device(package: str, target_ip: str, config: Mapping[str, Any] | N
             f"Deploying needs the fleet rollout (edge_deploy.rollout), which is not available: {exc}."
         ) from None
     cfg = dict(config or {})
-    robot_keys = {
-        "user",
-        "port",
-        "ssh_key",
-        "known_hosts",
-        "jetson_model",
-        "service_port",
-        "compose_dir",
-        "gpu",
-    }
+    robot_keys = {f.name for f in fields(Robot)} - {"name", "host"}  # every inventory field
     robot_kw: dict[str, Any] = {
-        k: (Path(v) if k in ("ssh_key", "known_hosts") else v) for k, v in cfg.items() if k in robot_keys
+        k: (Path(v) if k in ("ssh_key", "known_hosts") else v)
+        for k, v in cfg.items()
+        if k in robot_keys
     }
     robot = Robot(name=str(cfg.pop("name", target_ip)), host=target_ip, **robot_kw)
     for k in robot_keys:
