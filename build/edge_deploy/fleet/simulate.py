@@ -272,12 +272,16 @@ def start_sshd(sim: Simulation, robot: SimRobot) -> None:
     # The daemon writes its pidfile once it listens; a port answering without it is someone else's.
     pidfile = rdir / "sshd.pid"
     deadline = time.monotonic() + 15
-    while not pidfile.is_file() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if not pidfile.is_file():
+    pid: int | None = None
+    while pid is None and time.monotonic() < deadline:
+        try:  # the file can exist before the number is written into it
+            pid = int(pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.1)
+    if pid is None:
         last = (log.read_text().strip().splitlines() or ["no log"])[-1] if log.is_file() else "no log"
         raise FleetError(f"sshd for {robot.name} did not start on 127.0.0.1:{robot.ssh_port} ({last}).")
-    robot.sshd_pid = int(pidfile.read_text().strip())
+    robot.sshd_pid = pid
     _wait_port(robot.ssh_port)
 
 
