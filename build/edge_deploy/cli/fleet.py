@@ -9,6 +9,9 @@ import click
 
 from edge_deploy.fleet import simulate as sim
 
+STATE_ROOT = click.option("--state-root", type=click.Path(path_type=Path), default=sim.DEFAULT_STATE_ROOT,
+                          show_default=True, envvar="EDGE_FLEET_STATE", help="Where simulated fleets keep state.")
+
 
 @click.group()
 def fleet() -> None:
@@ -18,13 +21,7 @@ def fleet() -> None:
 @fleet.command("simulate")
 @click.option("--robots", "-n", type=click.IntRange(1, 50), default=2, show_default=True)
 @click.option("--name", default="sim", show_default=True, help="Fleet name (state under the state root).")
-@click.option(
-    "--state-root",
-    type=click.Path(path_type=Path),
-    default=sim.DEFAULT_STATE_ROOT,
-    show_default=True,
-    envvar="EDGE_FLEET_STATE",
-)
+@STATE_ROOT
 @click.option(
     "--registry",
     default=sim.DEFAULT_REGISTRY,
@@ -58,13 +55,7 @@ def simulate(
 
 @fleet.command("stop")
 @click.option("--name", default="sim", show_default=True)
-@click.option(
-    "--state-root",
-    type=click.Path(path_type=Path),
-    default=sim.DEFAULT_STATE_ROOT,
-    show_default=True,
-    envvar="EDGE_FLEET_STATE",
-)
+@STATE_ROOT
 @click.option("--purge", is_flag=True, help="Also delete the robots' users, image stores and state.")
 def stop(name: str, state_root: Path, purge: bool) -> None:
     """Stop a simulated fleet's sshd and dockerd processes (by recorded PID)."""
@@ -74,13 +65,7 @@ def stop(name: str, state_root: Path, purge: bool) -> None:
 
 
 @fleet.command("list")
-@click.option(
-    "--state-root",
-    type=click.Path(path_type=Path),
-    default=sim.DEFAULT_STATE_ROOT,
-    show_default=True,
-    envvar="EDGE_FLEET_STATE",
-)
+@STATE_ROOT
 @click.option("--json", "as_json", is_flag=True)
 def list_(state_root: Path, as_json: bool) -> None:
     """List simulated robots and whether their processes run."""
