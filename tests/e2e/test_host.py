@@ -43,9 +43,32 @@ def test_env_prints_the_contract_other_tools_read() -> None:
     assert env["EDGE_L4T_BASE"].startswith("localhost:5000/edge-deploy/")
 
 
+def _lock_holders(lock: Path) -> list[str]:
+    """Processes with `lock` open (a daemon that inherited host-setup's lock fd would block every later run)."""
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone, or not ours to read
+            continue
+        if str(lock) in fds:
+            holders.append(f"{proc.name} ({cmd})")
+    return holders
+
+
+def test_daemons_started_by_setup_do_not_hold_its_lock(docker_host: str) -> None:
+    need(os.geteuid() == 0, "root (to read other processes' open files)")
+    state = Path(host_env()["EDGE_STATE"])
+    assert _lock_holders(state / ".setup.lock") == []
+
+
 def test_setup_again_is_fast_and_leaves_the_running_engine_alone(docker_host: str) -> None:
     need(os.geteuid() == 0, "root (host-setup installs packages and starts daemons)")
     state = Path(host_env()["EDGE_STATE"])
+    assert _lock_holders(state / ".setup.lock") == [], "a running process holds host-setup's lock"
     pids_before = {p.name: p.read_text() for p in state.glob("*.pid")}
     t0 = time.monotonic()
     out = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=120, env=_clean_env())
