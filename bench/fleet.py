@@ -150,24 +150,12 @@ def _bound(timings: dict[str, float]) -> str:
 def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[dict[str, Any]]:
     from edge_deploy.fleet import FleetError
     from edge_deploy.fleet import simulate as sim
-    from edge_deploy.release.manifest import ReleaseImage, ReleaseManifest, save_release
+    from edge_deploy.release.manifest import ReleaseManifest, save_release
     from edge_deploy.rollout import deploy_release, rollback
 
     releases = root / f"releases-{n}"
     for tag, ref in refs.items():
-        repo, digest = ref.split("@")
-        save_release(
-            ReleaseManifest(
-                tag,
-                "bench",
-                "2026-01-01T00:00:00Z",
-                {"runtime": ReleaseImage(repo, digest)},
-                "0" * 64,
-                "fp32",
-                "standin",
-            ),
-            releases,
-        )
+        save_release(ReleaseManifest.for_runtime_image(tag, ref, source="bench"), releases)
     state = root / f"state-{n}"
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)

@@ -240,7 +240,8 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
         "MODEL_DIR": str(model_dir.resolve()), "MODEL": model, "PRECISION": precision, "CALIBRATION": calibration,
         "WHEELHOUSE": str(houses["converter"]),
         "RUNTIME_WHEELHOUSE": str(runtime_wheelhouse(runtime_platforms, houses, python=python)),
-        "RUNTIME_PLATFORMS": runtime_platforms, "GIT_SHA": git_sha(),
+        "RUNTIME_PLATFORMS": runtime_platforms,
+        "GIT_SHA": git_sha(Path.cwd()),  # the build context "." (a release runs bake in its checkout)
         "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if l4t_base:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge_deploy.release.manifest import ReleaseError, load_release
+from edge_deploy.release.manifest import ReleaseError, ReleaseManifest, load_release, save_release
 from edge_deploy.release.registry import Manifest, RegistryError, pushed_bytes, split_ref, split_repository
 from edge_deploy.release.release import Release, ReleaseOptions
 from edge_deploy.release.signing import SigningError
@@ -300,3 +300,13 @@ def test_default_channel_only_moves_forward(repo: Path, reg: FakeRegistry) -> No
     assert hotfix.channels == [] and old_rc.channels == []
     assert rel.create(opts(repo, "0.1.8", channel="stable")).channels == ["stable"]  # explicit: moves
     assert load_release("0.2.0", repo / "releases").channels == []
+
+
+def test_a_release_of_an_image_built_elsewhere_is_pinned_by_digest(tmp_path: Path) -> None:
+    digest = "sha256:" + "ab" * 32
+    m = ReleaseManifest.for_runtime_image("0.9.0", f"localhost:5000/team/runtime@{digest}")
+    assert m.runtime.ref == f"localhost:5000/team/runtime@{digest}"
+    save_release(m, tmp_path)
+    assert load_release("0.9.0", tmp_path).runtime.digest == digest
+    with pytest.raises(ReleaseError, match="not pinned by digest"):
+        ReleaseManifest.for_runtime_image("0.9.1", "localhost:5000/team/runtime:latest")

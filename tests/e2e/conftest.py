@@ -119,9 +119,10 @@ def built_images(docker_host: str, sample_model_dir: Path,
             delete_tags(docker_host, f"edge-deploy/{name}", version)
 
 
-def delete_tags(registry: str, repository: str, prefix: str) -> None:
+def delete_tags(registry: str, repository: str, prefix: str | None) -> None:
     """Delete the manifests tagged ``prefix`` or ``prefix-…``, unless another tag shares the digest (a
-    release made from the test image keeps it). Best effort: a registry error leaves the tags."""
+    release made from the test image keeps it); ``None``: every manifest in the repository. Best effort: a
+    registry error leaves the tags. The blobs go at the next ``scripts/host-prune`` (registry GC)."""
     import httpx
 
     base = f"http://{registry}/v2/{repository}"
@@ -135,7 +136,7 @@ def delete_tags(registry: str, repository: str, prefix: str) -> None:
             if digest:
                 by_digest.setdefault(digest, set()).add(tag)
         for digest, names in by_digest.items():
-            if all(t == prefix or t.startswith(prefix + "-") for t in names):
+            if prefix is None or all(t == prefix or t.startswith(prefix + "-") for t in names):
                 httpx.delete(f"{base}/manifests/{digest}", timeout=30)
     except httpx.HTTPError:
         pass

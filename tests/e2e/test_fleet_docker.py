@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from edge_deploy.release.manifest import ReleaseImage, ReleaseManifest, save_release
+from edge_deploy.release.manifest import ReleaseManifest, save_release
 from edge_runtime.errors import EdgeError
 from tests.support import need
 
@@ -135,19 +135,7 @@ class Env:
 
 
 def release(releases: Path, version: str, ref: str) -> None:
-    repo, digest = ref.split("@")
-    save_release(
-        ReleaseManifest(
-            version,
-            "test",
-            "2026-01-01T00:00:00Z",
-            {"runtime": ReleaseImage(repo, digest)},
-            "0" * 64,
-            "fp32",
-            "standin",
-        ),
-        releases,
-    )
+    save_release(ReleaseManifest.for_runtime_image(version, ref, source="test"), releases)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.docker]
 
 SETUP = REPO_ROOT / "scripts" / "host-setup"
 TEARDOWN = REPO_ROOT / "scripts" / "host-teardown"
+PRUNE = REPO_ROOT / "scripts" / "host-prune"
 CONTRACT_KEYS = ("EDGE_HOST_BIN", "EDGE_HOST_STATE", "EDGE_HOST_PREFIX", "EDGE_REGISTRY", "EDGE_STATE")
 
 
@@ -168,3 +170,85 @@ def test_teardown_stops_only_the_recorded_processes(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.terminate()
                 p.wait(timeout=30)
+
+
+def test_prune_removes_matching_registry_repositories_and_keeps_the_rest(docker_host: str) -> None:
+    import httpx
+
+    need(os.geteuid() == 0, "root (host-prune stops and starts the registry)")
+    env = host_env()
+    state = Path(env["EDGE_STATE"])
+    registry = f"http://{env['EDGE_REGISTRY_ADDR']}"
+    pid_file = state / "registry.pid"
+    need(pid_file.exists(), "a registry started by scripts/host-setup (host-prune leaves any other alone)")
+    old_pid = pid_file.read_text().strip()
+    repo = f"edge-deploy-prunetest-{uuid.uuid4().hex[:8]}/base"
+    # A copy of the stand-in base's index with an annotation of its own: a manifest only this repo holds.
+    subprocess.run(
+        [
+            "docker",
+            "buildx",
+            "imagetools",
+            "create",
+            "--annotation",
+            f"index:org.example.prunetest={repo}",
+            "-t",
+            f"{docker_host}/{repo}:1",
+            STANDIN,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
+    manifest_accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    digest = httpx.head(f"{registry}/v2/{repo}/manifests/1", headers=accept, timeout=30).headers[
+        "Docker-Content-Digest"
+    ]
+    root = next(
+        line.split(":", 1)[1].strip()
+        for line in (state / "registry.yml").read_text().splitlines()
+        if "rootdirectory:" in line
+    )
+    blob = Path(root) / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data"
+    assert blob.exists()
+
+    out = subprocess.run(
+        [str(PRUNE), "--no-images", "--repos", repo.split("/")[0]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_clean_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert httpx.get(f"{registry}/v2/", timeout=30).status_code == 200, "the registry is back"
+    assert pid_file.read_text().strip() != old_pid
+    assert _lock_holders(state / ".setup.lock") == []
+    assert repo not in httpx.get(f"{registry}/v2/_catalog?n=10000", timeout=30).json()["repositories"]
+    assert not blob.exists(), "garbage collection removed the manifest only the deleted repository held"
+    # Everything else is intact, multi-platform indexes included (their platform manifests are untagged).
+    base_repo, base_tag = STANDIN.split("/", 1)[1].rsplit(":", 1)
+    index = httpx.get(f"{registry}/v2/{base_repo}/manifests/{base_tag}", headers=accept, timeout=30).json()
+    platforms = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
+    assert {"amd64", "arm64"} <= set(platforms)
+    for child in platforms.values():  # untagged per-platform manifests survive the collection
+        assert (
+            httpx.head(
+                f"{registry}/v2/{base_repo}/manifests/{child}", headers=manifest_accept, timeout=30
+            ).status_code
+            == 200
+        )
+    pulled = subprocess.run(
+        ["docker", "pull", "--platform", "linux/arm64", "-q", STANDIN],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+
+
+def test_prune_refuses_bad_options_in_one_sentence() -> None:
+    out = subprocess.run([str(PRUNE), "--keep-cache", "lots"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert out.stderr.strip() == "host-prune: error: --keep-cache takes a size such as 10GB, not 'lots'."

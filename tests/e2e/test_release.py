@@ -21,7 +21,8 @@ from edge_deploy.release.manifest import ReleaseError, ReleaseManifest, load_rel
 from edge_deploy.release.registry import Registry, RegistryError
 from edge_deploy.release.release import Release, ReleaseOptions
 from edge_deploy.release.signing import SigningError, generate_key_pair, sign_image, verify_image
-from tests.e2e.conftest import STANDIN, STANDIN_PYTHON
+from tests.e2e.conftest import STANDIN, STANDIN_PYTHON, delete_tags
+from tests.e2e.test_images import registry_get
 from tests.support import need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,11 +133,15 @@ def released(
     manifests["0.2.0-rc.1"] = ReleaseManifest.from_dict(json.loads(cli.stdout))
     for v, m in manifests.items():
         print(f"release {v}: pushed {m.pushed_bytes} bytes {m.extra.get('pushed_bytes_per_image')}")
-    yield Released(repo, rel, prefix, Registry(docker_host), pub, key, manifests)
-    if old_password is None:
-        os.environ.pop("COSIGN_PASSWORD", None)
-    else:
-        os.environ["COSIGN_PASSWORD"] = old_password
+    try:
+        yield Released(repo, rel, prefix, Registry(docker_host), pub, key, manifests)
+    finally:
+        if old_password is None:
+            os.environ.pop("COSIGN_PASSWORD", None)
+        else:
+            os.environ["COSIGN_PASSWORD"] = old_password
+        for name in ("converter", "runtime"):  # this run's repositories: tags, signatures, attestations
+            delete_tags(docker_host, f"{prefix}/{name}", None)
 
 
 def test_tags_resolve_to_recorded_digests(released: Released) -> None:
@@ -181,6 +186,11 @@ def test_manifests_are_written_and_git_tags_annotated(released: Released) -> Non
         assert saved.runtime.ref == m.runtime.ref and saved.git_sha == git(released.repo, "rev-parse", "HEAD")
         assert git(released.repo, "cat-file", "-t", f"v{version}") == "tag"
         assert saved.runtime.signature and saved.runtime.signature.endswith(".sig")
+        # The image says which commit it was built from: the released checkout's.
+        child = registry_get(m.runtime.repository, m.runtime.platforms["linux/arm64"])
+        cfg = registry_get(m.runtime.repository, child["config"]["digest"], "blobs")
+        assert cfg["config"]["Labels"]["org.opencontainers.image.revision"] == saved.git_sha
+        assert cfg["config"]["Labels"]["org.opencontainers.image.version"] == version
 
 
 def test_signatures_verify(released: Released) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,23 @@ class ReleaseManifest:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
+    def for_runtime_image(cls, version: str, ref: str, source: str = "external") -> ReleaseManifest:
+        """A release of a runtime image that another pipeline built and pushed (``repo@sha256:…``), so
+        rollout and rollback can pin it by digest; bundle and precision are not known here."""
+        repository, sep, digest = ref.partition("@")
+        if not sep or not digest.startswith("sha256:"):
+            raise ReleaseError(f"Image reference {ref!r} is not pinned by digest (repository@sha256:…).")
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return cls(
+            version, source, created, {"runtime": ReleaseImage(repository, digest)}, "", "unknown", "unknown"
+        )
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReleaseManifest:
         if d.get("schema_version") != SCHEMA_VERSION:
-            raise ReleaseError(f"Release manifest has schema version {d.get('schema_version')!r}, "
-                               f"expected {SCHEMA_VERSION}.")
+            raise ReleaseError(
+                f"Release manifest has schema version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}."
+            )
         try:
             images = {k: ReleaseImage(**v) for k, v in d["images"].items()}
             return cls(**{**d, "images": images})
