@@ -79,6 +79,10 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         ("robots: [{name: r1, host: h}, {name: r2, host: h}]", ["'r2'", "same host and port", "'r1'"]),
         ("robots: [{name: r1, host: h, compose_dir: ../etc}]", ["'r1'", "compose_dir"]),
         ("robots: [{name: r1, host: h, gpu: maybe}]", ["'r1'", "'gpu'"]),
+        (
+            "robots: [{name: r1, host: h, health_start_interval_s: 0}]",
+            ["'r1'", "health_start_interval_s", "0.1"],
+        ),
         ("robots: []", ["'robots'", "non-empty"]),
         ("defaults: {name: x}\nrobots: [{name: r1, host: h}]", ["'defaults'", "'name'"]),
         ("robots:\n  - name: r1\n   host: h", ["not valid YAML", "line"]),

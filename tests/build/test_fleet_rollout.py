@@ -127,7 +127,7 @@ def test_missing_known_hosts_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_env_and_bundle_for_simulated_and_jetson_robots() -> None:
-    sim = Robot(name="s", host="h", gpu=False, service_port=18081)
+    sim = Robot(name="s", host="h", gpu=False, service_port=18081, health_start_interval_s=5)
     jet = Robot(name="j", host="h", gpu=True)
     r = DeployRequest("0.2.0", "reg/rt@sha256:" + "b" * 64, include_ros2=True, ros_domain_id=7)
     env_sim = dict(
@@ -138,6 +138,8 @@ def test_env_and_bundle_for_simulated_and_jetson_robots() -> None:
     assert env_sim["EDGE_IMAGE"] == r.image and env_sim["EDGE_PORT"] == "18081"
     assert env_sim["COMPOSE_FILE"] == "compose.yaml:compose.ros2.yaml"
     assert env_sim["EDGE_ROS2"] == "1" and env_sim["ROS_DOMAIN_ID"] == "7"
+    assert env_sim["EDGE_HEALTH_START_INTERVAL"] == "5000ms"
+    assert "EDGE_HEALTH_START_INTERVAL=1000ms" in env_file(jet, req())  # the default: a check a second
     assert "compose.jetson.yaml" in env_file(jet, req())
     files = bundle_files(sim, r)
     assert {"compose.yaml", "compose.jetson.yaml", "compose.ros2.yaml", ".env", "release.json"} <= set(files)

@@ -33,6 +33,7 @@ ROBOT_FIELDS = {
     "lock_wait_s",
     "gpu",
     "connect_timeout_s",
+    "health_start_interval_s",
 }
 DEFAULT_FIELDS = ROBOT_FIELDS - {"name", "host"}
 TOP_FIELDS = {"fleet", "defaults", "robots", "public_key", "releases_dir"}
@@ -58,6 +59,10 @@ class Robot:
     lock_wait_s: float = 30.0  # how long to wait for the application's update lock before skipping
     gpu: bool = True  # real Jetson: add compose.jetson.yaml (runtime: nvidia); simulated robots: false
     connect_timeout_s: float = 10.0
+    # How often Docker runs the healthcheck while the service starts (compose `start_interval`): it bounds how
+    # soon `up --wait` sees a new release healthy. Each check starts a Python process; raise it on robots
+    # where that is slow (the simulator's emulated arm64 robots use 5 s).
+    health_start_interval_s: float = 1.0
 
     def in_group(self, group: str) -> bool:
         return group in self.groups
@@ -176,6 +181,11 @@ def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int
     for key in ("lock_wait_s", "connect_timeout_s"):
         if key in d:
             kw[key] = _num(d[key], where, key)
+    if "health_start_interval_s" in d:
+        v = _num(d["health_start_interval_s"], where, "health_start_interval_s")
+        if not 0.1 <= v <= 300:
+            raise _err(where, "health_start_interval_s", f"expected 0.1 to 300 seconds, got {v:g}")
+        kw["health_start_interval_s"] = v
     if "gpu" in d:
         if not isinstance(d["gpu"], bool):
             raise _err(where, "gpu", f"expected true or false, got {d['gpu']!r}")
@@ -267,6 +277,7 @@ def dump_fleet(fleet: Fleet) -> str:
             "gpu": r.gpu,
             "min_free_mb": r.min_free_mb,
             "lock_wait_s": r.lock_wait_s,
+            "health_start_interval_s": r.health_start_interval_s,
         }
         if r.labels:
             d["labels"] = dict(r.labels)

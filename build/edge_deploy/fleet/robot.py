@@ -123,6 +123,7 @@ def env_file(robot: Robot, req: DeployRequest) -> str:
         f"EDGE_RELEASE={req.version}",
         f"EDGE_PLATFORM={robot.platform}",
         f"EDGE_PORT={robot.service_port}",
+        f"EDGE_HEALTH_START_INTERVAL={robot.health_start_interval_s * 1000:.0f}ms",
         f"COMPOSE_FILE={':'.join(files)}",
         f"COMPOSE_PROJECT_NAME={PROJECT}",
         f"EDGE_ROS2={1 if req.include_ros2 else 0}",
