@@ -66,8 +66,10 @@ def run(rollout: Rollout) -> dict:
     return asyncio.run(rollout.run()).to_dict()
 
 
-def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
-    rs = [
+def unreachable_robots(tmp_path: Path, n: int) -> list[Robot]:
+    """Robots on closed loopback ports: every connection is refused at once."""
+    (tmp_path / "kh").write_text("")
+    return [
         Robot(
             name=f"r{i}",
             host="127.0.0.1",
@@ -75,9 +77,12 @@ def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
             known_hosts=tmp_path / "kh",
             connect_timeout_s=2,
         )
-        for i in range(4)
+        for i in range(n)
     ]
-    (tmp_path / "kh").write_text("")
+
+
+def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
+    rs = unreachable_robots(tmp_path, 4)
     out = run(Rollout(rs, req(), canary=1, max_failures=5))
     outcomes = [r["outcome"] for r in out["robots"]]
     assert outcomes == ["unreachable", "not_reached", "not_reached", "not_reached"]
@@ -85,17 +90,7 @@ def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
 
 
 def test_max_failures_budget(tmp_path: Path) -> None:
-    (tmp_path / "kh").write_text("")
-    rs = [
-        Robot(
-            name=f"r{i}",
-            host="127.0.0.1",
-            port=closed_port(),
-            known_hosts=tmp_path / "kh",
-            connect_timeout_s=2,
-        )
-        for i in range(4)
-    ]
+    rs = unreachable_robots(tmp_path, 4)
     out = run(Rollout(rs, req(), wave_size=1, max_failures=1))
     assert [r["outcome"] for r in out["robots"]] == [
         "unreachable",

@@ -18,7 +18,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 def test_engine_build_list_verify_clear(tiny_bundle: Path, tmp_path: Path) -> None:
     cache = str(tmp_path / "cache")
-    code, out = invoke(
+    build = (
         "engine",
         "build",
         "--bundle",
@@ -29,20 +29,11 @@ def test_engine_build_list_verify_clear(tiny_bundle: Path, tmp_path: Path) -> No
         "onnxruntime",
         "--json",
     )
+    code, out = invoke(*build)
     assert code == 0, out
     built = json.loads(out[out.index("{") :])
     assert built["hit"] is False
-    code, out = invoke(
-        "engine",
-        "build",
-        "--bundle",
-        str(tiny_bundle),
-        "--cache",
-        cache,
-        "--backend",
-        "onnxruntime",
-        "--json",
-    )
+    code, out = invoke(*build)
     assert json.loads(out[out.index("{") :])["hit"] is True
     code, out = invoke("engine", "list", "--cache", cache, "--json")
     listed = json.loads(out)
