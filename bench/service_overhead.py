@@ -3,8 +3,9 @@
 The service runs as its own process (as on the robot); the client keeps one HTTP/1.1 connection open and
 sends pre-encoded bodies, so client-side encoding is not counted. Raw: the same cached engine loaded in
 this process. Two models: the conv policy with a full 224×224 image (JSON bodies carry it as nested
-lists, so parsing dominates; npz is the binary path), and the same interface with an 8×8 image, whose
-~1.5 KB npz body shows the fixed per-request cost of the HTTP stack.
+lists, so parsing dominates; npz and the Open Inference Protocol's binary tensor extension ("v2 binary",
+raw bytes after a JSON header) are the binary paths), and the same interface with an 8×8 image, whose
+~1.5 KB body shows the fixed per-request cost of the HTTP stack.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from bench._serve import ServiceProcess
 from bench.models import write_conv_policy_bundle, write_small_io_bundle
+from edge_runtime.oip import encode_request
 
 NAME = "service_overhead"
 
@@ -35,13 +37,15 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _post_timer(port: int, body: bytes, ctype: str) -> tuple[http.client.HTTPConnection, Callable[[], float]]:
+def _post_timer(
+    port: int, body: bytes, ctype: str, path: str = "/v1/infer", extra: dict[str, str] | None = None
+) -> tuple[http.client.HTTPConnection, Callable[[], float]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Type": ctype, "Accept": ctype}
+    headers = {"Content-Type": ctype, "Accept": ctype, **(extra or {})}
 
     def call() -> float:
         t0 = time.perf_counter_ns()
-        conn.request("POST", "/v1/infer", body=body, headers=headers)
+        conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
         dt = (time.perf_counter_ns() - t0) / 1e6
@@ -69,11 +73,23 @@ def _measure(
     engine = EngineCache(cache).open(backend, bundle, options, device_identity()).engine
     buf = io.BytesIO()
     np.savez(buf, **feeds)  # type: ignore[arg-type]
-    bodies = {"npz": (buf.getvalue(), "application/x-npz")}
+    v2_body, v2_header = encode_request(feeds)  # binary inputs, binary outputs: what tritonclient sends
+    v2_path = f"/v2/models/{bundle.manifest.name}/infer"
+    bodies: dict[str, tuple[bytes, str, str, dict[str, str]]] = {
+        "npz": (buf.getvalue(), "application/x-npz", "/v1/infer", {}),
+        "v2 binary": (
+            v2_body,
+            "application/octet-stream",
+            v2_path,
+            {"Inference-Header-Content-Length": str(v2_header)},
+        ),
+    }
     if with_json:
         bodies["JSON"] = (
             json.dumps({"inputs": {k: v.tolist() for k, v in feeds.items()}}).encode(),
             "application/json",
+            "/v1/infer",
+            {},
         )
     samples: dict[str, list[float]] = {"raw": [], **{k: [] for k in bodies}}
 
@@ -85,7 +101,7 @@ def _measure(
     block = 25
     with ServiceProcess(bundle_dir, cache, backend.name, ["--warmup", "10", *serve_args]) as svc:
         svc.wait_ready()
-        clients = {k: _post_timer(svc.port, body, ctype) for k, (body, ctype) in bodies.items()}
+        clients = {k: _post_timer(svc.port, *spec) for k, spec in bodies.items()}
         calls: dict[str, Callable[[], float]] = {
             "raw": raw_call,
             **{k: c for k, (_conn, c) in clients.items()},
@@ -100,7 +116,7 @@ def _measure(
     engine.close()
     return {
         "stats": {k: _percentiles(v) for k, v in samples.items()},
-        "body_bytes": {k: len(body) for k, (body, _c) in bodies.items()},
+        "body_bytes": {k: len(spec[0]) for k, spec in bodies.items()},
     }
 
 
@@ -190,9 +206,15 @@ def run(args: Any = None) -> dict[str, Any]:
         npz_inline_added_p50_ms=by[("conv-policy", "POST npz inline")]["added_p50_ms"],
         json_added_p50_ms=by[("conv-policy", "POST JSON")]["added_p50_ms"],
         json_added_p99_ms=by[("conv-policy", "POST JSON")]["added_p99_ms"],
+        v2_binary_added_p50_ms=by[("conv-policy", "POST v2 binary")]["added_p50_ms"],
+        v2_binary_added_p99_ms=by[("conv-policy", "POST v2 binary")]["added_p99_ms"],
+        v2_binary_inline_added_p50_ms=by[("conv-policy", "POST v2 binary inline")]["added_p50_ms"],
         fixed_added_p50_ms=by[("small-io", "POST npz")]["added_p50_ms"],
         fixed_added_p99_ms=by[("small-io", "POST npz")]["added_p99_ms"],
         fixed_inline_added_p50_ms=by[("small-io", "POST npz inline")]["added_p50_ms"],
+        fixed_v2_added_p50_ms=by[("small-io", "POST v2 binary")]["added_p50_ms"],
+        fixed_v2_added_p99_ms=by[("small-io", "POST v2 binary")]["added_p99_ms"],
+        fixed_v2_inline_added_p50_ms=by[("small-io", "POST v2 binary inline")]["added_p50_ms"],
         http_floor_p50_ms=by[("small-io", "no-op ASGI app (HTTP floor)")]["p50_ms"],
         rows=rows,
     )

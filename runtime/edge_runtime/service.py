@@ -16,18 +16,20 @@ import os
 import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_runtime import oip
 from edge_runtime.backends import Backend, BuildOptions, Engine, check_feeds, get_backend
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.cache import CachedEngine, EngineCache
 from edge_runtime.device import DeviceProbe, probe
 from edge_runtime.errors import EdgeError, InputError
+from edge_runtime.oip import ProtocolError
 from edge_runtime.thermal import STATE_CODES, ThermalGovernor, ThermalPolicy
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class ServiceMetrics:
         buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
         self.latency = Histogram(
             "edge_request_latency_seconds",
-            "POST /v1/infer latency, request to response",
+            "POST /v1/infer and /v2 infer latency, request to response",
             registry=registry,
             buckets=buckets,
         )
@@ -433,58 +435,158 @@ def create_app(
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def infer(request: Request) -> Response:
+    # Label children bound once: a labels() lookup per request is measurable at this scale.
+    ok_count, fail_count, engine_errors = (
+        metrics.requests.labels("200"),
+        metrics.requests.labels("500"),
+        metrics.errors.labels("engine"),
+    )
+
+    async def guarded(handle: Callable[[], Awaitable[Response]]) -> Response:
+        """Status codes, metrics and error bodies shared by /v1 and /v2 infer (``{"error": sentence}``)."""
         t0 = time.perf_counter()
         try:
+            response = await handle()
+        except (RequestError, ProtocolError) as exc:
+            metrics.requests.labels(str(exc.status)).inc()
+            metrics.errors.labels(exc.reason).inc()
+            headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+        except EdgeError as exc:
+            fail_count.inc()
+            engine_errors.inc()
+            return JSONResponse({"error": str(exc)}, status_code=500)
+        except Exception as exc:  # a backend failure must not take the service down or leak a traceback
+            log.exception("inference failed")
+            fail_count.inc()
+            engine_errors.inc()
+            return JSONResponse(
+                {"error": f"Inference failed ({type(exc).__name__}); see the service log."}, status_code=500
+            )
+        ok_count.inc()
+        metrics.latency.observe(time.perf_counter() - t0)
+        return response
+
+    async def run_engine(feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """``service.infer`` inline or on the thread pool; returns the outputs and the engine time in ms."""
+        t_inf = time.perf_counter()
+        if service.config.inline_infer:
+            outputs = service.infer(feeds)
+        else:
+            outputs = await run_in_threadpool(service.infer, feeds)
+        return outputs, (time.perf_counter() - t_inf) * 1000.0
+
+    def loaded_bundle() -> ModelBundle:
+        if service.bundle is None:
+            raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
+        return service.bundle
+
+    async def infer(request: Request) -> Response:
+        async def handle() -> Response:
             body = await read_body(request)
             ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
             if ctype == NPZ:
                 feeds = decode_npz(body)
             elif ctype in ("application/json", "text/json", ""):
-                if service.bundle is None:
-                    raise RequestError(
-                        503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200."
-                    )
-                feeds = decode_json(body, service.bundle.inputs)
+                feeds = decode_json(body, loaded_bundle().inputs)
             else:
                 raise RequestError(
                     415,
                     "media_type",
                     f"Content-Type {ctype} is not supported; send application/json or {NPZ}.",
                 )
-            t_inf = time.perf_counter()
-            if service.config.inline_infer:
-                outputs = service.infer(feeds)
-            else:
-                outputs = await run_in_threadpool(service.infer, feeds)
-            latency_ms = (time.perf_counter() - t_inf) * 1000.0
+            outputs, latency_ms = await run_engine(feeds)
             if NPZ in request.headers.get("accept", ""):
-                response: Response = Response(
+                return Response(
                     encode_npz(outputs), media_type=NPZ, headers={"X-Latency-Ms": f"{latency_ms:.3f}"}
                 )
-            else:
-                response = JSONResponse(
-                    {"outputs": {k: v.tolist() for k, v in outputs.items()}, "latency_ms": latency_ms}
-                )
-        except RequestError as exc:
-            metrics.requests.labels(str(exc.status)).inc()
-            metrics.errors.labels(exc.reason).inc()
-            headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
-        except EdgeError as exc:
-            metrics.requests.labels("500").inc()
-            metrics.errors.labels("engine").inc()
-            return JSONResponse({"error": str(exc)}, status_code=500)
-        except Exception as exc:  # a backend failure must not take the service down or leak a traceback
-            log.exception("inference failed")
-            metrics.requests.labels("500").inc()
-            metrics.errors.labels("engine").inc()
             return JSONResponse(
-                {"error": f"Inference failed ({type(exc).__name__}); see the service log."}, status_code=500
+                {"outputs": {k: v.tolist() for k, v in outputs.items()}, "latency_ms": latency_ms}
             )
-        metrics.requests.labels("200").inc()
-        metrics.latency.observe(time.perf_counter() - t0)
-        return response
+
+        return await guarded(handle)
+
+    # -- Open Inference Protocol (KServe v2 / Triton HTTP) ---------------------------------------------
+    def v2_error(status: int, message: str, retry: bool = False) -> Response:
+        return JSONResponse(
+            {"error": message}, status_code=status, headers={"Retry-After": "1"} if retry else None
+        )
+
+    def v2_model(request: Request) -> ModelBundle:
+        """The bundle the path names (its model name, version "1" if given); 404 for any other."""
+        bundle = loaded_bundle()
+        name = request.path_params["name"]
+        version = request.path_params.get("version", oip.MODEL_VERSION)
+        if name != bundle.manifest.name or version != oip.MODEL_VERSION:
+            shown = name if "version" not in request.path_params else f"{name} version {version}"
+            raise ProtocolError(
+                f"Model {shown!r} is not served here; this service serves {bundle.manifest.name!r} "
+                f"version {oip.MODEL_VERSION}.",
+                status=404,
+                reason="unknown_model",
+            )
+        return bundle
+
+    async def v2_server(request: Request) -> Response:
+        from edge_runtime import __version__
+
+        return JSONResponse({"name": "edge-runtime", "version": __version__, "extensions": oip.EXTENSIONS})
+
+    async def v2_live(request: Request) -> Response:
+        status, _body = service.health()
+        return JSONResponse({"live": status == 200}, status_code=status)
+
+    async def v2_ready(request: Request) -> Response:
+        status, _body = service.readiness()
+        return JSONResponse({"ready": status == 200}, status_code=status)
+
+    async def v2_model_ready(request: Request) -> Response:
+        try:
+            v2_model(request)
+        except (RequestError, ProtocolError) as exc:
+            return v2_error(exc.status, str(exc), retry=exc.status == 503)
+        status, _body = service.readiness()
+        return JSONResponse({"name": request.path_params["name"], "ready": status == 200}, status_code=status)
+
+    async def v2_metadata(request: Request) -> Response:
+        try:
+            bundle = v2_model(request)
+        except (RequestError, ProtocolError) as exc:
+            return v2_error(exc.status, str(exc), retry=exc.status == 503)
+        return JSONResponse(
+            {
+                "name": bundle.manifest.name,
+                "versions": [oip.MODEL_VERSION],
+                "platform": service.backend.name if service.backend is not None else "",
+                "inputs": [oip.tensor_metadata(s) for s in bundle.inputs],
+                "outputs": [oip.tensor_metadata(s) for s in bundle.outputs],
+            }
+        )
+
+    async def v2_infer(request: Request) -> Response:
+        async def handle() -> Response:
+            bundle = v2_model(request)
+            encoding = request.headers.get("content-encoding", "identity").strip().lower()
+            if encoding != "identity":
+                raise ProtocolError(
+                    f"Content-Encoding {encoding} is not supported; send the request uncompressed.",
+                    status=415,
+                    reason="media_type",
+                )
+            body = await read_body(request)
+            length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
+            req = oip.decode_request(body, length, bundle.inputs, bundle.outputs)
+            outputs, _latency_ms = await run_engine(req.feeds)
+            content, header_length = oip.encode_response(bundle.manifest.name, req, outputs)
+            if header_length is None:
+                return Response(content, media_type="application/json")
+            return Response(
+                content,
+                media_type="application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(header_length)},
+            )
+
+        return await guarded(handle)
 
     async def healthz(request: Request) -> Response:
         status, body = service.health()
@@ -523,11 +625,20 @@ def create_app(
             # uvicorn has already waited for in-flight requests; close what the service owns.
             await asyncio.to_thread(service.close)
 
-    routes = [
+    routes = [  # Starlette tries routes in order: the two infer routes first (~1 µs per route skipped)
         Route("/v1/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prom, methods=["GET"]),
+        Route("/v2", v2_server, methods=["GET"]),
+        Route("/v2/health/live", v2_live, methods=["GET"]),
+        Route("/v2/health/ready", v2_ready, methods=["GET"]),
+        Route("/v2/models/{name}", v2_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/ready", v2_model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", v2_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", v2_model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -55,16 +55,20 @@ def test_startup_and_service_overhead_run(tmp_path: Path) -> None:
     assert paths == [
         "raw engine.infer",
         "POST npz",
+        "POST v2 binary",
         "POST JSON",
         "raw engine.infer (inline run)",
         "POST npz inline",
+        "POST v2 binary inline",
         "raw engine.infer",
         "POST npz",
+        "POST v2 binary",
         "raw engine.infer (inline run)",
         "POST npz inline",
+        "POST v2 binary inline",
         "no-op ASGI app (HTTP floor)",
     ]
-    assert overhead["fixed_added_p50_ms"] > 0
+    assert overhead["fixed_added_p50_ms"] > 0 and overhead["fixed_v2_added_p50_ms"] > 0
     assert all(row["p99_ms"] >= row["p50_ms"] > 0 for row in overhead["rows"])
     assert overhead["http_floor_p50_ms"] > 0
     assert (tmp_path / "startup.json").is_file() and (tmp_path / "service_overhead.json").is_file()
