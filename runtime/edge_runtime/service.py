@@ -54,6 +54,7 @@ class ServiceConfig:
     thermal_poll_s: float = 1.0
     cache_keep: int = 3
     intra_op_threads: int = 0
+    spin_wait: bool = False
     cuda_graph: bool = False
     # Run inference on the event-loop thread: ~0.1–0.3 ms less per request (bench/service_overhead), but
     # /healthz and /metrics wait while an inference runs (a hung one makes them time out instead of 503).
@@ -186,6 +187,7 @@ class InferenceService:
             batch=self.bundle.manifest.batch,
             workspace_bytes=workspace,
             intra_op_threads=self.config.intra_op_threads,
+            spin_wait=self.config.spin_wait,
             cuda_graph=self.config.cuda_graph,
         )
 

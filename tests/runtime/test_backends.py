@@ -25,6 +25,17 @@ def test_onnxruntime_engine_matches_direct_session(tiny_bundle: Path) -> None:
     engine.close()
 
 
+@pytest.mark.parametrize("spin", [False, True])
+def test_onnxruntime_spin_wait_reaches_the_session(tiny_bundle: Path, spin: bool) -> None:
+    bundle = ModelBundle.load(tiny_bundle)
+    backend = get_backend("onnxruntime")
+    options = BuildOptions(batch=bundle.manifest.batch, spin_wait=spin)
+    engine = backend.load(backend.build(bundle, options), bundle, options)
+    session_options = engine.session.get_session_options()  # type: ignore[attr-defined]
+    assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+    engine.close()
+
+
 def test_onnxruntime_rejects_garbage_engine(tiny_bundle: Path) -> None:
     bundle = ModelBundle.load(tiny_bundle)
     with pytest.raises(EngineBuildError, match="could not load"):

@@ -25,6 +25,10 @@ class BuildOptions:
     calibration_cache: Path | None = None  # TensorRT INT8: entropy calibrator cache
     intra_op_threads: int = 0  # ONNX Runtime: 0 = library default
     inter_op_threads: int = 0
+    # ONNX Runtime: let idle intra-op threads spin-wait for work. Off: on a robot the cores are shared with
+    # drivers and ROS nodes, and spinning threads burn them (and power); measured here it also cut the
+    # service's p99 (bench/service_overhead).
+    spin_wait: bool = False
     cuda_graph: bool = False  # TensorRT runtime: capture the enqueue in a CUDA graph
 
 

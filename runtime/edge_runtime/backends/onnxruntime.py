@@ -63,6 +63,7 @@ class OnnxRuntimeBackend:
         if options.inter_op_threads:
             so.inter_op_num_threads = options.inter_op_threads
         so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
         return so
 
     def build(self, bundle: ModelBundle, options: BuildOptions) -> bytes:

@@ -103,6 +103,13 @@ from edge_runtime.errors import EdgeError
     help="ONNX Runtime intra-op threads (0: one per core).",
 )
 @click.option(
+    "--spin-wait/--no-spin-wait",
+    envvar="EDGE_SPIN_WAIT",
+    default=False,
+    show_default=True,
+    help="ONNX Runtime: idle threads spin for work (lower latency on dedicated cores; burns shared ones).",
+)
+@click.option(
     "--inline-infer",
     is_flag=True,
     envvar="EDGE_INLINE_INFER",
@@ -126,6 +133,7 @@ def serve(
     device_root: Path,
     drain_s: float,
     threads: int,
+    spin_wait: bool,
     inline_infer: bool,
 ) -> None:
     """Serve a model bundle over HTTP: POST /v1/infer, GET /healthz, /readyz, /metrics."""
@@ -159,6 +167,7 @@ def serve(
         device_root=device_root,
         on_thermal_change=on_change,
         intra_op_threads=threads,
+        spin_wait=spin_wait,
         inline_infer=inline_infer,
     )
     service = InferenceService(config, say=lambda msg: click.echo(f"edge-runtime: {msg}", err=True))
