@@ -223,14 +223,14 @@ def _requested(doc: dict[str, Any], params: dict[str, Any], outputs: list[Tensor
     return chosen
 
 
-def encode_response(
-    model_name: str, request: InferRequest, outputs: Mapping[str, np.ndarray]
+def _encode(
+    doc: dict[str, Any], key: str, tensors: list[tuple[str, np.ndarray, bool]]
 ) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the JSON header's length (Triton's layout)."""
+    """``doc[key]`` = one entry per tensor (raw little-endian bytes after the JSON when binary, else flat
+    ``data``); returns the body and, when any tensor is binary, the JSON header's length."""
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name, binary in request.outputs.items():
-        arr = outputs[name]
+    for name, arr, binary in tensors:
         entry: dict[str, Any] = {"name": name, "datatype": datatype(arr.dtype), "shape": list(arr.shape)}
         if binary:
             raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
@@ -239,35 +239,28 @@ def encode_response(
         else:
             entry["data"] = arr.ravel().tolist()
         entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
-    if request.id is not None:
-        doc["id"] = request.id
-    doc["outputs"] = entries
+    doc[key] = entries
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
 
 
+def encode_response(
+    model_name: str, request: InferRequest, outputs: Mapping[str, np.ndarray]
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length (Triton's layout)."""
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
+    if request.id is not None:
+        doc["id"] = request.id
+    return _encode(
+        doc, "outputs", [(name, outputs[name], binary) for name, binary in request.outputs.items()]
+    )
+
+
 def encode_request(
     inputs: Mapping[str, np.ndarray], binary: bool = True, binary_output: bool = True
 ) -> tuple[bytes, int | None]:
     """A request body as tritonclient sends it (benchmarks and tests; clients normally use tritonclient)."""
-    entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, arr in inputs.items():
-        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype(arr.dtype)}
-        if binary:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            entry["data"] = arr.ravel().tolist()
-        entries.append(entry)
-    doc: dict[str, Any] = {"inputs": entries}
-    if binary_output:
-        doc["parameters"] = {"binary_data_output": True}
-    header = json.dumps(doc).encode()
-    if not blobs:
-        return header, None
-    return b"".join([header, *blobs]), len(header)
+    doc: dict[str, Any] = {"parameters": {"binary_data_output": True}} if binary_output else {}
+    return _encode(doc, "inputs", [(name, arr, binary) for name, arr in inputs.items()])

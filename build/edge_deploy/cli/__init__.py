@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import sys
 
-import click
-
 from edge_deploy import __version__
-from edge_runtime.cli.app import LazyGroup, configure_logging, run
+from edge_runtime.cli.app import lazy_cli, run
 
 COMMANDS = {
     # model pipeline
@@ -31,12 +29,9 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edge-deploy")
-@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
-def cli(verbose: int) -> None:
-    """Build and release PyTorch policies to fleets of NVIDIA Jetson robots."""
-    configure_logging(verbose)
+cli = lazy_cli(
+    "edge-deploy", __version__, COMMANDS, "Build and release PyTorch policies to fleets of NVIDIA Jetson robots."
+)
 
 
 def main(argv: list[str] | None = None) -> None:

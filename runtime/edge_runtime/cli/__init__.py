@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import sys
 
-import click
-
 from edge_runtime import __version__
-from edge_runtime.cli.app import LazyGroup, configure_logging, run
+from edge_runtime.cli.app import lazy_cli, run
 
 COMMANDS = {
     "serve": "edge_runtime.cli.serve:serve",
@@ -19,12 +17,12 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edge-runtime")
-@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
-def cli(verbose: int) -> None:
-    """Run a model bundle on a Jetson: engine cache, inference service, device probes and tuning."""
-    configure_logging(verbose)
+cli = lazy_cli(
+    "edge-runtime",
+    __version__,
+    COMMANDS,
+    "Run a model bundle on a Jetson: engine cache, inference service, device probes and tuning.",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

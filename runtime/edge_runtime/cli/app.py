@@ -46,6 +46,24 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def lazy_cli(prog_name: str, version: str, commands: dict[str, str], help_text: str) -> click.Group:
+    """A top-level command (``edge-deploy``, ``edge-runtime``): lazy sub-commands, --version, -v logging."""
+
+    @click.group(
+        prog_name,
+        cls=LazyGroup,
+        lazy_commands=commands,
+        help=help_text,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    @click.version_option(version, prog_name=prog_name)
+    @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+    def cli(verbose: int) -> None:
+        configure_logging(verbose)
+
+    return cli
+
+
 def configure_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
