@@ -86,6 +86,27 @@ def test_setup_again_is_fast_and_leaves_the_running_engine_alone(docker_host: st
     assert "missing" not in check.stderr
 
 
+def test_setup_installs_into_a_fresh_prefix_from_the_package_mirror(docker_host: str, tmp_path: Path) -> None:
+    """The install path a fresh machine takes (download + unpack), into a temporary prefix; the running
+    engine and registry are only checked."""
+    need(os.geteuid() == 0, "root (host-setup installs packages)")
+    where = {k: str(tmp_path / k.lower()) for k in ("PREFIX", "STATE", "CACHE", "PLUGINS")}
+    env = _clean_env(**{f"EDGE_HOST_{k}": v for k, v in where.items()})
+    out = subprocess.run([str(SETUP), "--no-bases"], capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "downloading" in out.stderr and "already running" in out.stderr
+    bin_dir = Path(where["PREFIX"]) / "bin"
+    for tool in ("dockerd", "containerd", "containerd-shim-runc-v2", "qemu-aarch64", "cosign", "docker-init"):
+        assert os.access(bin_dir / tool, os.X_OK), tool
+    plugins = Path(where["PLUGINS"])
+    assert os.access(plugins / "docker-buildx", os.X_OK) and os.access(plugins / "docker-compose", os.X_OK)
+    dockerd = subprocess.run(
+        [str(bin_dir / "dockerd"), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert re.search(r"\b26\.\d+\.\d+", dockerd.stdout), dockerd.stdout
+    assert not list(Path(where["STATE"]).glob("*.pid")), "nothing was started: the running engine was kept"
+
+
 def test_installed_versions_match_the_verified_set(docker_host: str) -> None:
     bin_dir = Path(host_env()["EDGE_HOST_BIN"])
 
