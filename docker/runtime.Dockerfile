@@ -53,7 +53,7 @@ USER 1000
 WORKDIR /var/cache/edge
 EXPOSE 8080
 # The first start builds the engine (minutes on a Jetson), hence the long start period.
-HEALTHCHECK --interval=5s --timeout=5s --start-period=600s --retries=3 CMD ["edge-runtime", "healthcheck"]
+HEALTHCHECK --interval=5s --timeout=5s --start-period=600s --retries=3 CMD ["python3", "-m", "edge_runtime.healthcheck"]
 ENTRYPOINT ["edge-runtime", "serve"]
 ARG VERSION=dev
 ARG GIT_SHA=unknown

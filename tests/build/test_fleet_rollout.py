@@ -151,7 +151,7 @@ def test_compose_file_is_hardened() -> None:
     assert svc["image"].startswith("${EDGE_IMAGE")
     assert svc["network_mode"] == "host" and svc["read_only"] is True
     assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"]
-    assert svc["restart"] == "unless-stopped" and svc["healthcheck"]["test"][-1] == "healthcheck"
+    assert svc["restart"] == "unless-stopped" and svc["healthcheck"]["test"][-1] == "edge_runtime.healthcheck"
     assert not str(svc["user"]).startswith("0") and svc["logging"]["driver"] == "json-file"
     assert "runtime" not in svc  # the NVIDIA runtime comes only from compose.jetson.yaml
     jet = yaml.safe_load((compose_bundle_dir() / "compose.jetson.yaml").read_text())

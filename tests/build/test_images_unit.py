@@ -81,7 +81,7 @@ def test_runtime_stage_labels_user_and_bundle_last() -> None:
     user = [s.split()[1] for s in steps if s.startswith("USER ")]
     assert user and user[-1] not in ("0", "root")
     assert 'ENTRYPOINT ["edge-runtime", "serve"]' in steps
-    assert any(s.startswith("HEALTHCHECK ") and '"healthcheck"' in s for s in steps)
+    assert any(s.startswith("HEALTHCHECK ") and '"edge_runtime.healthcheck"' in s for s in steps)
     # the bundle is the last instruction, its own layer, independent of the layers below (--link)
     assert steps[-1].startswith("COPY --link --from=convert ") and steps[-1].endswith(" /opt/edge/bundle")
     assert 'VOLUME ["/var/cache/edge"]' in steps

@@ -83,7 +83,7 @@ def test_runtime_is_non_root_with_no_secrets(built_images: BuiltImages) -> None:
     cfg = config(built_images.runtime, "linux/arm64")
     assert cfg["config"]["User"] not in ("", "0", "root")
     assert cfg["config"]["Entrypoint"] == ["edge-runtime", "serve"]
-    assert cfg["config"]["Healthcheck"]["Test"][-1] == "healthcheck"
+    assert cfg["config"]["Healthcheck"]["Test"][-1] == "edge_runtime.healthcheck"
     text = json.dumps(cfg["history"]) + json.dumps(cfg["config"].get("Env", []))
     for needle in ("BEGIN CERTIFICATE", "PIP_CERT", "PASSWORD", "TOKEN", "ca-certificates.crt", "secret"):
         assert needle.lower() not in text.lower(), needle

@@ -117,6 +117,31 @@ def test_cold_then_warm_start_and_correct_actions(tiny_bundle: Path, tmp_path: P
                 timeout=30,
             )
             assert healthcheck.returncode == 0
+            # What Docker runs: the module, with the port from the environment, importing no click.
+            port = url.rsplit(":", 1)[1]
+            probe = (
+                "import runpy, sys; sys.argv = ['healthcheck']\n"
+                "try:\n    runpy.run_module('edge_runtime.healthcheck', run_name='__main__')\n"
+                "except SystemExit as e:\n    code = e.code\n"
+                "print('click' in sys.modules, code)"
+            )
+            module = subprocess.run(
+                [sys.executable, "-c", probe],
+                env={**ENV, "EDGE_PORT": port},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert module.stdout.split()[-2:] == ["False", "0"], module.stdout + module.stderr
+            assert f"127.0.0.1:{port}/readyz: HTTP 200" in module.stdout
+            live = subprocess.run(
+                [sys.executable, "-m", "edge_runtime.healthcheck", "--live"],
+                env={**ENV, "EDGE_PORT": port},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert live.returncode == 0 and "/healthz: HTTP 200" in live.stdout
     assert [s["cache_hit"] for s in starts] == [False, True]
     assert starts[1]["build_seconds"] == 0.0 and starts[0]["build_seconds"] > 0
 
@@ -188,6 +213,10 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
         timeout=30,
     )
     assert r.returncode == 1 and "unreachable" in r.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.healthcheck", "--bogus"], env=ENV, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.strip() == "healthcheck: unknown argument '--bogus' (only --live)."
 
 
 @pytest.mark.parametrize("env_var", ["EDGE_BUNDLE"])
