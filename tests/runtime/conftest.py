@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 from edge_runtime.bundle import BatchProfile
+from edge_runtime.service import InferenceService, ServiceConfig, create_app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -50,3 +53,28 @@ def fake_root(tmp_path: Path) -> Path:
     dst = tmp_path / "root"
     shutil.copytree(FIXTURES / "orin_nano_r36", dst)
     return dst
+
+
+def make_service(bundle: Path, cache: Path, root: Path, **kw: object) -> InferenceService:
+    config = ServiceConfig(
+        bundle=bundle,
+        cache=cache,
+        backend="onnxruntime",
+        device_root=root,
+        warmup_runs=2,
+        max_body_bytes=16 << 20,
+        **kw,
+    )  # type: ignore[arg-type]
+    service = InferenceService(config)
+    service.load()
+    return service
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A loaded service (ONNX Runtime, the tiny bundle) behind Starlette's TestClient, per test module."""
+    tmp = tmp_path_factory.mktemp("service")
+    service = make_service(tiny_bundle, tmp / "cache", tmp / "no-device")
+    with TestClient(create_app(service)) as c:
+        c.service = service  # type: ignore[attr-defined]
+        yield c

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +20,11 @@ from edge_runtime.bundle import TensorSpec
 from edge_runtime.service import InferenceService, ServiceConfig, create_app
 from tests.runtime.conftest import sample_feeds
 from tests.runtime.test_serve_cli import serving
-from tests.runtime.test_service import _reference, make_service
+from tests.runtime.test_service import _reference
 from tests.support import need
 
 MODEL = "tiny-policy"  # the tiny bundle's model name (tests/runtime/conftest.py)
 INFER = f"/v2/models/{MODEL}/infer"
-
-
-@pytest.fixture(scope="module")
-def client(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("oip")
-    service = make_service(tiny_bundle, tmp / "cache", tmp / "no-device")
-    with TestClient(create_app(service)) as c:
-        c.service = service  # type: ignore[attr-defined]
-        yield c
 
 
 def _post(client: TestClient, body: bytes, header_length: int | None, path: str = INFER) -> object:

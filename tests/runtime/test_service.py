@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from edge_runtime.service import NPZ, InferenceService, ServiceConfig, create_app
 from edge_runtime.thermal import ThermalPolicy
-from tests.runtime.conftest import sample_feeds
+from tests.runtime.conftest import make_service, sample_feeds
 
 
 def _reference(bundle: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -27,30 +27,6 @@ def _npz(feeds: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **feeds)  # type: ignore[arg-type]
     return buf.getvalue()
-
-
-def make_service(bundle: Path, cache: Path, root: Path, **kw: object) -> InferenceService:
-    config = ServiceConfig(
-        bundle=bundle,
-        cache=cache,
-        backend="onnxruntime",
-        device_root=root,
-        warmup_runs=2,
-        max_body_bytes=16 << 20,
-        **kw,
-    )  # type: ignore[arg-type]
-    service = InferenceService(config)
-    service.load()
-    return service
-
-
-@pytest.fixture(scope="module")
-def client(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("svc")
-    service = make_service(tiny_bundle, tmp / "cache", tmp / "no-device")
-    with TestClient(create_app(service)) as c:
-        c.service = service  # type: ignore[attr-defined]
-        yield c
 
 
 def test_json_infer_matches_onnxruntime(client: TestClient, tiny_bundle: Path) -> None:
