@@ -85,6 +85,14 @@ def requirements_for(extra: str, pyproject: Path = REPO_ROOT / "pyproject.toml")
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
+def runtime_has_ros2(pyproject: Path) -> bool:
+    """Whether the runtime image built from ``pyproject`` can serve ROS 2: its ``device`` extra (what the
+    image installs) includes the DDS binding."""
+    from packaging.requirements import Requirement
+
+    return any(Requirement(r).name == "cyclonedds" for r in requirements_for("device", pyproject))
+
+
 def fill_wheelhouse(dest: Path, requirements: list[str], *, arch: str, python: str,
                     stamp_name: str = ".requirements") -> Path:
     """``pip download`` binary wheels for ``arch``/``python`` into ``dest`` (kept between builds).
@@ -262,4 +270,5 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
                    progress=progress)
     return {"images": {k: v.to_dict() for k, v in results.items()},
             "bundle_sha256": variables["BUNDLE_SHA256"], "precision": variables["PRECISION"],
+            "ros2": runtime_has_ros2(Path.cwd() / "pyproject.toml"),  # the build context's pyproject
             "variables": variables, "results": results}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_deploy.fleet import FleetError
-from edge_deploy.fleet.inventory import Robot
+from edge_deploy.fleet.inventory import Fleet, Robot
 from edge_deploy.fleet.robot import DeployRequest, bundle_files, env_file, output_shape
 from edge_deploy.fleet.rollout import Rollout, plan_waves
 
@@ -170,3 +170,24 @@ def test_compose_file_is_hardened() -> None:
 )
 def test_output_shape(body: object, shape: tuple[int, ...] | None) -> None:
     assert output_shape(body) == shape
+
+
+def test_ros2_rollout_of_an_image_without_ros2_is_refused_before_any_robot(tmp_path: Path) -> None:
+    from edge_deploy.release.manifest import ReleaseManifest, save_release
+    from edge_deploy.rollout import deploy_release
+
+    fleet = Fleet("f", tuple(robots(2, tmp_path, port=closed_port())))
+    no_ros2 = ReleaseManifest.for_runtime_image("0.1.0", "reg/rt@sha256:" + "b" * 64)
+    no_ros2.extra["ros2"] = False
+    save_release(no_ros2, tmp_path / "releases")
+    save_release(
+        ReleaseManifest.for_runtime_image("0.1.1", "reg/rt@sha256:" + "c" * 64), tmp_path / "releases"
+    )
+    with pytest.raises(FleetError, match=r"Release 0\.1\.0's runtime image cannot serve ROS 2"):
+        deploy_release("0.1.0", fleet, include_ros2=True, releases_dir=tmp_path / "releases")
+    # Without ROS 2 it goes ahead; a release that does not record the capability is not second-guessed.
+    for version, ros2 in (("0.1.0", False), ("0.1.1", True)):
+        out = deploy_release(
+            version, fleet, include_ros2=ros2, dry_run=True, releases_dir=tmp_path / "releases"
+        )
+        assert [r["outcome"] for r in out.to_dict()["robots"]] == ["planned", "planned"]

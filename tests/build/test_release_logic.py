@@ -115,7 +115,7 @@ class FakeBuilder:
             layer = hashlib.sha256(f"{target}{kw['model']}{kw['version']}".encode()).hexdigest()
             digest = self.reg.push_image(split_repository(repo)[1], tag, layer, 1000)
             images[target] = {"digest": digest, "tags": [value], "platforms": {}, "size_bytes": 1000}
-        return {"images": images, "bundle_sha256": "ab" * 32, "precision": kw["precision"]}
+        return {"images": images, "bundle_sha256": "ab" * 32, "precision": kw["precision"], "ros2": False}
 
 
 def git(repo: Path, *args: str) -> str:
@@ -168,6 +168,7 @@ def test_release_records_digests_moves_tags_and_tags_git(repo: Path, reg: FakeRe
     assert saved.pushed_bytes == 2 * (1000 + 10)
     assert git(repo, "cat-file", "-t", "v0.1.0") == "tag"  # annotated
     assert git(repo, "rev-parse", "v0.1.0^{commit}") == sha
+    assert saved.extra["ros2"] is False  # what rollout --ros2 checks
 
 
 def test_prerelease_leaves_latest_on_last_stable(repo: Path, reg: FakeRegistry) -> None:
@@ -310,3 +311,19 @@ def test_a_release_of_an_image_built_elsewhere_is_pinned_by_digest(tmp_path: Pat
     assert load_release("0.9.0", tmp_path).runtime.digest == digest
     with pytest.raises(ReleaseError, match="not pinned by digest"):
         ReleaseManifest.for_runtime_image("0.9.1", "localhost:5000/team/runtime:latest")
+
+
+def test_runtime_ros2_support_follows_the_device_extra(tmp_path: Path) -> None:
+    from edge_deploy.images import REPO_ROOT, runtime_has_ros2
+
+    def pyproject(device: str) -> Path:
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.toml"
+        path.write_text(
+            '[project]\nname = "edge-deploy"\ndependencies = ["numpy>=1.24"]\n'
+            f'[project.optional-dependencies]\nros2 = ["cyclonedds>=11,<12"]\ndevice = [{device}]\n'
+        )
+        return path
+
+    assert runtime_has_ros2(pyproject('"onnxruntime>=1.17"')) is False
+    assert runtime_has_ros2(pyproject('"onnxruntime>=1.17", "edge-deploy[ros2]"')) is True
+    assert runtime_has_ros2(REPO_ROOT / "pyproject.toml") is False  # today's image: no arm64 cyclonedds wheel

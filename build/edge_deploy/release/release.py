@@ -318,6 +318,8 @@ class Release:
             )
         extra["bundle_sha256"] = result.get("bundle_sha256", "")
         extra["precision"] = result.get("precision", opts.precision)
+        if "ros2" in result:  # whether the runtime image can serve ROS 2 (rollout --ros2 checks it)
+            extra["ros2"] = bool(result["ros2"])
         return images, extra
 
     @staticmethod

@@ -80,6 +80,11 @@ def deploy_release(
     image = manifest.runtime.ref
     if not DIGEST_REF.match(image):
         raise FleetError(f"Release {version} does not pin its runtime image by digest ({image}); refusing.")
+    if include_ros2 and manifest.extra.get("ros2") is False:
+        raise FleetError(
+            f"Release {version}'s runtime image cannot serve ROS 2 (no cyclonedds in its device "
+            "dependencies; see docs/ros2.md); roll it out without ROS 2."
+        )
     key = public_key or fl.public_key
     robots = fl.select(group=group, devices=devices)
     req = DeployRequest(
