@@ -29,5 +29,14 @@ class InputError(EdgeError):
     """Inputs do not match what the model expects (names, shapes, dtypes)."""
 
 
+class RequestError(EdgeError):
+    """A request the service refuses, with its HTTP status and one sentence (the ROS 2 bridge sees it too)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
 class DeviceError(EdgeError):
     """A device tool or file needed for the request is absent or unreadable."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.bundle import TensorSpec
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import RequestError
 
 HEADER_LENGTH = "inference-header-content-length"  # HTTP header names are case-insensitive
 EXTENSIONS = ["binary_tensor_data"]
@@ -43,13 +43,12 @@ _FROM_DTYPE = {np.dtype(v): k for k, v in _TO_NUMPY.items()}  # keyed by dtype: 
 _LE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in _TO_NUMPY.items()}
 
 
-class ProtocolError(EdgeError):
-    """A request the protocol layer refuses; ``status`` is its HTTP status (400 unless said otherwise)."""
+class ProtocolError(RequestError):
+    """A request the protocol layer refuses (400 unless said otherwise); the service answers it like any
+    other ``RequestError``."""
 
     def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
+        super().__init__(status, reason, message)
 
 
 def datatype(dtype: str | np.dtype) -> str:

@@ -28,7 +28,7 @@ from edge_runtime.backends import Backend, BuildOptions, Engine, check_feeds, ge
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.cache import CachedEngine, EngineCache
 from edge_runtime.device import DeviceProbe, probe
-from edge_runtime.errors import EdgeError, InputError
+from edge_runtime.errors import EdgeError, InputError, RequestError
 from edge_runtime.oip import ProtocolError
 from edge_runtime.thermal import STATE_CODES, ThermalGovernor, ThermalPolicy
 
@@ -111,15 +111,6 @@ class ServiceMetrics:
         self.watchdog_trips = Counter(
             "edge_watchdog_trips_total", "Inferences that overran their deadline", registry=registry
         )
-
-
-class RequestError(EdgeError):
-    """A request the service refuses, with its HTTP status and one sentence (the ROS 2 bridge sees it too)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 class InferenceService:
@@ -444,16 +435,20 @@ def create_app(
         metrics.errors.labels("engine"),
     )
 
+    def refusal(exc: RequestError) -> Response:
+        """``{"error": sentence}`` with the refusal's status; 429/503 say when to retry."""
+        headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
     async def guarded(handle: Callable[[], Awaitable[Response]]) -> Response:
         """Status codes, metrics and error bodies shared by /v1 and /v2 infer (``{"error": sentence}``)."""
         t0 = time.perf_counter()
         try:
             response = await handle()
-        except (RequestError, ProtocolError) as exc:
+        except RequestError as exc:
             metrics.requests.labels(str(exc.status)).inc()
             metrics.errors.labels(exc.reason).inc()
-            headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+            return refusal(exc)
         except EdgeError as exc:
             fail_count.inc()
             engine_errors.inc()
@@ -509,11 +504,6 @@ def create_app(
         return await guarded(handle)
 
     # -- Open Inference Protocol (KServe v2 / Triton HTTP) ---------------------------------------------
-    def v2_error(status: int, message: str, retry: bool = False) -> Response:
-        return JSONResponse(
-            {"error": message}, status_code=status, headers={"Retry-After": "1"} if retry else None
-        )
-
     def v2_model(request: Request) -> ModelBundle:
         """The bundle the path names (its model name, version "1" if given); 404 for any other."""
         bundle = loaded_bundle()
@@ -545,16 +535,16 @@ def create_app(
     async def v2_model_ready(request: Request) -> Response:
         try:
             v2_model(request)
-        except (RequestError, ProtocolError) as exc:
-            return v2_error(exc.status, str(exc), retry=exc.status == 503)
+        except RequestError as exc:
+            return refusal(exc)
         status, _body = service.readiness()
         return JSONResponse({"name": request.path_params["name"], "ready": status == 200}, status_code=status)
 
     async def v2_metadata(request: Request) -> Response:
         try:
             bundle = v2_model(request)
-        except (RequestError, ProtocolError) as exc:
-            return v2_error(exc.status, str(exc), retry=exc.status == 503)
+        except RequestError as exc:
+            return refusal(exc)
         return JSONResponse(
             {
                 "name": bundle.manifest.name,
