@@ -10,7 +10,7 @@ from typing import Any
 from edge_runtime.backends import BuildOptions, get_backend
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.cache import EngineCache
-from edge_runtime.device import device_identity, read_thermal_zones
+from edge_runtime.device import device_identity, read_board_model, read_thermal_zones
 from edge_runtime.profiling import LatencyStats, peak_rss_mb, time_calls
 from edge_runtime.tegrastats import TegrastatsSampler, summarize
 
@@ -41,7 +41,7 @@ def profile_bundle(
 
     bundle = ModelBundle.load(bundle_dir)
     backend = get_backend(backend_name)
-    options = BuildOptions(precision=bundle.manifest.precision, batch=bundle.manifest.batch)
+    options = BuildOptions.for_bundle(bundle, read_board_model(root))
     with tempfile.TemporaryDirectory(prefix="edge-profile-") as tmp:
         cache = EngineCache(cache_dir or Path(tmp))
         cached = cache.open(backend, bundle, options, device_identity(root))

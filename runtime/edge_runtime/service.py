@@ -164,19 +164,10 @@ class InferenceService:
 
     def options(self) -> BuildOptions:
         assert self.bundle is not None
-        from edge_runtime.jetson import module_from_device_tree
-
-        workspace = BuildOptions().workspace_bytes
-        if (
-            self.device is not None
-            and self.device.model
-            and (m := module_from_device_tree(self.device.model))
-        ):
-            workspace = m.default_workspace_bytes
-        return BuildOptions(
-            precision=self.config.precision or self.bundle.manifest.precision,
-            batch=self.bundle.manifest.batch,
-            workspace_bytes=workspace,
+        return BuildOptions.for_bundle(
+            self.bundle,
+            self.device.model if self.device is not None else None,
+            self.config.precision,
             intra_op_threads=self.config.intra_op_threads,
             spin_wait=self.config.spin_wait,
             cuda_graph=self.config.cuda_graph,

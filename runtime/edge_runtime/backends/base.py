@@ -31,6 +31,31 @@ class BuildOptions:
     spin_wait: bool = False
     cuda_graph: bool = False  # TensorRT runtime: capture the enqueue in a CUDA graph
 
+    @classmethod
+    def for_bundle(
+        cls,
+        bundle: ModelBundle,
+        board_model: str | None,
+        precision: str | None = None,
+        *,
+        intra_op_threads: int = 0,
+        spin_wait: bool = False,
+        cuda_graph: bool = False,
+    ) -> BuildOptions:
+        """What ``serve``, ``engine build`` and ``profile`` all build with, so they share cache entries:
+        the bundle's precision and batch profile, the Jetson module's workspace (1 GiB off a Jetson)."""
+        from edge_runtime.jetson import module_from_device_tree
+
+        module = module_from_device_tree(board_model) if board_model else None
+        return cls(
+            precision=precision or bundle.manifest.precision,
+            batch=bundle.manifest.batch,
+            workspace_bytes=module.default_workspace_bytes if module else GIB,
+            intra_op_threads=intra_op_threads,
+            spin_wait=spin_wait,
+            cuda_graph=cuda_graph,
+        )
+
 
 @runtime_checkable
 class Engine(Protocol):
@@ -95,7 +120,9 @@ def check_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], batch:
             if batch_size is None:
                 batch_size = n
             elif n != batch_size:
-                raise InputError(f"Input {spec.name!r} has batch {n} but another input has batch {batch_size}.")
+                raise InputError(
+                    f"Input {spec.name!r} has batch {n} but another input has batch {batch_size}."
+                )
     batch_size = batch_size or 1
     if not batch.min <= batch_size <= batch.max:
         raise InputError(f"Batch size {batch_size} is outside the engine's profile {batch.min}..{batch.max}.")

@@ -38,11 +38,11 @@ def build(bundle: Path, cache: Path, backend: str, precision: str | None, as_jso
     from edge_runtime.backends import BuildOptions, get_backend
     from edge_runtime.bundle import ModelBundle
     from edge_runtime.cache import EngineCache
-    from edge_runtime.device import device_identity
+    from edge_runtime.device import device_identity, read_board_model
 
     mb = ModelBundle.load(bundle)
     be = get_backend(backend)
-    options = BuildOptions(precision=precision or mb.manifest.precision, batch=mb.manifest.batch)
+    options = BuildOptions.for_bundle(mb, read_board_model(), precision)
     result = EngineCache(cache).open(
         be, mb, options, device_identity(), progress=lambda m: click.echo(m, err=True)
     )
