@@ -307,6 +307,14 @@ def test_crash_on_start_in_canary_rolls_back_and_stops_the_fleet(env: Env) -> No
     # Marked bad on that robot: the next attempt skips it with a reason.
     again = deploy(env, "0.2.0", devices=[r1])
     assert outcomes(again) == {r1: "skipped"} and "bad" in again["robots"][0]["reason"]
+    # Its release is still kept there: a rollback to it by pin fails, and the robot goes back to 0.1.2.
+    from edge_deploy.rollout import rollback
+
+    res = rollback(env.fleet, to="0.2.0", devices=[r1], health_timeout=90)
+    assert [r.outcome for r in res] == ["failed"] and "0.1.2 restored" in res[0].reason, res
+    st = status(env)[r1]
+    assert st["version"] == "0.1.2" and st["health"] == "healthy"
+    assert infer(env, r1) == [1, 7]
 
 
 def test_never_healthy_rolls_back(env: Env) -> None:

@@ -573,6 +573,13 @@ class RobotReleases:
             await self.health_gate_after_up(DeployRequest(target, image, expected_shape=expected_shape))
         except GateFailed as exc:
             res.reason = str(exc)
+            if current and current != target:  # a failed rollback leaves the robot on what it ran
+                await self.switch(current)
+                try:
+                    await self.compose_up(max(health_timeout_s, RESTORE_TIMEOUT_S))
+                    res.reason += f"; {current} restored"
+                except GateFailed as exc2:
+                    res.reason += f"; restoring {current} also failed ({exc2})"
             await self.append_history(
                 {
                     "action": "rollback",
