@@ -59,11 +59,11 @@ class ImageResult:
 
 
 def _run(cmd: Sequence[str], *, env: dict[str, str] | None = None, what: str,
-         stream: bool = False) -> subprocess.CompletedProcess[str]:
+         stream: bool = False, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     log.debug("run: %s", " ".join(cmd))
     try:
         # the bake file's contexts ("." and docker/…) are relative to the working directory: the checkout
-        proc = subprocess.run(list(cmd), env=env, text=True, check=False, cwd=REPO_ROOT,
+        proc = subprocess.run(list(cmd), env=env, text=True, check=False, cwd=cwd,
                               stdout=None if stream else subprocess.PIPE,
                               stderr=None if stream else subprocess.PIPE)
     except FileNotFoundError:
@@ -88,9 +88,13 @@ def requirements_for(extra: str, pyproject: Path = REPO_ROOT / "pyproject.toml")
 def runtime_has_ros2(pyproject: Path) -> bool:
     """Whether the runtime image built from ``pyproject`` can serve ROS 2: its ``device`` extra (what the
     image installs) includes the DDS binding."""
+    return has_ros2(requirements_for("device", pyproject))
+
+
+def has_ros2(device_requirements: list[str]) -> bool:
     from packaging.requirements import Requirement
 
-    return any(Requirement(r).name == "cyclonedds" for r in requirements_for("device", pyproject))
+    return any(Requirement(r).name == "cyclonedds" for r in device_requirements)
 
 
 def fill_wheelhouse(dest: Path, requirements: list[str], *, arch: str, python: str,
@@ -116,19 +120,20 @@ def fill_wheelhouse(dest: Path, requirements: list[str], *, arch: str, python: s
     return dest
 
 
-def prepare_wheelhouses(*, runtime_python: str, converter_python: str = "3.11",
-                        root: Path = WHEELHOUSE_ROOT, torch_spec: str = "torch==2.13.0") -> dict[str, Path]:
-    host = [r for r in requirements_for("host") if not r.startswith("torch")]
+def prepare_wheelhouses(*, runtime_python: str, device: list[str], converter_python: str = "3.11",
+                        root: Path = WHEELHOUSE_ROOT, torch_spec: str = "torch==2.13.0",
+                        pyproject: Path = REPO_ROOT / "pyproject.toml") -> dict[str, Path]:
+    """Fill the converter's and the runtime's wheelhouses; ``device`` is the device extra's requirements."""
+    host = [r for r in requirements_for("host", pyproject) if not r.startswith("torch")]
     converter = fill_wheelhouse(root / "converter", [torch_spec, *host, "hatchling>=1.21,<2"],
                                 arch="amd64", python=converter_python)
-    device = requirements_for("device")
     runtime = fill_wheelhouse(root / f"runtime-py{runtime_python}", device, arch="arm64", python=runtime_python)
     runtime_amd64 = fill_wheelhouse(root / f"runtime-amd64-py{runtime_python}", device, arch="amd64",
                                     python=runtime_python)
     return {"converter": converter, "runtime": runtime, "runtime_amd64": runtime_amd64}
 
 
-def runtime_wheelhouse(platforms: str, houses: dict[str, Path], *, python: str,
+def runtime_wheelhouse(platforms: str, houses: dict[str, Path], *, python: str, device: list[str],
                        root: Path = WHEELHOUSE_ROOT) -> Path:
     """The wheelhouse for the runtime's platforms: per-arch directories, or one holding both arches."""
     plats = [p.strip() for p in platforms.split(",") if p.strip()]
@@ -139,7 +144,6 @@ def runtime_wheelhouse(platforms: str, houses: dict[str, Path], *, python: str,
     if not plats or not set(plats) <= {"linux/arm64", "linux/amd64"}:
         raise ImageError(f"Runtime platforms {platforms!r} are not supported (linux/arm64 and/or linux/amd64).")
     both = root / f"runtime-multi-py{python}"
-    device = requirements_for("device")
     for arch in ("arm64", "amd64"):
         fill_wheelhouse(both, device, arch=arch, python=python, stamp_name=f".requirements-{arch}")
     return both
@@ -153,9 +157,11 @@ def _variables_env(variables: dict[str, str]) -> dict[str, str]:
 
 def bake(targets: list[str], *, push: bool = False, variables: dict[str, str] | None = None,
          overrides: list[str] | None = None, metadata_file: Path | None = None,
-         progress: str = "auto", bake_file: Path = BAKE_FILE) -> dict[str, ImageResult]:
-    """Run ``docker buildx bake`` for ``targets``; return each target's tags, digest and size."""
+         progress: str = "auto", context: Path = REPO_ROOT) -> dict[str, ImageResult]:
+    """Run ``docker buildx bake`` for ``targets`` in the checkout ``context`` (its docker/ files and "."
+    as the build context); return each target's tags, digest and size."""
     variables = dict(variables or {})
+    bake_file = context / BAKE_FILE.relative_to(REPO_ROOT)
     with tempfile.TemporaryDirectory(prefix="edge-bake-") as tmp:
         meta = metadata_file or Path(tmp) / "metadata.json"
         cmd = ["docker", "buildx", "bake", "-f", str(bake_file), "--metadata-file", str(meta),
@@ -166,10 +172,11 @@ def bake(targets: list[str], *, push: bool = False, variables: dict[str, str] | 
             cmd += ["--set", o]
         cmd += targets
         t0 = time.monotonic()
-        _run(cmd, env=_variables_env(variables), what=f"docker buildx bake {' '.join(targets)}", stream=True)
+        _run(cmd, env=_variables_env(variables), what=f"docker buildx bake {' '.join(targets)}", stream=True,
+             cwd=context)
         seconds = time.monotonic() - t0
         metadata = json.loads(meta.read_text()) if meta.exists() else {}
-    tags = resolved_tags(targets, variables, bake_file)
+    tags = resolved_tags(targets, variables, context)
     results = {}
     for target in targets:
         md = metadata.get(target, {})
@@ -182,9 +189,10 @@ def bake(targets: list[str], *, push: bool = False, variables: dict[str, str] | 
     return results
 
 
-def resolved_tags(targets: list[str], variables: dict[str, str], bake_file: Path = BAKE_FILE) -> dict[str, list[str]]:
+def resolved_tags(targets: list[str], variables: dict[str, str], context: Path = REPO_ROOT) -> dict[str, list[str]]:
+    bake_file = context / BAKE_FILE.relative_to(REPO_ROOT)
     proc = _run(["docker", "buildx", "bake", "-f", str(bake_file), "--print", *targets],
-                env=_variables_env(variables), what="docker buildx bake --print")
+                env=_variables_env(variables), what="docker buildx bake --print", cwd=context)
     printed = json.loads(proc.stdout)
     return {name: list(t.get("tags") or []) for name, t in printed.get("target", {}).items()}
 
@@ -211,9 +219,11 @@ def inspect_pushed(result: ImageResult) -> None:
         result.size_bytes = sum(layer.get("size", 0) for layer in sub.get("layers", []))
 
 
-def export_bundle(variables: dict[str, str], dest: Path, progress: str = "auto") -> dict[str, Any]:
+def export_bundle(variables: dict[str, str], dest: Path, progress: str = "auto",
+                  context: Path = REPO_ROOT) -> dict[str, Any]:
     """Run the converter's model stage and export the bundle to ``dest``; return its bundle.json."""
-    bake(["bundle"], variables=variables, overrides=[f"bundle.output=type=local,dest={dest}"], progress=progress)
+    bake(["bundle"], variables=variables, overrides=[f"bundle.output=type=local,dest={dest}"], progress=progress,
+         context=context)
     try:
         return dict(json.loads((dest / "bundle.json").read_text()))
     except (OSError, json.JSONDecodeError) as exc:
@@ -233,23 +243,26 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
                  l4t_base: str | None = None, converter_base: str | None = None, runtime_python: str | None = None,
                  runtime_platforms: str = "linux/arm64", tags: Sequence[str] = (), push: bool = False,
                  overrides: Sequence[str] = (), progress: str = "auto", bundle_out: Path | None = None,
-                 on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                 on_step: Callable[[str], None] = lambda s: None, context: Path = REPO_ROOT) -> dict[str, Any]:
     """Wheelhouses → bundle export → bake converter + runtime; return results and the bundle's identity.
 
+    ``context`` is the checkout built (its pyproject, docker/ files and sources; a release passes its own).
     ``bundle_out`` keeps a copy of the bundle baked into the runtime image (for checks on the host).
     """
     if not (model_dir / model).exists():
         raise ImageError(f"Model {model_dir / model} does not exist.")
     python = runtime_python or DEFAULT_RUNTIME_PYTHON
     on_step(f"wheelhouses (runtime Python {python})")
-    houses = prepare_wheelhouses(runtime_python=python)
+    pyproject = context / "pyproject.toml"
+    device = requirements_for("device", pyproject)
+    houses = prepare_wheelhouses(runtime_python=python, device=device, pyproject=pyproject)
     variables = {
         "REGISTRY": registry, "IMAGE_PREFIX": image_prefix, "VERSION": version, "TAGS": ",".join(tags),
         "MODEL_DIR": str(model_dir.resolve()), "MODEL": model, "PRECISION": precision, "CALIBRATION": calibration,
         "WHEELHOUSE": str(houses["converter"]),
-        "RUNTIME_WHEELHOUSE": str(runtime_wheelhouse(runtime_platforms, houses, python=python)),
+        "RUNTIME_WHEELHOUSE": str(runtime_wheelhouse(runtime_platforms, houses, python=python, device=device)),
         "RUNTIME_PLATFORMS": runtime_platforms,
-        "GIT_SHA": git_sha(Path.cwd()),  # the build context "." (a release runs bake in its checkout)
+        "GIT_SHA": git_sha(context),
         "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if l4t_base:
@@ -259,7 +272,7 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
     with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
         on_step("model stage → bundle")
         exported = Path(tmp) / "bundle"
-        manifest = export_bundle(variables, exported, progress=progress)
+        manifest = export_bundle(variables, exported, progress=progress, context=context)
         if bundle_out is not None:
             shutil.rmtree(bundle_out, ignore_errors=True)
             shutil.copytree(exported, bundle_out)
@@ -267,8 +280,8 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
     variables["PRECISION"] = str(manifest.get("precision", precision))
     on_step("bake converter + runtime" + (" --push" if push else ""))
     results = bake(["converter", "runtime"], push=push, variables=variables, overrides=list(overrides),
-                   progress=progress)
+                   progress=progress, context=context)
     return {"images": {k: v.to_dict() for k, v in results.items()},
             "bundle_sha256": variables["BUNDLE_SHA256"], "precision": variables["PRECISION"],
-            "ros2": runtime_has_ros2(Path.cwd() / "pyproject.toml"),  # the build context's pyproject
+            "ros2": has_ros2(device),
             "variables": variables, "results": results}

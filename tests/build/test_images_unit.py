@@ -96,7 +96,7 @@ def test_no_secret_in_args_or_env() -> None:
 
 def test_runtime_wheelhouse_per_platform(tmp_path: Path) -> None:
     houses = {"runtime": tmp_path / "arm", "runtime_amd64": tmp_path / "amd"}
-    assert runtime_wheelhouse("linux/arm64", houses, python="3.11", root=tmp_path) == tmp_path / "arm"
-    assert runtime_wheelhouse("linux/amd64", houses, python="3.11", root=tmp_path) == tmp_path / "amd"
+    assert runtime_wheelhouse("linux/arm64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "arm"
+    assert runtime_wheelhouse("linux/amd64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "amd"
     with pytest.raises(ImageError, match="not supported"):
-        runtime_wheelhouse("linux/riscv64", houses, python="3.11", root=tmp_path)
+        runtime_wheelhouse("linux/riscv64", houses, python="3.11", device=[], root=tmp_path)

@@ -5,12 +5,10 @@ version, floating and channel tags move only after every push and signature succ
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,16 +64,6 @@ class ReleaseOptions:
 
 
 BuildFn = Callable[..., dict[str, Any]]
-
-
-@contextlib.contextmanager
-def _working_dir(path: Path) -> Iterator[None]:
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def _default_builder(**kwargs: Any) -> dict[str, Any]:
@@ -283,24 +271,24 @@ class Release:
         if opts.sbom:
             overrides += [f"{n}.attest=type=sbom" for n in IMAGES]
         self.on_step("building and pushing converter + runtime (bake)")
-        with _working_dir(self.repo_root):  # bake's build context "." is this checkout
-            result = self.builder(
-                model_dir=opts.model_dir,
-                model=opts.model,
-                precision=opts.precision,
-                calibration=opts.calibration,
-                version=version,
-                registry=opts.registry,
-                image_prefix=opts.image_prefix,
-                l4t_base=opts.l4t_base,
-                converter_base=opts.converter_base,
-                runtime_python=opts.runtime_python,
-                runtime_platforms=opts.runtime_platforms,
-                push=opts.push,
-                overrides=overrides,
-                progress="quiet",
-                on_step=self.on_step,
-            )
+        result = self.builder(
+            model_dir=opts.model_dir,
+            model=opts.model,
+            precision=opts.precision,
+            calibration=opts.calibration,
+            version=version,
+            registry=opts.registry,
+            image_prefix=opts.image_prefix,
+            l4t_base=opts.l4t_base,
+            converter_base=opts.converter_base,
+            runtime_python=opts.runtime_python,
+            runtime_platforms=opts.runtime_platforms,
+            push=opts.push,
+            overrides=overrides,
+            progress="quiet",
+            on_step=self.on_step,
+            context=self.repo_root,  # this checkout is what gets built
+        )
         for name in IMAGES:
             r = result["images"][name]
             if opts.push and not r.get("digest"):
