@@ -25,7 +25,6 @@ COMMANDS = {
     "rollback": "edge_deploy.cli.rollout:rollback",
     "status": "edge_deploy.cli.rollout:status",
     "history": "edge_deploy.cli.rollout:history",
-    "quickstart": "edge_deploy.cli.quickstart:quickstart",
 }
 
 

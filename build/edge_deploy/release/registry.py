@@ -98,10 +98,6 @@ class Registry:
         self.client.headers["Authorization"] = f"Bearer {token}"
         return True
 
-    @classmethod
-    def for_repository(cls, repository: str) -> Registry:
-        return cls(split_repository(repository)[0])
-
     def _request(
         self, method: str, path: str, *, what: str, ok: Iterable[int] = (200,), **kw: Any
     ) -> httpx.Response:
