@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Robot
 from edge_deploy.fleet.robot import (
+    FAILED,
     NOT_REACHED,
     PLANNED,
     REFUSED,
@@ -90,23 +91,39 @@ class RolloutResult:
         }
 
 
+async def on_robot(
+    robot: Robot,
+    version: str,
+    fn: Callable[[RobotReleases], Awaitable[Any]],
+    timings: dict[str, float] | None = None,
+) -> Any:
+    """``fn`` on one robot's releases; a refused host key, an unreachable robot or a failed command
+    becomes that robot's result, so the other robots of a wave, a status or a rollback go on."""
+    timings = {} if timings is None else timings
+    try:
+        async with connected(robot) as conn:
+            return await fn(RobotReleases(conn))
+    except HostKeyRefused as exc:
+        return RobotResult(robot.name, version, REFUSED, str(exc), stage="connect", timings=timings)
+    except RobotUnreachable as exc:
+        return RobotResult(robot.name, version, UNREACHABLE, str(exc), stage="connect", timings=timings)
+    except FleetError as exc:
+        return RobotResult(robot.name, version, FAILED, str(exc), stage="ssh", timings=timings)
+
+
 async def deploy_one(robot: Robot, req: DeployRequest, progress: Progress | None = None) -> RobotResult:
     """Connect and update one robot; connection problems become a result, not an exception."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     say = progress or (lambda *_: None)
     say(robot.name, "connect", f"{robot.host}:{robot.port}")
-    try:
-        async with connected(robot) as conn:
-            timings["connect"] = round(time.monotonic() - t0, 3)
-            say(robot.name, "deploy", req.version)
-            res = await RobotReleases(conn).deploy(req, timings)
-    except HostKeyRefused as exc:
-        res = RobotResult(robot.name, req.version, REFUSED, str(exc), stage="connect", timings=timings)
-    except RobotUnreachable as exc:
-        res = RobotResult(robot.name, req.version, UNREACHABLE, str(exc), stage="connect", timings=timings)
-    except FleetError as exc:
-        res = RobotResult(robot.name, req.version, "failed", str(exc), stage="ssh", timings=timings)
+
+    async def update(releases: RobotReleases) -> RobotResult:
+        timings["connect"] = round(time.monotonic() - t0, 3)
+        say(robot.name, "deploy", req.version)
+        return await releases.deploy(req, timings)
+
+    res: RobotResult = await on_robot(robot, req.version, update, timings)
     timings["total"] = round(time.monotonic() - t0, 3)
     say(robot.name, res.outcome, res.reason)
     return res

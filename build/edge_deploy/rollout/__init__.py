@@ -11,15 +11,12 @@ from typing import Any
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Fleet, Robot, load_fleet
 from edge_deploy.fleet.robot import (
-    REFUSED,
-    UNREACHABLE,
     DeployRequest,
     RobotReleases,
     RobotResult,
     smoke_payload,
 )
-from edge_deploy.fleet.rollout import Progress, Rollout, RolloutResult, plan_waves
-from edge_deploy.fleet.ssh import HostKeyRefused, RobotUnreachable, connected
+from edge_deploy.fleet.rollout import Progress, Rollout, RolloutResult, on_robot, plan_waves
 from edge_deploy.release.manifest import DEFAULT_RELEASES_DIR, load_release
 
 __all__ = [
@@ -119,16 +116,7 @@ def deploy_release(
 
 
 async def _each(robots: list[Robot], fn: Any) -> list[Any]:
-    async def one(robot: Robot) -> Any:
-        try:
-            async with connected(robot) as conn:
-                return await fn(RobotReleases(conn))
-        except HostKeyRefused as exc:
-            return RobotResult(robot.name, "?", REFUSED, str(exc), stage="connect")
-        except RobotUnreachable as exc:
-            return RobotResult(robot.name, "?", UNREACHABLE, str(exc), stage="connect")
-
-    return list(await asyncio.gather(*(one(r) for r in robots)))
+    return list(await asyncio.gather(*(on_robot(r, "?", fn) for r in robots)))
 
 
 def rollback(
