@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 
 from edge_deploy.release.manifest import ReleaseManifest, save_release
 from edge_runtime.errors import EdgeError
+from tests.e2e.conftest import host_ready
 from tests.support import need
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -42,41 +42,12 @@ def sh(*cmd: str, timeout: float = 900, check: bool = True, **kw: Any) -> subpro
     return p
 
 
-def host_ready() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    if sh("docker", "info", check=False, timeout=30).returncode != 0:
-        return False
-    import httpx
-
-    try:
-        return httpx.get(f"http://{REGISTRY}/v2/", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def runtime_ref(request: pytest.FixtureRequest) -> str:
     """The runtime image pushed by the images fixtures (tests/e2e/conftest.py), or EDGE_TEST_RUNTIME_IMAGE."""
     need(os.geteuid() == 0, "root (simulated robots are users, dockerd and sshd)")
     need(host_ready(), "host Docker engine, buildx and the registry at localhost:5000 (scripts/host-setup)")
-    ref = os.environ.get("EDGE_TEST_RUNTIME_IMAGE")
-    for name in ("runtime_image", "runtime_image_ref"):
-        if ref:
-            break
-        try:
-            value = request.getfixturevalue(name)
-        except pytest.FixtureLookupError:
-            continue
-        ref = getattr(value, "ref", None) or (
-            f"{value.repository}@{value.digest}" if hasattr(value, "repository") else str(value)
-        )
-    need(
-        bool(ref),
-        "the runtime image in the local registry (fixture runtime_image or EDGE_TEST_RUNTIME_IMAGE)",
-    )
-    assert ref
-    return ref
+    return os.environ.get("EDGE_TEST_RUNTIME_IMAGE") or request.getfixturevalue("runtime_image").ref
 
 
 def build(tag: str, dockerfile: str, files: dict[str, Path] | None = None) -> str:
@@ -88,39 +59,23 @@ def build(tag: str, dockerfile: str, files: dict[str, Path] | None = None) -> st
             shutil.copytree(src, ctx / name) if src.is_dir() else shutil.copy(src, ctx / name)
             os.chmod(ctx / name, 0o755)  # bundles are written private (0700); the service user must read them
         meta = ctx / "meta.json"
-        if sh("docker", "buildx", "version", check=False, timeout=30).returncode == 0:
-            sh(
-                "docker",
-                "buildx",
-                "build",
-                "--platform",
-                PLATFORM,
-                "--network",
-                "host",
-                "--provenance=false",
-                "--push",
-                "-t",
-                f"{REPO}:{tag}",
-                "--metadata-file",
-                str(meta),
-                str(ctx),
-            )
-            digest = json.loads(meta.read_text())["containerimage.digest"]
-        else:  # the engine's classic builder, then push; the digest is in the push output
-            sh(
-                "docker",
-                "build",
-                "--platform",
-                PLATFORM,
-                "--network",
-                "host",
-                "-t",
-                f"{REPO}:{tag}",
-                str(ctx),
-                env={**os.environ, "DOCKER_BUILDKIT": "0"},
-            )
-            pushed = sh("docker", "push", f"{REPO}:{tag}").stdout
-            digest = re.findall(r"digest: (sha256:[0-9a-f]{64})", pushed)[-1]
+        sh(
+            "docker",
+            "buildx",
+            "build",
+            "--platform",
+            PLATFORM,
+            "--network",
+            "host",
+            "--provenance=false",
+            "--push",
+            "-t",
+            f"{REPO}:{tag}",
+            "--metadata-file",
+            str(meta),
+            str(ctx),
+        )
+        digest = json.loads(meta.read_text())["containerimage.digest"]
         return f"{REPO}@{digest}"
     finally:
         shutil.rmtree(ctx, ignore_errors=True)

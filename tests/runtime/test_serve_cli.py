@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench._serve import free_port
 
 from tests.runtime.conftest import FIXTURES, sample_feeds
 
@@ -27,12 +27,6 @@ ENV = {
     "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)]),
     "PYTHONUNBUFFERED": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, timeout: float = 2.0) -> tuple[int, dict]:

@@ -114,17 +114,19 @@ def compare(
     return Comparison(labels[0], labels[1], tolerance, outputs, seen)
 
 
-def ort_runner(model_path: str, output_names: list[str]) -> Runner:
-    """A CPU ONNX Runtime session as a Runner (full graph optimizations, like the robot's ORT backend)."""
+def ort_runner(model: str | bytes, output_names: list[str]) -> Runner:
+    """A CPU ONNX Runtime session as a Runner (full graph optimizations, like the robot's ORT backend);
+    ``model`` is a path or a serialized model."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model_path, sess_options=so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200].rstrip(".")
-        raise ValidationError(f"ONNX Runtime cannot load {Path(model_path).name}: {first}.") from None
+        name = Path(model).name if isinstance(model, str) else "the source model"
+        raise ValidationError(f"ONNX Runtime cannot load {name}: {first}.") from None
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(session.run(output_names, feeds))
