@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 import zipfile
@@ -388,6 +390,46 @@ def encode_npz(outputs: Mapping[str, np.ndarray]) -> bytes:
 
 
 # -- HTTP app ----------------------------------------------------------------------------------------------
+_V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+@dataclass(slots=True)
+class Reply:
+    """An HTTP answer of the infer routes, sent as two ASGI messages without a Response object."""
+
+    status: int
+    body: bytes
+    media_type: str
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def headers_text(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
+
+
+def json_reply(doc: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
+    """JSON as Starlette's JSONResponse writes it (compact, UTF-8, no NaN)."""
+    body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Reply(status, body, "application/json", headers or [])
+
+
+async def send_reply(send: Any, reply: Reply) -> None:
+    content_type = reply.media_type.encode() + (
+        b"; charset=utf-8" if reply.media_type.startswith("text/") else b""
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": reply.status,
+            "headers": [
+                (b"content-length", str(len(reply.body)).encode()),
+                (b"content-type", content_type),
+                *reply.headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": reply.body})
+
+
 def create_app(
     service: InferenceService,
     load_in_background: bool = True,
@@ -404,20 +446,26 @@ def create_app(
 
     metrics = service.metrics
 
-    async def read_body(request: Request) -> bytes:
-        limit = service.config.max_body_bytes
-        declared = request.headers.get("content-length")
+    limit = service.config.max_body_bytes
+    too_large = f"The request body is larger than the {limit} byte limit."
+
+    async def read_body(headers: dict[bytes, bytes], receive: Any) -> bytes:
+        """The whole body from ASGI ``receive``, refused (413) as soon as it passes the limit."""
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, "too_large", f"The request body is larger than the {limit} byte limit.")
+            raise RequestError(413, "too_large", too_large)
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "disconnected", "The client went away before sending the whole body.")
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise RequestError(
-                    413, "too_large", f"The request body is larger than the {limit} byte limit."
-                )
+                raise RequestError(413, "too_large", too_large)
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # Label children bound once: a labels() lookup per request is measurable at this scale.
     ok_count, fail_count, engine_errors = (
@@ -426,16 +474,16 @@ def create_app(
         metrics.errors.labels("engine"),
     )
 
-    def refusal(exc: RequestError) -> Response:
+    def refusal(exc: RequestError) -> Reply:
         """``{"error": sentence}`` with the refusal's status; 429/503 say when to retry."""
-        headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+        headers = [(b"retry-after", b"1")] if exc.status in (429, 503) else []
+        return json_reply({"error": str(exc)}, exc.status, headers)
 
-    async def guarded(handle: Callable[[], Awaitable[Response]]) -> Response:
+    async def guarded(handle: Callable[[], Awaitable[Reply]]) -> Reply:
         """Status codes, metrics and error bodies shared by /v1 and /v2 infer (``{"error": sentence}``)."""
         t0 = time.perf_counter()
         try:
-            response = await handle()
+            reply = await handle()
         except RequestError as exc:
             metrics.requests.labels(str(exc.status)).inc()
             metrics.errors.labels(exc.reason).inc()
@@ -443,17 +491,17 @@ def create_app(
         except EdgeError as exc:
             fail_count.inc()
             engine_errors.inc()
-            return JSONResponse({"error": str(exc)}, status_code=500)
+            return json_reply({"error": str(exc)}, 500)
         except Exception as exc:  # a backend failure must not take the service down or leak a traceback
             log.exception("inference failed")
             fail_count.inc()
             engine_errors.inc()
-            return JSONResponse(
-                {"error": f"Inference failed ({type(exc).__name__}); see the service log."}, status_code=500
+            return json_reply(
+                {"error": f"Inference failed ({type(exc).__name__}); see the service log."}, 500
             )
         ok_count.inc()
         metrics.latency.observe(time.perf_counter() - t0)
-        return response
+        return reply
 
     async def run_engine(feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
         """``service.infer`` inline or on the thread pool; returns the outputs and the engine time in ms."""
@@ -469,39 +517,31 @@ def create_app(
             raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
         return service.bundle
 
-    async def infer(request: Request) -> Response:
-        async def handle() -> Response:
-            body = await read_body(request)
-            ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-            if ctype == NPZ:
-                feeds = decode_npz(body)
-            elif ctype in ("application/json", "text/json", ""):
-                feeds = decode_json(body, loaded_bundle().inputs)
-            else:
-                raise RequestError(
-                    415,
-                    "media_type",
-                    f"Content-Type {ctype} is not supported; send application/json or {NPZ}.",
-                )
-            outputs, latency_ms = await run_engine(feeds)
-            if NPZ in request.headers.get("accept", ""):
-                return Response(
-                    encode_npz(outputs), media_type=NPZ, headers={"X-Latency-Ms": f"{latency_ms:.3f}"}
-                )
-            return JSONResponse(
-                {"outputs": {k: v.tolist() for k, v in outputs.items()}, "latency_ms": latency_ms}
+    async def v1_infer(headers: dict[bytes, bytes], receive: Any) -> Reply:
+        body = await read_body(headers, receive)
+        ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
+        ctype = ctype.split(";")[0].strip().lower()
+        if ctype == NPZ:
+            feeds = decode_npz(body)
+        elif ctype in ("application/json", "text/json", ""):
+            feeds = decode_json(body, loaded_bundle().inputs)
+        else:
+            raise RequestError(
+                415,
+                "media_type",
+                f"Content-Type {ctype} is not supported; send application/json or {NPZ}.",
             )
-
-        return await guarded(handle)
+        outputs, latency_ms = await run_engine(feeds)
+        if NPZ.encode() in headers.get(b"accept", b""):
+            return Reply(200, encode_npz(outputs), NPZ, [(b"x-latency-ms", f"{latency_ms:.3f}".encode())])
+        return json_reply({"outputs": {k: v.tolist() for k, v in outputs.items()}, "latency_ms": latency_ms})
 
     # -- Open Inference Protocol (KServe v2 / Triton HTTP) ---------------------------------------------
-    def v2_model(request: Request) -> ModelBundle:
+    def v2_model(name: str, version: str | None) -> ModelBundle:
         """The bundle the path names (its model name, version "1" if given); 404 for any other."""
         bundle = loaded_bundle()
-        name = request.path_params["name"]
-        version = request.path_params.get("version", oip.MODEL_VERSION)
-        if name != bundle.manifest.name or version != oip.MODEL_VERSION:
-            shown = name if "version" not in request.path_params else f"{name} version {version}"
+        if name != bundle.manifest.name or (version is not None and version != oip.MODEL_VERSION):
+            shown = name if version is None else f"{name} version {version}"
             raise ProtocolError(
                 f"Model {shown!r} is not served here; this service serves {bundle.manifest.name!r} "
                 f"version {oip.MODEL_VERSION}.",
@@ -509,6 +549,36 @@ def create_app(
                 reason="unknown_model",
             )
         return bundle
+
+    async def v2_infer(headers: dict[bytes, bytes], receive: Any, name: str, version: str | None) -> Reply:
+        bundle = v2_model(name, version)
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if encoding != "identity":
+            raise ProtocolError(
+                f"Content-Encoding {encoding} is not supported; send the request uncompressed.",
+                status=415,
+                reason="media_type",
+            )
+        body = await read_body(headers, receive)
+        declared = headers.get(oip.HEADER_LENGTH.encode())
+        length = oip.parse_header_length(None if declared is None else declared.decode("latin-1"), len(body))
+        req = oip.decode_request(body, length, bundle.inputs, bundle.outputs)
+        outputs, _latency_ms = await run_engine(req.feeds)
+        content, header_length = oip.encode_response(bundle.manifest.name, req, outputs)
+        if header_length is None:
+            return Reply(200, content, "application/json")
+        return Reply(
+            200,
+            content,
+            "application/octet-stream",
+            [(oip.HEADER_LENGTH.encode(), str(header_length).encode())],
+        )
+
+    def as_response(reply: Reply) -> Response:
+        return Response(reply.body, reply.status, dict(reply.headers_text()), reply.media_type)
+
+    def path_model(request: Request) -> tuple[str, str | None]:
+        return request.path_params["name"], request.path_params.get("version")
 
     async def v2_server(request: Request) -> Response:
         from edge_runtime import __version__
@@ -525,17 +595,17 @@ def create_app(
 
     async def v2_model_ready(request: Request) -> Response:
         try:
-            v2_model(request)
+            v2_model(*path_model(request))
         except RequestError as exc:
-            return refusal(exc)
+            return as_response(refusal(exc))
         status, _body = service.readiness()
         return JSONResponse({"name": request.path_params["name"], "ready": status == 200}, status_code=status)
 
     async def v2_metadata(request: Request) -> Response:
         try:
-            bundle = v2_model(request)
+            bundle = v2_model(*path_model(request))
         except RequestError as exc:
-            return refusal(exc)
+            return as_response(refusal(exc))
         return JSONResponse(
             {
                 "name": bundle.manifest.name,
@@ -545,31 +615,6 @@ def create_app(
                 "outputs": [oip.tensor_metadata(s) for s in bundle.outputs],
             }
         )
-
-    async def v2_infer(request: Request) -> Response:
-        async def handle() -> Response:
-            bundle = v2_model(request)
-            encoding = request.headers.get("content-encoding", "identity").strip().lower()
-            if encoding != "identity":
-                raise ProtocolError(
-                    f"Content-Encoding {encoding} is not supported; send the request uncompressed.",
-                    status=415,
-                    reason="media_type",
-                )
-            body = await read_body(request)
-            length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
-            req = oip.decode_request(body, length, bundle.inputs, bundle.outputs)
-            outputs, _latency_ms = await run_engine(req.feeds)
-            content, header_length = oip.encode_response(bundle.manifest.name, req, outputs)
-            if header_length is None:
-                return Response(content, media_type="application/json")
-            return Response(
-                content,
-                media_type="application/octet-stream",
-                headers={"Inference-Header-Content-Length": str(header_length)},
-            )
-
-        return await guarded(handle)
 
     async def healthz(request: Request) -> Response:
         status, body = service.health()
@@ -608,9 +653,7 @@ def create_app(
             # uvicorn has already waited for in-flight requests; close what the service owns.
             await asyncio.to_thread(service.close)
 
-    routes = [  # Starlette tries routes in order: the two infer routes first (~1 µs per route skipped)
-        Route("/v1/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
+    routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prom, methods=["GET"]),
@@ -621,9 +664,30 @@ def create_app(
         Route("/v2/models/{name}/ready", v2_model_ready, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}", v2_metadata, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/ready", v2_model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    rest = Starlette(routes=routes, lifespan=lifespan)
+    method_not_allowed = Reply(405, b"Method Not Allowed", "text/plain", [(b"allow", b"POST")])
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The infer routes as plain ASGI (no Request/Response objects, no router: ~0.1 ms less per call
+        on our 2-core machine, bench/service_overhead); everything else, and the lifespan, goes to Starlette."""
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/v1/infer":
+                handle: Callable[[dict[bytes, bytes], Any], Awaitable[Reply]] | None = v1_infer
+            else:
+                match = _V2_INFER.fullmatch(path) if path.startswith("/v2/models/") else None
+                handle = (
+                    None if match is None else functools.partial(v2_infer, name=match[1], version=match[2])
+                )
+            if handle is not None:
+                if scope["method"] != "POST":
+                    return await send_reply(send, method_not_allowed)
+                headers = dict(scope["headers"])  # ASGI header names are lower-case bytes
+                return await send_reply(send, await guarded(lambda: handle(headers, receive)))
+        await rest(scope, receive, send)
+
+    return app
 
 
 def serve(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +261,26 @@ def test_unknown_model_is_404_and_metrics_count_v2(client: TestClient) -> None:
     text = client.get("/metrics").text
     for line in ('edge_requests_total{code="404"}', 'edge_request_errors_total{reason="unknown_model"}'):
         assert line in text, line
+
+
+def test_infer_routes_outside_starlette_keep_http_semantics(client: TestClient) -> None:
+    """The infer routes are plain ASGI: wrong methods are 405, near-miss paths fall through to a 404, and a
+    body sent in chunks (no Content-Length) is read whole."""
+    for path in (INFER, f"/v2/models/{MODEL}/versions/1/infer", "/v1/infer"):
+        r = client.get(path)
+        assert r.status_code == 405 and r.headers["allow"] == "POST", path
+    body, length = oip.encode_request(sample_feeds())
+    for path in (f"{INFER}x", f"/v2/models/{MODEL}/infer/more", f"/v2/models/{MODEL}/versions/1/2/infer"):
+        assert _post(client, body, length, path=path).status_code == 404, path
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), 7):
+            yield body[i : i + 7]
+
+    r = client.post(INFER, content=chunks(), headers={"Inference-Header-Content-Length": str(length)})
+    assert r.status_code == 200
+    header, raw = _split(r.content, r.headers["inference-header-content-length"])
+    assert header["model_name"] == MODEL and len(raw) > 0
 
 
 def test_not_ready_is_503_with_retry_after(tiny_bundle: Path, tmp_path: Path) -> None:

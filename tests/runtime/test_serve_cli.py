@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pytest
 from bench._serve import free_port
 
 from tests.runtime.conftest import FIXTURES, sample_feeds
@@ -213,8 +212,11 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
     assert bad.returncode == 2 and bad.stderr.strip() == "healthcheck: unknown argument '--bogus' (only --live)."
 
 
-@pytest.mark.parametrize("env_var", ["EDGE_BUNDLE"])
-def test_serve_reads_env_defaults(env_var: str, tiny_bundle: Path, tmp_path: Path) -> None:
+def test_serve_and_engine_build_read_the_same_env_and_share_the_cache_entry(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """EDGE_* variables configure both commands (one set of option definitions): an engine built ahead of
+    time with `engine build` is the entry `serve` loads, at the precision both were told."""
     port = free_port()
     env = {
         **ENV,
@@ -222,7 +224,18 @@ def test_serve_reads_env_defaults(env_var: str, tiny_bundle: Path, tmp_path: Pat
         "EDGE_CACHE": str(tmp_path / "c"),
         "EDGE_PORT": str(port),
         "EDGE_BACKEND": "onnxruntime",
+        "EDGE_PRECISION": "fp16",
     }
+    built = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "engine", "build", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    entry = json.loads(built.stdout[built.stdout.index("{") :])
+    assert entry["hit"] is False
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_runtime", "serve"],
         env=env,
@@ -237,10 +250,20 @@ def test_serve_reads_env_defaults(env_var: str, tiny_bundle: Path, tmp_path: Pat
                     break
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
-        assert get(f"http://127.0.0.1:{port}/readyz")[1]["backend"] == "onnxruntime"
+        ready = get(f"http://127.0.0.1:{port}/readyz")[1]
+        assert ready["backend"] == "onnxruntime"
+        assert ready["startup"]["cache_hit"] is True and ready["startup"]["key"] == entry["key"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+    listed = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "engine", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert [e["parts"]["precision"] for e in json.loads(listed.stdout)] == ["fp16"]
 
 
 def test_ros2_bridge_started_after_ready_and_stopped_on_sigterm(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -66,15 +66,19 @@ def lazy_cli(prog_name: str, version: str, commands: dict[str, str], help_text: 
 
 def configure_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def run(group: click.Group, argv: Sequence[str] | None = None, prog_name: str | None = None) -> int:
     """Run a CLI; user errors become one line on stderr and a non-zero exit code, never a traceback."""
     try:
-        rv = group.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
-                        standalone_mode=False)
+        rv = group.main(
+            args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False
+        )
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 130

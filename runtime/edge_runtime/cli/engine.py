@@ -7,8 +7,13 @@ from pathlib import Path
 
 import click
 
-cache_option = click.option("--cache", type=click.Path(path_type=Path), envvar="EDGE_CACHE", required=True)
-json_option = click.option("--json", "as_json", is_flag=True)
+from edge_runtime.cli.options import (
+    backend_option,
+    bundle_option,
+    cache_option,
+    json_option,
+    precision_option,
+)
 
 
 @click.group()
@@ -17,21 +22,10 @@ def engine() -> None:
 
 
 @engine.command()
-@click.option("--bundle", type=click.Path(path_type=Path), envvar="EDGE_BUNDLE", required=True)
+@bundle_option
 @cache_option
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
-    envvar="EDGE_BACKEND",
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    default=None,
-    help="Default: the bundle's precision.",
-)
+@backend_option
+@precision_option
 @json_option
 def build(bundle: Path, cache: Path, backend: str, precision: str | None, as_json: bool) -> None:
     """Build the engine for BUNDLE into the cache (a cache hit builds nothing)."""

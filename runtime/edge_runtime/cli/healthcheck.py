@@ -9,8 +9,12 @@ import click
 
 
 @click.command()
-@click.option("--url", envvar="EDGE_HEALTH_URL", default=None,
-              help="Service URL [env EDGE_HEALTH_URL; default http://127.0.0.1:$EDGE_PORT, port 8080].")
+@click.option(
+    "--url",
+    envvar="EDGE_HEALTH_URL",
+    default=None,
+    help="Service URL [env EDGE_HEALTH_URL; default http://127.0.0.1:$EDGE_PORT, port 8080].",
+)
 @click.option("--timeout", type=float, default=3.0, show_default=True)
 @click.option("--live", is_flag=True, help="Check /healthz (alive) instead of /readyz (engine loaded).")
 def healthcheck(url: str | None, timeout: float, live: bool) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edge_runtime.cli.options import json_option
+
 
 @click.command()
 @click.option(
@@ -17,7 +19,7 @@ import click
     show_default=True,
     help="Read /etc, /proc and /sys under this directory.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def probe(root: Path, as_json: bool) -> None:
     """Show the device identity the engine cache keys on, and the device's current state."""
     from edge_runtime.device import probe as run_probe

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
+from edge_runtime.cli.options import backend_option, bundle_option, json_option
+
 
 @click.command()
-@click.option("--bundle", type=click.Path(path_type=Path), envvar="EDGE_BUNDLE", required=True)
+@bundle_option
 @click.option(
     "--cache",
     type=click.Path(path_type=Path),
@@ -17,12 +19,10 @@ import click
     default=None,
     help="Engine cache to use (default: a temporary one).",
 )
-@click.option(
-    "--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True
-)
+@backend_option
 @click.option("--runs", type=click.IntRange(1, 1_000_000), default=200, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def profile(bundle: Path, cache: Path | None, backend: str, runs: int, batch: int, as_json: bool) -> None:
     """Run the bundle's engine RUNS times and report latency, throughput, memory and power."""
     from edge_runtime.device_profile import profile_bundle

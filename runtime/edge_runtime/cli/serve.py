@@ -7,32 +7,15 @@ from typing import Any
 
 import click
 
+from edge_runtime.cli.options import backend_option, bundle_option, cache_option, precision_option
 from edge_runtime.errors import EdgeError
 
 
 @click.command()
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_BUNDLE",
-    required=True,
-    help="Model bundle directory [env EDGE_BUNDLE].",
-)
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_CACHE",
-    required=True,
-    help="Engine cache directory, a volume [env EDGE_CACHE].",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
-    envvar="EDGE_BACKEND",
-    default="auto",
-    show_default=True,
-    help="[env EDGE_BACKEND]",
-)
+@bundle_option
+@cache_option
+@backend_option
+@precision_option
 @click.option("--host", envvar="EDGE_HOST", default="127.0.0.1", show_default=True, help="[env EDGE_HOST]")
 @click.option("--port", type=int, envvar="EDGE_PORT", default=8080, show_default=True, help="[env EDGE_PORT]")
 @click.option(
@@ -110,6 +93,13 @@ from edge_runtime.errors import EdgeError
     help="ONNX Runtime: idle threads spin for work (lower latency on dedicated cores; burns shared ones).",
 )
 @click.option(
+    "--cuda-graph/--no-cuda-graph",
+    envvar="EDGE_CUDA_GRAPH",
+    default=False,
+    show_default=True,
+    help="TensorRT: capture each input shape's run in a CUDA graph and replay it [env EDGE_CUDA_GRAPH].",
+)
+@click.option(
     "--inline-infer",
     is_flag=True,
     envvar="EDGE_INLINE_INFER",
@@ -119,6 +109,7 @@ def serve(
     bundle: Path,
     cache: Path,
     backend: str,
+    precision: str | None,
     host: str,
     port: int,
     ros2: bool,
@@ -134,6 +125,7 @@ def serve(
     drain_s: float,
     threads: int,
     spin_wait: bool,
+    cuda_graph: bool,
     inline_infer: bool,
 ) -> None:
     """Serve a model bundle over HTTP: POST /v1/infer, GET /healthz, /readyz, /metrics."""
@@ -160,6 +152,7 @@ def serve(
         bundle=bundle,
         cache=cache,
         backend=backend,
+        precision=precision,
         max_body_bytes=int(max_body_mb * (1 << 20)),
         warmup_runs=warmup,
         deadline_ms=deadline_ms,
@@ -168,6 +161,7 @@ def serve(
         on_thermal_change=on_change,
         intra_op_threads=threads,
         spin_wait=spin_wait,
+        cuda_graph=cuda_graph,
         inline_infer=inline_infer,
     )
     service = InferenceService(config, say=lambda msg: click.echo(f"edge-runtime: {msg}", err=True))

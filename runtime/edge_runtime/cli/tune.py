@@ -6,6 +6,8 @@ import json
 
 import click
 
+from edge_runtime.cli.options import json_option
+
 
 @click.command()
 @click.option("--power-mode", type=int, default=None, help="nvpmodel mode (0 = MAXN on Orin).")
@@ -15,7 +17,7 @@ import click
     "--pid", type=int, default=None, help="Pin this running process instead of printing the command."
 )
 @click.option("--dry-run", is_flag=True, help="Only show the commands.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def tune(
     power_mode: int | None, max_clocks: bool, cpus: str | None, pid: int | None, dry_run: bool, as_json: bool
 ) -> None:
