@@ -147,7 +147,20 @@ class TensorRTEngine:
         self.use_v3 = hasattr(self.context, "execute_async_v3")  # TensorRT ≥ 8.5
         self.cuda_graph = cuda_graph and self.use_v3
         self._buffers: dict[str, tuple[int, int]] = {}  # name → (device ptr, capacity bytes)
-        self._graphs: dict[tuple[tuple[int, ...], ...], Any] = {}
+        self._graphs: dict[tuple[tuple[int, ...], ...], Any] = {}  # input shapes → instantiated CUDA graph
+        # Names, binding indices and output dtypes are fixed by the plan: looked up once, not per call.
+        self.in_names, self.out_names = self._io_names()
+        self._index = (
+            {} if self.use_v3 else {n: engine.get_binding_index(n) for n in self.in_names + self.out_names}
+        )
+        self._out_dtypes = {
+            n: np.dtype(
+                self.trt.nptype(
+                    engine.get_tensor_dtype(n) if self.use_v3 else engine.get_binding_dtype(self._index[n])
+                )
+            )
+            for n in self.out_names
+        }
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, cap = self._buffers.get(name, (0, 0))
@@ -156,8 +169,13 @@ class TensorRTEngine:
                 self.cudart.cudaFree(ptr)
             ptr = _check(self.cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
             self._buffers[name] = (ptr, nbytes)
-            self._graphs.clear()  # captured graphs hold the old addresses
+            self._drop_graphs()  # captured graphs hold the old addresses
         return ptr
+
+    def _drop_graphs(self) -> None:
+        for graph_exec in self._graphs.values():
+            self.cudart.cudaGraphExecDestroy(graph_exec)
+        self._graphs.clear()
 
     def _io_names(self) -> tuple[list[str], list[str]]:
         trt = self.trt
@@ -171,10 +189,10 @@ class TensorRTEngine:
         ]
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart, trt = self.cudart, self.trt
+        cudart = self.cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        in_names, out_names = self._io_names()
+        in_names, out_names = self.in_names, self.out_names
         host_in = {n: np.ascontiguousarray(feeds[n]) for n in in_names}
         bindings: list[int] = []
         for name in in_names:
@@ -184,7 +202,7 @@ class TensorRTEngine:
                 self.context.set_input_shape(name, arr.shape)
                 self.context.set_tensor_address(name, ptr)
             else:
-                self.context.set_binding_shape(self.engine.get_binding_index(name), arr.shape)
+                self.context.set_binding_shape(self._index[name], arr.shape)
             _check(
                 cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream), "cudaMemcpyAsync"
             )
@@ -192,12 +210,9 @@ class TensorRTEngine:
         for name in out_names:
             if self.use_v3:
                 shape = tuple(self.context.get_tensor_shape(name))
-                dtype = trt.nptype(self.engine.get_tensor_dtype(name))
             else:
-                idx = self.engine.get_binding_index(name)
-                shape = tuple(self.context.get_binding_shape(idx))
-                dtype = trt.nptype(self.engine.get_binding_dtype(idx))
-            host_out[name] = np.empty(shape, dtype=dtype)
+                shape = tuple(self.context.get_binding_shape(self._index[name]))
+            host_out[name] = np.empty(shape, dtype=self._out_dtypes[name])
             ptr = self._device_buffer(name, host_out[name].nbytes)
             if self.use_v3:
                 self.context.set_tensor_address(name, ptr)
@@ -231,15 +246,18 @@ class TensorRTEngine:
             _check(cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
             self.context.execute_async_v3(self.stream)
             graph = _check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-            graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            try:
+                graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            finally:
+                cudart.cudaGraphDestroy(graph)  # the instantiated executable keeps what it needs
             self._graphs[shapes] = graph_exec
         _check(cudart.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
 
     def close(self) -> None:
+        self._drop_graphs()  # graphs first: they point into the buffers
         for ptr, _ in self._buffers.values():
             self.cudart.cudaFree(ptr)
         self._buffers.clear()
-        self._graphs.clear()
         if self.stream is not None:
             self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
