@@ -21,28 +21,37 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """One ``edge-runtime serve`` child; ``ready_s`` is spawn → first 200 from /readyz."""
+    """One ``edge-runtime serve`` child; ``ready_s`` is spawn → first 200 from /readyz.
 
-    def __init__(self, bundle: Path, cache: Path, backend: str, extra: list[str] | None = None) -> None:
+    ``bundle``, ``cache`` or ``backend`` left as None are not passed (the child reads EDGE_* from ``env``);
+    ``merge_output`` sends stderr into ``proc.stdout`` for callers that read the service's log.
+    """
+
+    def __init__(
+        self,
+        bundle: Path | None,
+        cache: Path | None,
+        backend: str | None,
+        extra: list[str] | None = None,
+        *,
+        script: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        merge_output: bool = False,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "edge_runtime",
-            "serve",
-            "--bundle",
-            str(bundle),
-            "--cache",
-            str(cache),
-            "--backend",
-            backend,
-            "--port",
-            str(self.port),
-            *(extra or []),
-        ]
+        cmd = [sys.executable, *(script or ["-m", "edge_runtime"]), "serve", "--port", str(self.port)]
+        for flag, value in (("--bundle", bundle), ("--cache", cache), ("--backend", backend)):
+            if value is not None:
+                cmd += [flag, str(value)]
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*cmd, *(extra or [])],
+            stdout=subprocess.PIPE if merge_output else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.ready_s: float | None = None
         self.startup: dict[str, Any] = {}
 
@@ -50,9 +59,8 @@ class ServiceProcess:
         deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"edge-runtime serve exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
-                )
+                log = self.proc.stderr or self.proc.stdout
+                raise RuntimeError(f"edge-runtime serve exited: {log.read() if log else ''}")
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
                     if r.status == 200:

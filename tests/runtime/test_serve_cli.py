@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from bench._serve import free_port
+from bench._serve import ServiceProcess, free_port
 
 from tests.runtime.conftest import FIXTURES, sample_feeds
 
@@ -50,43 +50,12 @@ def post_json(url: str, feeds: dict[str, np.ndarray], timeout: float = 30.0) -> 
 def serving(
     bundle: Path, cache: Path, *extra: str, script: list[str] | None = None, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        *(script or ["-m", "edge_runtime"]),
-        "serve",
-        "--bundle",
-        str(bundle),
-        "--cache",
-        str(cache),
-        "--backend",
-        "onnxruntime",
-        "--port",
-        str(port),
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or ENV)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if get(url + "/readyz", timeout=1)[0] == 200:
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, "service never became ready"
-            time.sleep(0.05)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """``edge-runtime serve`` on ONNX Runtime, ready; its log (stdout + stderr) is on ``proc.stdout``."""
+    with ServiceProcess(
+        bundle, cache, "onnxruntime", list(extra), script=script, env=env or ENV, merge_output=True
+    ) as svc:
+        svc.wait_ready(timeout_s=60)
+        yield svc.url, svc.proc
 
 
 def test_cold_then_warm_start_and_correct_actions(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -236,26 +205,10 @@ def test_serve_and_engine_build_read_the_same_env_and_share_the_cache_entry(
     assert built.returncode == 0, built.stderr
     entry = json.loads(built.stdout[built.stdout.index("{") :])
     assert entry["hit"] is False
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if get(f"http://127.0.0.1:{port}/readyz", timeout=1)[0] == 200:
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        ready = get(f"http://127.0.0.1:{port}/readyz")[1]
-        assert ready["backend"] == "onnxruntime"
-        assert ready["startup"]["cache_hit"] is True and ready["startup"]["key"] == entry["key"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+    with ServiceProcess(None, None, None, env=env) as svc:  # bundle, cache, backend, precision from env
+        svc.wait_ready(timeout_s=60)
+        assert svc.startup["backend"] == "onnxruntime"
+        assert svc.startup["cache_hit"] is True and svc.startup["key"] == entry["key"]
     listed = subprocess.run(
         [sys.executable, "-m", "edge_runtime", "engine", "list", "--json"],
         env=env,
