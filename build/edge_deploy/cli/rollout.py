@@ -59,7 +59,7 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
 
     table = Table(title=title)
     for col in ("robot", "outcome", "total s", "reason"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "robot")
     for r in rows:
         from rich.text import Text
 
@@ -204,6 +204,7 @@ def rollback(
 @click.option("--json", "as_json", is_flag=True)
 def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json: bool) -> None:
     """Version, digest, health, engine state and last result of each robot."""
+    from rich import box
     from rich.table import Table
 
     from edge_deploy.rollout import fleet_status
@@ -212,16 +213,19 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="fleet status")
-    for col in ("robot", "version", "health", "engine", "image digest", "last result"):
-        table.add_column(col)
+    table = Table(title="fleet status", box=box.SIMPLE_HEAD)  # no vertical rules: fits 80 columns
+    for col in ("robot", "version", "health", "engine", "digest", "last"):
+        # names are never cut; the engine column wraps between words ("onnxruntime" / "cache hit")
+        table.add_column(
+            col, no_wrap=col in ("robot", "version", "digest"), min_width=11 if col == "engine" else None
+        )
     for r in rows:
         engine = r.get("engine")
         if isinstance(engine, dict):
             startup = engine.get("startup") or {}
             cache = "" if "cache_hit" not in startup else (" cache hit" if startup["cache_hit"] else " built")
             engine = (
-                f"ready {engine.get('backend', '')}{cache}".strip()
+                f"{engine.get('backend', '')}{cache}".strip() or "ready"
                 if engine.get("ready")
                 else str(engine.get("error") or "not ready")[:40]
             )
@@ -231,7 +235,7 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
             str(r.get("version") or "-"),
             str(r.get("health")),
             str(engine or "-"),
-            image.split("@")[-1][:19],
+            image.split("@")[-1].removeprefix("sha256:")[:12],  # as `docker images` shows it
             str(r.get("last_result") or r.get("reason", "-"))[:60],
         )
     _console(stderr=False).print(table)
