@@ -11,7 +11,6 @@ engine cache hit). Needs root, the host harness (scripts/host-setup) and the run
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform as host_platform
@@ -148,7 +147,6 @@ def _bound(timings: dict[str, float]) -> str:
 
 
 def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[dict[str, Any]]:
-    from edge_deploy.fleet import FleetError
     from edge_deploy.fleet import simulate as sim
     from edge_deploy.release.manifest import ReleaseManifest, save_release
     from edge_deploy.rollout import deploy_release, rollback
@@ -156,29 +154,10 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
     releases = root / f"releases-{n}"
     for tag, ref in refs.items():
         save_release(ReleaseManifest.for_runtime_image(tag, ref, source="bench"), releases)
-    state = root / f"state-{n}"
-    state.mkdir(mode=0o755)
-    os.chmod(state, 0o755)
-    for attempt in (1, 2):  # simulate is idempotent; a daemon slow to write its pidfile is retried once
-        try:
-            s = sim.simulate(
-                n,
-                f"bench{n}",
-                state_root=state,
-                ssh_port_base=2600 + 10 * n,
-                service_port_base=18300 + 10 * n,
-                registry=REGISTRY,
-                platform=platform,
-            )
-            break
-        except (OSError, FleetError) as exc:
-            with contextlib.suppress(Exception):  # stop what started; nothing may outlive the benchmark
-                sim.stop(sim.Simulation.load(f"bench{n}", state), purge=True)
-            if attempt == 2:
-                raise
-            print(f"fleet: starting {n} simulated robot(s) failed ({exc}); retrying", flush=True)
     rows: list[dict[str, Any]] = []
-    try:
+    ports = {"ssh_port_base": 2600 + 10 * n, "service_port_base": 18300 + 10 * n}
+    # attempts=2: a daemon slow to write its pidfile on a loaded host is retried once
+    with sim.simulated(n, f"bench{n}", attempts=2, registry=REGISTRY, platform=platform, **ports) as s:
         names = [r.name for r in s.robots]
         ops: list[tuple[str, str | None]] = [
             ("rollout (all layers)", "0.1.0"),
@@ -222,8 +201,6 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
                 }
             )
             print(f"fleet: {n} robot(s) {op}: {wall:.1f} s", flush=True)
-    finally:
-        sim.stop(s, purge=True)
     return rows
 
 

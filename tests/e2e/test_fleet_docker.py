@@ -4,7 +4,6 @@ and the faults of issue 7. Tests run in file order and share one fleet (bounded 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -119,28 +118,12 @@ def env(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     releases = work / "releases"
     for version, ref in refs.items():
         release(releases, version, ref)
-    root = Path(tempfile.mkdtemp(prefix="edge-fleet-e2e-", dir="/var/tmp"))
-    os.chmod(root, 0o755)
     try:
-        s = sim.simulate(
-            3,
-            "e2e",
-            state_root=root,
-            ssh_port_base=2401,
-            service_port_base=18181,
-            registry=REGISTRY,
-            platform=PLATFORM,
-        )
-    except BaseException:
-        with contextlib.suppress(Exception):
-            sim.stop(sim.Simulation.load("e2e", root), purge=True)
-        shutil.rmtree(root, ignore_errors=True)
-        raise
-    try:
-        yield Env(s.fleet_file, releases, s, refs)
+        with sim.simulated(
+            3, "e2e", ssh_port_base=2401, service_port_base=18181, registry=REGISTRY, platform=PLATFORM
+        ) as s:
+            yield Env(s.fleet_file, releases, s, refs)
     finally:
-        sim.stop(s, purge=True)
-        shutil.rmtree(root, ignore_errors=True)
         if NUMBERS:
             print("\nfleet numbers:", json.dumps(NUMBERS, indent=2))
 

@@ -5,10 +5,8 @@ current release untouched."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,21 +27,8 @@ def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     need(shutil.which("sshd") is not None or Path("/usr/sbin/sshd").is_file(), "sshd (openssh-server)")
     from edge_deploy.fleet import simulate as sim
 
-    # Robot users must be able to enter their homes: pytest's own tmp root is private to root.
-    root = Path(tempfile.mkdtemp(prefix="edge-fleet-ssh-", dir="/var/tmp"))
-    os.chmod(root, 0o755)
-    try:
-        s = sim.simulate(2, "pyssh", state_root=root, engines=False, ssh_port_base=2301)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            sim.stop(sim.Simulation.load("pyssh", root), purge=True)
-        shutil.rmtree(root, ignore_errors=True)
-        raise
-    try:
+    with sim.simulated(2, "pyssh", engines=False, ssh_port_base=2301) as s:
         yield load_fleet(s.fleet_file)
-    finally:
-        sim.stop(s, purge=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def deploy(robot: Robot, version: str = "0.1.0", **kw: object) -> dict:

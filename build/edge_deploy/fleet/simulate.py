@@ -13,7 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -480,6 +482,41 @@ def stop(sim: Simulation, *, purge: bool = False) -> None:
         _unmount_under(RUN_ROOT / sim.name)
         shutil.rmtree(sim.state_dir, ignore_errors=True)
         shutil.rmtree(RUN_ROOT / sim.name, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def simulated(
+    robots: int, name: str, *, state_root: Path | None = None, attempts: int = 1, **options: Any
+) -> Iterator[Simulation]:
+    """A simulated fleet for the length of a ``with`` block (tests, benchmarks): stopped and purged on
+    exit, and when starting it fails halfway, so no sshd, dockerd or robot user outlives the block.
+
+    Without ``state_root`` it lives in a fresh directory under /var/tmp, removed afterwards (robot users
+    must be able to enter their homes, so it is world-searchable; pytest's own tmp root is not).
+    ``attempts`` > 1 retries a start that failed on the host (a daemon slow to write its pidfile).
+    ``options`` go to ``simulate``.
+    """
+    own_root = state_root is None
+    root = Path(tempfile.mkdtemp(prefix=f"edge-fleet-{name}-", dir="/var/tmp")) if own_root else state_root
+    assert root is not None
+    os.chmod(root, 0o755)
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                sim = simulate(robots, name, state_root=root, **options)
+                break
+            except BaseException as exc:
+                with contextlib.suppress(Exception):  # stop what did start
+                    stop(Simulation.load(name, root), purge=True)
+                if attempt == attempts or not isinstance(exc, (OSError, FleetError)):
+                    raise
+        try:
+            yield sim
+        finally:
+            stop(sim, purge=True)
+    finally:
+        if own_root:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def list_simulations(state_root: Path = DEFAULT_STATE_ROOT) -> list[dict[str, Any]]:
