@@ -93,3 +93,20 @@ def test_dry_run_prints_the_tag_plan(checkout: Path, capsys: pytest.CaptureFixtu
     assert code == 0, err
     plan = json.loads(out)
     assert plan["tags"][0] == "0.1.1" and "0.1" in plan["tags"] and "latest" not in plan["tags"]
+
+
+def test_image_options_are_checked_before_any_work(
+    checkout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`release` and `image build` share their image options: an unsupported platform or a calibration file
+    outside the model's directory is a usage error before anything is built, in both commands."""
+    model = checkout / "policy.pt"
+    model.write_bytes(b"not built")
+    outside = tmp_path.parent / "calib.npz"
+    for cmd in (["release", "0.1.0", "--no-sign", "--model", str(model)], ["image", "build", str(model)]):
+        code, _, err = run_cli(capsys, *cmd, "--platform", "linux/riscv64")
+        assert code == 2 and "linux/riscv64" in err and "Traceback" not in err, cmd
+        code, _, err = run_cli(capsys, *cmd, "--calibration", str(outside))
+        assert code == 2 and "--calibration must be in the same directory as the model" in err, cmd
+    code, _, err = run_cli(capsys, "release", "0.1.0", "--no-sign", "--calibration", str(outside))
+    assert code == 2 and "--calibration needs --model" in err

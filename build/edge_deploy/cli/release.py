@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from edge_deploy.cli.options import calibration_name, image_options
 from edge_deploy.release.manifest import ReleaseError, load_release
 from edge_deploy.release.release import IMAGES, Release, ReleaseOptions, sorted_releases
 from edge_deploy.release.tags import CHANNELS, normalize_version
@@ -67,8 +68,6 @@ def release() -> None:
     default=None,
     help="Model to bake into the runtime image (.pt/.onnx file or bundle directory).",
 )
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
-@click.option("--calibration", default="", help="Calibration npz name inside the model's directory (int8).")
 @click.option(
     "--channel",
     type=click.Choice(CHANNELS),
@@ -82,14 +81,7 @@ def release() -> None:
     help="--no-push: checks, tag plan and a local build only.",
 )
 @click.option("--force", is_flag=True, help="Redo an existing version, or release from a dirty tree.")
-@click.option("--registry", envvar="EDGE_REGISTRY", default="localhost:5000", show_default=True)
-@click.option("--prefix", "image_prefix", default="edge-deploy", show_default=True)
-@click.option(
-    "--l4t-base", envvar="EDGE_L4T_BASE", default=None, help="Runtime base image [env EDGE_L4T_BASE]."
-)
-@click.option("--converter-base", envvar="EDGE_CONVERTER_BASE", default=None)
-@click.option("--runtime-python", envvar="EDGE_RUNTIME_PYTHON", default=None)
-@click.option("--platform", "platforms", default="linux/arm64", show_default=True)
+@image_options
 @click.option(
     "--key",
     type=click.Path(path_type=Path),
@@ -119,7 +111,7 @@ def create(
     version: str,
     model: Path | None,
     precision: str,
-    calibration: str,
+    calibration: Path | None,
     channel: str | None,
     push: bool,
     force: bool,
@@ -127,7 +119,7 @@ def create(
     image_prefix: str,
     l4t_base: str | None,
     converter_base: str | None,
-    runtime_python: str | None,
+    runtime_python: str,
     platforms: str,
     key: Path | None,
     no_sign: bool,
@@ -149,13 +141,16 @@ def create(
         reused[name] = ref
     if push and key is None and not no_sign:
         raise click.UsageError("No signing key: pass --key (or set EDGE_COSIGN_KEY), or --no-sign.")
+    if calibration is not None and model is None:
+        raise click.UsageError("--calibration needs --model (it must sit in the model's directory).")
+    cal = calibration_name(model, calibration) if model is not None else ""
     model = model.resolve() if model is not None else None
     opts = ReleaseOptions(
         version=version,
         model_dir=model.parent if model else None,
         model=model.name if model else "policy.pt",
         precision=precision,
-        calibration=calibration,
+        calibration=cal,
         channel=channel,
         push=push,
         force=force,
