@@ -339,6 +339,8 @@ class InferenceService:
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         body: dict[str, Any] = {"ready": self.ready, "draining": self.draining, "thermal": self.thermal.state}
+        if self.bundle is not None:  # the name under /v2/models/ (the fleet's health gate reads it)
+            body["model"] = self.bundle.manifest.name
         if self.backend is not None:
             body["backend"] = self.backend.name
         if self.startup:

@@ -12,7 +12,7 @@ import pytest
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Fleet, Robot
-from edge_deploy.fleet.robot import DeployRequest, bundle_files, env_file, output_shape
+from edge_deploy.fleet.robot import DeployRequest, bundle_files, env_file
 from edge_deploy.fleet.rollout import Rollout, plan_waves
 
 
@@ -158,18 +158,135 @@ def test_compose_file_is_hardened() -> None:
     assert jet["services"]["edge-runtime"]["runtime"] == "nvidia"
 
 
+def _other_model_bundle(root: Path) -> Path:
+    """A bundle that shares nothing with the sample policy: inputs ``scan`` FP32 [B,16] and ``mode`` INT64
+    [B,1]; outputs ``cmd`` FP32 [B,2] and ``mode_echo`` INT64 [B,1]."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_runtime.bundle import BatchProfile, BundleManifest, TensorSpec, sha256_file
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["scan", "W", "B"], ["cmd"]),
+            helper.make_node("Identity", ["mode"], ["mode_echo"]),
+        ],
+        "other",
+        [
+            helper.make_tensor_value_info("scan", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("mode", TensorProto.INT64, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("cmd", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("mode_echo", TensorProto.INT64, ["batch", 1]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.linspace(-1, 1, 32, dtype=np.float32).reshape(16, 2), "W"),
+            numpy_helper.from_array(np.zeros(2, np.float32), "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    root.mkdir(parents=True)
+    onnx.save(model, root / "model.onnx")
+    manifest = BundleManifest(
+        precision="fp32",
+        opset=17,
+        inputs=[TensorSpec("scan", "float32", ("batch", 16)), TensorSpec("mode", "int64", ("batch", 1))],
+        outputs=[TensorSpec("cmd", "float32", ("batch", 2)), TensorSpec("mode_echo", "int64", ("batch", 1))],
+        batch=BatchProfile(1, 1, 4),
+        files={"model.onnx": sha256_file(root / "model.onnx")},
+        name="other-model",
+    )
+    (root / "bundle.json").write_text(manifest.to_json())
+    return root
+
+
+def test_health_gate_smoke_inference_works_for_any_model(tmp_path: Path) -> None:
+    """The gate's smoke input comes from the served model's own metadata (names, datatypes, shapes), so a
+    policy that is not the sample one passes on a real service; the old fixed sample input is refused."""
+    import httpx
+
+    from edge_deploy.fleet.robot import ready_check, served_model, smoke_check
+    from edge_runtime.service import InferenceService, ServiceConfig, create_app
+
+    service = InferenceService(
+        ServiceConfig(bundle=_other_model_bundle(tmp_path / "b"), cache=tmp_path / "c", backend="onnxruntime")
+    )
+    service.prepare()
+    service.load()
+    app = create_app(service, load_in_background=False)
+
+    async def gate() -> tuple[str, dict, float, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://robot") as http:
+            model = served_model(await ready_check(http))
+            outputs, seconds = await smoke_check(http, model)
+            sample = {"inputs": {"image": [[[[0.0]]]], "robot_state": [[0.0] * 48]}}
+            old = await http.post("/v1/infer", json=sample)
+        return model, outputs, seconds, old.status_code
+
+    try:
+        model, outputs, seconds, old_status = asyncio.run(gate())
+    finally:
+        service.close()
+    assert model == "other-model" and seconds > 0
+    assert {n: (o["datatype"], o["shape"]) for n, o in outputs.items()} == {
+        "cmd": ("FP32", [1, 2]),
+        "mode_echo": ("INT64", [1, 1]),
+    }
+    assert old_status == 400  # what a gate built around the sample policy would have got
+
+
+def test_smoke_request_is_made_from_metadata() -> None:
+    from edge_deploy.fleet.robot import smoke_request
+
+    meta = {
+        "inputs": [
+            {"name": "scan", "datatype": "FP16", "shape": [-1, 4]},
+            {"name": "mask", "datatype": "BOOL", "shape": [-1, 2]},
+            {"name": "mode", "datatype": "INT32", "shape": [3]},
+        ]
+    }
+    req = smoke_request(meta)
+    assert [(i["name"], i["datatype"], i["shape"]) for i in req["inputs"]] == [
+        ("scan", "FP16", [1, 4]),
+        ("mask", "BOOL", [1, 2]),
+        ("mode", "INT32", [3]),
+    ]
+    scan, mask, mode = (i["data"] for i in req["inputs"])
+    assert len(scan) == 4 and all(0 <= v < 1 for v in scan) and mask == [False, False] and mode == [0, 0, 0]
+    assert smoke_request(meta) == req  # deterministic: every robot gets the same input
+
+
+META = {"outputs": [{"name": "cmd", "datatype": "FP32", "shape": [-1, 2]}]}
+
+
 @pytest.mark.parametrize(
-    ("body", "shape"),
+    ("answer", "problem"),
     [
-        ({"outputs": {"action": [[0.0] * 7]}}, (1, 7)),
-        ({"action": [[0.0] * 7, [1.0] * 7]}, (2, 7)),
-        ({"outputs": {"action": {"shape": [1, 7], "data": []}}}, (1, 7)),
-        ({"outputs": {"other": [1]}}, None),
-        ("text", None),
+        ({"outputs": [{"name": "cmd", "shape": [1, 2], "data": [0.5, -1.0]}]}, None),
+        (
+            {"outputs": [{"name": "cmd", "shape": [1, 3], "data": [0, 0, 0]}]},
+            "of shape [1, 3], expected [1, 2]",
+        ),
+        ({"outputs": [{"name": "other", "shape": [1, 2], "data": [0, 0]}]}, "no output 'cmd'"),
+        (
+            {"outputs": [{"name": "cmd", "shape": [1, 2], "data": [0.1, float("nan")]}]},
+            "non-finite values in cmd",
+        ),
+        ("not json", "no output 'cmd'"),
     ],
 )
-def test_output_shape(body: object, shape: tuple[int, ...] | None) -> None:
-    assert output_shape(body) == shape
+def test_smoke_answer_is_checked_against_the_metadata(answer: object, problem: str | None) -> None:
+    from edge_deploy.fleet.robot import GateFailed, check_smoke_answer
+
+    if problem is None:
+        assert check_smoke_answer(META, answer)["cmd"]["shape"] == [1, 2]
+        return
+    with pytest.raises(GateFailed, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        check_smoke_answer(META, answer)
 
 
 def test_ros2_rollout_of_an_image_without_ros2_is_refused_before_any_robot(tmp_path: Path) -> None:

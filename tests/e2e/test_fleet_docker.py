@@ -4,6 +4,7 @@ and the faults of issue 7. Tests run in file order and share one fleet (bounded 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -163,15 +164,18 @@ def names(env: Env) -> list[str]:
 
 
 def infer(env: Env, robot: str) -> list[int]:
+    """The action shape of one inference on the robot, with the health gate's own smoke check."""
     import httpx
-    import numpy as np
 
-    from edge_deploy.fleet.robot import smoke_payload
+    from edge_deploy.fleet.robot import ready_check, served_model, smoke_check
 
-    port = env.sim.robot(robot).service_port  # robots share the host's network namespace
-    r = httpx.post(f"http://127.0.0.1:{port}/v1/infer", json=smoke_payload(), timeout=120)
-    r.raise_for_status()
-    return list(np.asarray(r.json()["outputs"]["action"]).shape)
+    async def one() -> list[int]:
+        port = env.sim.robot(robot).service_port  # robots share the host's network namespace
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            outputs, _ = await smoke_check(http, served_model(await ready_check(http)))
+        return list(outputs["action"]["shape"])
+
+    return asyncio.run(one())
 
 
 def test_rollout_010_to_three_robots(env: Env) -> None:

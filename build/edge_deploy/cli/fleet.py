@@ -87,7 +87,10 @@ def list_(state_root: Path, as_json: bool) -> None:
 @click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 def infer(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json: bool) -> None:
-    """Send one inference (a fixed smoke input) to each robot's running release over SSH."""
+    """Send one inference to each robot's running release over SSH (an input made from the served model's
+    own metadata) and print its outputs."""
+    import numpy as np
+
     from edge_deploy.rollout import fleet_infer
 
     rows = fleet_infer(fleet_file, group=group, devices=list(devices) or None)
@@ -97,10 +100,11 @@ def infer(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json
         if not r.get("ok"):
             click.echo(f"{r['robot']:<16} FAILED  {r.get('error')}")
             continue
-        action = r["outputs"].get("action")
-        values = action.get("data") if isinstance(action, dict) else action
-        flat = [round(float(v), 4) for v in (values[0] if values and isinstance(values[0], list) else values or [])]
-        click.echo(f"{r['robot']:<16} {r.get('version') or '-':<10} action {flat}  "
-                   f"({r['round_trip_ms']:.0f} ms round trip, {r.get('service_ms') or 0:.1f} ms in service)")
+        shown = []
+        for name, value in r["outputs"].items():  # every output the robot's model gives, first 8 values
+            flat = np.ravel(np.asarray(value.get("data", []) if isinstance(value, dict) else value, dtype=float))
+            shown.append(f"{name} {[round(v, 4) for v in flat[:8].tolist()]}{' …' if flat.size > 8 else ''}")
+        click.echo(f"{r['robot']:<16} {r.get('version') or '-':<10} {'  '.join(shown)}  "
+                   f"({r['round_trip_ms']:.0f} ms round trip)")
     if any(not r.get("ok") for r in rows):
         raise SystemExit(1)

@@ -90,7 +90,7 @@ class DeployRequest:
     ros_domain_id: int = 0
     auto_start: bool = False  # install and enable the systemd unit
     health_timeout_s: float = 600.0
-    expected_shape: tuple[int, ...] | None = (1, 7)  # None: skip the smoke inference
+    smoke: bool = True  # one inference on an input made from the served model's metadata
     force: bool = False  # deploy even if the version is marked bad on the robot
     prune: bool = True
 
@@ -147,33 +147,82 @@ def bundle_files(robot: Robot, req: DeployRequest) -> dict[str, bytes]:
     return files
 
 
-def smoke_payload(shape_image: tuple[int, ...] = (1, 3, 224, 224), state_dim: int = 48) -> dict[str, Any]:
+def smoke_request(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A batch-1 Open Inference Protocol request for whatever model the robot serves, built from that
+    model's own metadata (``GET /v2/models/NAME``): dynamic dimensions are 1, floating-point inputs get
+    deterministic values in [0, 1), integer and boolean inputs zeros."""
+    import math
+
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return {
-        "inputs": {
-            "image": rng.random(shape_image, dtype=np.float32).round(3).tolist(),
-            "robot_state": rng.random((1, state_dim), dtype=np.float32).round(3).tolist(),
-        }
-    }
+    inputs = []
+    for spec in metadata.get("inputs") or []:
+        shape = [1 if d < 0 else int(d) for d in spec["shape"]]
+        count = math.prod(shape)
+        kind = spec["datatype"]
+        data: list[Any]
+        if kind.startswith("FP"):
+            data = rng.random(count).round(3).tolist()
+        else:
+            data = [False] * count if kind == "BOOL" else [0] * count
+        inputs.append({"name": spec["name"], "shape": shape, "datatype": kind, "data": data})
+    return {"inputs": inputs}
 
 
-def output_shape(body: Any, name: str = "action") -> tuple[int, ...] | None:
-    """Shape of the named output in an /v1/infer answer ({"outputs": {...}} or a flat mapping)."""
+def check_smoke_answer(metadata: dict[str, Any], answer: Any) -> dict[str, dict[str, Any]]:
+    """The answer's outputs by name (``shape``, ``datatype``, ``data``); raises GateFailed unless every
+    output the model declares came back with its declared shape (dynamic dimensions 1) and finite values."""
     import numpy as np
 
-    if isinstance(body, dict):
-        outputs = body.get("outputs", body)
-        if isinstance(outputs, dict) and name in outputs:
-            value = outputs[name]
-            if isinstance(value, dict) and "shape" in value:
-                return tuple(int(x) for x in value["shape"])
-            try:
-                return tuple(np.asarray(value, dtype=np.float32).shape)
-            except (TypeError, ValueError):
-                return None
-    return None
+    got = {o.get("name"): o for o in (answer.get("outputs") or [])} if isinstance(answer, dict) else {}
+    for spec in metadata.get("outputs") or []:
+        out = got.get(spec["name"])
+        if not isinstance(out, dict):
+            raise GateFailed(f"smoke inference returned no output {spec['name']!r}")
+        expected = [1 if d < 0 else int(d) for d in spec["shape"]]
+        if list(out.get("shape") or []) != expected:
+            raise GateFailed(
+                f"smoke inference returned {spec['name']} of shape {out.get('shape')}, expected {expected}"
+            )
+        values = np.asarray(out.get("data") or [], dtype=np.float64)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise GateFailed(f"smoke inference returned non-finite values in {spec['name']}")
+    return got
+
+
+async def smoke_check(http: Any, model: str) -> tuple[dict[str, dict[str, Any]], float]:
+    """One inference through ``http`` (an httpx.AsyncClient on the service) with an input made from the
+    served model's own metadata; its checked outputs and the round trip in seconds."""
+    meta = await http.get(f"/v2/models/{model}")
+    if meta.status_code != 200:
+        raise GateFailed(f"model metadata answered {meta.status_code}: {meta.text[:150]}")
+    metadata = meta.json()
+    t0 = time.monotonic()
+    resp = await http.post(f"/v2/models/{model}/infer", json=smoke_request(metadata))
+    seconds = time.monotonic() - t0
+    if resp.status_code != 200:
+        raise GateFailed(f"smoke inference answered {resp.status_code}: {resp.text[:150]}")
+    return check_smoke_answer(metadata, resp.json()), seconds
+
+
+async def ready_check(http: Any) -> dict[str, Any]:
+    """``GET /readyz`` must answer 200 with ``ready: true``; returns its body."""
+    ready = await http.get("/readyz")
+    try:
+        body = ready.json()
+    except ValueError:
+        body = {"text": ready.text[:200]}
+    if ready.status_code != 200 or not (isinstance(body, dict) and body.get("ready")):
+        raise GateFailed(f"/readyz answered {ready.status_code}: {str(body)[:150]}")
+    return body
+
+
+def served_model(ready: dict[str, Any]) -> str:
+    """The model name a ready service reports (its path under /v2/models/)."""
+    if not ready.get("model"):
+        raise GateFailed("/readyz does not name the model it serves (an edge-runtime older than this tool)")
+    return str(ready["model"])
 
 
 class RobotReleases:
@@ -280,55 +329,48 @@ class RobotReleases:
         )
         return r.stdout.strip() if r.ok else ""
 
-    async def service_check(
-        self, expected_shape: tuple[int, ...] | None, timeout_s: float = 120
-    ) -> dict[str, Any]:
-        """Through an SSH port forward: /readyz must say the engine is ready, and when ``expected_shape`` is
-        given a smoke inference must return an ``action`` of that shape."""
-        import httpx
-
-        async with self.conn.forward(self.robot.service_port) as port:
-            base = f"http://127.0.0.1:{port}"
-            async with httpx.AsyncClient(base_url=base, timeout=timeout_s) as http:
-                ready = await http.get("/readyz")
-                try:
-                    ready_body = ready.json()
-                except ValueError:
-                    ready_body = {"text": ready.text[:200]}
-                if ready.status_code != 200 or not (isinstance(ready_body, dict) and ready_body.get("ready")):
-                    raise GateFailed(f"/readyz answered {ready.status_code}: {str(ready_body)[:150]}")
-                result: dict[str, Any] = {"readyz": ready_body}
-                if expected_shape is not None:
-                    t0 = time.monotonic()
-                    resp = await http.post("/v1/infer", json=smoke_payload())
-                    result["smoke_s"] = round(time.monotonic() - t0, 3)
-                    if resp.status_code != 200:
-                        raise GateFailed(f"smoke inference answered {resp.status_code}: {resp.text[:150]}")
-                    shape = output_shape(resp.json())
-                    if shape != tuple(expected_shape):
-                        raise GateFailed(
-                            f"smoke inference returned action shape {shape}, expected {tuple(expected_shape)}"
-                        )
-                    result["action_shape"] = list(shape)
-                return result
-
-    async def infer(self, payload: dict[str, Any], timeout_s: float = 120) -> dict[str, Any]:
-        """One inference on the robot's service, through an SSH port forward (it listens on the robot's
-        loopback); returns the answer's outputs and the round-trip time."""
+    async def service_check(self, smoke: bool = True, timeout_s: float = 120) -> dict[str, Any]:
+        """Through an SSH port forward: /readyz must say the engine is ready, and with ``smoke`` one
+        inference on an input built from the model's own metadata must return every declared output with
+        its declared shape and finite values (whatever the model: nothing here assumes the sample policy)."""
         import httpx
 
         async with (
             self.conn.forward(self.robot.service_port) as port,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as http,
         ):
+            ready = await ready_check(http)
+            result: dict[str, Any] = {"readyz": ready}
+            if smoke:
+                outputs, seconds = await smoke_check(http, served_model(ready))
+                result["smoke_s"] = round(seconds, 3)
+                result["outputs"] = {name: o.get("shape") for name, o in outputs.items()}
+            return result
+
+    async def infer(self, payload: dict[str, Any] | None = None, timeout_s: float = 120) -> dict[str, Any]:
+        """One inference on the robot's service, through an SSH port forward (it listens on the robot's
+        loopback): ``payload`` as a ``POST /v1/infer`` body, or by default the smoke input made from the
+        served model's metadata. Returns the outputs by name and the round-trip time."""
+        import httpx
+
+        async with (
+            self.conn.forward(self.robot.service_port) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as http,
+        ):
+            if payload is None:
+                outputs, seconds = await smoke_check(http, served_model(await ready_check(http)))
+                return {"outputs": outputs, "service_ms": None, "round_trip_ms": round(seconds * 1000, 2)}
             t0 = time.monotonic()
             resp = await http.post("/v1/infer", json=payload)
             round_trip_ms = (time.monotonic() - t0) * 1000
         if resp.status_code != 200:
             raise GateFailed(f"inference answered {resp.status_code}: {resp.text[:150]}")
         body = resp.json()
-        return {"outputs": body.get("outputs", {}), "service_ms": body.get("latency_ms"),
-                "round_trip_ms": round(round_trip_ms, 2)}
+        return {
+            "outputs": body.get("outputs", {}),
+            "service_ms": body.get("latency_ms"),
+            "round_trip_ms": round(round_trip_ms, 2),
+        }
 
     async def image_present(self, image: str) -> bool:
         r = await self.conn.run(f"docker image inspect {q(image)} >/dev/null 2>&1", timeout=60)
@@ -500,7 +542,7 @@ class RobotReleases:
         if " healthy " not in f" {health} ":
             raise GateFailed(f"the container is not healthy ({health or 'no container'})")
         try:
-            return await self.service_check(req.expected_shape)
+            return await self.service_check(req.smoke)
         except FleetError:
             raise
         except Exception as exc:  # connection refused, timeouts, SSH forward errors
@@ -548,9 +590,7 @@ class RobotReleases:
         )
         return res
 
-    async def rollback(
-        self, to: str | None, health_timeout_s: float, expected_shape: tuple[int, ...] | None
-    ) -> RobotResult:
+    async def rollback(self, to: str | None, health_timeout_s: float, smoke: bool = True) -> RobotResult:
         """Back to the previous (or a named) release kept on the robot; nothing is downloaded."""
         t0 = time.monotonic()
         state = await self.read_state()
@@ -570,7 +610,7 @@ class RobotReleases:
         await self.switch(target)
         try:
             await self.compose_up(health_timeout_s)
-            await self.health_gate_after_up(DeployRequest(target, image, expected_shape=expected_shape))
+            await self.health_gate_after_up(DeployRequest(target, image, smoke=smoke))
         except GateFailed as exc:
             res.reason = str(exc)
             if current and current != target:  # a failed rollback leaves the robot on what it ran
@@ -622,7 +662,7 @@ class RobotReleases:
         info["bad_versions"] = sorted(await self.bad_versions())
         if info["container"] == "running":
             try:
-                info["engine"] = (await self.service_check(None, timeout_s=10)).get("readyz")
+                info["engine"] = (await self.service_check(smoke=False, timeout_s=10)).get("readyz")
             except Exception as exc:
                 info["engine"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         return info

@@ -128,14 +128,19 @@ class Release:
     def released_versions(self) -> list[str]:
         return [m.version for m in list_releases(self.releases_dir)]
 
-    def channel_for(self, version: str, explicit: str | None) -> str | None:
+    def channel_for(
+        self, version: str, explicit: str | None, released: list[str] | None = None
+    ) -> str | None:
         """An explicit ``--channel`` always moves; the default channel (beta for pre-releases, else stable)
         only moves forward, like ``latest``: a 0.1.2 hotfix after 0.2.0 does not take ``stable`` back."""
         if explicit is not None:
             return check_channel(explicit)
         channel = default_channel(version)
         v = parse_version(version).replace(build=None)
-        others = [parse_version(r).replace(build=None) for r in self.released_versions()]
+        others = [
+            parse_version(r).replace(build=None)
+            for r in (self.released_versions() if released is None else released)
+        ]
         if channel == "stable":
             others = [o for o in others if o.prerelease is None]
         return channel if all(v >= o for o in others) else None
@@ -172,7 +177,8 @@ class Release:
             raise ReleaseError("A release pushes its images; use dry_run() to build without pushing.")
         version = self.check(opts)
         sha = self.git_sha()
-        channel = self.channel_for(version, opts.channel)
+        released = self.released_versions()  # the manifests are read once per release
+        channel = self.channel_for(version, opts.channel, released)
         registry = self.registry_for(opts.registry)
         self.on_step(f"checking registry {opts.registry}")
         registry.ping()
@@ -180,11 +186,9 @@ class Release:
         for n in IMAGES:
             repo_name = split_repository(opts.reuse.get(n) or f"{opts.registry}/{opts.image_prefix}/{n}")[1]
             before[n] = registry.repository_blobs(repo_name.split("@")[0])
-        plan = compute_tags(
-            version, released=[*self.released_versions(), version], git_sha=sha, channel=channel
-        )
+        plan = compute_tags(version, released=[*released, version], git_sha=sha, channel=channel)
         build_tag = f"build-{version.replace('+', '-')}-{sha[:7]}"
-        images, extra = self._build(opts, version, build_tag)
+        images, extra = self._build(opts, version, build_tag, registry)
 
         pushed = {
             n: pushed_bytes(before[n], registry.blobs(split_repository(img.repository)[1], img.digest))
@@ -236,22 +240,21 @@ class Release:
         """Checks, tag plan and a local build (no push, no tags, no manifest): ``--no-push``."""
         version = self.check(opts)
         sha = self.git_sha()
-        channel = self.channel_for(version, opts.channel)
-        plan = compute_tags(
-            version, released=[*self.released_versions(), version], git_sha=sha, channel=channel
-        )
+        released = self.released_versions()
+        channel = self.channel_for(version, opts.channel, released)
+        plan = compute_tags(version, released=[*released, version], git_sha=sha, channel=channel)
         built: dict[str, Any] = {}
         if opts.model_dir is not None and not opts.reuse:
             no_push = ReleaseOptions(**{**opts.__dict__, "push": False, "provenance": False, "sbom": False})
-            _, built = self._build(no_push, version, f"build-{version.replace('+', '-')}-{sha[:7]}")
+            build_tag = f"build-{version.replace('+', '-')}-{sha[:7]}"
+            _, built = self._build(no_push, version, build_tag, self.registry_for(opts.registry))
         return {"version": version, "git_sha": sha, "channel": channel, "tags": plan.all, **built}
 
     def _build(
-        self, opts: ReleaseOptions, version: str, build_tag: str
+        self, opts: ReleaseOptions, version: str, build_tag: str, registry: Registry
     ) -> tuple[dict[str, ReleaseImage], dict[str, Any]]:
         images: dict[str, ReleaseImage] = {}
         extra: dict[str, Any] = {}
-        registry = self.registry_for(opts.registry)
         for name, ref in opts.reuse.items():
             repository, digest = split_ref(ref)
             if not digest.startswith("sha256:"):

@@ -14,7 +14,6 @@ from edge_deploy.fleet.robot import (
     DeployRequest,
     RobotReleases,
     RobotResult,
-    smoke_payload,
 )
 from edge_deploy.fleet.rollout import Progress, Rollout, RolloutResult, on_robot, plan_waves
 from edge_deploy.release.manifest import DEFAULT_RELEASES_DIR, load_release
@@ -63,7 +62,7 @@ def deploy_release(
     releases_dir: Path | None = None,
     public_key: Path | None = None,
     force: bool = False,
-    expected_shape: tuple[int, ...] | None = (1, 7),
+    smoke: bool = True,
     ros_domain_id: int = 0,
     progress: Progress | None = None,
 ) -> RolloutResult:
@@ -90,7 +89,7 @@ def deploy_release(
         include_ros2=include_ros2,
         auto_start=auto_start,
         health_timeout_s=health_timeout,
-        expected_shape=expected_shape,
+        smoke=smoke,
         force=force,
         ros_domain_id=ros_domain_id,
         release={
@@ -126,11 +125,11 @@ def rollback(
     devices: list[str] | None = None,
     group: str | None = None,
     health_timeout: float = 600.0,
-    expected_shape: tuple[int, ...] | None = (1, 7),
+    smoke: bool = True,
 ) -> list[RobotResult]:
     """Put robots back on their previous (or the named) release from their own store: no download."""
     robots = _load(fleet).select(group=group, devices=devices)
-    return asyncio.run(_each(robots, lambda rr: rr.rollback(to, health_timeout, expected_shape)))
+    return asyncio.run(_each(robots, lambda rr: rr.rollback(to, health_timeout, smoke)))
 
 
 def fleet_status(
@@ -143,8 +142,9 @@ def fleet_status(
 
 def fleet_infer(fleet: Path | Fleet, *, group: str | None = None, devices: list[str] | None = None,
                 payload: dict[str, Any] | None = None, timeout: float = 120.0) -> list[dict[str, Any]]:
-    """Send one inference (the smoke input unless ``payload`` is given) to each robot's running release."""
-    body = payload or smoke_payload()
+    """Send one inference to each robot's running release: ``payload`` (a ``/v1/infer`` body), or the smoke
+    input each robot's model describes in its own metadata."""
+    body = payload
 
     async def one(rr: RobotReleases) -> dict[str, Any]:
         state = await rr.read_state()
