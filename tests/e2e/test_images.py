@@ -103,6 +103,28 @@ def test_runtime_image_holds_device_side_only(built_images: BuiltImages) -> None
     assert out.stdout.strip() == "['edge_runtime', 'onnxruntime']"
 
 
+def test_runtime_code_ships_its_bytecode(built_images: BuiltImages) -> None:
+    """Every edge_runtime module has hash-based bytecode from the image's own Python, so the read-only
+    container (PYTHONDONTWRITEBYTECODE) never compiles at start or in a health check."""
+    check = (
+        "import importlib.util as u, pathlib, sys; "
+        "root = pathlib.Path(u.find_spec('edge_runtime').origin).parent; "
+        "mods = sorted(root.rglob('*.py')); "
+        "missing = [str(m) for m in mods if not pathlib.Path(u.cache_from_source(str(m))).is_file()]; "
+        "flags = {int.from_bytes(pathlib.Path(u.cache_from_source(str(m))).read_bytes()[4:8], 'little') "
+        "for m in mods if str(m) not in missing}; "
+        "import json; print(json.dumps({'modules': len(mods), 'missing': missing, 'flags': sorted(flags)}))"
+    )
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none", "--entrypoint", "python3",
+         built_images.runtime.ref, "-c", check],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert found["modules"] > 20 and found["missing"] == [], found
+    assert found["flags"] == [1], found  # pyc flags 0b01: hash-based, not checked against the source
+
+
 def _run_service(ref: str, volume: str, port: int) -> tuple[str, float]:
     name = f"edge-e2e-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
