@@ -56,6 +56,11 @@ def datatype(dtype: str | np.dtype) -> str:
     return _FROM_DTYPE[np.dtype(dtype)]
 
 
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of an OIP datatype name (``FP32`` → ``float32``); KeyError for BYTES and BF16."""
+    return np.dtype(_TO_NUMPY[name])
+
+
 def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     """``{name, datatype, shape}`` with -1 for the dynamic (batch) axis, as model metadata shows it."""
     return {

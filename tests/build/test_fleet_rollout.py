@@ -239,8 +239,10 @@ def test_health_gate_smoke_inference_works_for_any_model(tmp_path: Path) -> None
     assert old_status == 400  # what a gate built around the sample policy would have got
 
 
-def test_smoke_request_is_made_from_metadata() -> None:
-    from edge_deploy.fleet.robot import smoke_request
+def test_smoke_inputs_are_made_from_metadata() -> None:
+    import numpy as np
+
+    from edge_deploy.fleet.robot import GateFailed, smoke_inputs
 
     meta = {
         "inputs": [
@@ -249,15 +251,21 @@ def test_smoke_request_is_made_from_metadata() -> None:
             {"name": "mode", "datatype": "INT32", "shape": [3]},
         ]
     }
-    req = smoke_request(meta)
-    assert [(i["name"], i["datatype"], i["shape"]) for i in req["inputs"]] == [
-        ("scan", "FP16", [1, 4]),
-        ("mask", "BOOL", [1, 2]),
-        ("mode", "INT32", [3]),
-    ]
-    scan, mask, mode = (i["data"] for i in req["inputs"])
-    assert len(scan) == 4 and all(0 <= v < 1 for v in scan) and mask == [False, False] and mode == [0, 0, 0]
-    assert smoke_request(meta) == req  # deterministic: every robot gets the same input
+    feeds = smoke_inputs(meta)
+    assert {n: (str(a.dtype), a.shape) for n, a in feeds.items()} == {
+        "scan": ("float16", (1, 4)),
+        "mask": ("bool", (1, 2)),
+        "mode": ("int32", (3,)),
+    }
+    assert (
+        ((feeds["scan"] >= 0) & (feeds["scan"] < 1)).all()
+        and not feeds["mask"].any()
+        and not feeds["mode"].any()
+    )
+    again = smoke_inputs(meta)  # deterministic: every robot gets the same input
+    assert all(np.array_equal(feeds[n], again[n]) for n in feeds)
+    with pytest.raises(GateFailed, match="datatype BYTES"):
+        smoke_inputs({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1]}]})
 
 
 META = {"outputs": [{"name": "cmd", "datatype": "FP32", "shape": [-1, 2]}]}

@@ -147,27 +147,29 @@ def bundle_files(robot: Robot, req: DeployRequest) -> dict[str, bytes]:
     return files
 
 
-def smoke_request(metadata: dict[str, Any]) -> dict[str, Any]:
-    """A batch-1 Open Inference Protocol request for whatever model the robot serves, built from that
-    model's own metadata (``GET /v2/models/NAME``): dynamic dimensions are 1, floating-point inputs get
-    deterministic values in [0, 1), integer and boolean inputs zeros."""
-    import math
-
+def smoke_inputs(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 input arrays for whatever model the robot serves, made from that model's own metadata
+    (``GET /v2/models/NAME``): dynamic dimensions are 1, floating-point inputs get deterministic values in
+    [0, 1), integer and boolean inputs zeros."""
     import numpy as np
 
+    from edge_runtime import oip
+
     rng = np.random.default_rng(0)
-    inputs = []
+    feeds: dict[str, Any] = {}
     for spec in metadata.get("inputs") or []:
-        shape = [1 if d < 0 else int(d) for d in spec["shape"]]
-        count = math.prod(shape)
-        kind = spec["datatype"]
-        data: list[Any]
-        if kind.startswith("FP"):
-            data = rng.random(count).round(3).tolist()
-        else:
-            data = [False] * count if kind == "BOOL" else [0] * count
-        inputs.append({"name": spec["name"], "shape": shape, "datatype": kind, "data": data})
-    return {"inputs": inputs}
+        shape = tuple(1 if d < 0 else int(d) for d in spec["shape"])
+        try:
+            dtype = oip.numpy_dtype(spec["datatype"])
+        except KeyError:
+            raise GateFailed(
+                f"the model's input {spec['name']!r} has datatype {spec['datatype']}, which the smoke "
+                "inference cannot fill"
+            ) from None
+        feeds[spec["name"]] = (
+            rng.random(shape).round(3).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+        )
+    return feeds
 
 
 def check_smoke_answer(metadata: dict[str, Any], answer: Any) -> dict[str, dict[str, Any]]:
@@ -194,12 +196,17 @@ def check_smoke_answer(metadata: dict[str, Any], answer: Any) -> dict[str, dict[
 async def smoke_check(http: Any, model: str) -> tuple[dict[str, dict[str, Any]], float]:
     """One inference through ``http`` (an httpx.AsyncClient on the service) with an input made from the
     served model's own metadata; its checked outputs and the round trip in seconds."""
+    from edge_runtime import oip
+
     meta = await http.get(f"/v2/models/{model}")
     if meta.status_code != 200:
         raise GateFailed(f"model metadata answered {meta.status_code}: {meta.text[:150]}")
     metadata = meta.json()
+    # Binary tensors in (no JSON for a camera frame), JSON out (small, and checked value by value).
+    body, header_length = oip.encode_request(smoke_inputs(metadata), binary=True, binary_output=False)
+    headers = {} if header_length is None else {oip.HEADER_LENGTH: str(header_length)}
     t0 = time.monotonic()
-    resp = await http.post(f"/v2/models/{model}/infer", json=smoke_request(metadata))
+    resp = await http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
     seconds = time.monotonic() - t0
     if resp.status_code != 200:
         raise GateFailed(f"smoke inference answered {resp.status_code}: {resp.text[:150]}")
