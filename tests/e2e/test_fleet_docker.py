@@ -327,6 +327,25 @@ def test_tool_killed_mid_rollout_rerun_converges(env: Env) -> None:
     assert all(st[n]["version"] == "0.1.0" and st[n]["health"] == "healthy" for n in names(env))
 
 
+def test_same_release_is_unchanged_but_a_re_released_version_is_an_update(env: Env, tmp_path: Path) -> None:
+    """Outcome "unchanged" only when the robot already runs this version with this image: a version
+    released again (--force) with another digest is an update, and the robot runs the new digest."""
+    from edge_deploy.rollout import deploy_release
+
+    robot = names(env)[0]
+    out = deploy(env, "0.1.0", devices=[robot])
+    assert outcomes(out) == {robot: "unchanged"}, why(out)
+    again = tmp_path / "releases"
+    release(again, "0.1.0", env.refs["0.1.1"])  # 0.1.0 re-released with the model-only image
+    out = deploy_release(
+        "0.1.0", env.fleet, releases_dir=again, devices=[robot], health_timeout=HEALTH_TIMEOUT
+    ).to_dict()
+    assert outcomes(out) == {robot: "updated"}, why(out)
+    assert status(env)[robot]["image"] == env.refs["0.1.1"]
+    out = deploy(env, "0.1.0", devices=[robot])  # and back to the original 0.1.0
+    assert outcomes(out) == {robot: "updated"} and status(env)[robot]["image"] == env.refs["0.1.0"], why(out)
+
+
 def test_unsigned_image_is_refused_before_any_robot(env: Env, tmp_path: Path) -> None:
     from edge_deploy.fleet.simulate import host_bin
 

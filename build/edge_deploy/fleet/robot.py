@@ -462,7 +462,8 @@ class RobotReleases:
                     {"action": "deploy", "version": req.version, "result": res.outcome, "reason": res.reason}
                 )
                 return res
-            return await self._deploy_locked(req, res, current, previous, timings)
+            unchanged = current == req.version and state.get("image") == req.image
+            return await self._deploy_locked(req, res, current, previous, unchanged, timings)
 
     async def _deploy_locked(
         self,
@@ -470,8 +471,11 @@ class RobotReleases:
         res: RobotResult,
         current: str | None,
         previous: str | None,
+        unchanged: bool,
         timings: dict[str, float],
     ) -> RobotResult:
+        """``unchanged``: the robot already ran this version with this image (a re-released version with
+        another digest is an update)."""
         # A rerun after an interrupted rollout finds current == version: keep the older previous.
         restore_to = previous if current == req.version else current
         t = time.monotonic()
@@ -532,7 +536,7 @@ class RobotReleases:
                 "current": req.version,
                 "previous": restore_to,
                 "image": req.image,
-                "last_result": UPDATED if current != req.version else UNCHANGED,
+                "last_result": UNCHANGED if unchanged else UPDATED,
             }
         )
         await self.append_history(
@@ -540,7 +544,7 @@ class RobotReleases:
         )
         if req.prune:
             await self.prune({v for v in (req.version, restore_to) if v})
-        res.outcome = UPDATED if current != req.version else UNCHANGED
+        res.outcome = UNCHANGED if unchanged else UPDATED
         res.stage, res.previous = "health", restore_to if current == req.version else current
         return res
 
