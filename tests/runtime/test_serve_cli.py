@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from bench._serve import ServiceProcess, free_port
@@ -186,37 +187,32 @@ def test_serve_and_engine_build_read_the_same_env_and_share_the_cache_entry(
 ) -> None:
     """EDGE_* variables configure both commands (one set of option definitions): an engine built ahead of
     time with `engine build` is the entry `serve` loads, at the precision both were told."""
-    port = free_port()
     env = {
         **ENV,
         "EDGE_BUNDLE": str(tiny_bundle),
         "EDGE_CACHE": str(tmp_path / "c"),
-        "EDGE_PORT": str(port),
         "EDGE_BACKEND": "onnxruntime",
         "EDGE_PRECISION": "fp16",
     }
-    built = subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "engine", "build", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert built.returncode == 0, built.stderr
-    entry = json.loads(built.stdout[built.stdout.index("{") :])
+
+    def engine(*args: str) -> Any:
+        r = subprocess.run(
+            [sys.executable, "-m", "edge_runtime", "engine", *args, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout[r.stdout.index("{") if args[0] == "build" else 0 :])
+
+    entry = engine("build")
     assert entry["hit"] is False
     with ServiceProcess(None, None, None, env=env) as svc:  # bundle, cache, backend, precision from env
         svc.wait_ready(timeout_s=60)
         assert svc.startup["backend"] == "onnxruntime"
         assert svc.startup["cache_hit"] is True and svc.startup["key"] == entry["key"]
-    listed = subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "engine", "list", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert [e["parts"]["precision"] for e in json.loads(listed.stdout)] == ["fp16"]
+    assert [e["parts"]["precision"] for e in engine("list")] == ["fp16"]
 
 
 def test_ros2_bridge_started_after_ready_and_stopped_on_sigterm(tiny_bundle: Path, tmp_path: Path) -> None:
