@@ -84,3 +84,36 @@ def test_tag_only_release_is_refused(tmp_path: Path) -> None:
     )
     p = edge_deploy("rollout", "0.1.0", "--fleet", "fleet.yaml", cwd=tmp_path)
     assert p.returncode != 0 and "does not pin its runtime image by digest" in p.stderr
+
+
+def test_status_table_never_cuts_names_on_80_columns(tmp_path: Path) -> None:
+    """Robots that refuse connections are real rows (health "unreachable" with the reason): on an 80-column
+    terminal nothing is cut with an ellipsis; the digest column appears where there is room for it."""
+    import os
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])  # closed once the socket is: connections are refused
+    (tmp_path / "known_hosts").write_text("")
+    robots = "".join(
+        f"  - name: warehouse-arm-{i:02d}\n    host: 127.0.0.1\n    port: {port}\n"
+        f"    known_hosts: {tmp_path / 'known_hosts'}\n    connect_timeout_s: 2\n"
+        for i, port in enumerate(ports)
+    )
+    (tmp_path / "fleet.yaml").write_text("robots:\n" + robots)
+    for columns, digest in (("80", False), ("120", True)):
+        p = subprocess.run(
+            [sys.executable, "-m", "edge_deploy", "status", "--fleet", "fleet.yaml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": columns},
+        )
+        assert p.returncode == 0, p.stderr
+        assert "…" not in p.stdout and max(len(line) for line in p.stdout.splitlines()) <= int(columns)
+        assert "warehouse-arm-00" in p.stdout and "warehouse-arm-01" in p.stdout and "unreachable" in p.stdout
+        assert ("digest" in p.stdout) is digest, p.stdout

@@ -213,11 +213,15 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="fleet status", box=box.SIMPLE_HEAD)  # no vertical rules: fits 80 columns
-    for col in ("robot", "version", "health", "engine", "digest", "last"):
-        # names are never cut; the engine column wraps between words ("onnxruntime" / "cache hit")
+    console = _console(stderr=False)
+    # Robot, version and health are never cut; engine and last result wrap between words. The digest
+    # (12 hex digits, as `docker images` shows them) is shown where the terminal has room for it (it is
+    # always in --json and in `history`): on 80 columns the rest would be cut instead.
+    cols = ["robot", "version", "health", "engine", "last"] + (["digest"] if console.width >= 100 else [])
+    table = Table(title="fleet status", box=box.SIMPLE_HEAD)  # no vertical rules
+    for col in cols:
         table.add_column(
-            col, no_wrap=col in ("robot", "version", "digest"), min_width=11 if col == "engine" else None
+            col, no_wrap=col in ("robot", "version", "health"), min_width={"engine": 11, "last": 11}.get(col)
         )
     for r in rows:
         engine = r.get("engine")
@@ -230,15 +234,16 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
                 else str(engine.get("error") or "not ready")[:40]
             )
         image = str(r.get("image") or "")
-        table.add_row(
+        cells = [
             r["robot"],
             str(r.get("version") or "-"),
             str(r.get("health")),
             str(engine or "-"),
-            image.split("@")[-1].removeprefix("sha256:")[:12],  # as `docker images` shows it
             str(r.get("last_result") or r.get("reason", "-"))[:60],
-        )
-    _console(stderr=False).print(table)
+            image.split("@")[-1].removeprefix("sha256:")[:12],
+        ]
+        table.add_row(*cells[: len(cols)])
+    console.print(table)
 
 
 @click.command()
