@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -75,36 +76,51 @@ class Registry:
         loopback = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
         self.base = f"{'http' if loopback else 'https'}://{host}/v2"
         user, password = os.environ.get("EDGE_REGISTRY_USER"), os.environ.get("EDGE_REGISTRY_PASSWORD")
-        auth = httpx.BasicAuth(user, password) if user and password else None
-        self.client = client or httpx.Client(timeout=timeout, auth=auth)
+        # Basic credentials go to registries that take them directly and to the token service of those
+        # that answer with a Bearer challenge; they are kept for every token exchange, not only the first.
+        self.basic = httpx.BasicAuth(user, password) if user and password else None
+        self.client = client or httpx.Client(timeout=timeout)
+        self.tokens: dict[str, str] = {}  # repository name ("" for /v2/ itself) → bearer token
 
-    def _authenticate(self, resp: httpx.Response) -> bool:
-        """Bearer token flow (distribution token auth): trade the basic credentials for a token."""
+    def _authenticate(self, resp: httpx.Response, repository: str) -> bool:
+        """Bearer token flow (distribution token auth): trade the basic credentials for a token of the
+        scope the challenge names (one repository, pull or pull+push) and keep it for that repository."""
         challenge = resp.headers.get("www-authenticate", "")
         if not challenge.lower().startswith("bearer "):
             return False
-        params = dict(p.split("=", 1) for p in challenge[7:].replace('"', "").split(",") if "=" in p)
+        # key="value" pairs; a scope's value has commas of its own ("repository:x:pull,push")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", None)
         if not realm:
             return False
-        token_resp = self.client.get(realm, params=params)
+        token_resp = self.client.get(realm, params=params, auth=self.basic)
         if token_resp.status_code != 200:
             return False
         body = token_resp.json()
         token = body.get("token") or body.get("access_token")
         if not token:
             return False
-        self.client.auth = httpx.Auth()  # no-op: the bearer header replaces basic credentials
-        self.client.headers["Authorization"] = f"Bearer {token}"
+        self.tokens[repository] = token
         return True
 
     def _request(
         self, method: str, path: str, *, what: str, ok: Iterable[int] = (200,), **kw: Any
     ) -> httpx.Response:
+        repository = next((path.split(m)[0] for m in ("/manifests/", "/tags/", "/blobs/") if m in path), "")
+        headers = dict(kw.pop("headers", None) or {})
+
+        def send() -> httpx.Response:
+            token = self.tokens.get(repository)
+            if token is None:
+                return self.client.request(method, f"{self.base}/{path}", headers=headers, auth=self.basic, **kw)
+            return self.client.request(
+                method, f"{self.base}/{path}", headers={**headers, "Authorization": f"Bearer {token}"}, **kw
+            )
+
         try:
-            resp = self.client.request(method, f"{self.base}/{path}", **kw)
-            if resp.status_code == 401 and self._authenticate(resp):
-                resp = self.client.request(method, f"{self.base}/{path}", **kw)
+            resp = send()
+            if resp.status_code == 401 and self._authenticate(resp, repository):
+                resp = send()  # a new token: the first for this repository, or one with push scope
         except httpx.HTTPError as exc:
             raise RegistryError(
                 f"Registry {self.host} is unreachable while {what} ({type(exc).__name__})."
