@@ -316,3 +316,33 @@ def test_ros2_rollout_of_an_image_without_ros2_is_refused_before_any_robot(tmp_p
             version, fleet, include_ros2=ros2, dry_run=True, releases_dir=tmp_path / "releases"
         )
         assert [r["outcome"] for r in out.to_dict()["robots"]] == ["planned", "planned"]
+
+
+@pytest.mark.parametrize(
+    ("stderr", "says"),
+    [
+        (
+            "Error response from daemon: Head \"https://reg.example/v2/team/runtime/manifests/sha256:…\": "
+            "unauthorized: authentication required",
+            "not logged in there (once per robot: `docker login reg.example` as robot)",
+        ),
+        ("Error response from daemon: manifest unknown", "pulling reg.example/team/runtime@sha256:"),
+    ],
+)
+def test_a_refused_pull_says_how_to_log_the_robot_in(stderr: str, says: str) -> None:
+    """What `docker pull` prints on the robot decides the sentence (the robot's engine, not this tool,
+    holds the registry credentials)."""
+    from edge_deploy.fleet.robot import RobotReleases
+    from edge_deploy.fleet.ssh import CommandResult
+
+    class Conn:  # the one call pull() makes, answered as the robot's shell would
+        robot = Robot(name="arm", host="127.0.0.1", user="robot")
+
+        async def run(self, cmd: str, timeout: float = 60) -> CommandResult:
+            assert cmd.startswith("docker pull -q --platform linux/arm64 ")
+            return CommandResult(1, "", stderr)
+
+    image = "reg.example/team/runtime@sha256:" + "c" * 64
+    with pytest.raises(FleetError) as err:
+        asyncio.run(RobotReleases(Conn()).pull(image))  # type: ignore[arg-type]
+    assert says in str(err.value)

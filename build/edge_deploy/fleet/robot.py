@@ -388,7 +388,14 @@ class RobotReleases:
             f"docker pull -q --platform {q(self.robot.platform)} {q(image)}", timeout=1800
         )
         if not r.ok:
-            raise FleetError(f"pulling {image} failed: {r.tail(200)}")
+            tail = r.tail(200)
+            if any(w in tail.lower() for w in ("unauthorized", "denied", "authentication required")):
+                registry = image.split("/")[0]
+                raise FleetError(
+                    f"pulling {image} was refused by {registry}: the robot's Docker engine is not logged in "
+                    f"there (once per robot: `docker login {registry}` as {self.robot.user}) ({tail})"
+                )
+            raise FleetError(f"pulling {image} failed: {tail}")
 
     async def release_image(self, version: str) -> str | None:
         r = await self.conn.run(
