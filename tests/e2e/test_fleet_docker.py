@@ -185,11 +185,17 @@ def test_rollout_010_to_three_robots(env: Env) -> None:
     assert out["ok"], why(out)
     assert set(outcomes(out).values()) == {"updated"}
     for r in out["robots"]:
-        assert {"connect", "upload", "pull", "up", "health"} <= set(r["timings"])
+        assert {"connect", "upload", "pull", "engine", "up", "health"} <= set(r["timings"])
+        assert r["engine"]["hit"] is False  # built on the robot before the switch
     st = status(env)
     for name in names(env):
         assert st[name]["version"] == "0.1.0" and st[name]["health"] == "healthy"
         assert st[name]["image"] == env.refs["0.1.0"]
+        # the service found the engine the pre-build put into the robot's cache volume: a load, no build
+        startup = st[name]["engine"]["startup"]
+        assert startup["cache_hit"] is True and startup["key"] == next(
+            r["engine"]["key"] for r in out["robots"] if r["robot"] == name
+        )
         assert infer(env, name) == [1, 7]
 
 

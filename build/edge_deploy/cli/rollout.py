@@ -112,6 +112,13 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
 @click.option("--ros2", "include_ros2", is_flag=True, help="Enable the ROS 2 bridge (compose.ros2.yaml).")
 @click.option("--auto-start", is_flag=True, help="Install and enable the systemd unit on each robot.")
 @click.option("--force", is_flag=True, help="Deploy even where the version is marked bad.")
+@click.option(
+    "--prebuild/--no-prebuild",
+    default=True,
+    show_default=True,
+    help="Build the new engine on each robot before switching, while the running release serves "
+    "(--no-prebuild: the new service builds it at start, e.g. where memory cannot hold both).",
+)
 @click.option("--dry-run", is_flag=True, help="Show the waves; touch no robot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def rollout(
@@ -129,6 +136,7 @@ def rollout(
     include_ros2: bool,
     auto_start: bool,
     force: bool,
+    prebuild: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -151,6 +159,7 @@ def rollout(
         releases_dir=releases_dir,
         public_key=public_key,
         force=force,
+        prebuild=prebuild,
         progress=None if dry_run else _progress_printer(),
     )
     summary = result.to_dict()

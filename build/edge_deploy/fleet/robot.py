@@ -70,6 +70,7 @@ class RobotResult:
     stage: str = ""  # the step that decided the outcome
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     uploaded_bytes: int = 0
+    engine: dict[str, Any] = field(default_factory=dict)  # the pre-built engine: hit, build_seconds, key
 
     @property
     def failed(self) -> bool:
@@ -93,6 +94,9 @@ class DeployRequest:
     smoke: bool = True  # one inference on an input made from the served model's metadata
     force: bool = False  # deploy even if the version is marked bad on the robot
     prune: bool = True
+    # Build the new release's engine into the robot's cache before the switch, while the running release
+    # keeps serving: the switch then only loads it (seconds instead of a TensorRT build of minutes).
+    prebuild: bool = True
 
 
 class GateFailed(FleetError):
@@ -326,6 +330,23 @@ class RobotReleases:
         if not r.ok:
             raise GateFailed(f"docker compose up did not reach healthy: {r.tail(200)}")
 
+    async def prebuild_engine(self, version: str, timeout_s: float) -> dict[str, Any]:
+        """Build ``version``'s engine into the robot's engine cache with a one-off container of that release's
+        service (``docker compose run``: the same image, volume, GPU runtime and environment as the service,
+        so the cache key is the one the service will look up), while the running release keeps serving.
+        Returns ``engine build``'s JSON (``hit``, ``build_seconds``, ...)."""
+        r = await self.conn.run(
+            f"cd {self.dir}/releases/{q(version)} && docker compose -p {PROJECT} run --rm --no-deps -T "
+            f"--entrypoint edge-runtime {SERVICE} engine build --json",
+            timeout=timeout_s + 60,
+        )
+        if not r.ok:
+            raise FleetError(f"building the engine of {version} on the robot failed: {r.tail(200)}")
+        try:
+            return dict(json.loads(r.stdout[r.stdout.index("{") :]))
+        except ValueError:
+            return {}
+
     async def container_health(self) -> str:
         r = await self.conn.run(
             f"docker ps -aq --filter label=com.docker.compose.project={PROJECT} "
@@ -517,6 +538,25 @@ class RobotReleases:
             )
             return res
         timings["pull"] = round(time.monotonic() - t, 3)
+        if req.prebuild:
+            t = time.monotonic()
+            try:
+                built = await self.prebuild_engine(req.version, req.health_timeout_s)
+            except FleetError as exc:  # deterministic for this model on this device: marked bad
+                await self.mark_bad(req.version)
+                res.stage, res.reason = "engine", f"{exc}; the robot stays on {current or 'no release'}"
+                await self.append_history(
+                    {
+                        "action": "deploy",
+                        "version": req.version,
+                        "result": FAILED,
+                        "stage": "engine",
+                        "reason": str(exc),
+                    }
+                )
+                return res
+            timings["engine"] = round(time.monotonic() - t, 3)
+            res.engine = {k: built[k] for k in ("hit", "build_seconds", "key") if k in built}
         await self.append_history(
             {"action": "deploy", "version": req.version, "result": "started", "from": current}
         )

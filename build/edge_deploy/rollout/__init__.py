@@ -63,6 +63,7 @@ def deploy_release(
     public_key: Path | None = None,
     force: bool = False,
     smoke: bool = True,
+    prebuild: bool = True,
     ros_domain_id: int = 0,
     progress: Progress | None = None,
 ) -> RolloutResult:
@@ -90,6 +91,7 @@ def deploy_release(
         auto_start=auto_start,
         health_timeout_s=health_timeout,
         smoke=smoke,
+        prebuild=prebuild,
         force=force,
         ros_domain_id=ros_domain_id,
         release={
