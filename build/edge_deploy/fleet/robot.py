@@ -526,17 +526,7 @@ class RobotReleases:
         try:
             await self.pull(req.image)
         except FleetError as exc:
-            res.stage, res.reason = "pull", f"{exc}; the robot stays on {current or 'no release'}"
-            await self.append_history(
-                {
-                    "action": "deploy",
-                    "version": req.version,
-                    "result": FAILED,
-                    "stage": "pull",
-                    "reason": str(exc),
-                }
-            )
-            return res
+            return await self._failed_before_switch(req, res, "pull", exc, current)
         timings["pull"] = round(time.monotonic() - t, 3)
         if req.prebuild:
             t = time.monotonic()
@@ -544,17 +534,7 @@ class RobotReleases:
                 built = await self.prebuild_engine(req.version, req.health_timeout_s)
             except FleetError as exc:  # deterministic for this model on this device: marked bad
                 await self.mark_bad(req.version)
-                res.stage, res.reason = "engine", f"{exc}; the robot stays on {current or 'no release'}"
-                await self.append_history(
-                    {
-                        "action": "deploy",
-                        "version": req.version,
-                        "result": FAILED,
-                        "stage": "engine",
-                        "reason": str(exc),
-                    }
-                )
-                return res
+                return await self._failed_before_switch(req, res, "engine", exc, current)
             timings["engine"] = round(time.monotonic() - t, 3)
             res.engine = {k: built[k] for k in ("hit", "build_seconds", "key") if k in built}
         await self.append_history(
@@ -607,6 +587,16 @@ class RobotReleases:
             raise GateFailed(
                 f"the service on port {self.robot.service_port} did not answer ({type(exc).__name__}: {exc})"
             ) from None
+
+    async def _failed_before_switch(
+        self, req: DeployRequest, res: RobotResult, stage: str, exc: FleetError, current: str | None
+    ) -> RobotResult:
+        """A step before the switch failed: the robot never left its release; say so and record it."""
+        res.stage, res.reason = stage, f"{exc}; the robot stays on {current or 'no release'}"
+        await self.append_history(
+            {"action": "deploy", "version": req.version, "result": FAILED, "stage": stage, "reason": str(exc)}
+        )
+        return res
 
     async def _restore(
         self,
