@@ -357,16 +357,23 @@ class RobotReleases:
         )
         return r.stdout.strip() if r.ok else ""
 
-    async def service_check(self, smoke: bool = True, timeout_s: float = 120) -> dict[str, Any]:
-        """Through an SSH port forward: /readyz must say the engine is ready, and with ``smoke`` one
-        inference on an input built from the model's own metadata must return every declared output with
-        its declared shape and finite values (whatever the model: nothing here assumes the sample policy)."""
+    @contextlib.asynccontextmanager
+    async def service_client(self, timeout_s: float) -> AsyncIterator[Any]:
+        """An httpx client on the robot's service, through an SSH port forward (it listens on the robot's
+        loopback)."""
         import httpx
 
         async with (
             self.conn.forward(self.robot.service_port) as port,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as http,
         ):
+            yield http
+
+    async def service_check(self, smoke: bool = True, timeout_s: float = 120) -> dict[str, Any]:
+        """Through an SSH port forward: /readyz must say the engine is ready, and with ``smoke`` one
+        inference on an input built from the model's own metadata must return every declared output with
+        its declared shape and finite values (whatever the model: nothing here assumes the sample policy)."""
+        async with self.service_client(timeout_s) as http:
             ready = await ready_check(http)
             result: dict[str, Any] = {"readyz": ready}
             if smoke:
@@ -379,12 +386,7 @@ class RobotReleases:
         """One inference on the robot's service, through an SSH port forward (it listens on the robot's
         loopback): ``payload`` as a ``POST /v1/infer`` body, or by default the smoke input made from the
         served model's metadata. Returns the outputs by name and the round-trip time."""
-        import httpx
-
-        async with (
-            self.conn.forward(self.robot.service_port) as port,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as http,
-        ):
+        async with self.service_client(timeout_s) as http:
             if payload is None:
                 outputs, seconds = await smoke_check(http, served_model(await ready_check(http)))
                 return {"outputs": outputs, "service_ms": None, "round_trip_ms": round(seconds * 1000, 2)}

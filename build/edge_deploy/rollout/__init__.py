@@ -146,12 +146,11 @@ def fleet_infer(fleet: Path | Fleet, *, group: str | None = None, devices: list[
                 payload: dict[str, Any] | None = None, timeout: float = 120.0) -> list[dict[str, Any]]:
     """Send one inference to each robot's running release: ``payload`` (a ``/v1/infer`` body), or the smoke
     input each robot's model describes in its own metadata."""
-    body = payload
 
     async def one(rr: RobotReleases) -> dict[str, Any]:
         state = await rr.read_state()
         try:
-            answer = await rr.infer(body, timeout)
+            answer = await rr.infer(payload, timeout)
         except Exception as exc:  # refused connection, forward errors, non-200 answers
             return {"robot": rr.robot.name, "version": state.get("current"), "ok": False,
                     "error": f"{type(exc).__name__}: {exc}"[:200]}
