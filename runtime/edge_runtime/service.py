@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import oip
-from edge_runtime.backends import Backend, BuildOptions, Engine, check_feeds, get_backend
+from edge_runtime.backends import Backend, BackendChoice, BuildOptions, Engine, check_feeds, select_backend
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.cache import CachedEngine, EngineCache
 from edge_runtime.device import DeviceProbe, probe
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 NPZ = "application/x-npz"
 MIB = 1 << 20
+REASON_LABEL_CHARS = 200  # the fallback sentence as a metric label: bounded, a label is not a log
 
 
 @dataclass
@@ -113,6 +114,14 @@ class ServiceMetrics:
         self.watchdog_trips = Counter(
             "edge_watchdog_trips_total", "Inferences that overran their deadline", registry=registry
         )
+        # One series, set once the backend is chosen: a dashboard or alert finds robots serving ONNX Runtime
+        # on the CPU because TensorRT was not usable (fallback="true"), with TensorRT's own sentence.
+        self.backend = Gauge(
+            "edge_backend_info",
+            "The backend serving (1), what was asked for, and whether auto fell back from TensorRT and why",
+            ["backend", "requested", "fallback", "reason"],
+            registry=registry,
+        )
 
 
 class InferenceService:
@@ -132,6 +141,7 @@ class InferenceService:
         )
         self.bundle: ModelBundle | None = None
         self.backend: Backend | None = None
+        self.backend_choice: BackendChoice | None = None
         self.cache = EngineCache(config.cache, keep=config.cache_keep)
         self.device: DeviceProbe | None = None
         self.cached: CachedEngine | None = None
@@ -160,8 +170,22 @@ class InferenceService:
             f"GPU {self.device.identity.gpu}"
         )
         self.bundle = ModelBundle.load(self.config.bundle)
-        self.backend = get_backend(self.config.backend)
+        choice = self.backend_choice = select_backend(self.config.backend)
+        self.backend = choice.backend
         self.say(f"backend: {self.backend.name} {self.backend.version()} (asked for {self.config.backend})")
+        fallback = choice.fallback
+        self.metrics.backend.labels(
+            choice.backend.name,
+            choice.requested,
+            "true" if fallback else "false",
+            (fallback or "")[:REASON_LABEL_CHARS],
+        ).set(1)
+        if fallback:
+            log.warning(
+                "backend auto fell back to %s on the CPU, TensorRT is not used: %s",
+                self.backend.name,
+                fallback,
+            )
         self.cache.prepare()
 
     def options(self) -> BuildOptions:
@@ -341,7 +365,12 @@ class InferenceService:
         body: dict[str, Any] = {"ready": self.ready, "draining": self.draining, "thermal": self.thermal.state}
         if self.bundle is not None:  # the name under /v2/models/ (the fleet's health gate reads it)
             body["model"] = self.bundle.manifest.name
-        if self.backend is not None:
+        if self.backend_choice is not None:  # the fleet's gate refuses a silent CPU fallback from these
+            body["backend"] = self.backend_choice.backend.name
+            body["backend_requested"] = self.backend_choice.requested
+            if self.backend_choice.fallback:
+                body["fallback"] = self.backend_choice.fallback
+        elif self.backend is not None:
             body["backend"] = self.backend.name
         if self.startup:
             body["startup"] = self.startup

@@ -265,3 +265,53 @@ def test_serve_pins_itself_to_cpus(tiny_bundle: Path, tmp_path: Path) -> None:
         status = Path(f"/proc/{proc.pid}/status").read_text()
         allowed = next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
         assert allowed.split(":")[1].strip() == "0"
+
+
+def _tensorrt_refusal() -> str:
+    """TensorRT's own sentence for why it cannot serve here (our machines have no TensorRT, or no GPU)."""
+    import pytest
+
+    from edge_runtime.backends.tensorrt import TensorRTBackend
+    from edge_runtime.errors import BackendUnavailable
+
+    try:
+        TensorRTBackend().require()
+    except BackendUnavailable as exc:
+        return " ".join(str(exc).split())
+    pytest.skip("TensorRT is usable on this machine, so --backend tensorrt is not refused here")
+
+
+def test_backend_tensorrt_without_tensorrt_exits_with_one_sentence_before_listening(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Asked for TensorRT where it cannot run (for real: no TensorRT here), serve prints TensorRT's sentence
+    as one error line and exits 2 (EdgeError's code) before it listens or touches the engine cache."""
+    why = _tensorrt_refusal()
+    port = free_port()
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "serve", "--bundle", str(tiny_bundle), "--cache",
+         str(tmp_path / "cache"), "--backend", "tensorrt", "--port", str(port)],
+        env=ENV, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {why}"], r.stderr
+    assert "tensorrt" in why.lower() and "Traceback" not in r.stderr
+    assert "listening on" not in r.stderr and not (tmp_path / "cache").exists()
+
+
+def test_auto_fallback_is_logged_and_shown_by_the_running_service(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The real process under ``--backend auto`` without TensorRT: a WARNING line at start names the
+    fallback and TensorRT's sentence; /readyz carries the same sentence."""
+    why = _tensorrt_refusal()
+    with ServiceProcess(tiny_bundle, tmp_path / "cache", "auto", env=ENV, merge_output=True) as svc:
+        svc.wait_ready(timeout_s=60)
+        status, ready = get(svc.url + "/readyz")
+    assert status == 200
+    assert (ready["backend"], ready["backend_requested"], ready["fallback"]) == ("onnxruntime", "auto", why)
+    assert svc.proc.stdout is not None
+    log = svc.proc.stdout.read()
+    warning = [line for line in log.splitlines() if " WARNING " in line]
+    assert len(warning) == 1 and warning[0].endswith(
+        f"backend auto fell back to onnxruntime on the CPU, TensorRT is not used: {why}"
+    ), log

@@ -302,3 +302,96 @@ def test_backend_failure_is_a_500_sentence_and_service_stays_up(tiny_bundle: Pat
             == 200
         )
         assert c.get("/healthz").status_code == 200
+
+
+# -- backend choice: a CPU fallback says why ---------------------------------------------------------------
+def _tensorrt_refusal() -> str:
+    """TensorRT's own sentence for why it cannot serve here (our machines: no TensorRT, or no GPU)."""
+    from edge_runtime.backends.tensorrt import TensorRTBackend
+    from edge_runtime.errors import BackendUnavailable
+
+    try:
+        TensorRTBackend().require()
+    except BackendUnavailable as exc:
+        return str(exc)
+    pytest.skip("TensorRT is usable on this machine: auto takes it and nothing falls back")
+
+
+def _backend_info(text: str) -> list[dict[str, str]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        dict(s.labels)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "edge_backend_info" and s.value == 1.0
+    ]
+
+
+def test_auto_falls_back_to_onnxruntime_and_says_why(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A robot whose image cannot reach TensorRT serves ONNX Runtime on the CPU under ``auto``, and says so
+    in /readyz, /metrics and a WARNING at start, with TensorRT's own sentence (the fleet's gate reads it)."""
+    why = " ".join(_tensorrt_refusal().split())
+    config = ServiceConfig(bundle=tiny_bundle, cache=tmp_path / "c", backend="auto", device_root=tmp_path)
+    service = InferenceService(config)
+    with caplog.at_level("WARNING", logger="edge_runtime.service"):
+        service.prepare()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"backend auto fell back to onnxruntime on the CPU, TensorRT is not used: {why}"]
+    service.load()
+    with TestClient(create_app(service, load_in_background=False)) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert (body["backend"], body["backend_requested"], body["fallback"]) == ("onnxruntime", "auto", why)
+        info = _backend_info(c.get("/metrics").text)
+        assert info == [{"backend": "onnxruntime", "requested": "auto", "fallback": "true", "reason": why}]
+        assert c.get("/v2/models/tiny-policy").json()["platform"] == "onnxruntime"
+    service.close()
+
+
+def test_an_asked_for_backend_is_no_fallback(client: TestClient) -> None:
+    body = client.get("/readyz").json()
+    assert (body["backend"], body["backend_requested"]) == ("onnxruntime", "onnxruntime")
+    assert "fallback" not in body
+    info = _backend_info(client.get("/metrics").text)
+    assert info == [{"backend": "onnxruntime", "requested": "onnxruntime", "fallback": "false", "reason": ""}]
+
+
+def test_fallback_reason_is_one_line_and_bounded_as_a_label(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorRT's sentence may span lines or run long: /readyz keeps it whole on one line, the metric label
+    is cut to a bounded length."""
+    from edge_runtime.backends.tensorrt import TensorRTBackend
+    from edge_runtime.errors import BackendUnavailable
+    from edge_runtime.service import REASON_LABEL_CHARS
+
+    long = "TensorRT found no GPU;\n  was the container started with the NVIDIA runtime? " + "x" * 400
+
+    def refuse(self: TensorRTBackend) -> None:
+        raise BackendUnavailable(long)
+
+    monkeypatch.setattr(TensorRTBackend, "require", refuse)
+    config = ServiceConfig(bundle=tiny_bundle, cache=tmp_path / "c", backend="auto", device_root=tmp_path)
+    service = InferenceService(config)
+    service.prepare()
+    one_line = " ".join(long.split())
+    assert service.readiness()[1]["fallback"] == one_line
+    from prometheus_client import generate_latest
+
+    (info,) = _backend_info(generate_latest(service.registry).decode())
+    assert info["reason"] == one_line[:REASON_LABEL_CHARS] and info["fallback"] == "true"
+
+
+def test_auto_takes_tensorrt_where_it_is_usable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The choice only (TensorRT cannot run here: ``require`` is made to pass): no fallback is reported."""
+    from edge_runtime.backends import select_backend
+    from edge_runtime.backends.tensorrt import TensorRTBackend
+
+    monkeypatch.setattr(TensorRTBackend, "require", lambda self: None)
+    choice = select_backend("auto")
+    assert choice.backend.name == "tensorrt" and choice.requested == "auto" and choice.fallback is None
+    assert select_backend("onnxruntime").fallback is None

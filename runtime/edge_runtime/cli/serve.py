@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edge_runtime.cli.options import backend_option, bundle_option, cache_option, precision_option
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import BackendUnavailable, EdgeError
 
 
 @click.command()
@@ -165,7 +165,12 @@ def serve(
         inline_infer=inline_infer,
     )
     service = InferenceService(config, say=lambda msg: click.echo(f"edge-runtime: {msg}", err=True))
-    service.prepare()  # missing bundle, unusable backend, unwritable cache: one sentence, before listening
+    try:
+        service.prepare()  # missing bundle, unusable backend, unwritable cache: one sentence, before listening
+    except BackendUnavailable as exc:
+        # --backend tensorrt where TensorRT or the GPU is missing: TensorRT's own sentence, kept on one line
+        # (a library's message can span lines), so the container log shows why the service never listened.
+        raise BackendUnavailable(" ".join(str(exc).split())) from None
 
     bridge = None
     on_ready = on_stop = None
