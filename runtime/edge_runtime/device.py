@@ -85,6 +85,10 @@ class DeviceProbe:
     power_mode: str | None
     thermal_zones: list[ThermalZone] = field(default_factory=list)
     tegrastats: str | None = None
+    # Whether CUDA (through cuda-python) reports a GPU to this process; None when a fixture root is probed.
+    # On a Jetson the board names its GPU even in a container started without the NVIDIA runtime, where
+    # CUDA sees none: this field, not identity.gpu, says whether TensorRT can run.
+    gpu_visible: bool | None = None
 
     @property
     def is_jetson(self) -> bool:
@@ -101,6 +105,7 @@ class DeviceProbe:
             "module": self.module,
             "tensorrt": self.tensorrt,
             "cuda": self.cuda,
+            "gpu_visible": self.gpu_visible,
             "power_mode": self.power_mode,
             "thermal_zones": [asdict(z) for z in self.thermal_zones],
             "tegrastats": self.tegrastats,
@@ -235,8 +240,9 @@ def probe(root: Path = Path("/")) -> DeviceProbe:
             cuda = f"{ver // 1000}.{(ver % 1000) // 10}" if int(err) == 0 else None
         except Exception:
             cuda = None
+    visible = cuda_gpu() if live else None
     return DeviceProbe(
-        identity=device_identity(root),
+        identity=device_identity(root, gpu=visible),
         l4t=read_l4t(root),
         model=model,
         module=module.to_dict() if module else None,
@@ -245,4 +251,5 @@ def probe(root: Path = Path("/")) -> DeviceProbe:
         power_mode=read_power_mode(root),
         thermal_zones=read_thermal_zones(root),
         tegrastats=shutil.which("tegrastats") if live else None,
+        gpu_visible=(visible is not None) if live else None,
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -48,3 +49,15 @@ def test_probe_cli_json(fake_root: Path) -> None:
     assert data["l4t"]["version"] == "36.4.0" and data["module"]["name"] == "Jetson Orin Nano 8GB"
     text = CliRunner().invoke(cli, ["probe", "--root", str(fake_root)]).output
     assert "JetPack 6" in text and "cv0-thermal" in text
+
+
+def test_probe_says_whether_cuda_sees_a_gpu(fake_root: Path) -> None:
+    from edge_runtime.device import cuda_gpu
+
+    assert probe(fake_root).gpu_visible is None  # a fixture root: CUDA is not asked
+    live = probe(Path("/"))
+    assert live.gpu_visible is (cuda_gpu() is not None)
+    assert live.to_dict()["gpu_visible"] is live.gpu_visible
+    text = CliRunner().invoke(cli, ["probe"]).output
+    want = "yes" if live.gpu_visible else "no (CUDA sees none)"
+    assert re.search(rf"^GPU visible +{re.escape(want)}$", text, re.M), text
