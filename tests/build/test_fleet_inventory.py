@@ -79,6 +79,7 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         ("robots: [{name: r1, host: h}, {name: r2, host: h}]", ["'r2'", "same host and port", "'r1'"]),
         ("robots: [{name: r1, host: h, compose_dir: ../etc}]", ["'r1'", "compose_dir"]),
         ("robots: [{name: r1, host: h, gpu: maybe}]", ["'r1'", "'gpu'"]),
+        ("robots: [{name: r1, host: h, allow_cpu_fallback: 1}]", ["'r1'", "'allow_cpu_fallback'", "true or false"]),
         (
             "robots: [{name: r1, host: h, health_start_interval_s: 0}]",
             ["'r1'", "health_start_interval_s", "0.1"],
@@ -108,3 +109,22 @@ def test_missing_file_and_unknown_group(tmp_path: Path) -> None:
         fleet.select(group="night")
     with pytest.raises(FleetError, match="'arm-9' is not in the fleet"):
         fleet.select(devices=["arm-9"])
+
+
+def test_gpu_robots_must_serve_tensorrt_unless_the_fallback_is_allowed(tmp_path: Path) -> None:
+    """``gpu`` defaults to true (a Jetson) and ``allow_cpu_fallback`` to false; both can be shared in
+    ``defaults`` and overridden per robot, and survive a dump."""
+    text = """
+defaults: {allow_cpu_fallback: true}
+robots:
+  - {name: lab-1, host: 10.0.0.1}
+  - {name: lab-2, host: 10.0.0.2, allow_cpu_fallback: false}
+  - {name: sim-1, host: 10.0.0.3, gpu: false}
+"""
+    fleet = load_fleet(write(tmp_path, text))
+    assert [(r.gpu, r.allow_cpu_fallback) for r in fleet.robots] == [(True, True), (True, False), (False, True)]
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_fleet(fleet))
+    assert load_fleet(again).robots == fleet.robots
+    plain = load_fleet(write(tmp_path, "robots: [{name: r1, host: h}]")).robots[0]
+    assert (plain.gpu, plain.allow_cpu_fallback) == (True, False)

@@ -4,9 +4,12 @@ refuse connections so that failures are real)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -346,3 +349,202 @@ def test_a_refused_pull_says_how_to_log_the_robot_in(stderr: str, says: str) -> 
     with pytest.raises(FleetError) as err:
         asyncio.run(RobotReleases(Conn()).pull(image))  # type: ignore[arg-type]
     assert says in str(err.value)
+
+
+# -- a robot that should run TensorRT must not pass its gate while serving ONNX Runtime on the CPU ----------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tensorrt_refusal() -> str:
+    """TensorRT's own sentence for why it cannot serve here (what ``auto`` reports as its fallback)."""
+    from edge_runtime.backends.tensorrt import TensorRTBackend
+    from edge_runtime.errors import BackendUnavailable
+
+    try:
+        TensorRTBackend().require()
+    except BackendUnavailable as exc:
+        return " ".join(str(exc).split())
+    pytest.skip("TensorRT is usable on this machine: auto serves it and nothing falls back")
+
+
+@pytest.fixture(scope="module")
+def auto_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real ``edge-runtime serve --backend auto`` on this machine (no TensorRT: it falls back to ONNX
+    Runtime on the CPU and says why); yields its port."""
+    import os
+
+    from bench._serve import ServiceProcess
+
+    _tensorrt_refusal()
+    root = tmp_path_factory.mktemp("auto-service")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
+    with ServiceProcess(_other_model_bundle(root / "b"), root / "c", "auto", env=env) as svc:
+        svc.wait_ready(timeout_s=120)
+        yield svc.port
+
+
+class ScriptedRobot:
+    """The robot end of a RobotConnection: every command succeeds and is recorded (``answers`` maps a
+    command fragment to its stdout), the container reports healthy, and the service port is forwarded to
+    a real service on this machine."""
+
+    def __init__(self, robot: Robot, service_port: int, answers: dict[str, str] | None = None) -> None:
+        self.robot = robot
+        self.service_port = service_port
+        self.answers = {
+            "docker ps -aq": "running healthy reg/rt@sha256:" + "b" * 64,
+            "engine build --json": '{"hit": true, "build_seconds": 0.0, "key": "k"}',
+            **(answers or {}),
+        }
+        self.commands: list[str] = []
+        self.uploaded: dict[str, bytes] = {}
+
+    async def run(self, command: str, *, timeout: float | None = 600, stdin: str | None = None) -> Any:
+        from edge_deploy.fleet.ssh import CommandResult
+
+        self.commands.append(command)
+        out = next((v for k, v in self.answers.items() if k in command), "")
+        return CommandResult(0, out, "")
+
+    async def check(self, command: str, what: str, *, timeout: float | None = 600) -> str:
+        return str((await self.run(command, timeout=timeout)).stdout)
+
+    async def upload(self, files: dict[str, bytes], remote_dir: str) -> int:
+        self.uploaded = dict(files)
+        return sum(len(v) for v in files.values())
+
+    @contextlib.asynccontextmanager
+    async def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> AsyncIterator[int]:
+        assert remote_port == self.robot.service_port
+        yield self.service_port
+
+
+@pytest.mark.parametrize(
+    ("gpu", "allow", "required", "expected", "because"),
+    [
+        (True, False, None, "tensorrt", "gpu: true"),
+        (True, True, None, None, "allow_cpu_fallback: true"),
+        (False, False, None, None, "gpu: false"),
+        (True, False, "any", None, "accepts ONNX Runtime"),
+        (True, True, "tensorrt", "tensorrt", "requires TensorRT"),
+        (False, False, "tensorrt", "tensorrt", "requires TensorRT"),
+    ],
+)
+def test_expected_backend_follows_the_inventory_and_the_release(
+    gpu: bool, allow: bool, required: str | None, expected: str | None, because: str
+) -> None:
+    from edge_deploy.fleet.robot import expected_backend
+
+    robot = Robot(name="r", host="h", gpu=gpu, allow_cpu_fallback=allow)
+    got, why = expected_backend(robot, required)
+    assert got == expected and because in why
+
+
+def test_gate_refuses_a_cpu_fallback_on_a_gpu_robot_naming_both_backends_and_why(auto_service: int) -> None:
+    """The gate against a real ``auto`` service that fell back: refused on a gpu robot, with the expected
+    and served backends and the service's own sentence; passed where the inventory or release allows it."""
+    from edge_deploy.fleet.robot import GateFailed, RobotReleases
+
+    def gate(robot: Robot, required: str | None = None) -> dict[str, Any]:
+        releases = RobotReleases(ScriptedRobot(robot, auto_service))  # type: ignore[arg-type]
+        req = DeployRequest("0.2.0", "reg/rt@sha256:" + "b" * 64, required_backend=required)
+        return asyncio.run(releases.health_gate_after_up(req))
+
+    why = _tensorrt_refusal()
+    with pytest.raises(GateFailed) as err:
+        gate(Robot(name="jet", host="h", gpu=True))
+    reason = str(err.value)
+    assert reason.startswith(
+        "expected backend tensorrt (the robot has gpu: true in fleet.yaml), served onnxruntime on the CPU: "
+        f"the service says: {why.rstrip('.')}; "
+    ), reason
+    assert "allow_cpu_fallback: true" in reason and "--required-backend any" in reason
+    for allowed in (Robot(name="jet", host="h", allow_cpu_fallback=True), Robot(name="sim", host="h", gpu=False)):
+        passed = gate(allowed)
+        assert passed["readyz"]["fallback"] == why and passed["outputs"] == {"cmd": [1, 2], "mode_echo": [1, 1]}
+    assert gate(Robot(name="jet", host="h"), required="any")["readyz"]["backend"] == "onnxruntime"
+    with pytest.raises(GateFailed, match=r"\(the release requires TensorRT\), served onnxruntime") as err:
+        gate(Robot(name="sim", host="h", gpu=False, allow_cpu_fallback=True), required="tensorrt")
+    assert "no inventory setting allows it" in str(err.value)
+
+
+def test_a_service_started_on_onnxruntime_fails_a_gpu_robots_gate(tmp_path: Path) -> None:
+    """Not a fallback, an explicit EDGE_BACKEND=onnxruntime: a gpu robot still fails, and the reason says
+    the backend was asked for."""
+    from edge_deploy.fleet.robot import GateFailed, backend_check, expected_backend
+    from edge_runtime.service import InferenceService, ServiceConfig
+
+    service = InferenceService(
+        ServiceConfig(bundle=_other_model_bundle(tmp_path / "b"), cache=tmp_path / "c", backend="onnxruntime")
+    )
+    service.prepare()
+    ready = service.readiness()[1]
+    with pytest.raises(GateFailed, match="served onnxruntime on the CPU: the service was started with --backend"):
+        backend_check(ready, *expected_backend(Robot(name="jet", host="h"), None))
+    with pytest.raises(GateFailed, match="does not say which backend serves"):
+        backend_check({"ready": True}, *expected_backend(Robot(name="jet", host="h"), None))
+    backend_check({"backend": "tensorrt"}, *expected_backend(Robot(name="jet", host="h"), "tensorrt"))
+
+
+def test_a_cpu_fallback_rolls_a_gpu_robot_back_to_its_previous_release(auto_service: int) -> None:
+    """The whole update after the lock: the new release comes up healthy in Docker's eyes but serves ONNX
+    Runtime on the CPU; the gate refuses, the version is marked bad and the previous release is restored."""
+    from edge_deploy.fleet.robot import ROLLED_BACK, RobotReleases, RobotResult
+
+    robot = Robot(name="jet", host="h", gpu=True)
+    conn = ScriptedRobot(robot, auto_service)
+    releases = RobotReleases(conn)  # type: ignore[arg-type]
+    req = DeployRequest("0.2.0", "reg/rt@sha256:" + "b" * 64)
+    res = RobotResult(robot.name, req.version, "failed")
+    out = asyncio.run(releases._deploy_locked(req, res, "0.1.0", None, False, {}))
+    assert out.outcome == ROLLED_BACK and out.stage == "health", out.reason
+    assert "expected backend tensorrt" in out.reason and "served onnxruntime on the CPU" in out.reason
+    assert _tensorrt_refusal().rstrip(".") in out.reason and out.reason.endswith("; restored 0.1.0")
+    switches = [c for c in conn.commands if ".current.tmp" in c]
+    assert ["releases/0.2.0" in switches[0], "releases/0.1.0" in switches[-1]] == [True, True]
+    assert any("cat >> edge/bad-versions" in c for c in conn.commands)
+    assert "COMPOSE_FILE=compose.yaml:compose.jetson.yaml" in conn.uploaded[".env"].decode()
+    assert json.loads(conn.uploaded["release.json"])["required_backend"] is None
+
+
+def test_a_manual_rollback_gates_on_the_backend_its_release_required(auto_service: int) -> None:
+    """``fleet rollback`` reads the target's release.json: a release made with --required-backend any comes
+    back on a gpu robot serving ONNX Runtime; one without it is refused and the current one restored."""
+    from edge_deploy.fleet.robot import FAILED, UPDATED, RobotReleases
+
+    robot = Robot(name="jet", host="h", gpu=True)
+    state = json.dumps({"current": "0.2.0", "previous": "0.1.0"})
+    outcomes = {}
+    for recorded in ("any", None):
+        conn = ScriptedRobot(
+            robot,
+            auto_service,
+            {
+                "state.json": state,
+                "sed -n": "reg/rt@sha256:" + "a" * 64,
+                "release.json": json.dumps({"version": "0.1.0", "required_backend": recorded}),
+            },
+        )
+        res = asyncio.run(RobotReleases(conn).rollback(None, 60))  # type: ignore[arg-type]
+        outcomes[recorded] = (res.outcome, res.reason)
+    assert outcomes["any"] == (UPDATED, "")
+    assert outcomes[None][0] == FAILED and "expected backend tensorrt" in outcomes[None][1]
+    assert outcomes[None][1].endswith("; 0.2.0 restored")
+
+
+def test_release_manifest_records_the_required_backend(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edge_deploy.cli.release import release
+    from edge_deploy.release.manifest import ReleaseError, ReleaseManifest, load_release, save_release
+
+    ref = "reg/rt@sha256:" + "c" * 64
+    save_release(ReleaseManifest.for_runtime_image("0.3.0", ref, required_backend="any"), tmp_path)
+    assert load_release("0.3.0", tmp_path).required_backend == "any"
+    old = ReleaseManifest.for_runtime_image("0.3.1", ref).to_dict()
+    del old["required_backend"]  # a manifest written before the field existed: the inventory decides
+    assert ReleaseManifest.from_dict(old).required_backend is None
+    with pytest.raises(ReleaseError, match="required_backend 'gpu'; expected one of tensorrt, any"):
+        ReleaseManifest.from_dict({**old, "required_backend": "gpu"})
+    r = CliRunner().invoke(release, ["create", "0.3.2", "--no-push", "--required-backend", "gpu"])
+    assert r.exit_code == 2 and "'gpu' is not one of 'tensorrt', 'any'" in r.output

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from edge_deploy.cli.options import calibration_name, image_options
-from edge_deploy.release.manifest import ReleaseError, load_release
+from edge_deploy.release.manifest import REQUIRED_BACKENDS, ReleaseError, load_release
 from edge_deploy.release.release import IMAGES, Release, ReleaseOptions, sorted_releases
 from edge_deploy.release.tags import CHANNELS, normalize_version
 
@@ -103,6 +103,14 @@ def release() -> None:
     metavar="NAME=REPO@DIGEST",
     help="Release already pushed images instead of building (both converter and runtime).",
 )
+@click.option(
+    "--required-backend",
+    type=click.Choice(REQUIRED_BACKENDS),
+    default=None,
+    help="What robots must serve this release with: tensorrt (every robot, even gpu: false ones), or any "
+    "(ONNX Runtime on the CPU accepted everywhere, on purpose) [default: each robot's gpu and "
+    "allow_cpu_fallback in fleet.yaml decide].",
+)
 @releases_dir_option
 @click.option("--git-tag/--no-git-tag", default=True, show_default=True,
               help="Create the annotated git tag vVERSION (off for trial releases such as the quickstart).")
@@ -126,6 +134,7 @@ def create(
     provenance: bool,
     sbom: bool,
     reuse: tuple[str, ...],
+    required_backend: str | None,
     releases_dir: Path | None,
     git_tag: bool,
     as_json: bool,
@@ -165,6 +174,7 @@ def create(
         sbom=sbom,
         reuse=reused,
         git_tag=git_tag,
+        required_backend=required_backend,
     )
     rel = _release(releases_dir)
     if not push:

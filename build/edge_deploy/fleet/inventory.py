@@ -32,6 +32,7 @@ ROBOT_FIELDS = {
     "min_free_mb",
     "lock_wait_s",
     "gpu",
+    "allow_cpu_fallback",
     "connect_timeout_s",
     "health_start_interval_s",
 }
@@ -57,7 +58,10 @@ class Robot:
     platform: str = "linux/arm64"
     min_free_mb: int = 1024  # refuse an update when the compose dir's filesystem has less free
     lock_wait_s: float = 30.0  # how long to wait for the application's update lock before skipping
-    gpu: bool = True  # real Jetson: add compose.jetson.yaml (runtime: nvidia); simulated robots: false
+    # The robot has a GPU: its service runs with compose.jetson.yaml (runtime: nvidia) and must serve TensorRT;
+    # serving ONNX Runtime on the CPU fails the health gate unless allow_cpu_fallback (or the release) says so.
+    gpu: bool = True
+    allow_cpu_fallback: bool = False  # accept ONNX Runtime on the CPU on a gpu robot, on purpose
     connect_timeout_s: float = 10.0
     # How often Docker runs the healthcheck while the service starts (compose `start_interval`): it bounds how
     # soon `up --wait` sees a new release healthy. Each check starts a Python process; raise it on robots
@@ -186,10 +190,11 @@ def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int
         if not 0.1 <= v <= 300:
             raise _err(where, "health_start_interval_s", f"expected 0.1 to 300 seconds, got {v:g}")
         kw["health_start_interval_s"] = v
-    if "gpu" in d:
-        if not isinstance(d["gpu"], bool):
-            raise _err(where, "gpu", f"expected true or false, got {d['gpu']!r}")
-        kw["gpu"] = d["gpu"]
+    for key in ("gpu", "allow_cpu_fallback"):
+        if key in d:
+            if not isinstance(d[key], bool):
+                raise _err(where, key, f"expected true or false, got {d[key]!r}")
+            kw[key] = d[key]
     return Robot(**kw)
 
 
@@ -275,6 +280,7 @@ def dump_fleet(fleet: Fleet) -> str:
             "service_port": r.service_port,
             "platform": r.platform,
             "gpu": r.gpu,
+            "allow_cpu_fallback": r.allow_cpu_fallback,
             "min_free_mb": r.min_free_mb,
             "lock_wait_s": r.lock_wait_s,
             "health_start_interval_s": r.health_start_interval_s,

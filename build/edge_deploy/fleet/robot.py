@@ -97,6 +97,9 @@ class DeployRequest:
     # Build the new release's engine into the robot's cache before the switch, while the running release
     # keeps serving: the switch then only loads it (seconds instead of a TensorRT build of minutes).
     prebuild: bool = True
+    # The release manifest's required_backend: "tensorrt", "any", or None (the robot's gpu and
+    # allow_cpu_fallback decide); see expected_backend.
+    required_backend: str | None = None
 
 
 class GateFailed(FleetError):
@@ -145,6 +148,7 @@ def bundle_files(robot: Robot, req: DeployRequest) -> dict[str, bytes]:
         "image": req.image,
         "robot": robot.name,
         "deployed_at": now_iso(),
+        "required_backend": req.required_backend,  # a later rollback to this release gates on it too
         **req.release,
     }
     files["release.json"] = (json.dumps(release, indent=2) + "\n").encode()
@@ -227,6 +231,51 @@ async def ready_check(http: Any) -> dict[str, Any]:
     if ready.status_code != 200 or not (isinstance(body, dict) and body.get("ready")):
         raise GateFailed(f"/readyz answered {ready.status_code}: {str(body)[:150]}")
     return body
+
+
+def expected_backend(robot: Robot, required: str | None) -> tuple[str | None, str]:
+    """The backend ``robot`` must serve a release with (None: any will do) and why, from the release's
+    ``required_backend`` and the robot's inventory: a robot that should run TensorRT must not pass its gate
+    while serving ONNX Runtime on the CPU, unless that is allowed on purpose."""
+    if required == "tensorrt":
+        return "tensorrt", "the release requires TensorRT"
+    if required == "any":
+        return None, "the release accepts ONNX Runtime on the CPU"
+    if robot.gpu and not robot.allow_cpu_fallback:
+        return "tensorrt", "the robot has gpu: true in fleet.yaml"
+    if robot.gpu:
+        return None, "the robot has allow_cpu_fallback: true in fleet.yaml"
+    return None, "the robot has gpu: false in fleet.yaml"
+
+
+def backend_check(ready: dict[str, Any], expected: str | None, because: str) -> None:
+    """Raise GateFailed unless the service reports ``expected`` as its backend; the reason names both
+    backends and the service's own sentence for why it did not serve the expected one."""
+    if expected is None:
+        return
+    served = ready.get("backend")
+    if served == expected:
+        return
+    if not served:
+        raise GateFailed(
+            f"expected backend {expected} ({because}), but /readyz does not say which backend serves "
+            "(an edge-runtime older than this tool)"
+        )
+    where = " on the CPU" if served == "onnxruntime" else ""
+    requested = ready.get("backend_requested")
+    if ready.get("fallback"):
+        said = f"the service says: {str(ready['fallback'])[:300].rstrip('.')}"
+    elif requested and requested != "auto":
+        said = f"the service was started with --backend {requested} (EDGE_BACKEND)"
+    else:
+        said = "the service did not say why (an edge-runtime older than this tool)"
+    allow = (
+        "no inventory setting allows it (the release was made with --required-backend tensorrt)"
+        if because.startswith("the release")
+        else "to allow it on purpose, set allow_cpu_fallback: true for the robot in fleet.yaml or release "
+        "with --required-backend any"
+    )
+    raise GateFailed(f"expected backend {expected} ({because}), served {served}{where}: {said}; {allow}")
 
 
 def served_model(ready: dict[str, Any]) -> str:
@@ -369,12 +418,17 @@ class RobotReleases:
         ):
             yield http
 
-    async def service_check(self, smoke: bool = True, timeout_s: float = 120) -> dict[str, Any]:
-        """Through an SSH port forward: /readyz must say the engine is ready, and with ``smoke`` one
-        inference on an input built from the model's own metadata must return every declared output with
-        its declared shape and finite values (whatever the model: nothing here assumes the sample policy)."""
+    async def service_check(
+        self, smoke: bool = True, timeout_s: float = 120, backend: tuple[str | None, str] | None = None
+    ) -> dict[str, Any]:
+        """Through an SSH port forward: /readyz must say the engine is ready (and, with ``backend``, served by
+        the expected backend: see ``backend_check``), and with ``smoke`` one inference on an input built from
+        the model's own metadata must return every declared output with its declared shape and finite values
+        (whatever the model: nothing here assumes the sample policy)."""
         async with self.service_client(timeout_s) as http:
             ready = await ready_check(http)
+            if backend is not None:
+                backend_check(ready, *backend)
             result: dict[str, Any] = {"readyz": ready}
             if smoke:
                 outputs, seconds = await smoke_check(http, served_model(ready))
@@ -419,6 +473,15 @@ class RobotReleases:
                     f"there (once per robot: `docker login {registry}` as {self.robot.user}) ({tail})"
                 )
             raise FleetError(f"pulling {image} failed: {tail}")
+
+    async def release_required_backend(self, version: str) -> str | None:
+        """The ``required_backend`` recorded in a kept release's release.json (None when unrecorded)."""
+        r = await self.conn.run(f"cat {self.dir}/releases/{q(version)}/release.json 2>/dev/null", timeout=30)
+        try:
+            value = json.loads(r.stdout).get("required_backend") if r.ok else None
+        except (ValueError, AttributeError):
+            return None
+        return value if value in ("tensorrt", "any") else None
 
     async def release_image(self, version: str) -> str | None:
         r = await self.conn.run(
@@ -582,7 +645,9 @@ class RobotReleases:
         if " healthy " not in f" {health} ":
             raise GateFailed(f"the container is not healthy ({health or 'no container'})")
         try:
-            return await self.service_check(req.smoke)
+            return await self.service_check(
+                req.smoke, backend=expected_backend(self.robot, req.required_backend)
+            )
         except FleetError:
             raise
         except Exception as exc:  # connection refused, timeouts, SSH forward errors
@@ -660,7 +725,10 @@ class RobotReleases:
         await self.switch(target)
         try:
             await self.compose_up(health_timeout_s)
-            await self.health_gate_after_up(DeployRequest(target, image, smoke=smoke))
+            required = await self.release_required_backend(target)
+            await self.health_gate_after_up(
+                DeployRequest(target, image, smoke=smoke, required_backend=required)
+            )
         except GateFailed as exc:
             res.reason = str(exc)
             if current and current != target:  # a failed rollback leaves the robot on what it ran

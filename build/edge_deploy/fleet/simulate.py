@@ -2,7 +2,12 @@
 exec root, pidfile and socket, no bridge), so its image store and the bytes it pulls are real, plus its own
 ``sshd`` on 127.0.0.1:22NN with its own host key and user, whose sessions get ``DOCKER_HOST`` pointing at
 that robot's engine. Containers run as arm64 under QEMU. Processes are started and stopped by the PIDs
-recorded in ``<state>/simulation.json``; nothing is ever killed by name."""
+recorded in ``<state>/simulation.json``; nothing is ever killed by name.
+
+Each engine registers a runtime named ``nvidia`` that is plain runc: a stand-in for the NVIDIA container
+runtime (which needs a GPU and its driver), so a simulated robot can be ``gpu: true`` and run the real
+compose.jetson.yaml (``runtime: nvidia``). The container gets no GPU from it; TensorRT in it finds none,
+``auto`` falls back to ONNX Runtime on the CPU, and the fleet's gate must refuse that (docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -206,6 +211,16 @@ def _write_sshd_config(rdir: Path, robot: SimRobot) -> Path:
     return cfg
 
 
+NVIDIA_RUNTIME = "nvidia"  # the name compose.jetson.yaml asks for
+
+
+def _runc() -> str:
+    """runc for the ``nvidia`` stand-in runtime: beside the host set-up's engine binaries, else on PATH."""
+    bin_dir = host_bin()
+    search = os.pathsep.join([*([str(bin_dir)] if bin_dir else []), os.environ.get("PATH", "/usr/bin:/bin")])
+    return shutil.which("runc", path=search) or shutil.which("runc", path="/usr/sbin:/usr/bin") or "runc"
+
+
 def _write_daemon_config(rdir: Path, robot: SimRobot, exec_root: Path, registry: str) -> Path:
     cfg = rdir / "daemon.json"
     registries = sorted({registry, "localhost:5000", "127.0.0.1:5000"})
@@ -223,6 +238,8 @@ def _write_daemon_config(rdir: Path, robot: SimRobot, exec_root: Path, registry:
                 "ip-masq": False,
                 "features": {"containerd-snapshotter": True},
                 "insecure-registries": registries,
+                # Stand-in of the NVIDIA container runtime: plain runc, no GPU (see the module docstring).
+                "runtimes": {NVIDIA_RUNTIME: {"path": _runc()}},
                 "log-driver": "json-file",
                 "log-opts": {"max-size": "10m", "max-file": "2"},
             },
@@ -329,10 +346,15 @@ def simulate(
     min_free_mb: int = 512,
     lock_wait_s: float = 10.0,
     platform: str = "linux/arm64",
+    gpu: bool = False,
+    allow_cpu_fallback: bool = False,
 ) -> Simulation:
     """Start (or restart) a simulated fleet and write its ``fleet.yaml``; ``engines=False`` starts only the
     SSH side (for tests of the SSH layer on machines without Docker). Robots pull ``platform`` images:
-    linux/arm64 (Jetson, under QEMU here) unless an amd64 runtime variant is wanted on x86 hosts."""
+    linux/arm64 (Jetson, under QEMU here) unless an amd64 runtime variant is wanted on x86 hosts.
+    ``gpu``: robots are ``gpu: true`` as Jetsons are (compose.jetson.yaml on the ``nvidia`` stand-in
+    runtime); with no GPU they serve ONNX Runtime on the CPU, which fails their gate unless
+    ``allow_cpu_fallback`` (or the release) allows it."""
     if not 1 <= robots <= 50:
         raise FleetError("A simulated fleet has from 1 to 50 robots.")
     if os.geteuid() != 0:
@@ -432,7 +454,8 @@ def simulate(
                 compose_dir="edge",
                 service_port=r.service_port,
                 platform=platform,
-                gpu=False,
+                gpu=gpu,
+                allow_cpu_fallback=allow_cpu_fallback,
                 min_free_mb=min_free_mb,
                 lock_wait_s=lock_wait_s,
                 # A healthcheck is a Python start: ~0.1 s natively, seconds under QEMU on a busy host.

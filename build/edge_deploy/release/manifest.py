@@ -17,6 +17,10 @@ from edge_runtime.errors import EdgeError
 
 SCHEMA_VERSION = 1
 DEFAULT_RELEASES_DIR = Path("releases")
+# What a release asks of the backend robots serve it with (``required_backend``): None lets each robot's
+# inventory decide (``gpu: true`` → TensorRT unless ``allow_cpu_fallback``); "tensorrt" requires TensorRT on
+# every robot; "any" accepts ONNX Runtime on the CPU everywhere, on purpose (e.g. a CPU-only trial release).
+REQUIRED_BACKENDS = ("tensorrt", "any")
 
 
 class ReleaseError(EdgeError):
@@ -53,6 +57,14 @@ class ReleaseManifest:
     pushed_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    required_backend: str | None = None  # see REQUIRED_BACKENDS; the fleet's health gate enforces it
+
+    def __post_init__(self) -> None:
+        if self.required_backend is not None and self.required_backend not in REQUIRED_BACKENDS:
+            raise ReleaseError(
+                f"Release {self.version} has required_backend {self.required_backend!r}; expected one of "
+                f"{', '.join(REQUIRED_BACKENDS)} (or none: the robots' inventory decides)."
+            )
 
     @property
     def runtime(self) -> ReleaseImage:
@@ -68,7 +80,9 @@ class ReleaseManifest:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def for_runtime_image(cls, version: str, ref: str, source: str = "external") -> ReleaseManifest:
+    def for_runtime_image(
+        cls, version: str, ref: str, source: str = "external", required_backend: str | None = None
+    ) -> ReleaseManifest:
         """A release of a runtime image that another pipeline built and pushed (``repo@sha256:…``), so
         rollout and rollback can pin it by digest; bundle and precision are not known here."""
         repository, sep, digest = ref.partition("@")
@@ -76,7 +90,14 @@ class ReleaseManifest:
             raise ReleaseError(f"Image reference {ref!r} is not pinned by digest (repository@sha256:…).")
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return cls(
-            version, source, created, {"runtime": ReleaseImage(repository, digest)}, "", "unknown", "unknown"
+            version,
+            source,
+            created,
+            {"runtime": ReleaseImage(repository, digest)},
+            "",
+            "unknown",
+            "unknown",
+            required_backend=required_backend,
         )
 
     @classmethod

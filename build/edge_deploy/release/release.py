@@ -61,6 +61,7 @@ class ReleaseOptions:
     sbom: bool = False  # needs docker/buildkit-syft-scanner, which our offline builders cannot pull
     reuse: dict[str, str] = field(default_factory=dict)  # image name → repository@digest (skip building)
     git_tag: bool = True
+    required_backend: str | None = None  # manifest.REQUIRED_BACKENDS; None: the robots' inventory decides
 
 
 BuildFn = Callable[..., dict[str, Any]]
@@ -219,6 +220,7 @@ class Release:
             base_image=opts.l4t_base or DEFAULT_L4T_BASE,
             channels=[channel] if channel else [],
             pushed_bytes=total_pushed,
+            required_backend=opts.required_backend,
             extra={
                 **extra,
                 "pushed_bytes_per_image": pushed,

@@ -94,6 +94,7 @@ def deploy_release(
         prebuild=prebuild,
         force=force,
         ros_domain_id=ros_domain_id,
+        required_backend=manifest.required_backend,
         release={
             "git_sha": manifest.git_sha,
             "bundle_sha256": manifest.bundle_sha256,
