@@ -327,3 +327,11 @@ def test_runtime_ros2_support_follows_the_device_extra(tmp_path: Path) -> None:
     assert runtime_has_ros2(pyproject('"onnxruntime>=1.17"')) is False
     assert runtime_has_ros2(pyproject('"onnxruntime>=1.17", "edge-deploy[ros2]"')) is True
     assert runtime_has_ros2(REPO_ROOT / "pyproject.toml") is False  # today's image: no arm64 cyclonedds wheel
+
+
+def test_release_records_the_backend_robots_must_serve_it_with(repo: Path, reg: FakeRegistry) -> None:
+    """``release create --required-backend`` ends up in the manifest the rollout's health gate reads."""
+    make(repo, reg).create(opts(repo, "0.1.0", required_backend="any"))
+    assert load_release("0.1.0", repo / "releases").required_backend == "any"
+    make(repo, reg).create(opts(repo, "0.1.1"))
+    assert load_release("0.1.1", repo / "releases").required_backend is None  # the inventory decides
