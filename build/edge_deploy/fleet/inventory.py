@@ -3,9 +3,11 @@ touches any robot, with one sentence naming the robot and the field."""
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,7 +16,16 @@ from edge_deploy.fleet import FleetError
 from edge_runtime.errors import EdgeError
 from edge_runtime.jetson import jetson_module
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Values that reach a robot's shell, a path on the robot or its systemd unit: a small alphabet each, anchored
+# with \Z (``$`` would let a trailing newline through).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
+HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOST_RE = re.compile(rf"^(?=.{{1,253}}\Z){HOST_LABEL}(?:\.{HOST_LABEL})*\.?\Z")
+PATH_PART_RE = re.compile(r"^[A-Za-z0-9._+@][A-Za-z0-9._+@-]{0,127}\Z")  # never starts with '-'
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?\Z")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:@+/-]{0,63}\Z")
+PLATFORMS = ("linux/arm64", "linux/amd64")
 
 ROBOT_FIELDS = {
     "name",
@@ -68,8 +79,102 @@ class Robot:
     # where that is slow (the simulator's emulated arm64 robots use 5 s).
     health_start_interval_s: float = 1.0
 
+    def __post_init__(self) -> None:
+        # A Robot made in Python (edge_deploy.api.deploy_to_device) gets the same checks as fleet.yaml.
+        bad = robot_problem(self)
+        if bad is not None:
+            raise InvalidRobotField(self.name, *bad)
+
     def in_group(self, group: str) -> bool:
         return group in self.groups
+
+
+class InvalidRobotField(FleetError):
+    """One value of a robot cannot be used safely; ``field`` and ``problem`` let fleet.yaml's loader name
+    the file too."""
+
+    def __init__(self, robot: object, fld: str, problem: str) -> None:
+        super().__init__(f"Robot {robot!r} has an invalid {fld!r}: {problem}.")
+        self.field = fld
+        self.problem = problem
+
+
+def compose_dir_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a robot's compose directory (it is used in shell commands, SFTP paths and the
+    systemd unit's WorkingDirectory), or None."""
+    expected = (
+        "expected a directory path (relative to the home directory, or absolute) of letters, digits and "
+        "'.', '_', '+', '@', '-', no '..' and no part starting with '-'"
+    )
+    if not isinstance(value, str) or len(value) > 255:
+        return f"{expected}, got {value!r}"
+    parts = (value[1:] if value.startswith("/") else value).split("/")
+    if any(p == ".." or not PATH_PART_RE.match(p) for p in parts):
+        return f"{expected}, got {value!r}"
+    return None
+
+
+def host_problem(value: object) -> str | None:
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value)
+            return None
+        except ValueError:
+            if HOST_RE.match(value):
+                return None
+    return f"expected a host name or IP address, got {value!r}"
+
+
+def _seconds_problem(value: object, lo: float, hi: float, lo_open: bool = False) -> str | None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (lo < value if lo_open else lo <= value)
+        and value <= hi
+    )
+    return None if ok else f"expected {'more than' if lo_open else 'from'} {lo:g} to {hi:g} seconds, got {value!r}"
+
+
+def _port_problem(value: object) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+    return None if ok else f"expected a whole number from 1 to 65535, got {value!r}"
+
+
+def robot_problem(r: Robot) -> tuple[str, str] | None:
+    """The first field of ``r`` that must not reach the robot, and why; None when every value is safe."""
+    checks: list[tuple[str, str | None]] = [
+        ("name", None if isinstance(r.name, str) and NAME_RE.match(r.name) else
+         f"expected letters, digits, '.', '_' or '-', got {r.name!r}"),
+        ("host", host_problem(r.host)),
+        ("port", _port_problem(r.port)),
+        ("user", None if isinstance(r.user, str) and USER_RE.match(r.user) else
+         f"expected a login name, got {r.user!r}"),
+        ("compose_dir", compose_dir_problem(r.compose_dir)),
+        ("service_port", _port_problem(r.service_port)),
+        ("platform", None if r.platform in PLATFORMS else
+         f"expected {' or '.join(PLATFORMS)}, got {r.platform!r}"),
+        ("groups", None if all(isinstance(g, str) and NAME_RE.match(g) for g in r.groups) else
+         f"expected group names of letters, digits, '.', '_' or '-', got {list(r.groups)!r}"),
+        ("labels", _labels_problem(r.labels)),
+        ("min_free_mb", None if isinstance(r.min_free_mb, int) and not isinstance(r.min_free_mb, bool)
+         and 0 <= r.min_free_mb <= 1 << 30 else f"expected a whole number of MB, got {r.min_free_mb!r}"),
+        ("lock_wait_s", _seconds_problem(r.lock_wait_s, 0, 86400)),
+        ("connect_timeout_s", _seconds_problem(r.connect_timeout_s, 0, 600, lo_open=True)),
+        ("health_start_interval_s", _seconds_problem(r.health_start_interval_s, 0.1, 300)),
+    ]
+    return next(((fld, problem) for fld, problem in checks if problem is not None), None)
+
+
+def _labels_problem(labels: object) -> str | None:
+    if not isinstance(labels, dict):
+        return "expected a mapping of label to value"
+    for k, v in labels.items():
+        if not (isinstance(k, str) and LABEL_KEY_RE.match(k)):
+            return f"expected label names of letters, digits, '.', '_', '/' or '-', got {k!r}"
+        if not (isinstance(v, str) and LABEL_VALUE_RE.match(v)):
+            return f"expected a label value of up to 63 letters, digits or '.', '_', ':', '@', '+', '/', '-', got {v!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,9 +222,16 @@ def _int(value: Any, where: str, fld: str, lo: int, hi: int) -> int:
 
 
 def _num(value: Any, where: str, fld: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise _err(where, fld, f"expected a non-negative number, got {value!r}")
     return float(value)
+
+
+def _label_value(value: Any) -> Any:
+    """YAML reads ``rack: 3`` as a number and ``on: yes`` as a boolean; labels are text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
 
 
 def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int) -> Robot:
@@ -135,15 +247,15 @@ def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int
         raise FleetError(f"fleet.yaml: {where} has an unknown field {unknown[0]!r}.")
     d = {**defaults, **raw}
     host = d.get("host")
-    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
-        raise _err(where, "host", f"expected a host name or address, got {host!r}")
+    if host_problem(host) is not None:
+        raise _err(where, "host", str(host_problem(host)))
     kw: dict[str, Any] = {"name": name, "host": host}
     if "port" in d:
         kw["port"] = _int(d["port"], where, "port", 1, 65535)
     if "service_port" in d:
         kw["service_port"] = _int(d["service_port"], where, "service_port", 1, 65535)
     if "user" in d:
-        if not isinstance(d["user"], str) or not re.match(r"^[a-z_][a-z0-9_.-]*$", d["user"]):
+        if not isinstance(d["user"], str) or not USER_RE.match(d["user"]):
             raise _err(where, "user", f"expected a login name, got {d['user']!r}")
         kw["user"] = d["user"]
     for key in ("ssh_key", "known_hosts"):
@@ -168,16 +280,19 @@ def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int
         labels = d["labels"]
         if not isinstance(labels, dict):
             raise _err(where, "labels", "expected a mapping of label to value")
-        kw["labels"] = {str(k): str(v) for k, v in labels.items()}
+        kw["labels"] = {k: _label_value(v) for k, v in labels.items()}
     if "compose_dir" in d:
         cd = d["compose_dir"]
         if isinstance(cd, str) and cd.startswith("~/"):
             cd = cd[2:]  # the SSH session starts in the home directory
-        if not isinstance(cd, str) or not cd or ".." in PurePosixPath(cd).parts or "'" in cd:
-            raise _err(where, "compose_dir", f"expected a directory path without '..', got {cd!r}")
-        kw["compose_dir"] = cd.rstrip("/") or "/"
+        if isinstance(cd, str):
+            cd = cd.rstrip("/") if cd.strip("/") else cd
+        problem = compose_dir_problem(cd)
+        if problem is not None:
+            raise _err(where, "compose_dir", problem)
+        kw["compose_dir"] = cd
     if "platform" in d:
-        if d["platform"] not in ("linux/arm64", "linux/amd64"):
+        if d["platform"] not in PLATFORMS:
             raise _err(where, "platform", f"expected linux/arm64 or linux/amd64, got {d['platform']!r}")
         kw["platform"] = d["platform"]
     if "min_free_mb" in d:
@@ -195,7 +310,10 @@ def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int
             if not isinstance(d[key], bool):
                 raise _err(where, key, f"expected true or false, got {d[key]!r}")
             kw[key] = d[key]
-    return Robot(**kw)
+    try:
+        return Robot(**kw)
+    except InvalidRobotField as exc:  # the checks every Robot gets (robot_problem)
+        raise _err(where, exc.field, exc.problem) from None
 
 
 def parse_fleet(data: Any, base: Path, path: Path | None = None) -> Fleet:
@@ -247,11 +365,13 @@ def parse_fleet(data: Any, base: Path, path: Path | None = None) -> Fleet:
 def load_fleet(path: Path) -> Fleet:
     """Read and validate ``fleet.yaml``; every problem is one sentence naming the file, robot and field."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise FleetError(f"Fleet inventory {path} does not exist.") from None
     except OSError as exc:
         raise FleetError(f"Fleet inventory {path} cannot be read ({exc.strerror}).") from None
+    except UnicodeDecodeError as exc:
+        raise FleetError(f"Fleet inventory {path} is not UTF-8 text (byte {exc.start}).") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

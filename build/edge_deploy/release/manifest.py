@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge_deploy.release.tags import VersionError, check_version
 from edge_runtime.errors import EdgeError
 
 SCHEMA_VERSION = 1
@@ -85,6 +86,7 @@ class ReleaseManifest:
     ) -> ReleaseManifest:
         """A release of a runtime image that another pipeline built and pushed (``repo@sha256:…``), so
         rollout and rollback can pin it by digest; bundle and precision are not known here."""
+        check_version(version)
         repository, sep, digest = ref.partition("@")
         if not sep or not digest.startswith("sha256:"):
             raise ReleaseError(f"Image reference {ref!r} is not pinned by digest (repository@sha256:…).")
@@ -101,31 +103,124 @@ class ReleaseManifest:
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReleaseManifest:
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise ReleaseError(
-                f"Release manifest has schema version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}."
-            )
+    def from_dict(cls, d: Any, source: str = "Release manifest") -> ReleaseManifest:
+        """Check every field's type before building the dataclasses (a manifest is input: a hand edit or
+        a bad merge must end in one sentence, never deep inside a rollout); ``source`` starts the
+        sentence (``Release manifest releases/0.1.0.json``)."""
         try:
-            images = {k: ReleaseImage(**v) for k, v in d["images"].items()}
-            return cls(**{**d, "images": images})
-        except (KeyError, TypeError) as exc:
-            raise ReleaseError(f"Release manifest is malformed ({exc}).") from None
+            return cls._from_checked(_checked_manifest(d))
+        except _Malformed as exc:
+            raise ReleaseError(f"{source} {exc}.") from None
+
+    @classmethod
+    def _from_checked(cls, d: dict[str, Any]) -> ReleaseManifest:
+        images = {k: ReleaseImage(**v) for k, v in d["images"].items()}
+        return cls(**{**d, "images": images})
+
+
+class _Malformed(Exception):
+    """What is wrong with a manifest document, as the end of a sentence about it."""
+
+
+def _expect(ok: bool, fld: str, expected: str, value: Any, image: str | None = None) -> None:
+    if not ok:
+        where = f"{fld!r}" if image is None else f"{fld!r} in image {image!r}"
+        raise _Malformed(f"has an invalid {where}: expected {expected}, got {json.dumps(value)[:60]}")
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _checked_image(name: str, d: Any) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise _Malformed(
+            f"has an invalid image {name!r}: expected a mapping with 'repository' and 'digest', "
+            f"got {json.dumps(d)[:60]}"
+        )
+    known = {f.name for f in fields(ReleaseImage)}
+    unknown = sorted(k for k in d if k not in known)
+    if unknown:
+        raise _Malformed(f"has an unknown field {unknown[0]!r} in image {name!r}")
+    for key in ("repository", "digest"):
+        _expect(isinstance(d.get(key), str) and bool(d[key]), key, "a non-empty string", d.get(key), name)
+    if "platforms" in d:
+        p = d["platforms"]
+        ok = isinstance(p, dict) and all(isinstance(v, str) for v in p.values())
+        _expect(ok, "platforms", "a mapping of platform to digest", p, name)
+    if "tags" in d:
+        _expect(_is_str_list(d["tags"]), "tags", "a list of tags", d["tags"], name)
+    if "size_bytes" in d:
+        _expect(_is_int(d["size_bytes"]), "size_bytes", "a whole number", d["size_bytes"], name)
+    if d.get("signature") is not None:
+        _expect(isinstance(d["signature"], str), "signature", "a reference or null", d["signature"], name)
+    return d
+
+
+def _checked_manifest(d: Any) -> dict[str, Any]:
+    """``d`` when it is a well-formed manifest document; raises _Malformed naming the first problem."""
+    if not isinstance(d, dict):
+        raise _Malformed(f"is not a JSON object (it holds {type(d).__name__ if d is not None else 'null'})")
+    if d.get("schema_version") != SCHEMA_VERSION:
+        raise _Malformed(f"has schema version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    known = {f.name for f in fields(ReleaseManifest)}
+    unknown = sorted(k for k in d if k not in known)
+    if unknown:
+        raise _Malformed(f"has an unknown field {unknown[0]!r}")
+    for key in ("version", "git_sha", "created", "images", "bundle_sha256", "precision", "base_image"):
+        if key not in d:
+            raise _Malformed(f"has no {key!r}")
+    for key in ("git_sha", "created", "bundle_sha256", "precision", "base_image"):
+        _expect(isinstance(d[key], str), key, "a string", d[key])
+    try:
+        check_version(d["version"])
+    except VersionError:
+        _expect(False, "version", "a semantic version like 1.2.3", d["version"])
+    images = d["images"]
+    _expect(isinstance(images, dict), "images", "a mapping of image name to image", images)
+    if "runtime" not in images:
+        raise _Malformed("has no 'runtime' image under 'images'")
+    for name, img in images.items():
+        _checked_image(name, img)
+    if "channels" in d:
+        _expect(_is_str_list(d["channels"]), "channels", "a list of channel names", d["channels"])
+    if d.get("pushed_bytes") is not None:
+        _expect(_is_int(d["pushed_bytes"]), "pushed_bytes", "a whole number or null", d["pushed_bytes"])
+    if "extra" in d:
+        _expect(isinstance(d["extra"], dict), "extra", "a mapping", d["extra"])
+    return d
 
 
 def manifest_path(version: str, releases_dir: Path = DEFAULT_RELEASES_DIR) -> Path:
-    return releases_dir / f"{version}.json"
+    """``releases_dir/<version>.json``; the version is checked first, so it cannot name another path."""
+    return releases_dir / f"{check_version(version)}.json"
 
 
 def load_release(version: str, releases_dir: Path = DEFAULT_RELEASES_DIR) -> ReleaseManifest:
     path = manifest_path(version, releases_dir)
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ReleaseError(f"Release {version} is unknown: {path} does not exist.") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReleaseError(f"Release manifest {path} cannot be read ({exc}).") from None
-    return ReleaseManifest.from_dict(data)
+    except OSError as exc:
+        raise ReleaseError(f"Release manifest {path} cannot be read ({exc.strerror or exc}).") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ReleaseError(f"Release manifest {path} is not UTF-8 text.") from None
+    except json.JSONDecodeError as exc:
+        raise ReleaseError(f"Release manifest {path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    manifest = ReleaseManifest.from_dict(data, source=f"Release manifest {path}")
+    if manifest.version != version:
+        raise ReleaseError(
+            f"Release manifest {path} records version {manifest.version!r}; a manifest is named after "
+            "its version."
+        )
+    return manifest
 
 
 def save_release(manifest: ReleaseManifest, releases_dir: Path = DEFAULT_RELEASES_DIR) -> Path:
@@ -148,4 +243,13 @@ def save_release(manifest: ReleaseManifest, releases_dir: Path = DEFAULT_RELEASE
 def list_releases(releases_dir: Path = DEFAULT_RELEASES_DIR) -> list[ReleaseManifest]:
     if not releases_dir.is_dir():
         return []
-    return [load_release(p.stem, releases_dir) for p in sorted(releases_dir.glob("*.json"))]
+    out = []
+    for p in sorted(releases_dir.glob("*.json")):
+        try:
+            check_version(p.stem)
+        except VersionError:
+            raise ReleaseError(
+                f"{p} is not a release manifest: its name is not a semantic version (releases/<VERSION>.json)."
+            ) from None
+        out.append(load_release(p.stem, releases_dir))
+    return out

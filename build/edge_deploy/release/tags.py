@@ -33,6 +33,20 @@ def parse_version(text: str) -> semver.Version:
         raise VersionError(f"Version {text!r} is not a semantic version like 1.2.3 or 1.3.0-rc.1.") from None
 
 
+def check_version(text: object) -> str:
+    """``text`` itself when it is a semantic version in canonical spelling (no ``v``), else VersionError.
+    Versions become file and directory names (``releases/<VERSION>.json`` here, ``releases/<VERSION>/`` on
+    a robot), so this one check runs wherever a version comes in: manifests, rollout and rollback
+    arguments, the state a robot reports."""
+    if isinstance(text, str) and text[:1] not in ("", "v", "V"):
+        try:
+            if str(semver.Version.parse(text)) == text:
+                return text
+        except (ValueError, TypeError):
+            pass
+    raise VersionError(f"Version {text!r} is not a semantic version like 1.2.3 or 1.3.0-rc.1.")
+
+
 def normalize_version(text: str) -> str:
     """The canonical spelling used for tags, file names and git tags (without ``v``)."""
     return str(parse_version(text))
