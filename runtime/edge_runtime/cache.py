@@ -9,8 +9,12 @@ Layout under the cache root (see docs/runtime.md)::
     locks/<key>.lock           one filelock per key: two processes starting at once build once
 
 The key is the sha256 of the canonical JSON of its parts (``engine_key``); anything that changes the
-engine (bundle, backend version, L4T, GPU, precision, batch profile) changes the key, so an upgrade
-misses the cache instead of loading a stale engine.
+engine (bundle, backend version, the backend's build recipe, L4T, GPU, precision, batch profile) changes
+the key, so an upgrade misses the cache instead of loading a stale engine.
+
+Files shared between processes (engines, the timing cache) are written by ``atomic_write`` (a temp file
+whose name is unique per writer, not per PID alone: the PID is 1 in every container) and, where writers
+merge into one file, under ``shared_file_lock``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,12 +41,11 @@ from filelock import FileLock, Timeout
 from edge_runtime.backends.base import Backend, BuildOptions, Engine
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.device import DeviceIdentity
-from edge_runtime.errors import CacheError, EdgeError
+from edge_runtime.errors import CacheError, EdgeError, EngineLoadTransient
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA = 1
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -51,13 +55,23 @@ class CacheKey:
 
 
 def engine_key(
-    bundle_sha256: str, backend: str, backend_version: str, device: DeviceIdentity, options: BuildOptions
+    bundle_sha256: str,
+    backend: str,
+    backend_version: str,
+    device: DeviceIdentity,
+    options: BuildOptions,
+    build_recipe: str = "",
 ) -> CacheKey:
-    """The one place the key is derived: sha256 of canonical JSON of every part that changes the engine."""
+    """The one place the key is derived: sha256 of canonical JSON of every part that changes the engine.
+
+    ``build_recipe`` is the backend's own version of how it builds (flags, network creation): a change there
+    misses engines built the old way even when the library version is the same.
+    """
     parts: dict[str, Any] = {
         "bundle_sha256": bundle_sha256,
         "backend": backend,
         "backend_version": backend_version,
+        "build_recipe": build_recipe,
         "device": device.key_parts(),
         "precision": options.precision,
         "batch": [options.batch.min, options.batch.opt, options.batch.max],
@@ -105,6 +119,41 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temp file beside it, fsync, rename, fsync of the directory.
+
+    The temp name carries the PID and a random part, so two writers (two containers, both PID 1) never share
+    one. Raises OSError; the temp file is removed on failure.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def shared_file_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """Hold ``<path>.lock`` while reading, merging and replacing a file several processes update (the timing
+    cache). Raises CacheError when another holder keeps it longer than ``timeout``."""
+    lock = FileLock(str(path.with_name(path.name + ".lock")))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise CacheError(f"Timed out after {timeout:.0f} s waiting for the lock on {path.name}.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _sha256(data: bytes) -> str:
@@ -170,17 +219,9 @@ class EngineCache:
 
     # -- atomic writes -------------------------------------------------------------------------------
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
+            atomic_write(path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise CacheError(
                     f"No space left on the device while writing {path.name} to {path.parent}; "
@@ -326,11 +367,13 @@ class EngineCache:
     ) -> CachedEngine:
         """Load the engine for this bundle/backend/device, building and storing it on a miss.
 
-        A corrupt, truncated or unloadable entry is quarantined and rebuilt once; a build failure
-        leaves the cache as it was.
+        A corrupt, truncated or undeserializable entry is quarantined and rebuilt once; a load that fails
+        for a transient reason (``EngineLoadTransient``: out of GPU memory, no CUDA stream) raises and keeps
+        the entry; a build failure leaves the cache as it was.
         """
         self.prepare()
-        key = engine_key(bundle.sha256, backend.name, backend.version(), device, options)
+        recipe = str(getattr(backend, "build_recipe", ""))  # optional: not every backend versions its recipe
+        key = engine_key(bundle.sha256, backend.name, backend.version(), device, options, recipe)
         suffix = backend.engine_suffix
         engine_path, _ = self._paths(key.digest, suffix)
 
@@ -370,6 +413,8 @@ class EngineCache:
         t0 = time.monotonic()
         try:
             engine = backend.load(data, bundle, options)
+        except EngineLoadTransient:
+            raise  # out of GPU memory, no CUDA stream, no GPU: the engine is fine, keep it
         except EdgeError as exc:
             with self.lock(key.digest):
                 self.quarantine(key.digest, suffix, f"backend could not load it: {exc}")

@@ -192,11 +192,29 @@ def tensorrt_version() -> str | None:
     return str(tensorrt.__version__)
 
 
-def cuda_gpu() -> tuple[str, str] | None:
-    """(GPU name, compute capability) through cuda-python's runtime API, if it and a GPU are present."""
+def cuda_runtime() -> Any | None:
+    """cuda-python's CUDA runtime module, or None where cuda-python is absent (the one import of it).
+
+    ``cuda.bindings.runtime`` first (cuda-python 12.6 and later, the only spelling in 13), then
+    ``from cuda import cudart`` (cuda-python 12.x before the split; removed in 13).
+    """
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except Exception:
+        pass
     try:
         from cuda import cudart
     except Exception:
+        return None
+    return cudart
+
+
+def cuda_gpu() -> tuple[str, str] | None:
+    """(GPU name, compute capability) through cuda-python's runtime API, if it and a GPU are present."""
+    cudart = cuda_runtime()
+    if cudart is None:
         return None
     try:
         err, props = cudart.cudaGetDeviceProperties(0)
@@ -232,10 +250,8 @@ def probe(root: Path = Path("/")) -> DeviceProbe:
     module = module_from_device_tree(model) if model else None
     live = root == Path("/")
     cuda = None
-    if live:
+    if live and (cudart := cuda_runtime()) is not None:
         try:
-            from cuda import cudart
-
             err, ver = cudart.cudaRuntimeGetVersion()
             cuda = f"{ver // 1000}.{(ver % 1000) // 10}" if int(err) == 0 else None
         except Exception:

@@ -10,16 +10,17 @@ from typing import Any
 from edge_runtime.backends import BuildOptions, get_backend
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.cache import EngineCache
-from edge_runtime.device import device_identity, read_board_model, read_thermal_zones
+from edge_runtime.device import cuda_runtime, device_identity, read_board_model, read_thermal_zones
 from edge_runtime.profiling import LatencyStats, peak_rss_mb, time_calls
 from edge_runtime.tegrastats import TegrastatsSampler, summarize
 
 
 def gpu_memory_mb() -> dict[str, float] | None:
     """Used/total device memory through cuda-python where it and a GPU exist (on Jetson: shared RAM)."""
+    cudart = cuda_runtime()
+    if cudart is None:
+        return None
     try:
-        from cuda import cudart
-
         err, free, total = cudart.cudaMemGetInfo()
     except Exception:
         return None

@@ -21,6 +21,15 @@ class EngineBuildError(EdgeError):
     """Building an engine from a bundle failed; the cache is left as it was."""
 
 
+class EngineLoadTransient(EngineBuildError):
+    """Loading a good engine failed for a reason outside the engine (out of GPU memory, no CUDA stream, GPU not
+    reachable): the cache keeps the entry instead of quarantining it and rebuilding (which would fail alike)."""
+
+
+class InferenceError(EdgeError):
+    """Running a loaded engine failed (a CUDA or TensorRT call reported an error); the service answers 500."""
+
+
 class CacheError(EdgeError):
     """The engine cache directory cannot be used (not writable, out of space)."""
 

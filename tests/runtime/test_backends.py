@@ -86,29 +86,209 @@ def test_tensorrt_engine_matches_onnxruntime(tiny_bundle: Path, tmp_path: Path, 
     engine.close()
 
 
-def test_tensorrt_source_model_per_bundle_kind(tmp_path: Path) -> None:
-    """Which file TensorRT parses: runs here, since it only reads the bundle (no TensorRT import)."""
+def _bundle_kind(tmp_path: Path, quantization: dict | None) -> ModelBundle:
+    """The tiny bundle with another quantization record and a model.fp32.onnx beside model.onnx."""
     import dataclasses
 
-    from edge_runtime.backends.tensorrt import source_model
     from tests.runtime.conftest import write_tiny_bundle
 
     bundle = ModelBundle.load(write_tiny_bundle(tmp_path / "b"))
     (bundle.path / "model.fp32.onnx").write_bytes(bundle.model_path.read_bytes())
+    return ModelBundle(bundle.path, dataclasses.replace(bundle.manifest, quantization=quantization))
 
-    def with_quant(q: dict | None) -> ModelBundle:
-        return ModelBundle(bundle.path, dataclasses.replace(bundle.manifest, quantization=q))
 
-    assert source_model(bundle, "fp32") == (bundle.model_path, False)
-    assert source_model(with_quant({"format": "QDQ", "fp32_model": "model.fp32.onnx"}), "int8") == (
-        bundle.model_path,
-        True,
-    )
-    assert source_model(with_quant({"fp32_model": "model.fp32.onnx"}), "fp16") == (
-        bundle.path / "model.fp32.onnx",
-        False,
-    )
-    assert source_model(with_quant({"fp32_model": "model.fp32.onnx"}), "int8") == (
-        bundle.path / "model.fp32.onnx",
-        False,
-    )
+FP16_GRAPH = {"format": "fp16 ONNX (float32 inputs/outputs)", "fp32_model": "model.fp32.onnx"}
+FP16_FLAG = {"format": "fp32 ONNX; the device engine is built with the FP16 flag"}
+QDQ = {"format": "QDQ", "fp32_model": "model.fp32.onnx"}
+IMPLICIT = None  # an INT8 bundle without Q/DQ: TensorRT's entropy calibrator sets the scales
+
+# (bundle quantization, precision, TensorRT) → (file parsed, strongly typed, flags, calibrator)
+RECIPES = [
+    (None, "fp32", "10.3.0", ("model.onnx", False, (), False)),
+    (None, "fp32", "10.13.3.9", ("model.onnx", True, (), False)),
+    (None, "fp32", "11.4.0.106", ("model.onnx", True, (), False)),
+    (FP16_GRAPH, "fp16", "8.5.2", ("model.fp32.onnx", False, ("FP16",), False)),
+    (FP16_GRAPH, "fp16", "10.3.0", ("model.fp32.onnx", False, ("FP16",), False)),
+    (FP16_GRAPH, "fp16", "10.13.3.9", ("model.onnx", True, (), False)),
+    (FP16_GRAPH, "fp16", "11.4.0.106", ("model.onnx", True, (), False)),
+    (FP16_GRAPH, "fp32", "11.4.0.106", ("model.fp32.onnx", True, (), False)),
+    (FP16_FLAG, "fp16", "10.3.0", ("model.onnx", False, ("FP16",), False)),
+    (FP16_FLAG, "fp16", "10.13.3.9", ("model.onnx", False, ("FP16",), False)),
+    (QDQ, "int8", "10.3.0", ("model.onnx", False, ("FP16", "INT8"), False)),
+    (QDQ, "int8", "10.13.3.9", ("model.onnx", True, (), False)),
+    (QDQ, "int8", "11.4.0.106", ("model.onnx", True, (), False)),
+    (IMPLICIT, "int8", "10.3.0", ("model.onnx", False, ("FP16", "INT8"), True)),
+    (IMPLICIT, "int8", "10.13.3.9", ("model.onnx", False, ("FP16", "INT8"), True)),
+]
+
+
+@pytest.mark.parametrize(("quantization", "precision", "version", "expected"), RECIPES)
+def test_tensorrt_recipe_per_version_and_bundle_kind(
+    tmp_path: Path, quantization: dict | None, precision: str, version: str, expected: tuple
+) -> None:
+    """Which file TensorRT parses and how, per TensorRT version (no TensorRT needed: plan_build is pure)."""
+    from edge_runtime.backends.trt_recipe import plan_build
+
+    recipe = plan_build(_bundle_kind(tmp_path, quantization), precision, version)
+    assert (recipe.source.name, recipe.strongly_typed, recipe.flags, recipe.calibrate) == expected
+
+
+@pytest.mark.parametrize(
+    ("quantization", "precision", "refusal"),
+    [
+        (IMPLICIT, "int8", r"TensorRT 11\.4\.0\.106 has no implicit INT8 calibration.*Q/DQ"),
+        (FP16_FLAG, "fp16", r"TensorRT 11\.4\.0\.106 builds precision from the ONNX graph.*no FP16 graph"),
+        (QDQ, "fp16", r"TensorRT 11\.4\.0\.106 builds precision from the ONNX graph"),
+    ],
+)
+def test_tensorrt_11_refuses_what_only_builder_flags_could_build(
+    tmp_path: Path, quantization: dict | None, precision: str, refusal: str
+) -> None:
+    from edge_runtime.backends.trt_recipe import plan_build
+
+    with pytest.raises(EngineBuildError, match=refusal) as err:
+        plan_build(_bundle_kind(tmp_path, quantization), precision, "11.4.0.106")
+    assert "\n" not in str(err.value)
+
+
+def test_tensorrt_fp32_needs_an_fp32_graph(tmp_path: Path) -> None:
+    import dataclasses
+
+    from edge_runtime.backends.trt_recipe import plan_build
+
+    bundle = _bundle_kind(tmp_path, {"format": "QDQ"})  # no fp32_model recorded
+    with pytest.raises(EngineBuildError, match="FP32 ONNX"):
+        plan_build(bundle, "fp32", "10.3.0")
+    named = ModelBundle(bundle.path, dataclasses.replace(bundle.manifest, quantization=QDQ))
+    assert plan_build(named, "fp32", "10.3.0").source.name == "model.fp32.onnx"
+
+
+# -- the TensorRT backend's CUDA plumbing, on the host-memory stand-in for cuda-python ---------------------
+class CopyKernel:
+    """An enqueue callable standing for TensorRT: one 'kernel' copying the input buffer to the output buffer."""
+
+    def __init__(self, cudart: object, runner: object) -> None:
+        self.cudart, self.runner = cudart, runner
+        self.src = self.dst = self.nbytes = 0
+        self.calls = 0
+        self.fail_on: set[int] = set()  # call numbers (1-based) that return False
+
+    def __call__(self, stream: int) -> bool:
+        self.calls += 1
+        self.cudart.calls.append(("enqueue", self.calls))  # type: ignore[attr-defined]
+        if self.calls in self.fail_on:
+            return False
+        src, dst, n = self.src, self.dst, self.nbytes  # the addresses a capture freezes
+        import ctypes
+
+        self.cudart.launch(stream, lambda: ctypes.memmove(dst, src, n))  # type: ignore[attr-defined]
+        return True
+
+
+def _run(runner, kernel: CopyKernel, data: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """What TensorRTEngine.infer does around the enqueue: size buffers, copy in, execute, copy out."""
+    out = np.empty_like(data)
+    kernel.src, kernel.dst = runner.buffer("in", data.nbytes), runner.buffer("out", out.nbytes)
+    kernel.nbytes = data.nbytes
+    runner.upload(kernel.src, data)
+    runner.execute(kernel, (data.shape,))
+    runner.download(out, kernel.dst)
+    runner.synchronize()
+    return out
+
+
+def _runner(cuda_graph: bool, **fail: object):  # type: ignore[no-untyped-def]
+    from edge_runtime.backends.trt_cuda import CudaStreamRunner
+    from tests.runtime.host_cudart import HostCudart
+
+    cudart = HostCudart(fail=fail)  # type: ignore[arg-type]
+    runner = CudaStreamRunner(cudart, cuda_graph=cuda_graph)
+    return cudart, runner, CopyKernel(cudart, runner)
+
+
+def test_cuda_runner_plain_enqueue_moves_the_bytes() -> None:
+    cudart, runner, kernel = _runner(cuda_graph=False)
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(_run(runner, kernel, data), data)
+    assert "cudaStreamBeginCapture" not in cudart.names()
+    kernel.fail_on.add(2)
+    with pytest.raises(EdgeError, match="could not enqueue"):
+        _run(runner, kernel, data)
+    runner.close()
+    assert cudart.memory == {}  # every buffer freed
+
+
+def test_cuda_graph_is_captured_the_trtexec_way_and_replayed_for_the_same_shapes() -> None:
+    cudart, runner, kernel = _runner(cuda_graph=True)
+    first = np.arange(8, dtype=np.float32)
+    np.testing.assert_array_equal(_run(runner, kernel, first), first)
+    names = cudart.names()
+    # checked warm-up enqueue, synchronize, capture (thread-local) of a second enqueue, end, instantiate
+    i = names.index("cudaStreamBeginCapture")
+    assert names[:i].count("enqueue") == 1 and "cudaStreamSynchronize" in names[names.index("enqueue") : i]
+    assert cudart.calls[i][1] == cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    assert names[i:].index("cudaStreamEndCapture") < names[i:].index("cudaGraphInstantiate")
+    assert runner.captures == 1
+
+    cudart.calls.clear()
+    second = first * 10  # same shapes, new data: replayed, no enqueue through TensorRT
+    np.testing.assert_array_equal(_run(runner, kernel, second), second)
+    assert "cudaGraphLaunch" in cudart.names() and "enqueue" not in cudart.names()
+
+    cudart.calls.clear()
+    other = np.arange(4, dtype=np.float32)  # new shapes (smaller: buffers stay): the old graph is not replayed
+    np.testing.assert_array_equal(_run(runner, kernel, other), other)
+    assert "cudaGraphExecDestroy" in cudart.names() and "cudaGraphLaunch" not in cudart.names()
+    assert runner.captures == 2
+    runner.close()
+    assert cudart.graphs_alive == 0 and cudart.memory == {}
+
+
+def test_cuda_graph_buffer_growth_drops_the_graph_holding_old_addresses() -> None:
+    cudart, runner, kernel = _runner(cuda_graph=True)
+    _run(runner, kernel, np.ones(4, dtype=np.float32))
+    cudart.calls.clear()
+    big = np.arange(64, dtype=np.float32)
+    np.testing.assert_array_equal(_run(runner, kernel, big), big)
+    assert cudart.names().index("cudaGraphExecDestroy") < cudart.names().index("cudaMalloc")
+    runner.close()
+    assert cudart.graphs_alive == 0
+
+
+def test_cuda_graph_capture_failure_ends_the_capture_and_falls_back_to_plain_enqueues() -> None:
+    cudart, runner, kernel = _runner(cuda_graph=True)
+    kernel.fail_on.add(2)  # the enqueue inside the capture
+    data = np.arange(6, dtype=np.float32)
+    np.testing.assert_array_equal(_run(runner, kernel, data), data)  # the warm-up's outputs stand
+    names = cudart.names()
+    assert "cudaStreamEndCapture" in names and "cudaGraphInstantiate" not in names
+    assert "cudaGetLastError" in names and runner.captures == 0 and cudart.capturing == {}
+    cudart.calls.clear()
+    np.testing.assert_array_equal(_run(runner, kernel, data + 1), data + 1)
+    assert "cudaStreamBeginCapture" not in cudart.names() and cudart.names().count("enqueue") == 1
+    runner.close()
+    assert cudart.graphs_alive == 0
+
+
+def test_cuda_graph_invalidated_capture_falls_back() -> None:
+    cudart, runner, kernel = _runner(cuda_graph=True)
+    cudart.invalidate_capture = True
+    data = np.arange(6, dtype=np.float32)
+    np.testing.assert_array_equal(_run(runner, kernel, data), data)
+    assert runner.captures == 0 and cudart.graphs_alive == 0
+
+
+def test_cuda_graph_failed_warm_up_is_an_error_not_a_capture() -> None:
+    cudart, runner, kernel = _runner(cuda_graph=True)
+    kernel.fail_on.add(1)
+    with pytest.raises(EdgeError, match="could not enqueue"):
+        _run(runner, kernel, np.ones(3, dtype=np.float32))
+    assert "cudaStreamBeginCapture" not in cudart.names()
+
+
+def test_cuda_stream_creation_failure_is_transient() -> None:
+    from edge_runtime.errors import EngineLoadTransient
+    from tests.runtime.host_cudart import cudaError_t
+
+    with pytest.raises(EngineLoadTransient, match=r"cudaStreamCreate failed \(cudaErrorMemoryAllocation\)"):
+        _runner(cuda_graph=False, cudaStreamCreate=cudaError_t.cudaErrorMemoryAllocation)

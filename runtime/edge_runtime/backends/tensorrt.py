@@ -1,380 +1,688 @@
 """TensorRT backend: ONNX → serialized plan on the robot's own GPU, and a runtime on a CUDA stream.
 
-Written against the TensorRT 10.x Python API, with the TensorRT 8.5/8.6 (JetPack 5) spellings where the
-API changed (workspace limit, network flags, I/O by bindings vs named tensors). TensorRT cannot be
-installed on our development and CI machines, so this module is NOT exercised there: it imports
-``tensorrt`` and cuda-python (``cuda.cudart``) lazily and ``require()`` fails with one clear sentence
-where either, or a GPU, is missing.
+Written against TensorRT's real Python API and checked against the bindings of 10.3 (JetPack 6), 10.13
+(JetPack 7) and 11.4 (scripts/tensorrt-contract: the real modules with stand-in native libraries, plus mypy
+against stubs generated from each). TensorRT 8.5/8.6 (JetPack 5) keeps working through the same named-tensor
+API (``execute_async_v3`` exists since 8.5); the binding-index API of TensorRT 8 is gone from this module.
+No engine is built or run on our development and CI machines (no TensorRT native libraries there): the
+contract tests drive everything up to the first native call, ``trt.Builder(logger)`` / ``trt.Runtime``.
+
+- ``trt`` below is the ``tensorrt`` module, typed from its stubs for mypy and imported on first use at run
+  time (``_LazyModule``); an import failure is one BackendUnavailable sentence. Names TensorRT 11 removed
+  (BuilderFlag.FP16/INT8, NetworkDefinitionCreationFlag.EXPLICIT_BATCH, IInt8EntropyCalibrator2,
+  IBuilderConfig.int8_calibrator / set_calibration_profile) are reached only through ``_pre11``, on recipes
+  that ``trt_recipe.plan_build`` gives to TensorRT 10 and older.
+- Precision per version (``trt_recipe``): strongly typed networks from 10.12 on, precision from the graph.
+- TensorRT's log goes to the ``edge_runtime.tensorrt`` logger (``tensorrt_logger``); its last errors end
+  the sentence of the exception that follows them.
+- CUDA (stream, buffers, copies, graphs) lives in ``trt_cuda`` and needs no TensorRT.
+
+Polygraphy: not used here, by decision. Its loaders (``polygraphy.backend.trt``: NetworkFromOnnxPath,
+CreateConfig, EngineFromNetwork, TrtRunner) would replace the network/config/build calls, but (1) the robot
+image installs only the ``[device]``/``[jetson]`` extras and Polygraphy is a host tool (4.8 MB, a second
+logger, its own ctypes CUDA wrapper beside cuda-python); (2) its precision switches are the builder flags
+(``CreateConfig(fp16=True)`` sets BuilderFlag.FP16, the INT8 calibrator attribute), exactly what TensorRT
+11 removed, so the version logic would remain ours; (3) failures surface as its own multi-line log and
+exceptions, not one sentence with TensorRT's errors. What we take from it: lazy imports, and its timing
+cache handling (combine the cache on disk into the new one under a lock before saving).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Mapping
+import re
+import threading
+import types
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from packaging.version import Version
 
 from edge_runtime.backends.base import BuildOptions
-from edge_runtime.bundle import ModelBundle, TensorSpec
-from edge_runtime.errors import BackendUnavailable, EngineBuildError
+from edge_runtime.backends.trt_cuda import CudaMemory, CudaStreamRunner, cuda_error_name
+from edge_runtime.backends.trt_recipe import BuildRecipe, plan_build
+from edge_runtime.bundle import BatchProfile, ModelBundle, TensorSpec
+from edge_runtime.errors import (
+    BackendUnavailable,
+    EdgeError,
+    EngineBuildError,
+    EngineLoadTransient,
+    InferenceError,
+    InputError,
+)
 
 log = logging.getLogger(__name__)
+TRT_LOG = logging.getLogger("edge_runtime.tensorrt")  # TensorRT's own messages
 
 
-def _trt() -> Any:
+class _LazyModule(types.ModuleType):
+    """Stands for a heavy module until an attribute is used, then forwards to it (import once, then cached)."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(name)
+        self._why = why
+        self._module: types.ModuleType | None = None
+
+    def _load(self) -> types.ModuleType:
+        if self._module is None:
+            try:
+                self._module = importlib.import_module(self.__name__)
+            except Exception as exc:
+                detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+                raise BackendUnavailable(f"{self._why} ({detail}).") from None
+        return self._module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._load(), name)
+
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+else:
+    trt = _LazyModule(
+        "tensorrt",
+        "The tensorrt backend needs TensorRT's Python module; on a Jetson it comes with JetPack "
+        "(python3-libnvinfer) and the runtime's Python must see the system site-packages",
+    )
+
+
+def tensorrt_version() -> Version:
+    return Version(trt.__version__)
+
+
+def no_gpu_sentence(version: str, detail: str) -> str:
+    """The one sentence for 'TensorRT is here but reaches no GPU' (require(), and the nullptr factories)."""
+    return (
+        f"TensorRT {version} found no GPU ({detail}); was the container started with the NVIDIA runtime "
+        "(`runtime: nvidia` in compose.yaml, `--runtime nvidia` for docker run)?"
+    )
+
+
+# -- TensorRT's log -------------------------------------------------------------------------------------
+class ErrorTail:
+    """The last errors TensorRT logged, numbered, so an exception can quote the ones since its call began."""
+
+    def __init__(self, keep: int = 16) -> None:
+        self._lines: deque[tuple[int, str]] = deque(maxlen=keep)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def add(self, message: str) -> None:
+        with self._lock:
+            self._seq += 1
+            self._lines.append((self._seq, " ".join(message.split())))
+
+    def mark(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def since(self, mark: int) -> list[str]:
+        with self._lock:
+            return [msg for seq, msg in self._lines if seq > mark]
+
+    def suffix(self, mark: int, limit: int = 3) -> str:
+        """``": first error; second error"`` (the last few, each cut to 200 characters), or ""."""
+        errors = self.since(mark)[-limit:]
+        return (": " + "; ".join(e[:200].rstrip(". ") for e in errors)) if errors else ""
+
+
+TENSORRT_ERRORS = ErrorTail()
+_logger_lock = threading.Lock()
+_logger: trt.ILogger | None = None
+
+
+def tensorrt_logger() -> trt.ILogger:
+    """The process's one TensorRT logger (TensorRT warns when there are several): an ILogger subclass that
+    routes messages into Python logging (INFO and VERBOSE at DEBUG: a build logs hundreds) and keeps errors."""
+    global _logger
+    with _logger_lock:
+        if _logger is None:
+            sev = trt.ILogger.Severity
+            levels = {
+                sev.INTERNAL_ERROR: logging.CRITICAL,
+                sev.ERROR: logging.ERROR,
+                sev.WARNING: logging.WARNING,
+                sev.INFO: logging.DEBUG,
+                sev.VERBOSE: logging.DEBUG,
+            }
+
+            class ServiceLogger(trt.ILogger):
+                def __init__(self) -> None:
+                    trt.ILogger.__init__(self)
+
+                def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+                    level = levels.get(severity, logging.INFO)
+                    if level >= logging.ERROR:
+                        TENSORRT_ERRORS.add(msg)
+                    if TRT_LOG.isEnabledFor(level):
+                        TRT_LOG.log(level, "TensorRT: %s", msg)
+
+            _logger = ServiceLogger()
+        return _logger
+
+
+def _looks_transient(messages: Sequence[str]) -> bool:
+    """TensorRT's words for running out of GPU memory (deserialization loads the weights onto the GPU)."""
+    return any(re.search(r"out of memory|could not be allocated|cudaErrorMemoryAllocation", m, re.I) for m in messages)
+
+
+# -- native entry points --------------------------------------------------------------------------------
+def _create_builder(logger: trt.ILogger) -> trt.Builder:
     try:
-        import tensorrt
-    except Exception as exc:
-        raise BackendUnavailable(f"The tensorrt backend needs the TensorRT Python package ({exc}).") from None
-    return tensorrt
+        return trt.Builder(logger)
+    except TypeError as exc:  # "factory function returned nullptr": TensorRT could not reach a GPU
+        raise BackendUnavailable(no_gpu_sentence(trt.__version__, f"trt.Builder failed: {exc}")) from None
 
 
-def _cudart() -> Any:
+def _create_runtime(logger: trt.ILogger) -> trt.Runtime:
     try:
-        from cuda import cudart  # cuda-python ≤ 12.x spelling
-    except Exception:
+        return trt.Runtime(logger)
+    except TypeError as exc:
+        # Not the engine's fault: the cache must keep it (EngineLoadTransient is never quarantined).
+        raise EngineLoadTransient(no_gpu_sentence(trt.__version__, f"trt.Runtime failed: {exc}")) from None
+
+
+# -- names TensorRT 11 removed (10.x and older only) ----------------------------------------------------
+_INT8_CALIBRATOR = "int8_calibrator"
+
+
+def _pre11(owner: object, name: str) -> object:
+    """The one door to names TensorRT 11 removed, looked up by name so this module type-checks against 11's
+    stubs too; only recipes ``plan_build`` gives to TensorRT 10 and older reach it."""
+    value = getattr(owner, name, None)
+    if value is None:
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} has no {name}; this build needs TensorRT 10 or older (see the bundle's "
+            "precision)."
+        )
+    return value
+
+
+def weak_typing_flag(name: str) -> trt.BuilderFlag:
+    """BuilderFlag.FP16 / INT8 (weakly typed networks, TensorRT ≤ 10)."""
+    flag = _pre11(trt.BuilderFlag, name)
+    if not isinstance(flag, trt.BuilderFlag):
+        raise EngineBuildError(f"TensorRT {trt.__version__}'s BuilderFlag.{name} is not a builder flag.")
+    return flag
+
+
+def network_flags(recipe: BuildRecipe, version: Version) -> int:
+    """create_network flags: STRONGLY_TYPED per recipe; EXPLICIT_BATCH only before 10 (ignored in 10, gone in 11)."""
+    flags = 0
+    if recipe.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if version.major < 10:
+        explicit = _pre11(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+        if not isinstance(explicit, trt.NetworkDefinitionCreationFlag):
+            raise EngineBuildError("NetworkDefinitionCreationFlag.EXPLICIT_BATCH is not a network flag.")
+        flags |= 1 << int(explicit)
+    return flags
+
+
+def attach_calibrator(
+    builder: trt.Builder, config: trt.IBuilderConfig, calibrator: CalibrationFeed, inputs: Sequence[TensorSpec]
+) -> None:
+    """Implicit INT8 (TensorRT ≤ 10): the calibrator, with its own MIN=OPT=MAX profile at the calibration batch
+    size, as trtexec does (the build profile's range would make TensorRT calibrate at an arbitrary shape)."""
+    size = calibrator.batch_size
+    profile = optimization_profile(builder, inputs, BatchProfile(size, size, size))
+    set_profile = _pre11(config, "set_calibration_profile")
+    if not callable(set_profile) or not set_profile(profile):
+        raise EngineBuildError(f"TensorRT refused the calibration profile (batch {size}).")
+    _pre11(trt.IBuilderConfig, _INT8_CALIBRATOR)
+    setattr(config, _INT8_CALIBRATOR, calibrator)
+
+
+# -- INT8 calibration (TensorRT ≤ 10) ------------------------------------------------------------------
+class DeviceMemory(Protocol):
+    """Where calibration batches go for TensorRT to read: CudaMemory on a GPU, host memory in tests."""
+
+    def alloc(self, nbytes: int) -> int: ...
+
+    def copy_in(self, ptr: int, host: np.ndarray) -> None: ...
+
+    def free(self, ptr: int) -> None: ...
+
+
+class CalibrationFeed:
+    """Batches of the bundle's calibration data and its calibration cache, as TensorRT's entropy calibrator
+    asks for them. Mixed into IInt8EntropyCalibrator2 by ``entropy_calibrator``: ``__init__`` is cooperative,
+    so the TensorRT base class's ``__init__`` runs, as pybind11 requires of a subclass."""
+
+    def __init__(
+        self,
+        batches: Mapping[str, np.ndarray],
+        batch_size: int,
+        cache_in: Path | None,
+        cache_out: Path | None,
+        memory: DeviceMemory | None = None,
+    ) -> None:
+        super().__init__()
+        self.batches = dict(batches)
+        self.batch_size = batch_size
+        self.cache_in = cache_in
+        self.cache_out = cache_out
+        self.memory = memory
+        self.index = 0
+        self.total = min((len(a) for a in self.batches.values()), default=0)
+        self._device: dict[str, int] = {}
+
+    def get_batch_size(self) -> int:
+        return self.batch_size
+
+    def get_batch(self, names: list[str], *_: object) -> list[int] | None:
+        """Device pointers of the next batch, one per input name; None when the data is used up."""
+        if self.index + self.batch_size > self.total:
+            return None
         try:
-            from cuda.bindings import runtime as cudart  # cuda-python 13
-        except Exception as exc:
-            raise BackendUnavailable(
-                f"The tensorrt backend needs cuda-python for CUDA streams ({exc})."
-            ) from None
-    return cudart
+            if self.memory is None:
+                self.memory = CudaMemory()
+            pointers = []
+            for name in names:
+                chunk = np.ascontiguousarray(self.batches[name][self.index : self.index + self.batch_size])
+                if name not in self._device:
+                    self._device[name] = self.memory.alloc(chunk.nbytes)
+                self.memory.copy_in(self._device[name], chunk)
+                pointers.append(self._device[name])
+        except (EdgeError, KeyError) as exc:  # raised into TensorRT it would be lost: log it, end calibration
+            msg = f"INT8 calibration stopped: {exc}"
+            TENSORRT_ERRORS.add(msg)
+            log.error("%s", msg)
+            return None
+        self.index += self.batch_size
+        return pointers
 
+    def read_calibration_cache(self) -> bytes | None:
+        if self.cache_in is not None and self.cache_in.is_file():
+            log.info("INT8: reading calibration cache %s", self.cache_in.name)
+            return self.cache_in.read_bytes()
+        return None
 
-def _check(result: Any, what: str) -> Any:
-    """cuda-python calls return (err, value...) tuples; turn a non-zero err into EngineBuildError."""
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise EngineBuildError(f"CUDA call {what} failed with error {int(err)}.")
-    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+    def write_calibration_cache(self, cache: Any) -> None:
+        if self.cache_out is None:  # the bundle is read-only; a cache is written only where asked
+            return
+        from edge_runtime.cache import atomic_write
 
+        try:
+            atomic_write(self.cache_out, bytes(memoryview(cache)))
+        except OSError as exc:
+            log.warning("could not write the INT8 calibration cache %s (%s)", self.cache_out, exc)
 
-class _Logger:
-    """One trt.Logger per process (TensorRT warns when several are created)."""
-
-    instance: Any = None
+    def release(self) -> None:
+        if self.memory is not None:
+            for ptr in self._device.values():
+                self.memory.free(ptr)
+        self._device.clear()
 
     @classmethod
-    def get(cls) -> Any:
-        if cls.instance is None:
-            trt = _trt()
-            cls.instance = trt.Logger(trt.Logger.WARNING)
-        return cls.instance
-
-
-def _make_calibrator(trt: Any, bundle: ModelBundle, options: BuildOptions) -> Any:
-    """An IInt8EntropyCalibrator2 fed from the bundle's calibration npz, with its cache file."""
-    cudart = _cudart()
-    data_path = bundle.calibration_path("data")
-    cache_path = options.calibration_cache or bundle.calibration_path("cache")
-    has_data = data_path is not None and data_path.is_file()
-    if not has_data and (cache_path is None or not Path(cache_path).is_file()):
-        raise EngineBuildError(
-            "INT8 needs calibration data or a calibration cache in the bundle; it has neither."
-        )
-    batches: dict[str, np.ndarray] = {}
-    if data_path is not None and data_path.is_file():
-        with np.load(data_path) as npz:
-            batches = {s.name: np.ascontiguousarray(npz[s.name].astype(s.dtype)) for s in bundle.inputs}
-    batch_size = options.batch.opt
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.index = 0
-            self.total = min((len(a) for a in batches.values()), default=0)
-            self.device: dict[str, int] = {}
-            for name, arr in batches.items():
-                nbytes = arr[:batch_size].nbytes
-                self.device[name] = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
-
-        def get_batch_size(self) -> int:
-            return batch_size
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.index + batch_size > self.total:
-                return None
-            ptrs = []
-            for name in names:
-                chunk = np.ascontiguousarray(batches[name][self.index : self.index + batch_size])
-                _check(
-                    cudart.cudaMemcpy(
-                        self.device[name],
-                        chunk.ctypes.data,
-                        chunk.nbytes,
-                        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                    ),
-                    "cudaMemcpy",
+    def read_bundle(cls, bundle: ModelBundle, options: BuildOptions) -> tuple[dict[str, np.ndarray], int, Path | None]:
+        """The bundle's calibration arrays (checked against its inputs), batch size and cache path to read."""
+        data_path = bundle.calibration_path("data")
+        cache_path = options.calibration_cache or bundle.calibration_path("cache")
+        has_data = data_path is not None and data_path.is_file()
+        has_cache = cache_path is not None and cache_path.is_file()
+        if not has_data and not has_cache:
+            raise EngineBuildError("INT8 needs calibration data or a calibration cache in the bundle; it has neither.")
+        batches: dict[str, np.ndarray] = {}
+        batch_size = options.batch.opt
+        if has_data and data_path is not None:
+            try:
+                with np.load(data_path, allow_pickle=False) as npz:
+                    for spec in bundle.inputs:
+                        if spec.name not in npz.files:
+                            raise EngineBuildError(
+                                f"Calibration data {data_path.name} has no array {spec.name!r} for that input."
+                            )
+                        batches[spec.name] = np.ascontiguousarray(npz[spec.name].astype(spec.dtype))
+            except (OSError, ValueError) as exc:
+                raise EngineBuildError(f"Calibration data {data_path.name} is unreadable ({exc}).") from None
+            for spec in bundle.inputs:
+                arr = batches[spec.name]
+                fixed = tuple(d for d in spec.shape[1:])
+                if arr.ndim != len(spec.shape) or any(
+                    isinstance(d, int) and d != n for d, n in zip(fixed, arr.shape[1:], strict=True)
+                ):
+                    raise EngineBuildError(
+                        f"Calibration array {spec.name!r} has shape {list(arr.shape)}, expected [N, "
+                        f"{', '.join(map(str, fixed))}]."
+                    )
+            samples = min(len(a) for a in batches.values())
+            if samples < batch_size and not has_cache:
+                raise EngineBuildError(
+                    f"Calibration data has {samples} sample(s), fewer than one batch of {batch_size}."
                 )
-                ptrs.append(self.device[name])
-            self.index += batch_size
-            return ptrs
+        return batches, batch_size, cache_path if has_cache else None
 
-        def read_calibration_cache(self) -> bytes | None:
-            if cache_path is not None and Path(cache_path).is_file():
-                log.info("INT8: reusing calibration cache %s", cache_path)
-                return Path(cache_path).read_bytes()
-            return None
 
-        def write_calibration_cache(self, cache: Any) -> None:
-            if cache_path is not None and options.calibration_cache is not None:
-                Path(cache_path).write_bytes(bytes(cache))
+def entropy_calibrator(
+    bundle: ModelBundle, options: BuildOptions, memory: DeviceMemory | None = None
+) -> CalibrationFeed:
+    """An IInt8EntropyCalibrator2 (TensorRT ≤ 10) fed from the bundle; device memory only on first batch."""
+    batches, batch_size, cache_in = CalibrationFeed.read_bundle(bundle, options)
+    base = _pre11(trt, "IInt8EntropyCalibrator2")
+    if not isinstance(base, type):
+        raise EngineBuildError("TensorRT's IInt8EntropyCalibrator2 is not a class.")
+    cls = type("EntropyCalibrator", (CalibrationFeed, base), {})
+    calibrator = cls(batches, batch_size, cache_in, options.calibration_cache, memory)
+    if not isinstance(calibrator, CalibrationFeed):
+        raise EngineBuildError("The INT8 calibrator could not be made.")
+    return calibrator
 
-        def __del__(self) -> None:
-            for ptr in self.device.values():
-                cudart.cudaFree(ptr)
 
-    return EntropyCalibrator()
+# -- engines: build --------------------------------------------------------------------------------------
+def optimization_profile(
+    builder: trt.Builder, inputs: Sequence[TensorSpec], batch: BatchProfile
+) -> trt.IOptimizationProfile:
+    profile = builder.create_optimization_profile()
+    for spec in inputs:
+        lo, opt, hi = (trt.Dims(list(spec.concrete_shape(b))) for b in (batch.min, batch.opt, batch.max))
+        profile.set_shape(spec.name, lo, opt, hi)
+    return profile
+
+
+def _attach_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache | None:
+    """Load the shared timing cache; an unreadable one (corrupt, other TensorRT) falls back to an empty one."""
+    blob = b""
+    try:
+        blob = path.read_bytes() if path.is_file() else b""
+    except OSError as exc:
+        log.warning("could not read the TensorRT timing cache %s (%s); starting an empty one", path, exc)
+    cache: trt.ITimingCache | None = config.create_timing_cache(blob)
+    if blob and (cache is None or not config.set_timing_cache(cache, ignore_mismatch=False)):
+        log.warning("TensorRT timing cache %s is unusable (corrupt or from another TensorRT/GPU); starting empty", path.name)
+        cache = config.create_timing_cache(b"")
+    elif cache is not None:
+        return cache
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("TensorRT refused an empty timing cache; building without one")
+        return None
+    return cache
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Merge what is on disk into this build's cache and replace the file, under the cache's lock (several
+    containers build at once: without the merge the last writer drops the others' timings). Never fails the
+    build: the engine is already made."""
+    from edge_runtime.cache import atomic_write, shared_file_lock
+
+    try:
+        current: trt.ITimingCache | None = config.get_timing_cache()
+        if current is None:
+            log.warning("TensorRT returned no timing cache after the build; %s is left as it was", path.name)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with shared_file_lock(path):
+            if path.is_file():
+                previous: trt.ITimingCache | None = config.create_timing_cache(path.read_bytes())
+                if previous is not None and not current.combine(previous, ignore_mismatch=True):
+                    log.warning("could not merge the timing cache on disk into this build's; replacing it")
+            atomic_write(path, bytes(memoryview(current.serialize())))
+    except Exception as exc:  # the cache is an optimisation: report, never fail the build over it
+        log.warning("could not save the TensorRT timing cache %s (%s: %s)", path, type(exc).__name__, exc)
+
+
+# -- engines: load and run ------------------------------------------------------------------------------
+_NUMPY_DTYPES: dict[str, np.dtype] = {  # TensorRT DataType name → numpy; what numpy cannot hold (BF16, FP8, INT4, FP4, E8M0) is refused
+    "FLOAT": np.dtype(np.float32),
+    "HALF": np.dtype(np.float16),
+    "INT8": np.dtype(np.int8),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+}
+
+
+def numpy_dtype(dtype: trt.DataType, what: str) -> np.dtype:
+    """numpy's dtype for a TensorRT tensor type (``trt.nptype`` raises on BF16/FP8/INT4/...: refused here)."""
+    found = _NUMPY_DTYPES.get(dtype.name)
+    if found is None:
+        raise EngineBuildError(
+            f"{what} is {dtype.name} in the engine, which numpy cannot hold; this backend serves "
+            f"{', '.join(str(d) for d in _NUMPY_DTYPES.values())} tensors."
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class EngineIO:
+    """The engine's I/O tensors, checked against the bundle at load: names, order, numpy dtypes."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dtypes: Mapping[str, np.dtype]
+
+
+def inspect_io(engine: trt.ICudaEngine, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> EngineIO:
+    """Check the engine's I/O against the bundle, so a mismatch is refused at load, not at the first request
+    (a dtype mismatch would copy the wrong number of bytes)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    ins = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+    outs = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+    for kind, have, specs in (("inputs", ins, inputs), ("outputs", outs, outputs)):
+        want = {s.name for s in specs}
+        if set(have) != want:
+            raise EngineBuildError(
+                f"The engine's {kind} ({', '.join(sorted(have)) or 'none'}) are not the bundle's "
+                f"({', '.join(sorted(want))}): it was built from another model."
+            )
+    dtypes: dict[str, np.dtype] = {}
+    for kind, specs in (("Input", inputs), ("Output", outputs)):
+        for spec in specs:
+            have_dtype = numpy_dtype(engine.get_tensor_dtype(spec.name), f"{kind} {spec.name!r}")
+            want_dtype = np.dtype(spec.dtype)
+            if have_dtype != want_dtype:
+                raise EngineBuildError(
+                    f"{kind} {spec.name!r} is {have_dtype} in the engine but {want_dtype} in the bundle "
+                    f"({have_dtype.itemsize} vs {want_dtype.itemsize} bytes per element)."
+                )
+            rank = len(engine.get_tensor_shape(spec.name))
+            if rank != len(spec.shape):
+                raise EngineBuildError(
+                    f"{kind} {spec.name!r} has {rank} dimensions in the engine but {len(spec.shape)} in the bundle."
+                )
+            dtypes[spec.name] = have_dtype
+    return EngineIO(tuple(s.name for s in inputs), tuple(s.name for s in outputs), dtypes)
+
+
+def check_output_shapes(
+    context: trt.IExecutionContext, io: EngineIO, inputs: Sequence[TensorSpec], batch: BatchProfile
+) -> None:
+    """With every input at the profile's OPT shape, every output shape must be known: a -1 left means a
+    data-dependent shape (NonZero, NMS...), which needs an output allocator this backend does not have."""
+    for spec in inputs:
+        shape = spec.concrete_shape(batch.opt)
+        if not context.set_input_shape(spec.name, shape):
+            raise EngineBuildError(
+                f"The engine refuses input {spec.name!r} at shape {list(shape)}: its optimization profile "
+                f"is not the bundle's batch profile {batch}."
+            )
+    for name in io.outputs:
+        dims = context.get_tensor_shape(name)
+        out_shape = [dims[i] for i in range(len(dims))]
+        if any(d < 0 for d in out_shape):
+            raise EngineBuildError(
+                f"Output {name!r} has a data-dependent shape ({out_shape} with every input shape set); this "
+                "backend serves outputs whose shape follows from the inputs."
+            )
 
 
 class TensorRTEngine:
-    """A deserialized plan with one execution context and device buffers on a private CUDA stream."""
+    """A deserialized plan with one execution context, checked against the bundle, run on a CudaStreamRunner."""
 
     def __init__(
-        self, engine: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], cuda_graph: bool
+        self,
+        engine: trt.ICudaEngine,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        batch: BatchProfile,
+        cuda_graph: bool = False,
+        runner: CudaStreamRunner | None = None,
+        keep: object = None,
     ) -> None:
-        self.trt = _trt()
-        self.cudart = _cudart()
-        self.engine = engine
-        self.context = engine.create_execution_context()
         self.inputs = inputs
         self.outputs = outputs
-        self.stream = _check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self.use_v3 = hasattr(self.context, "execute_async_v3")  # TensorRT ≥ 8.5
-        self.cuda_graph = cuda_graph and self.use_v3
-        self._buffers: dict[str, tuple[int, int]] = {}  # name → (device ptr, capacity bytes)
-        self._graphs: dict[tuple[tuple[int, ...], ...], Any] = {}  # input shapes → instantiated CUDA graph
-        # Names, binding indices and output dtypes are fixed by the plan: looked up once, not per call.
-        self.in_names, self.out_names = self._io_names()
-        self._index = (
-            {} if self.use_v3 else {n: engine.get_binding_index(n) for n in self.in_names + self.out_names}
-        )
-        self._out_dtypes = {
-            n: np.dtype(
-                self.trt.nptype(
-                    engine.get_tensor_dtype(n) if self.use_v3 else engine.get_binding_dtype(self._index[n])
-                )
+        self.io = inspect_io(engine, inputs, outputs)
+        mark = TENSORRT_ERRORS.mark()
+        context: trt.IExecutionContext | None = engine.create_execution_context()  # None on failure
+        if context is None:
+            raise EngineLoadTransient(
+                f"TensorRT could not create an execution context (out of GPU memory?){TENSORRT_ERRORS.suffix(mark)}."
             )
-            for n in self.out_names
-        }
+        check_output_shapes(context, self.io, inputs, batch)
+        self.engine: trt.ICudaEngine | None = engine
+        self.context: trt.IExecutionContext | None = context
+        self._keep = keep  # the trt.Runtime: it must outlive the engine
+        self.runner = runner if runner is not None else CudaStreamRunner(cuda_graph=cuda_graph)
+        self._lock = threading.Lock()  # one execution context: one request at a time
 
-    def _device_buffer(self, name: str, nbytes: int) -> int:
-        ptr, cap = self._buffers.get(name, (0, 0))
-        if nbytes > cap:
-            if ptr:
-                self.cudart.cudaFree(ptr)
-            ptr = _check(self.cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
-            self._buffers[name] = (ptr, nbytes)
-            self._drop_graphs()  # captured graphs hold the old addresses
-        return ptr
-
-    def _drop_graphs(self) -> None:
-        for graph_exec in self._graphs.values():
-            self.cudart.cudaGraphExecDestroy(graph_exec)
-        self._graphs.clear()
-
-    def _io_names(self) -> tuple[list[str], list[str]]:
-        trt = self.trt
-        if hasattr(self.engine, "num_io_tensors"):
-            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-            ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-            return ins, [n for n in names if n not in ins]
-        names = [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)]  # TensorRT < 8.5
-        return [n for n in names if self.engine.binding_is_input(n)], [
-            n for n in names if not self.engine.binding_is_input(n)
-        ]
+    def _enqueue(self, stream: int) -> bool:
+        if self.context is None:
+            raise InferenceError("The engine is closed.")
+        mark = TENSORRT_ERRORS.mark()
+        if self.context.execute_async_v3(stream):
+            return True
+        raise InferenceError(f"TensorRT could not enqueue the inference{TENSORRT_ERRORS.suffix(mark)}.")
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart = self.cudart
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        in_names, out_names = self.in_names, self.out_names
-        host_in = {n: np.ascontiguousarray(feeds[n]) for n in in_names}
-        bindings: list[int] = []
-        for name in in_names:
-            arr = host_in[name]
-            ptr = self._device_buffer(name, arr.nbytes)
-            if self.use_v3:
-                self.context.set_input_shape(name, arr.shape)
-                self.context.set_tensor_address(name, ptr)
-            else:
-                self.context.set_binding_shape(self._index[name], arr.shape)
-            _check(
-                cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream), "cudaMemcpyAsync"
-            )
-        host_out: dict[str, np.ndarray] = {}
-        for name in out_names:
-            if self.use_v3:
-                shape = tuple(self.context.get_tensor_shape(name))
-            else:
-                shape = tuple(self.context.get_binding_shape(self._index[name]))
-            host_out[name] = np.empty(shape, dtype=self._out_dtypes[name])
-            ptr = self._device_buffer(name, host_out[name].nbytes)
-            if self.use_v3:
-                self.context.set_tensor_address(name, ptr)
-        if self.use_v3:
-            self._enqueue_v3(tuple(a.shape for a in host_in.values()))
-        else:
-            for name in in_names + out_names:
-                bindings.append(self._buffers[name][0])
-            if not self.context.execute_async_v2(bindings, self.stream):
-                raise EngineBuildError("TensorRT execute_async_v2 failed.")
-        for name, arr in host_out.items():
-            _check(
-                cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes, d2h, self.stream),
-                "cudaMemcpyAsync",
-            )
-        _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return host_out
-
-    def _enqueue_v3(self, shapes: tuple[tuple[int, ...], ...]) -> None:
-        """Run the context; with cuda_graph, capture once per input shape and replay the graph after."""
-        cudart = self.cudart
-        if not self.cuda_graph:
-            if not self.context.execute_async_v3(self.stream):
-                raise EngineBuildError("TensorRT execute_async_v3 failed.")
-            return
-        graph_exec = self._graphs.get(shapes)
-        if graph_exec is None:
-            # TensorRT needs one ordinary enqueue after a shape change before it can be captured.
-            self.context.execute_async_v3(self.stream)
-            mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-            _check(cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
-            self.context.execute_async_v3(self.stream)
-            graph = _check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-            try:
-                graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-            finally:
-                cudart.cudaGraphDestroy(graph)  # the instantiated executable keeps what it needs
-            self._graphs[shapes] = graph_exec
-        _check(cudart.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
+        with self._lock:
+            context, runner = self.context, self.runner
+            if context is None:
+                raise InferenceError("The engine is closed.")
+            host_in: dict[str, np.ndarray] = {}
+            for name in self.io.inputs:
+                arr = np.ascontiguousarray(feeds[name])
+                if arr.dtype != self.io.dtypes[name]:
+                    raise InputError(f"Input {name!r} has dtype {arr.dtype}, expected {self.io.dtypes[name]}.")
+                if not context.set_input_shape(name, arr.shape):
+                    raise InputError(
+                        f"Input {name!r} has shape {list(arr.shape)}, outside the engine's optimization profile."
+                    )
+                host_in[name] = arr
+            host_out: dict[str, np.ndarray] = {}
+            for name in self.io.outputs:
+                dims = context.get_tensor_shape(name)
+                shape = tuple(dims[i] for i in range(len(dims)))
+                if any(d < 0 for d in shape):
+                    raise InferenceError(f"Output {name!r} has no known shape ({list(shape)}) for these inputs.")
+                host_out[name] = np.empty(shape, dtype=self.io.dtypes[name])
+            # Size every buffer first (growing one drops a captured graph), then bind the final addresses.
+            pointers = {n: runner.buffer(n, a.nbytes) for n, a in (host_in | host_out).items()}
+            for name, ptr in pointers.items():
+                if not context.set_tensor_address(name, ptr):
+                    raise InferenceError(f"TensorRT refused the device address of tensor {name!r}.")
+            for name, arr in host_in.items():
+                runner.upload(pointers[name], arr)
+            runner.execute(self._enqueue, tuple(a.shape for a in host_in.values()))
+            for name, arr in host_out.items():
+                runner.download(arr, pointers[name])
+            runner.synchronize()
+            return host_out
 
     def close(self) -> None:
-        self._drop_graphs()  # graphs first: they point into the buffers
-        for ptr, _ in self._buffers.values():
-            self.cudart.cudaFree(ptr)
-        self._buffers.clear()
-        if self.stream is not None:
-            self.cudart.cudaStreamDestroy(self.stream)
-            self.stream = None
-        self.context = None
-        self.engine = None
+        with self._lock:
+            self.runner.close()
+            self.context = None
+            self.engine = None
+            self._keep = None
 
 
-def source_model(bundle: ModelBundle, precision: str) -> tuple[Path, bool]:
-    """Which ONNX file TensorRT should parse, and whether it carries its own INT8 scales (Q/DQ nodes).
-
-    A Q/DQ model is built as is (explicit quantization, what TensorRT 10 recommends); an INT8 bundle
-    without Q/DQ, and FP16 bundles, are built from the FP32 model where the bundle keeps one, so TensorRT
-    picks per-layer precision itself (INT8 scales then come from the calibrator and its cache).
-    """
-    quant = bundle.manifest.quantization or {}
-    fp32 = quant.get("fp32_model")
-    if precision == "int8" and str(quant.get("format", "")).upper() == "QDQ":
-        return bundle.model_path, True
-    if precision in ("int8", "fp16") and fp32 and (bundle.path / fp32).is_file():
-        return bundle.path / fp32, False
-    return bundle.model_path, False
-
-
+# -- the backend ----------------------------------------------------------------------------------------
 class TensorRTBackend:
     name = "tensorrt"
     engine_suffix = ".plan"
+    # Part of the engine cache key (cache.engine_key): bump it whenever the way engines are built changes
+    # (flags, network typing, profiles), so engines built the old way are missed, not loaded.
+    build_recipe = "trt-2"
 
     def require(self) -> None:
-        """Raise BackendUnavailable unless TensorRT imports and CUDA sees a GPU."""
-        _trt()
-        cudart = _cudart()
+        """Raise BackendUnavailable (one sentence) unless TensorRT imports and CUDA sees a GPU."""
+        version = trt.__version__
+        from edge_runtime.device import cuda_runtime
+
+        cudart = cuda_runtime()
+        if cudart is None:
+            raise BackendUnavailable(no_gpu_sentence(version, "cuda-python is not installed, so CUDA cannot be asked"))
         try:
             err, count = cudart.cudaGetDeviceCount()
         except Exception as exc:
-            raise BackendUnavailable(f"CUDA is not usable here ({exc}).") from None
-        if int(err) != 0 or count < 1:
-            raise BackendUnavailable("TensorRT imports but CUDA reports no GPU.")
+            raise BackendUnavailable(no_gpu_sentence(version, f"cudaGetDeviceCount raised {type(exc).__name__}")) from None
+        if int(err) != 0:
+            raise BackendUnavailable(no_gpu_sentence(version, cuda_error_name(err)))
+        if int(count) < 1:
+            raise BackendUnavailable(no_gpu_sentence(version, "CUDA counts 0 devices"))
 
     def version(self) -> str:
-        return str(_trt().__version__)
+        return str(trt.__version__)
 
     def gpu(self) -> tuple[str, str] | None:
         from edge_runtime.device import cuda_gpu
 
         return cuda_gpu()
 
+    def plan(self, bundle: ModelBundle, options: BuildOptions) -> BuildRecipe:
+        """What ``build`` will do for this bundle and TensorRT version; refusals come from here."""
+        return plan_build(bundle, options.precision, tensorrt_version())
+
     def build(self, bundle: ModelBundle, options: BuildOptions) -> bytes:
-        trt = _trt()
-        logger = _Logger.get()
-        v = Version(trt.__version__)
-        builder = trt.Builder(logger)
-        # TensorRT 10 networks are always explicit-batch; 8.x needs the flag.
-        flags = 0 if v.major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        source, explicit_int8 = source_model(bundle, options.precision)
-        if not parser.parse_from_file(str(source)):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise EngineBuildError(f"TensorRT could not parse {source.name}: {errors or 'unknown error'}.")
-        config = builder.create_builder_config()
-        if hasattr(config, "set_memory_pool_limit"):
+        version = tensorrt_version()
+        recipe = self.plan(bundle, options)  # refusals (e.g. implicit INT8 on 11) before any native call
+        calibrator = entropy_calibrator(bundle, options) if recipe.calibrate else None
+        log.info("TensorRT %s build: %s", version, recipe.describe())
+        logger = tensorrt_logger()
+        mark = TENSORRT_ERRORS.mark()
+        try:
+            builder = _create_builder(logger)
+            network = builder.create_network(network_flags(recipe, version))
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse_from_file(str(recipe.source)):
+                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise EngineBuildError(
+                    f"TensorRT {version} could not parse {recipe.source.name}: {' '.join(errors.split()) or 'no reason given'}."
+                )
+            config = builder.create_builder_config()
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
-        else:  # TensorRT < 8.4
-            config.max_workspace_size = options.workspace_bytes
-
-        profile = builder.create_optimization_profile()
-        for spec in bundle.inputs:
-            lo, opt, hi = (
-                spec.concrete_shape(b) for b in (options.batch.min, options.batch.opt, options.batch.max)
-            )
-            profile.set_shape(spec.name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-
-        if options.precision in ("fp16", "int8"):
-            if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in TensorRT 10
-                log.warning("this GPU has no fast FP16; TensorRT may fall back to FP32 kernels")
-            config.set_flag(trt.BuilderFlag.FP16)
-        if options.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            if not explicit_int8:  # implicit quantization: scales come from the entropy calibrator
-                config.int8_calibrator = _make_calibrator(trt, bundle, options)
-                if hasattr(config, "set_calibration_profile"):
-                    config.set_calibration_profile(profile)
-
-        timing_cache = None
-        if options.timing_cache is not None:
-            blob = options.timing_cache.read_bytes() if options.timing_cache.is_file() else b""
-            timing_cache = config.create_timing_cache(blob)
-            config.set_timing_cache(timing_cache, ignore_mismatch=False)
-
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise EngineBuildError("TensorRT failed to build the engine (see the TensorRT log above).")
-        if timing_cache is not None and options.timing_cache is not None:
-            _save_timing_cache(config.get_timing_cache(), options.timing_cache)
-        return bytes(plan)
+            if config.add_optimization_profile(optimization_profile(builder, bundle.inputs, options.batch)) < 0:
+                raise EngineBuildError(
+                    f"TensorRT refused the optimization profile for batch {options.batch}{TENSORRT_ERRORS.suffix(mark)}."
+                )
+            for flag in recipe.flags:
+                config.set_flag(weak_typing_flag(flag))
+            if calibrator is not None:
+                attach_calibrator(builder, config, calibrator, bundle.inputs)
+            timing = _attach_timing_cache(config, options.timing_cache) if options.timing_cache else None
+            plan: trt.IHostMemory | None = builder.build_serialized_network(network, config)  # None on failure
+            if plan is None:
+                raise EngineBuildError(
+                    f"TensorRT {version} could not build the engine ({recipe.describe()}){TENSORRT_ERRORS.suffix(mark)}."
+                )
+            if timing is not None and options.timing_cache is not None:
+                _save_timing_cache(config, options.timing_cache)
+            return bytes(memoryview(plan))
+        finally:
+            if calibrator is not None:
+                calibrator.release()
 
     def load(self, engine: bytes, bundle: ModelBundle, options: BuildOptions) -> TensorRTEngine:
-        trt = _trt()
-        runtime = trt.Runtime(_Logger.get())
-        cuda_engine = runtime.deserialize_cuda_engine(engine)
+        logger = tensorrt_logger()
+        mark = TENSORRT_ERRORS.mark()
+        runtime = _create_runtime(logger)
+        cuda_engine: trt.ICudaEngine | None = runtime.deserialize_cuda_engine(engine)  # None on failure
         if cuda_engine is None:
+            said = TENSORRT_ERRORS.since(mark)
+            if _looks_transient(said):
+                raise EngineLoadTransient(
+                    f"TensorRT ran out of GPU memory loading the cached engine{TENSORRT_ERRORS.suffix(mark)}."
+                )
             raise EngineBuildError(
-                "TensorRT could not deserialize the cached engine (built by another version?)."
+                f"TensorRT {trt.__version__} could not deserialize the cached engine (built by another "
+                f"version, or damaged){TENSORRT_ERRORS.suffix(mark)}."
             )
-        return TensorRTEngine(cuda_engine, bundle.inputs, bundle.outputs, options.cuda_graph)
-
-
-def _save_timing_cache(cache: Any, path: Path) -> None:
-    """Atomic replace, so a concurrent reader of the shared timing cache never sees half a file."""
-    import os
-
-    data = bytes(memoryview(cache.serialize()))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        return TensorRTEngine(
+            cuda_engine, bundle.inputs, bundle.outputs, options.batch, options.cuda_graph, keep=runtime
+        )
