@@ -18,20 +18,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import asyncssh
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from edge_deploy.fleet import FleetError
-from edge_deploy.fleet.inventory import Robot
+from edge_deploy.fleet.inventory import Robot, compose_dir_problem
 from edge_deploy.fleet.ssh import RobotConnection, RobotUnreachable, q
+from edge_deploy.release.tags import VersionError, check_version
+from edge_runtime.errors import EdgeError
+
+log = logging.getLogger(__name__)
 
 PROJECT = "edge"
 SERVICE = "edge-runtime"
@@ -52,6 +64,20 @@ FAILURES = {ROLLED_BACK, FAILED, REFUSED, UNREACHABLE}
 # Putting the previous release back must not give up as early as a short --health-timeout for the new one:
 # its engine is cached, but a loaded robot (or QEMU) can still take minutes to report healthy.
 RESTORE_TIMEOUT_S = 300.0
+ENGINE_VOLUME = f"{PROJECT}_engine-cache"  # compose.yaml's named volume in project "edge"
+# `docker pull` on the robot: a registry or link hiccup is retried with backoff; a refusal is final.
+PULL_ATTEMPTS = 3
+RETRY_WAIT_S = 2.0  # the first backoff; it doubles per retry (2 s, 4 s)
+PULL_IS_FINAL = (
+    "unauthorized",
+    "denied",
+    "authentication required",
+    "manifest unknown",
+    "name unknown",
+    "no matching manifest",
+    "invalid reference format",
+    "not found",
+)
 
 
 def now_iso() -> str:
@@ -71,6 +97,7 @@ class RobotResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     uploaded_bytes: int = 0
     engine: dict[str, Any] = field(default_factory=dict)  # the pre-built engine: hit, build_seconds, key
+    retries: dict[str, int] = field(default_factory=dict)  # step ("connect", "pull") → retries it took
 
     @property
     def failed(self) -> bool:
@@ -104,6 +131,24 @@ class DeployRequest:
 
 class GateFailed(FleetError):
     """The new release did not pass the health gate."""
+
+
+class EngineBuildFailed(FleetError):
+    """The release's engine build itself failed on the robot (edge-runtime ended with its one-sentence error
+    and exit code): deterministic for this model on this device, so the version is marked bad there."""
+
+
+class _PullHiccup(FleetError):
+    """A pull that failed in a way worth another try (registry 5xx, reset or timed-out connection)."""
+
+
+def release_dir_name(robot: Robot, version: object) -> str:
+    """``version`` as a directory name under ``releases/``: only a semantic version is one (a robot's own
+    state.json is input too)."""
+    try:
+        return check_version(version)
+    except VersionError as exc:
+        raise FleetError(f"Robot {robot.name}: {exc}") from None
 
 
 def compose_bundle_dir() -> Path:
@@ -288,10 +333,15 @@ def served_model(ready: dict[str, Any]) -> str:
 class RobotReleases:
     """The release store on one robot: deploy, roll back, report status and history."""
 
-    def __init__(self, conn: RobotConnection) -> None:
+    def __init__(self, conn: RobotConnection, retries: dict[str, int] | None = None) -> None:
         self.conn = conn
         self.robot = conn.robot
         self.dir = q(self.robot.compose_dir)
+        self.retries = retries if retries is not None else {}  # shared with connect(): step → retries
+
+    def _release(self, version: object) -> str:
+        """The shell-quoted path of one release's directory."""
+        return f"{self.dir}/releases/{q(release_dir_name(self.robot, version))}"
 
     # --- small remote helpers -------------------------------------------------------------------------
     async def read_state(self) -> dict[str, Any]:
@@ -307,11 +357,8 @@ class RobotReleases:
         await self._write_text("state.json", json.dumps(state, indent=2) + "\n")
 
     async def _write_text(self, name: str, text: str, append: bool = False) -> None:
-        path = f"{self.dir}/{name}"
-        cmd = f"cat >> {path}" if append else f"cat > {path}.tmp && mv -f {path}.tmp {path}"
-        r = await self.conn.run(f"mkdir -p {self.dir} && {cmd}", stdin=text, timeout=30)
-        if not r.ok:
-            raise FleetError(f"Robot {self.robot.name}: writing {name} failed: {r.tail()}.")
+        """Over SFTP: the content never passes through the robot's shell."""
+        await self.conn.write_file(f"{self.robot.compose_dir}/{name}", text.encode(), append=append)
 
     async def append_history(self, entry: dict[str, Any]) -> None:
         await self._write_text("history.jsonl", json.dumps({"at": now_iso(), **entry}) + "\n", append=True)
@@ -324,18 +371,48 @@ class RobotReleases:
         if version not in await self.bad_versions():
             await self._write_text("bad-versions", version + "\n", append=True)
 
-    async def free_mb(self) -> int:
+    async def free_space(self) -> list[tuple[str, str, int]]:
+        """``(what, path, free MB)`` for each filesystem an update writes to: the compose directory (release
+        files), Docker's data root (``docker info``: pulled layers, containers) and the engine-cache volume's
+        mountpoint (the engine build), as the robot's user sees them. A path that user cannot reach (the
+        volume under a root-only data root) is measured at its nearest reachable folder, which is the
+        same filesystem unless a mount lies in between; a volume not created yet will live in the data
+        root."""
         out = await self.conn.check(
-            f"mkdir -p {self.dir}/releases && df -Pk {self.dir} | awk 'NR==2 {{print $4}}'",
-            "the disk check",
-            timeout=30,
+            f"mkdir -p {self.dir}/releases && "
+            "{ printf 'root='; docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo; "
+            f"printf 'volume='; docker volume inspect --format '{{{{.Mountpoint}}}}' {ENGINE_VOLUME} 2>/dev/null "
+            "|| echo; }",
+            "finding Docker's data root",
+            timeout=60,
         )
-        try:
-            return int(out.split()[0]) // 1024
-        except (IndexError, ValueError):
-            raise FleetError(
-                f"Robot {self.robot.name}: cannot read free disk space from df ({out!r})."
-            ) from None
+        found = dict(line.split("=", 1) for line in out.splitlines() if line.startswith(("root=", "volume=")))
+        targets = [("the compose directory", self.robot.compose_dir)]
+        for key, what in (("root", "Docker's data root"), ("volume", f"the {ENGINE_VOLUME} volume")):
+            path = found.get(key, "").strip()
+            if path.startswith("/") and "\t" not in path:  # quoted below; a tab would break the parsing
+                targets.append((what, path))
+        candidates = {what: [p, *(str(a) for a in PurePosixPath(p).parents)] for what, p in targets}
+        paths = list(dict.fromkeys(c for cs in candidates.values() for c in cs))
+        out = await self.conn.check(
+            f"for p in {' '.join(q(p) for p in paths)}; do "
+            "a=$(df -Pk -- \"$p\" 2>/dev/null | awk 'NR==2 {print $4}'); printf '%s\\t%s\\n' \"$p\" \"$a\"; done",
+            "the disk check",
+            timeout=60,
+        )
+        avail = {}
+        for line in out.splitlines():
+            path, _, kb = line.partition("\t")
+            if kb.strip().isdigit():
+                avail[path] = int(kb) // 1024
+        measured = []
+        for what, _ in targets:
+            at = next((c for c in candidates[what] if c in avail), None)
+            if at is not None:
+                measured.append((what, at, avail[at]))
+        if not measured:
+            raise FleetError(f"Robot {self.robot.name}: cannot read free disk space from df ({out[:80]!r}).")
+        return measured
 
     @contextlib.asynccontextmanager
     async def update_lock(self, wait_s: float) -> AsyncIterator[bool]:
@@ -363,8 +440,9 @@ class RobotReleases:
 
     async def switch(self, version: str) -> None:
         """Point ``current`` at a release directory in one rename, so a reader never sees it missing."""
+        name = q(release_dir_name(self.robot, version))
         await self.conn.check(
-            f"cd {self.dir} && test -d releases/{q(version)} && ln -sfn releases/{q(version)} .current.tmp "
+            f"cd {self.dir} && test -d releases/{name} && ln -sfn releases/{name} .current.tmp "
             f"&& mv -T .current.tmp current",
             f"switching to {version}",
             timeout=30,
@@ -385,12 +463,21 @@ class RobotReleases:
         so the cache key is the one the service will look up), while the running release keeps serving.
         Returns ``engine build``'s JSON (``hit``, ``build_seconds``, ...)."""
         r = await self.conn.run(
-            f"cd {self.dir}/releases/{q(version)} && docker compose -p {PROJECT} run --rm --no-deps -T "
+            f"cd {self._release(version)} && docker compose -p {PROJECT} run --rm --no-deps -T "
             f"--entrypoint edge-runtime {SERVICE} engine build --json",
             timeout=timeout_s + 60,
         )
         if not r.ok:
-            raise FleetError(f"building the engine of {version} on the robot failed: {r.tail(200)}")
+            # edge-runtime ends a failed build with "error: <sentence>" and EdgeError's exit code; anything
+            # else (compose or the engine refusing the container, a crash) says nothing certain about the
+            # release, so it does not mark it bad.
+            said = next((ln for ln in reversed(r.stderr.splitlines()) if ln.startswith("error: ")), "")
+            if r.rc == EdgeError.exit_code and said:
+                raise EngineBuildFailed(
+                    f"building the engine of {version} on the robot failed: {said.removeprefix('error: ')}"
+                )
+            raise FleetError(f"running the engine build of {version} on the robot failed (exit {r.rc}): "
+                             f"{r.tail(200)}")
         try:
             return dict(json.loads(r.stdout[r.stdout.index("{") :]))
         except ValueError:
@@ -461,6 +548,31 @@ class RobotReleases:
         return r.ok
 
     async def pull(self, image: str) -> None:
+        """``docker pull`` by digest on the robot; a failure that may pass (registry 5xx, a reset or
+        timed-out connection) is tried PULL_ATTEMPTS times with backoff, logged and counted in
+        ``retries["pull"]``; a refusal (credentials, unknown manifest) is final at once."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.retries["pull"] = self.retries.get("pull", 0) + 1
+            wait = state.next_action.sleep if state.next_action else 0.0
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("Robot %s: %s; retrying in %.1f s (attempt %d of %d).", self.robot.name, exc, wait,
+                        state.attempt_number + 1, PULL_ATTEMPTS)
+
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(PULL_ATTEMPTS),
+                wait=wait_exponential(multiplier=RETRY_WAIT_S, min=0, max=60),
+                retry=retry_if_exception_type(_PullHiccup),
+                before_sleep=before_sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    await self._pull_once(image)
+        except _PullHiccup as exc:
+            raise FleetError(f"{exc} (after {PULL_ATTEMPTS} attempts)") from None
+
+    async def _pull_once(self, image: str) -> None:
         r = await self.conn.run(
             f"docker pull -q --platform {q(self.robot.platform)} {q(image)}", timeout=1800
         )
@@ -472,7 +584,9 @@ class RobotReleases:
                     f"pulling {image} was refused by {registry}: the robot's Docker engine is not logged in "
                     f"there (once per robot: `docker login {registry}` as {self.robot.user}) ({tail})"
                 )
-            raise FleetError(f"pulling {image} failed: {tail}")
+            if any(w in tail.lower() for w in PULL_IS_FINAL):
+                raise FleetError(f"pulling {image} failed: {tail}")
+            raise _PullHiccup(f"pulling {image} failed: {tail}")
 
     async def release_required_backend(self, version: str) -> str | None:
         """The ``required_backend`` recorded in a kept release's release.json (None when unrecorded)."""
@@ -512,30 +626,44 @@ class RobotReleases:
         unit = (compose_bundle_dir() / SYSTEMD_UNIT).read_text()
         home = (await self.conn.check("pwd", "reading the home directory", timeout=30)).strip()
         d = self.robot.compose_dir
-        unit = unit.replace("@EDGE_DIR@", d if d.startswith("/") else f"{home}/{d}")
-        unit = unit.replace("@EDGE_USER@", self.robot.user)
+        workdir = d if d.startswith("/") else f"{home}/{d}"
+        if not workdir.startswith("/") or compose_dir_problem(workdir) is not None:  # the home is the robot's
+            return f"auto-start not installed: {workdir!r} cannot be a unit's WorkingDirectory"
+        unit = unit.replace("@EDGE_DIR@", workdir).replace("@EDGE_USER@", self.robot.user)
+        # The unit goes up by SFTP next to the releases, then root copies that file: nothing of it passes
+        # through a shell (a heredoc would end at a line "EOF" and run what follows as root).
+        await self.conn.write_file(f"{d}/{SYSTEMD_UNIT}", unit.encode())
         r = await self.conn.run(
-            f"sudo -n install -m 0644 /dev/stdin /etc/systemd/system/{SYSTEMD_UNIT} <<'EOF'\n{unit}EOF\n"
-            f"sudo -n systemctl daemon-reload && sudo -n systemctl enable {SYSTEMD_UNIT}",
+            f"sudo -n install -m 0644 -- {q(f'{workdir}/{SYSTEMD_UNIT}')} /etc/systemd/system/{SYSTEMD_UNIT} "
+            f"&& sudo -n systemctl daemon-reload && sudo -n systemctl enable {SYSTEMD_UNIT}",
             timeout=60,
         )
         return "" if r.ok else f"auto-start not installed: {r.tail(150)}"
 
     # --- the operations --------------------------------------------------------------------------------
     async def deploy(self, req: DeployRequest, timings: dict[str, float]) -> RobotResult:
-        """Update this robot to ``req.version``; never leaves it without a running release it had."""
+        """Update this robot to ``req.version``; never leaves it without a running release it had. The
+        result carries the retries its steps took (``retries``, and their sum in ``timings``)."""
+        res = await self._deploy(req, timings)
+        res.retries = {k: v for k, v in self.retries.items() if v}
+        timings["retries"] = sum(res.retries.values())
+        return res
+
+    async def _deploy(self, req: DeployRequest, timings: dict[str, float]) -> RobotResult:
         robot = self.robot
         res = RobotResult(robot.name, req.version, FAILED, timings=timings)
+        release_dir_name(robot, req.version)
         t = time.monotonic()
-        free = await self.free_mb()
+        space = await self.free_space()
         state = await self.read_state()
         current, previous = state.get("current"), state.get("previous")
         res.previous = current
         timings["preflight"] = round(time.monotonic() - t, 3)
+        what, where, free = min(space, key=lambda m: m[2])
         if free < robot.min_free_mb:
             res.outcome, res.stage = REFUSED, "disk"
             res.reason = (
-                f"only {free} MB free in {robot.compose_dir}, below the {robot.min_free_mb} MB minimum"
+                f"only {free} MB free in {where} ({what}), below the {robot.min_free_mb} MB minimum"
             )
             await self.append_history(
                 {"action": "deploy", "version": req.version, "result": res.outcome, "reason": res.reason}
@@ -575,7 +703,7 @@ class RobotReleases:
         tmp = f"{self.robot.compose_dir}/releases/.{req.version}.{secrets.token_hex(4)}"
         try:
             res.uploaded_bytes = await self.conn.upload(bundle_files(self.robot, req), tmp)
-            final = f"{self.dir}/releases/{q(req.version)}"
+            final = self._release(req.version)
             await self.conn.check(
                 f"rm -rf {final}.old; if [ -d {final} ]; then mv {final} {final}.old; fi; "
                 f"mv {q(tmp)} {final} && rm -rf {final}.old",
@@ -597,8 +725,10 @@ class RobotReleases:
             t = time.monotonic()
             try:
                 built = await self.prebuild_engine(req.version, req.health_timeout_s)
-            except FleetError as exc:  # deterministic for this model on this device: marked bad
+            except EngineBuildFailed as exc:  # deterministic for this model on this device: marked bad
                 await self.mark_bad(req.version)
+                return await self._failed_before_switch(req, res, "engine", exc, current)
+            except FleetError as exc:  # SSH dropped or timed out, Docker failed around the build: retry later
                 return await self._failed_before_switch(req, res, "engine", exc, current)
             timings["engine"] = round(time.monotonic() - t, 3)
             res.engine = {k: built[k] for k in ("hit", "build_seconds", "key") if k in built}

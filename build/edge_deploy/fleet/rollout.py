@@ -100,15 +100,20 @@ async def on_robot(
     """``fn`` on one robot's releases; a refused host key, an unreachable robot or a failed command
     becomes that robot's result, so the other robots of a wave, a status or a rollback go on."""
     timings = {} if timings is None else timings
+    retries: dict[str, int] = {}  # step → retries, filled by connect() and the robot's steps
     try:
-        async with connected(robot) as conn:
-            return await fn(RobotReleases(conn))
+        async with connected(robot, retries=retries) as conn:
+            out = await fn(RobotReleases(conn, retries))
     except HostKeyRefused as exc:
-        return RobotResult(robot.name, version, REFUSED, str(exc), stage="connect", timings=timings)
+        out = RobotResult(robot.name, version, REFUSED, str(exc), stage="connect", timings=timings)
     except RobotUnreachable as exc:
-        return RobotResult(robot.name, version, UNREACHABLE, str(exc), stage="connect", timings=timings)
+        out = RobotResult(robot.name, version, UNREACHABLE, str(exc), stage="connect", timings=timings)
     except FleetError as exc:
-        return RobotResult(robot.name, version, FAILED, str(exc), stage="ssh", timings=timings)
+        out = RobotResult(robot.name, version, FAILED, str(exc), stage="ssh", timings=timings)
+    if isinstance(out, RobotResult):
+        out.retries = {k: v for k, v in retries.items() if v}
+        out.timings["retries"] = sum(out.retries.values())
+    return out
 
 
 async def deploy_one(robot: Robot, req: DeployRequest, progress: Progress | None = None) -> RobotResult:

@@ -1,19 +1,36 @@
 """SSH to one robot through asyncssh, host keys checked against the inventory's known_hosts file: an
-unknown or changed key is refused, never accepted silently."""
+unknown or changed key is refused, never accepted silently. Files are written over SFTP, so their content
+never passes through a shell; connecting is retried a few times with backoff (a robot's sshd restarting,
+a dropped Wi-Fi association), a refused host key or login never."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import posixpath
+import secrets
 import shlex
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Robot
+
+log = logging.getLogger(__name__)
+
+CONNECT_ATTEMPTS = 3
+RETRY_WAIT_S = 1.0  # the first backoff; it doubles per retry (1 s, 2 s)
 
 
 class RobotUnreachable(FleetError):
@@ -22,6 +39,10 @@ class RobotUnreachable(FleetError):
 
 class HostKeyRefused(FleetError):
     """The robot's SSH host key is unknown or differs from the known_hosts entry."""
+
+
+class CommandTimeout(FleetError):
+    """A command on the robot did not finish in time (the SSH session may still be fine, the robot slow)."""
 
 
 @dataclass
@@ -46,6 +67,7 @@ class RobotConnection:
     def __init__(self, robot: Robot, conn: asyncssh.SSHClientConnection) -> None:
         self.robot = robot
         self.conn = conn
+        self._sftp: asyncssh.SFTPClient | None = None
 
     async def run(
         self, command: str, *, timeout: float | None = 600, stdin: str | None = None
@@ -54,7 +76,7 @@ class RobotConnection:
         try:
             r = await asyncio.wait_for(self.conn.run(command, check=False, input=stdin), timeout)
         except asyncio.TimeoutError:
-            raise FleetError(
+            raise CommandTimeout(
                 f"Robot {self.robot.name}: command timed out after {timeout:.0f} s: {command[:80]}."
             ) from None
         except (OSError, asyncssh.Error) as exc:
@@ -68,19 +90,51 @@ class RobotConnection:
             raise FleetError(f"Robot {self.robot.name}: {what} failed (exit {r.rc}): {r.tail()}.")
         return r.stdout
 
+    async def _sftp_client(self) -> asyncssh.SFTPClient:
+        """One SFTP session per connection, opened on first use (paths are relative to the home directory)."""
+        if self._sftp is None:
+            self._sftp = await self.conn.start_sftp_client()
+        return self._sftp
+
     async def upload(self, files: dict[str, bytes], remote_dir: str) -> int:
         """Write files into ``remote_dir`` (created) over SFTP; returns the bytes sent."""
         sent = 0
         try:
-            async with self.conn.start_sftp_client() as sftp:
-                await sftp.makedirs(remote_dir, exist_ok=True)
-                for name, data in files.items():
-                    async with sftp.open(f"{remote_dir}/{name}", "wb") as f:
-                        await f.write(data)
-                    sent += len(data)
+            sftp = await self._sftp_client()
+            await sftp.makedirs(remote_dir, exist_ok=True)
+            for name, data in files.items():
+                async with sftp.open(f"{remote_dir}/{name}", "wb") as f:
+                    await f.write(data)
+                sent += len(data)
         except (OSError, asyncssh.Error) as exc:
             raise FleetError(f"Robot {self.robot.name}: uploading to {remote_dir} failed ({exc}).") from None
         return sent
+
+    async def write_file(self, path: str, data: bytes, *, append: bool = False) -> None:
+        """Write (or append to) one file over SFTP, creating its folder. A whole-file write goes to a
+        temporary name and is renamed over the old file, so a reader never sees half of it."""
+        try:
+            sftp = await self._sftp_client()
+            parent = posixpath.dirname(path)
+            if parent:
+                await sftp.makedirs(parent, exist_ok=True)
+            if append:
+                async with sftp.open(path, "ab") as f:
+                    await f.write(data)
+                return
+            tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+            async with sftp.open(tmp, "wb") as f:
+                await f.write(data)
+            try:
+                await sftp.posix_rename(tmp, path)
+            except asyncssh.SFTPOpUnsupported:  # a server without OpenSSH's extension
+                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                    await sftp.remove(path)
+                await sftp.rename(tmp, path)
+        except asyncssh.SFTPError as exc:
+            raise FleetError(f"Robot {self.robot.name}: writing {path} failed ({exc.reason}).") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise RobotUnreachable(f"Robot {self.robot.name}: the SSH connection broke ({exc}).") from None
 
     @contextlib.asynccontextmanager
     async def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> AsyncIterator[int]:
@@ -93,6 +147,8 @@ class RobotConnection:
             await listener.wait_closed()
 
     async def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.exit()
         self.conn.close()
         with contextlib.suppress(Exception):
             await self.conn.wait_closed()
@@ -108,8 +164,34 @@ def _known_hosts(robot: Robot) -> str | None:
     return str(path)
 
 
-async def connect(robot: Robot, *, timeout: float | None = None) -> RobotConnection:
-    """Open an SSH connection with strict host-key checking and a bounded connect time."""
+async def connect(
+    robot: Robot, *, timeout: float | None = None, retries: dict[str, int] | None = None
+) -> RobotConnection:
+    """Open an SSH connection with strict host-key checking and a bounded connect time. An unreachable
+    robot is tried CONNECT_ATTEMPTS times with backoff (logged; counted in ``retries["connect"]``); a refused
+    host key or login is final at once."""
+    counts = retries if retries is not None else {}
+
+    def before_sleep(state: RetryCallState) -> None:
+        counts["connect"] = counts.get("connect", 0) + 1
+        wait = state.next_action.sleep if state.next_action else 0.0
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s Retrying in %.1f s (attempt %d of %d).", exc, wait, state.attempt_number + 1,
+                    CONNECT_ATTEMPTS)
+
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(CONNECT_ATTEMPTS),
+        wait=wait_exponential(multiplier=RETRY_WAIT_S, min=0, max=30),
+        retry=retry_if_exception_type(RobotUnreachable),
+        before_sleep=before_sleep,
+        reraise=True,
+    ):
+        with attempt:
+            return await _connect_once(robot, timeout)
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+async def _connect_once(robot: Robot, timeout: float | None) -> RobotConnection:
     known_hosts = _known_hosts(robot)
     keys = [str(robot.ssh_key)] if robot.ssh_key else None
     t = timeout if timeout is not None else robot.connect_timeout_s
@@ -151,8 +233,10 @@ async def connect(robot: Robot, *, timeout: float | None = None) -> RobotConnect
 
 
 @contextlib.asynccontextmanager
-async def connected(robot: Robot, *, timeout: float | None = None) -> AsyncIterator[RobotConnection]:
-    c = await connect(robot, timeout=timeout)
+async def connected(
+    robot: Robot, *, timeout: float | None = None, retries: dict[str, int] | None = None
+) -> AsyncIterator[RobotConnection]:
+    c = await connect(robot, timeout=timeout, retries=retries)
     try:
         yield c
     finally:
