@@ -292,3 +292,99 @@ def test_cuda_stream_creation_failure_is_transient() -> None:
 
     with pytest.raises(EngineLoadTransient, match=r"cudaStreamCreate failed \(cudaErrorMemoryAllocation\)"):
         _runner(cuda_graph=False, cudaStreamCreate=cudaError_t.cudaErrorMemoryAllocation)
+
+
+# -- the shared timing cache, with a config standing in for TensorRT's (same calls, JSON instead of TensorRT's format)
+class FakeTimingCache:
+    def __init__(self, entries: set[str], combine_delay: float = 0.0) -> None:
+        self.entries = set(entries)
+        self.combine_delay = combine_delay
+
+    def combine(self, other: FakeTimingCache, ignore_mismatch: bool) -> bool:
+        import time
+
+        time.sleep(self.combine_delay)  # widens the read-merge-write window two writers could race in
+        self.entries |= other.entries
+        return True
+
+    def serialize(self) -> memoryview:
+        import json
+
+        return memoryview(json.dumps(sorted(self.entries)).encode())
+
+
+class FakeBuilderConfig:
+    """The IBuilderConfig calls the timing cache code makes: create/set/get, with a corrupt blob → None."""
+
+    def __init__(self, entries: set[str] = frozenset(), combine_delay: float = 0.0) -> None:  # type: ignore[assignment]
+        self.built = FakeTimingCache(set(entries), combine_delay)
+        self.attached: FakeTimingCache | None = None
+
+    def create_timing_cache(self, blob: bytes) -> FakeTimingCache | None:
+        import json
+
+        try:
+            return FakeTimingCache(set(json.loads(bytes(blob)))) if blob else FakeTimingCache(set())
+        except ValueError:
+            return None
+
+    def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
+        self.attached = cache
+        return True
+
+    def get_timing_cache(self) -> FakeTimingCache:
+        return self.built
+
+
+def _entries(path: Path) -> set[str]:
+    import json
+
+    return set(json.loads(path.read_text()))
+
+
+def test_timing_cache_save_merges_what_is_on_disk(tmp_path: Path) -> None:
+    from edge_runtime.backends.tensorrt import _save_timing_cache
+
+    path = tmp_path / "timing" / "10.3.0-Orin.cache"
+    path.parent.mkdir()
+    path.write_text('["other-model-tactic"]')
+    _save_timing_cache(FakeBuilderConfig({"this-model-tactic"}), path)  # type: ignore[arg-type]
+    assert _entries(path) == {"other-model-tactic", "this-model-tactic"}
+
+
+def test_timing_cache_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    import threading
+
+    from edge_runtime.backends.tensorrt import _save_timing_cache
+
+    path = tmp_path / "t.cache"
+    configs = [FakeBuilderConfig({f"tactic-{i}"}, combine_delay=0.2) for i in range(3)]
+    path.write_text("[]")
+    threads = [threading.Thread(target=_save_timing_cache, args=(c, path)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _entries(path) == {"tactic-0", "tactic-1", "tactic-2"}
+
+
+def test_corrupt_timing_cache_falls_back_to_an_empty_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from edge_runtime.backends.tensorrt import _attach_timing_cache, _save_timing_cache
+
+    path = tmp_path / "t.cache"
+    path.write_bytes(b"\x00garbage from a crashed writer")
+    config = FakeBuilderConfig({"fresh"})
+    attached = _attach_timing_cache(config, path)  # type: ignore[arg-type]
+    assert attached is not None and attached.entries == set() and config.attached is attached
+    assert "unusable" in caplog.text
+    _save_timing_cache(config, path)  # type: ignore[arg-type]
+    assert _entries(path) == {"fresh"}
+
+
+def test_timing_cache_save_failure_never_fails_the_build(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from edge_runtime.backends.tensorrt import _save_timing_cache
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    _save_timing_cache(FakeBuilderConfig({"t"}), blocker / "t.cache")  # type: ignore[arg-type]
+    assert "could not save the TensorRT timing cache" in caplog.text

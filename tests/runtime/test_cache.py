@@ -250,3 +250,96 @@ def test_long_build_reports_progress_with_elapsed_time(bundle: ModelBundle, tmp_
     assert lines[0].startswith("building onnxruntime engine")
     assert any(line.startswith("still building") and "s elapsed" in line for line in lines)
     assert lines[-1].startswith("built onnxruntime engine in")
+
+
+class FlakyLoadBackend(CountingBackend):
+    """Loads fail for a reason outside the engine (out of GPU memory, no CUDA stream) a given number of times."""
+
+    def __init__(self, transient_failures: int) -> None:
+        super().__init__()
+        self.transient_failures = transient_failures
+        self.loads = 0
+
+    def load(self, engine: bytes, bundle: ModelBundle, options: BuildOptions):  # type: ignore[no-untyped-def]
+        from edge_runtime.errors import EngineLoadTransient
+
+        self.loads += 1
+        if self.transient_failures > 0:
+            self.transient_failures -= 1
+            raise EngineLoadTransient("CUDA call cudaStreamCreate failed (cudaErrorMemoryAllocation).")
+        return super().load(engine, bundle, options)
+
+
+def test_transient_load_failure_keeps_the_engine(bundle: ModelBundle, tmp_path: Path) -> None:
+    """Out of memory while loading a good engine: no quarantine, no rebuild; the next start loads it."""
+    from edge_runtime.errors import EngineLoadTransient
+
+    dev = device_identity()
+    built = EngineCache(tmp_path).open(CountingBackend(), bundle, opts(bundle), dev)
+    flaky = FlakyLoadBackend(transient_failures=1)
+    with pytest.raises(EngineLoadTransient, match="cudaErrorMemoryAllocation"):
+        EngineCache(tmp_path).open(flaky, bundle, opts(bundle), dev)
+    assert flaky.builds == 0 and not any((tmp_path / "quarantine").iterdir())
+    assert built.path.is_file()
+    again = EngineCache(tmp_path).open(flaky, bundle, opts(bundle), dev)
+    assert again.hit and flaky.builds == 0 and again.key == built.key
+
+
+def test_build_recipe_change_misses(bundle: ModelBundle, tmp_path: Path) -> None:
+    """Same library version, new build flags: engines built the old way are not loaded."""
+    dev = device_identity()
+    old_backend = CountingBackend("10.3.0")
+    old = EngineCache(tmp_path).open(old_backend, bundle, opts(bundle), dev)
+    new_backend = CountingBackend("10.3.0")
+    new_backend.build_recipe = "trt-2"  # type: ignore[attr-defined]
+    new = EngineCache(tmp_path).open(new_backend, bundle, opts(bundle), dev)
+    assert not new.hit and new_backend.builds == 1
+    assert new.key.parts["build_recipe"] == "trt-2" and old.key.parts["build_recipe"] == ""
+    assert engine_key(bundle.sha256, "tensorrt", "10.3.0", dev, opts(bundle), "trt-2") != engine_key(
+        bundle.sha256, "tensorrt", "10.3.0", dev, opts(bundle), "trt-1"
+    )
+
+
+def test_atomic_write_temp_names_do_not_collide_within_one_pid(tmp_path: Path) -> None:
+    """Two writers with the same PID (two containers are both PID 1) must not share one temp file."""
+    import threading
+
+    from edge_runtime.cache import atomic_write
+
+    target = tmp_path / "timing.cache"
+    payloads = [bytes([i]) * (256 << 10) for i in (1, 2)]
+    errors: list[BaseException] = []
+
+    def writer(data: bytes) -> None:
+        try:
+            for _ in range(40):
+                atomic_write(target, data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_bytes() in payloads  # whole, never a mix
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_shared_file_lock_times_out_with_one_sentence(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    from edge_runtime.cache import shared_file_lock
+
+    target = tmp_path / "t.cache"
+    holder = FileLock(str(target) + ".lock", thread_local=False)
+    holder.acquire()
+    try:
+        with pytest.raises(CacheError, match=r"Timed out after 0 s waiting for the lock on t\.cache"), \
+                shared_file_lock(target, timeout=0.2):
+            pass
+    finally:
+        holder.release()
+    with shared_file_lock(target, timeout=1):
+        pass
