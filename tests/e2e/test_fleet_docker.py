@@ -130,9 +130,13 @@ def env(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def deploy(env: Env, version: str, **kw: Any) -> dict[str, Any]:
+    """A rollout as the tests here need it; signatures are checked only where a test passes a key
+    (test_unsigned_image_is_refused_before_any_robot), the others opt out as an operator would."""
     from edge_deploy.rollout import deploy_release
 
     kw.setdefault("health_timeout", HEALTH_TIMEOUT)
+    if kw.get("public_key") is None:
+        kw.setdefault("insecure_skip_signature_check", True)
     return deploy_release(version, env.fleet, releases_dir=env.releases, **kw).to_dict()
 
 
@@ -313,6 +317,7 @@ def test_tool_killed_mid_rollout_rerun_converges(env: Env) -> None:
         str(env.releases),
         "--health-timeout",
         str(HEALTH_TIMEOUT),
+        "--insecure-skip-signature-check",
         "--json",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -344,7 +349,8 @@ def test_same_release_is_unchanged_but_a_re_released_version_is_an_update(env: E
     again = tmp_path / "releases"
     release(again, "0.1.0", env.refs["0.1.1"])  # 0.1.0 re-released with the model-only image
     out = deploy_release(
-        "0.1.0", env.fleet, releases_dir=again, devices=[robot], health_timeout=HEALTH_TIMEOUT
+        "0.1.0", env.fleet, releases_dir=again, devices=[robot], health_timeout=HEALTH_TIMEOUT,
+        insecure_skip_signature_check=True,
     ).to_dict()
     assert outcomes(out) == {robot: "updated"}, why(out)
     assert status(env)[robot]["image"] == env.refs["0.1.1"]
@@ -373,6 +379,8 @@ def test_unsigned_image_is_refused_before_any_robot(env: Env, tmp_path: Path) ->
     before = status(env)
     with pytest.raises(EdgeError, match="signature"):  # the release tool's SigningError
         deploy(env, "0.1.1", public_key=tmp_path / "cosign.pub")  # 0.1.1's digest was never signed
+    with pytest.raises(EdgeError, match="no public key is configured"):  # the default: no key, no rollout
+        deploy(env, "0.1.2", insecure_skip_signature_check=False)
     assert {n: s["version"] for n, s in status(env).items()} == {n: s["version"] for n, s in before.items()}
     out = deploy(env, "0.1.2", public_key=tmp_path / "cosign.pub", devices=[names(env)[0]])
-    assert out["ok"], why(out)
+    assert out["ok"] and out["signature"] == f"verified with {tmp_path / 'cosign.pub'}", why(out)

@@ -72,6 +72,7 @@ def deploy(env: GpuRobot, version: str, **kw: Any) -> dict[str, Any]:
     from edge_deploy.rollout import deploy_release
 
     t0 = time.monotonic()
+    kw.setdefault("insecure_skip_signature_check", True)  # signatures: test_fleet_docker.py
     out = deploy_release(
         version, env.fleet, releases_dir=env.releases, health_timeout=HEALTH_TIMEOUT, **kw
     ).to_dict()

@@ -107,7 +107,14 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     "--key",
     "public_key",
     type=click.Path(exists=True, path_type=Path),
-    help="cosign public key; the image signature must verify (also `public_key:` in fleet.yaml).",
+    help="cosign public key; the image signature must verify (also `public_key:` in fleet.yaml). "
+    "Without a key the rollout is refused.",
+)
+@click.option(
+    "--insecure-skip-signature-check",
+    "skip_signature",
+    is_flag=True,
+    help="Deploy without verifying the image signature (no public key needed). Only for trusted test setups.",
 )
 @click.option("--ros2", "include_ros2", is_flag=True, help="Enable the ROS 2 bridge (compose.ros2.yaml).")
 @click.option("--auto-start", is_flag=True, help="Install and enable the systemd unit on each robot.")
@@ -133,6 +140,7 @@ def rollout(
     health_timeout: float,
     releases_dir: Path | None,
     public_key: Path | None,
+    skip_signature: bool,
     include_ros2: bool,
     auto_start: bool,
     force: bool,
@@ -143,6 +151,9 @@ def rollout(
     """Roll release VERSION out to the fleet in waves, with health gates and automatic rollback."""
     from edge_deploy.rollout import deploy_release
 
+    if skip_signature and not dry_run:
+        click.echo(f"warning: the image signature of release {version} will not be checked "
+                   "(--insecure-skip-signature-check).", err=True)
     result = deploy_release(
         version,
         fleet_file,
@@ -161,6 +172,7 @@ def rollout(
         force=force,
         prebuild=prebuild,
         progress=None if dry_run else _progress_printer(),
+        insecure_skip_signature_check=skip_signature,
     )
     summary = result.to_dict()
     if as_json:

@@ -67,6 +67,7 @@ class RolloutResult:
     stop_reason: str = ""
     dry_run: bool = False
     seconds: float = 0.0
+    signature: str = ""  # what was done about the image signature before any robot was touched
 
     @property
     def failures(self) -> int:
@@ -84,6 +85,7 @@ class RolloutResult:
             "stopped": self.stopped,
             "stop_reason": self.stop_reason,
             "dry_run": self.dry_run,
+            "signature": self.signature,
             "seconds": round(self.seconds, 3),
             "failures": self.failures,
             "waves": self.waves,

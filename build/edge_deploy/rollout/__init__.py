@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from edge_deploy.fleet.robot import (
     RobotResult,
 )
 from edge_deploy.fleet.rollout import Progress, Rollout, RolloutResult, on_robot, plan_waves
-from edge_deploy.release.manifest import DEFAULT_RELEASES_DIR, load_release
+from edge_deploy.release.manifest import DEFAULT_RELEASES_DIR, ReleaseManifest, load_release
+from edge_deploy.release.tags import normalize_version
 
 __all__ = [
     "RolloutResult",
@@ -30,6 +32,8 @@ __all__ = [
 ]
 
 DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+SKIP_SIGNATURE_FLAG = "--insecure-skip-signature-check"
+log = logging.getLogger(__name__)
 
 
 def verify_signature(ref: str, public_key: Path) -> None:
@@ -39,6 +43,22 @@ def verify_signature(ref: str, public_key: Path) -> None:
     from edge_deploy.release.signing import verify_image
 
     verify_image(ref, public_key)
+
+
+def signature_policy(manifest: ReleaseManifest, key: Path | None, skip: bool) -> str:
+    """What a rollout does about the image signature, in words for its summary; refuses (FleetError) when
+    no public key is configured, signed release or not, unless the operator opted out on purpose: a fleet
+    without ``public_key`` must not deploy unverified images silently."""
+    if skip:
+        return f"not checked ({SKIP_SIGNATURE_FLAG})"
+    if key is None:
+        state = "is signed" if manifest.runtime.signature else "records no signature"
+        raise FleetError(
+            f"Release {manifest.version} {state} and no public key is configured to verify its image: pass "
+            f"--key cosign.pub or set public_key in fleet.yaml, or deploy it unverified with "
+            f"{SKIP_SIGNATURE_FLAG}."
+        )
+    return f"verified with {key}"
 
 
 def _load(fleet: Path | Fleet) -> Fleet:
@@ -66,11 +86,14 @@ def deploy_release(
     prebuild: bool = True,
     ros_domain_id: int = 0,
     progress: Progress | None = None,
+    insecure_skip_signature_check: bool = False,
 ) -> RolloutResult:
     """Roll release ``version`` (``releases/<version>.json``) out to the fleet; see ``Rollout``.
 
-    The image is deployed by digest only; with a public key (argument or ``public_key:`` in fleet.yaml)
-    its signature is verified before any robot is touched."""
+    The image is deployed by digest only, and its signature is verified with the public key (argument or
+    ``public_key:`` in fleet.yaml) before any robot is touched; without a key the rollout is refused unless
+    ``insecure_skip_signature_check`` (a dry run checks nothing)."""
+    version = normalize_version(version)
     fl = _load(fleet)
     rdir = releases_dir or fl.releases_dir or DEFAULT_RELEASES_DIR
     manifest = load_release(version, rdir)
@@ -84,6 +107,8 @@ def deploy_release(
         )
     key = public_key or fl.public_key
     robots = fl.select(group=group, devices=devices)
+    skip = insecure_skip_signature_check
+    signature = "not checked (dry run)" if dry_run else signature_policy(manifest, key, skip)
     req = DeployRequest(
         version=version,
         image=image,
@@ -99,7 +124,7 @@ def deploy_release(
             "git_sha": manifest.git_sha,
             "bundle_sha256": manifest.bundle_sha256,
             "precision": manifest.precision,
-            "signed": key is not None,
+            "signed": signature.startswith("verified"),
         },
     )
     rollout = Rollout(
@@ -112,9 +137,15 @@ def deploy_release(
         dry_run=dry_run,
         progress=progress,
     )
-    if key is not None and not dry_run:
+    if signature.startswith("verified"):
+        assert key is not None
         verify_signature(image, key)
-    return asyncio.run(rollout.run())
+    elif not dry_run:
+        log.warning("Release %s: the image signature of %s is not checked (%s).", version, image,
+                    SKIP_SIGNATURE_FLAG)
+    result = asyncio.run(rollout.run())
+    result.signature = signature
+    return result
 
 
 async def _each(robots: list[Robot], fn: Any) -> list[Any]:
@@ -131,6 +162,7 @@ def rollback(
     smoke: bool = True,
 ) -> list[RobotResult]:
     """Put robots back on their previous (or the named) release from their own store: no download."""
+    to = normalize_version(to) if to is not None else None  # it names a directory on each robot
     robots = _load(fleet).select(group=group, devices=devices)
     return asyncio.run(_each(robots, lambda rr: rr.rollback(to, health_timeout, smoke)))
 
