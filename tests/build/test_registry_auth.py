@@ -22,12 +22,13 @@ class TokenRegistry:
     """Manifests under any repository; pull needs a ``repository:NAME:pull`` token, push a ``…:pull,push``
     one; tokens come from REALM for basic credentials only."""
 
-    def __init__(self) -> None:
+    def __init__(self, realm: str = REALM) -> None:
+        self.realm = realm
         self.tags: dict[tuple[str, str], bytes] = {}
         self.token_requests: list[tuple[str, bool]] = []  # (scope, had valid credentials)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        if str(request.url).startswith(REALM):
+        if str(request.url).startswith(self.realm):
             scope = request.url.params.get("scope", "")
             good = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
             ok = request.headers.get("authorization") == good
@@ -35,13 +36,13 @@ class TokenRegistry:
             return httpx.Response(200, json={"token": f"tok|{scope}"}) if ok else httpx.Response(401)
         path = request.url.path.removeprefix("/v2/")
         if not path:
-            return httpx.Response(401, headers={"www-authenticate": f'Bearer realm="{REALM}",service="reg"'})
+            return httpx.Response(401, headers={"www-authenticate": f'Bearer realm="{self.realm}",service="reg"'})
         name, _, ref = path.partition("/manifests/")
         actions = "pull,push" if request.method == "PUT" else "pull"
         scope = f"repository:{name}:{actions}"
         token = request.headers.get("authorization", "").removeprefix("Bearer ").removeprefix("tok|")
         if token not in (scope, f"repository:{name}:pull,push"):
-            challenge = f'Bearer realm="{REALM}",service="reg",scope="{scope}"'
+            challenge = f'Bearer realm="{self.realm}",service="reg",scope="{scope}"'
             return httpx.Response(401, headers={"www-authenticate": challenge})
         if request.method == "PUT":
             self.tags[(name, ref)] = request.content

@@ -3,20 +3,25 @@
 Re-tagging PUTs the manifest bytes fetched by digest under the new tag, so the digest is unchanged and
 nothing is pulled or rebuilt. Pushed bytes are measured as the blobs reachable from the new digests that
 no tag of the same repository reached before the release (what the builder had to upload).
+
+Credentials come from the environment or Docker's own config (``edge_deploy.release.credentials``) and
+go only to the registry itself or to a token service over https (or on the registry's own host); 5xx and
+429 answers and dropped connections are retried a bounded number of times with backoff.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt
 
+from edge_deploy.release.credentials import Credentials, registry_credentials
 from edge_deploy.release.manifest import ReleaseError
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,10 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 ACCEPT = ", ".join(MANIFEST_TYPES)
+REGISTRY_ATTEMPTS = 5
+RETRY_WAIT_S = 0.5  # the first backoff; it doubles per retry (0.5, 1, 2, 4 s) unless Retry-After says
+RETRY_AFTER_MAX_S = 30.0
+RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
 class RegistryError(ReleaseError):
@@ -67,25 +76,93 @@ def split_ref(ref: str) -> tuple[str, str]:
     return ref, "latest"
 
 
+def _retryable(resp: httpx.Response) -> bool:
+    return resp.status_code in RETRY_STATUS
+
+
 class Registry:
     """One registry host. ``http`` for loopback hosts (the local registry), ``https`` elsewhere;
-    credentials (CI) come from ``EDGE_REGISTRY_USER`` / ``EDGE_REGISTRY_PASSWORD``."""
+    credentials from ``EDGE_REGISTRY_USER`` / ``EDGE_REGISTRY_PASSWORD`` or Docker's config, read when the
+    registry first asks for them. ``retries`` counts the requests sent again (5xx, 429, dropped links)."""
 
     def __init__(self, host: str, *, timeout: float = 30.0, client: httpx.Client | None = None) -> None:
         self.host = host
         loopback = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
         self.base = f"{'http' if loopback else 'https'}://{host}/v2"
-        user, password = os.environ.get("EDGE_REGISTRY_USER"), os.environ.get("EDGE_REGISTRY_PASSWORD")
-        # Basic credentials go to registries that take them directly and to the token service of those
-        # that answer with a Bearer challenge; they are kept for every token exchange, not only the first.
-        self.basic = httpx.BasicAuth(user, password) if user and password else None
         self.client = client or httpx.Client(timeout=timeout)
         self.tokens: dict[str, str] = {}  # repository name ("" for /v2/ itself) → bearer token
+        self.retries = 0
+        self._creds: Credentials | None = None
+        self._creds_read = False
+        # Basic credentials go to registries that take them directly and to the token service of those
+        # that answer with a Bearer challenge; they are kept for every token exchange, not only the first.
+        self.basic: httpx.BasicAuth | None = None
+
+    def credentials(self) -> Credentials | None:
+        """Looked up once, when the registry first answers 401 (a credential helper may prompt or be slow)."""
+        if not self._creds_read:
+            self._creds = registry_credentials(self.host)
+            self._creds_read = True
+            if self._creds is not None and not self._creds.identity_token:
+                self.basic = httpx.BasicAuth(self._creds.username, self._creds.secret)
+        return self._creds
+
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        """One HTTP request, sent again on 5xx / 429 answers and dropped connections: REGISTRY_ATTEMPTS at
+        most, backoff doubling from RETRY_WAIT_S or what Retry-After asks (capped); each retry logged."""
+
+        def wait(state: RetryCallState) -> float:
+            outcome = state.outcome
+            if outcome is not None and not outcome.failed:
+                after = outcome.result().headers.get("retry-after", "")
+                if after.strip().isdigit():
+                    return min(float(after), RETRY_AFTER_MAX_S)
+            return float(min(RETRY_WAIT_S * 2 ** (state.attempt_number - 1), RETRY_AFTER_MAX_S))
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.retries += 1
+            outcome = state.outcome
+            why = (
+                type(outcome.exception()).__name__
+                if outcome is not None and outcome.failed
+                else f"HTTP {outcome.result().status_code}" if outcome is not None else "?"
+            )
+            log.warning("Registry %s: %s %s gave %s; retrying in %.1f s (attempt %d of %d).", self.host, method,
+                        url.split("?")[0], why, state.next_action.sleep if state.next_action else 0.0,
+                        state.attempt_number + 1, REGISTRY_ATTEMPTS)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(REGISTRY_ATTEMPTS),
+            wait=wait,
+            retry=retry_if_exception_type(httpx.TransportError) | retry_if_result(_retryable),
+            before_sleep=before_sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        resp: httpx.Response = retrying(self.client.request, method, url, **kw)
+        return resp
+
+    def _check_realm(self, realm: str) -> None:
+        """Credentials go to a token service over https, or on the registry's own host (a local registry
+        over plain http); never in clear text to a host the challenge alone names."""
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            url = None
+        own_host = httpx.URL(self.base).host
+        if url is not None and (url.scheme == "https" or (url.scheme == "http" and url.host == own_host)):
+            return
+        raise RegistryError(
+            f"Registry {self.host} sends its token requests to {realm}, which is neither https nor the "
+            "registry's own host; refusing to send credentials there."
+        )
 
     def _authenticate(self, resp: httpx.Response, repository: str) -> bool:
-        """Bearer token flow (distribution token auth): trade the basic credentials for a token of the
-        scope the challenge names (one repository, pull or pull+push) and keep it for that repository."""
+        """Answer a 401: Bearer token flow (distribution token auth: trade the credentials for a token of
+        the scope the challenge names, one repository, pull or pull+push, kept for that repository), or
+        Basic credentials for registries that take them directly. False when there is nothing to try."""
         challenge = resp.headers.get("www-authenticate", "")
+        if challenge.lower().startswith("basic"):
+            return self.basic is None and self.credentials() is not None and self.basic is not None
         if not challenge.lower().startswith("bearer "):
             return False
         # key="value" pairs; a scope's value has commas of its own ("repository:x:pull,push")
@@ -93,11 +170,20 @@ class Registry:
         realm = params.pop("realm", None)
         if not realm:
             return False
-        token_resp = self.client.get(realm, params=params, auth=self.basic)
+        self._check_realm(realm)
+        creds = self.credentials()
+        if creds is not None and creds.identity_token:  # OAuth2 refresh token (docker login's identitytoken)
+            form = {**params, "grant_type": "refresh_token", "refresh_token": creds.secret, "client_id": "edge-deploy"}
+            token_resp = self._send("POST", realm, data=form)
+        else:
+            token_resp = self._send("GET", realm, params=params, auth=self.basic)
         if token_resp.status_code != 200:
             return False
-        body = token_resp.json()
-        token = body.get("token") or body.get("access_token")
+        try:
+            body = token_resp.json()
+        except ValueError:
+            return False
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not token:
             return False
         self.tokens[repository] = token
@@ -112,8 +198,8 @@ class Registry:
         def send() -> httpx.Response:
             token = self.tokens.get(repository)
             if token is None:
-                return self.client.request(method, f"{self.base}/{path}", headers=headers, auth=self.basic, **kw)
-            return self.client.request(
+                return self._send(method, f"{self.base}/{path}", headers=headers, auth=self.basic, **kw)
+            return self._send(
                 method, f"{self.base}/{path}", headers={**headers, "Authorization": f"Bearer {token}"}, **kw
             )
 
