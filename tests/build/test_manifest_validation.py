@@ -124,3 +124,18 @@ def test_a_non_utf8_fleet_yaml_is_one_line(tmp_path: Path, capsys: pytest.Captur
     (tmp_path / "fleet.yaml").write_bytes(b"robots:\n  - name: r\xe9\n    host: h\n")
     code, _, err = run_cli(capsys, "status", "--fleet", tmp_path / "fleet.yaml")
     assert code == 2 and err.startswith("error: ") and "UTF-8" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("repository", ["reg.example/x$(id)", "reg.example/x${HOME}", "reg.example/x#y", "reg/X"])
+def test_an_image_reference_outside_the_reference_grammar_never_reaches_a_robot(
+    tmp_path: Path, repository: str
+) -> None:
+    """The reference goes into each robot's .env, where compose expands "$" and "#" starts a comment."""
+    from edge_deploy.fleet import FleetError
+    from edge_deploy.rollout import deploy_release
+
+    fleet = unreachable_fleet(tmp_path)
+    m = ReleaseManifest.for_runtime_image("0.1.0", f"{repository}@{DIGEST}")
+    save_release(m, tmp_path / "releases")
+    with pytest.raises(FleetError, match="does not pin its runtime image by digest"):
+        deploy_release("0.1.0", fleet, releases_dir=tmp_path / "releases", insecure_skip_signature_check=True)

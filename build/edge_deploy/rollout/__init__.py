@@ -31,7 +31,11 @@ __all__ = [
     "verify_signature",
 ]
 
-DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+# repository@sha256:<hex> in the distribution reference grammar: it goes into each robot's .env, where
+# compose would expand a "$" and a "#" would start a comment, so nothing outside that grammar passes.
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?"
+DIGEST_REF = re.compile(rf"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*@sha256:[0-9a-f]{{64}}\Z")
 SKIP_SIGNATURE_FLAG = "--insecure-skip-signature-check"
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,10 @@ def deploy_release(
     manifest = load_release(version, rdir)
     image = manifest.runtime.ref
     if not DIGEST_REF.match(image):
-        raise FleetError(f"Release {version} does not pin its runtime image by digest ({image}); refusing.")
+        raise FleetError(
+            f"Release {version} does not pin its runtime image by digest as repository@sha256:<64 hex digits> "
+            f"({image!r}); refusing."
+        )
     if include_ros2 and manifest.extra.get("ros2") is False:
         raise FleetError(
             f"Release {version}'s runtime image cannot serve ROS 2 (no cyclonedds in its device "
