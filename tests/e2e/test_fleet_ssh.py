@@ -138,3 +138,33 @@ def test_rollback_without_previous_is_refused(ssh_fleet: Fleet) -> None:
 
     out = asyncio.run(go())
     assert out["outcome"] == "refused" and "no previous release" in out["reason"]
+
+
+def test_state_history_and_bad_versions_go_over_sftp(ssh_fleet: Fleet) -> None:
+    """Against OpenSSH's own SFTP server: a whole-file write is renamed into place (no temporary file left),
+    appends append, and nothing else in the directory changes."""
+    r = ssh_fleet.robots[0]
+
+    async def go() -> tuple[str, str, str, list[str]]:
+        async with connected(r) as c:
+            rr = RobotReleases(c)
+            await rr.write_state({"current": "0.0.8"})
+            await rr.write_state({"current": "0.0.9"})
+            history = "edge/history.jsonl"
+            before = (await c.run(f"wc -l < {history} 2>/dev/null || echo 0")).stdout.strip()
+            await rr.append_history({"action": "deploy", "version": "1.0.0"})
+            await rr.append_history({"action": "rollback", "version": "0.0.9"})
+            await rr.mark_bad("9.9.9")
+            await rr.mark_bad("9.9.9")
+            out = (await c.run(f"cat edge/state.json; echo ---; tail -n 2 {history}; wc -l < {history}")).stdout
+            bad = (await c.run("cat edge/bad-versions")).stdout
+            listing = (await c.run("ls -A edge")).stdout.split()
+        return before, out, bad, listing
+
+    before, out, bad, listing = asyncio.run(go())
+    state, _, rest = out.partition("---")
+    assert '"current": "0.0.9"' in state
+    lines = rest.strip().splitlines()
+    assert '"deploy"' in lines[0] and '"rollback"' in lines[1] and int(lines[2]) == int(before) + 2
+    assert bad.split().count("9.9.9") == 1
+    assert not [n for n in listing if n.endswith(".tmp")], listing
