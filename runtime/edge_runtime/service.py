@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 NPZ = "application/x-npz"
 MIB = 1 << 20
-REASON_LABEL_CHARS = 200  # the fallback sentence as a metric label: bounded, a label is not a log
+REASON_LABEL_CHARS = 300  # the fallback sentence as a metric label: bounded, a label is not a log
 
 
 @dataclass
