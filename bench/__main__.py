@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "startup": "bench.startup",
     "service_overhead": "bench.service_overhead",
     "gpu_precision": "bench.gpu_precision",
+    "tensorrt_cuda": "bench.tensorrt_cuda",
     "precision": "bench.precision",
     "images": "bench.images",
     "fleet": "bench.fleet",
