@@ -41,6 +41,7 @@ STANDIN_C = REPO / "docker" / "standin" / "nvinfer_standin.c"
 STANDIN_LIBS = ("libnvinfer", "libnvonnxparser", "libnvinfer_plugin")
 # Bump when what ``prepare`` makes changes (layout, stub clean-up), so cached trees are made again.
 RECIPE = 2
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"TensorRT {v} ready in {time.monotonic() - t0:.1f} s")
     except HarnessError as exc:
         _say(str(exc))
+        if args.command == "mypy" and not IN_CI:
+            _say("the TensorRT stubs check did not run here (under CI=true this is a failure)")
+            return 0
         return 1
     if args.command == "env":
         for tree in trees:

@@ -9,6 +9,7 @@ from edge_runtime.backends import BuildOptions, get_backend
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.errors import BackendUnavailable, EdgeError, EngineBuildError
 from tests.runtime.conftest import sample_feeds
+from tests.runtime.trt_fakes import FakeBuilderConfig
 from tests.support import requires_tensorrt, tensorrt_importable
 
 
@@ -294,48 +295,7 @@ def test_cuda_stream_creation_failure_is_transient() -> None:
         _runner(cuda_graph=False, cudaStreamCreate=cudaError_t.cudaErrorMemoryAllocation)
 
 
-# -- the shared timing cache, with a config standing in for TensorRT's (same calls, JSON instead of TensorRT's format)
-class FakeTimingCache:
-    def __init__(self, entries: set[str], combine_delay: float = 0.0) -> None:
-        self.entries = set(entries)
-        self.combine_delay = combine_delay
-
-    def combine(self, other: FakeTimingCache, ignore_mismatch: bool) -> bool:
-        import time
-
-        time.sleep(self.combine_delay)  # widens the read-merge-write window two writers could race in
-        self.entries |= other.entries
-        return True
-
-    def serialize(self) -> memoryview:
-        import json
-
-        return memoryview(json.dumps(sorted(self.entries)).encode())
-
-
-class FakeBuilderConfig:
-    """The IBuilderConfig calls the timing cache code makes: create/set/get, with a corrupt blob → None."""
-
-    def __init__(self, entries: set[str] = frozenset(), combine_delay: float = 0.0) -> None:  # type: ignore[assignment]
-        self.built = FakeTimingCache(set(entries), combine_delay)
-        self.attached: FakeTimingCache | None = None
-
-    def create_timing_cache(self, blob: bytes) -> FakeTimingCache | None:
-        import json
-
-        try:
-            return FakeTimingCache(set(json.loads(bytes(blob)))) if blob else FakeTimingCache(set())
-        except ValueError:
-            return None
-
-    def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
-        self.attached = cache
-        return True
-
-    def get_timing_cache(self) -> FakeTimingCache:
-        return self.built
-
-
+# -- the shared timing cache, with a config standing in for TensorRT's (same calls, JSON instead of its format)
 def _entries(path: Path) -> set[str]:
     import json
 

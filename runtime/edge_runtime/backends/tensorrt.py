@@ -229,7 +229,7 @@ def attach_calibrator(
 ) -> None:
     """Implicit INT8 (TensorRT ≤ 10): the calibrator, with its own MIN=OPT=MAX profile at the calibration batch
     size, as trtexec does (the build profile's range would make TensorRT calibrate at an arbitrary shape)."""
-    size = calibrator.batch_size
+    size = calibrator.samples
     profile = optimization_profile(builder, inputs, BatchProfile(size, size, size))
     set_profile = _pre11(config, "set_calibration_profile")
     if not callable(set_profile) or not set_profile(profile):
@@ -252,39 +252,46 @@ class DeviceMemory(Protocol):
 class CalibrationFeed:
     """Batches of the bundle's calibration data and its calibration cache, as TensorRT's entropy calibrator
     asks for them. Mixed into IInt8EntropyCalibrator2 by ``entropy_calibrator``: ``__init__`` is cooperative,
-    so the TensorRT base class's ``__init__`` runs, as pybind11 requires of a subclass."""
+    so the TensorRT base class's ``__init__`` runs, as pybind11 requires of a subclass.
+
+    Networks are explicit-batch: each batch holds ``samples`` samples along the batch axis, the calibration
+    profile's MIN=OPT=MAX, and ``get_batch_size`` answers 1 (TensorRT 10 deprecates it; trtexec and Polygraphy
+    answer 1 too)."""
 
     def __init__(
         self,
         batches: Mapping[str, np.ndarray],
-        batch_size: int,
+        samples: int,
         cache_in: Path | None,
         cache_out: Path | None,
         memory: DeviceMemory | None = None,
     ) -> None:
         super().__init__()
         self.batches = dict(batches)
-        self.batch_size = batch_size
+        self.samples = samples
         self.cache_in = cache_in
         self.cache_out = cache_out
         self.memory = memory
         self.index = 0
         self.total = min((len(a) for a in self.batches.values()), default=0)
         self._device: dict[str, int] = {}
+        # TensorRT reads the cache through a pointer into the returned buffer after the call returns:
+        # the bytes must stay referenced here (a temporary would be freed under it).
+        self._cache: bytes | None = None
 
     def get_batch_size(self) -> int:
-        return self.batch_size
+        return 1
 
     def get_batch(self, names: list[str], *_: object) -> list[int] | None:
         """Device pointers of the next batch, one per input name; None when the data is used up."""
-        if self.index + self.batch_size > self.total:
+        if self.index + self.samples > self.total:
             return None
         try:
             if self.memory is None:
                 self.memory = CudaMemory()
             pointers = []
             for name in names:
-                chunk = np.ascontiguousarray(self.batches[name][self.index : self.index + self.batch_size])
+                chunk = np.ascontiguousarray(self.batches[name][self.index : self.index + self.samples])
                 if name not in self._device:
                     self._device[name] = self.memory.alloc(chunk.nbytes)
                 self.memory.copy_in(self._device[name], chunk)
@@ -294,14 +301,18 @@ class CalibrationFeed:
             TENSORRT_ERRORS.add(msg)
             log.error("%s", msg)
             return None
-        self.index += self.batch_size
+        self.index += self.samples
         return pointers
 
     def read_calibration_cache(self) -> bytes | None:
-        if self.cache_in is not None and self.cache_in.is_file():
-            log.info("INT8: reading calibration cache %s", self.cache_in.name)
-            return self.cache_in.read_bytes()
-        return None
+        if self._cache is None and self.cache_in is not None:
+            try:
+                self._cache = self.cache_in.read_bytes() or None  # empty: calibrate from the data
+            except OSError as exc:
+                log.warning("could not read the INT8 calibration cache %s (%s)", self.cache_in, exc)
+            if self._cache is not None:
+                log.info("INT8: reading calibration cache %s", self.cache_in.name)
+        return self._cache
 
     def write_calibration_cache(self, cache: Any) -> None:
         if self.cache_out is None:  # the bundle is read-only; a cache is written only where asked
@@ -321,15 +332,17 @@ class CalibrationFeed:
 
     @classmethod
     def read_bundle(cls, bundle: ModelBundle, options: BuildOptions) -> tuple[dict[str, np.ndarray], int, Path | None]:
-        """The bundle's calibration arrays (checked against its inputs), batch size and cache path to read."""
+        """The bundle's calibration arrays (checked against its inputs), samples per batch, cache to read."""
         data_path = bundle.calibration_path("data")
-        cache_path = options.calibration_cache or bundle.calibration_path("cache")
+        # The cache written by an earlier build here (options.calibration_cache) first, else the bundle's.
+        candidates = [p for p in (options.calibration_cache, bundle.calibration_path("cache")) if p is not None]
+        cache_path = next((p for p in candidates if p.is_file()), None)
         has_data = data_path is not None and data_path.is_file()
-        has_cache = cache_path is not None and cache_path.is_file()
+        has_cache = cache_path is not None
         if not has_data and not has_cache:
             raise EngineBuildError("INT8 needs calibration data or a calibration cache in the bundle; it has neither.")
         batches: dict[str, np.ndarray] = {}
-        batch_size = options.batch.opt
+        samples = options.batch.opt
         if has_data and data_path is not None:
             try:
                 with np.load(data_path, allow_pickle=False) as npz:
@@ -351,24 +364,22 @@ class CalibrationFeed:
                         f"Calibration array {spec.name!r} has shape {list(arr.shape)}, expected [N, "
                         f"{', '.join(map(str, fixed))}]."
                     )
-            samples = min(len(a) for a in batches.values())
-            if samples < batch_size and not has_cache:
-                raise EngineBuildError(
-                    f"Calibration data has {samples} sample(s), fewer than one batch of {batch_size}."
-                )
-        return batches, batch_size, cache_path if has_cache else None
+            have = min(len(a) for a in batches.values())
+            if have < samples and not has_cache:
+                raise EngineBuildError(f"Calibration data has {have} sample(s), fewer than one batch of {samples}.")
+        return batches, samples, cache_path if has_cache else None
 
 
 def entropy_calibrator(
     bundle: ModelBundle, options: BuildOptions, memory: DeviceMemory | None = None
 ) -> CalibrationFeed:
     """An IInt8EntropyCalibrator2 (TensorRT ≤ 10) fed from the bundle; device memory only on first batch."""
-    batches, batch_size, cache_in = CalibrationFeed.read_bundle(bundle, options)
+    batches, samples, cache_in = CalibrationFeed.read_bundle(bundle, options)
     base = _pre11(trt, "IInt8EntropyCalibrator2")
     if not isinstance(base, type):
         raise EngineBuildError("TensorRT's IInt8EntropyCalibrator2 is not a class.")
     cls = type("EntropyCalibrator", (CalibrationFeed, base), {})
-    calibrator = cls(batches, batch_size, cache_in, options.calibration_cache, memory)
+    calibrator = cls(batches, samples, cache_in, options.calibration_cache, memory)
     if not isinstance(calibrator, CalibrationFeed):
         raise EngineBuildError("The INT8 calibrator could not be made.")
     return calibrator
