@@ -122,7 +122,7 @@ def _code_context(work: Path) -> Path:
     ctx = work / "code-ctx"
     (ctx / "docker").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "pyproject.toml", ctx)
-    for f in ("runtime.Dockerfile", "requirements.py"):
+    for f in ("runtime.Dockerfile", "requirements.py", "link_base_package.py"):
         shutil.copy(REPO_ROOT / "docker" / f, ctx / "docker")
     shutil.copytree(
         REPO_ROOT / "runtime" / "edge_runtime",

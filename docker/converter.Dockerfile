@@ -11,12 +11,16 @@ RUN --network=none python3 /src/requirements.py /src/pyproject.toml host torch >
 FROM ${CONVERTER_BASE} AS deps
 ARG TORCH_SPEC=torch==2.13.0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-RUN --network=none python3 -m venv /opt/edge/venv
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Builds are offline: every wheel comes from the `wheelhouse` context that `edge-deploy image build` fills
 # on the host (`pip download` for this platform; torch as a CPU wheel). No network, no secrets in the build.
+# pip comes from the wheelhouse too (the venv is made without it), so the base needs no ensurepip.
 RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
     --mount=type=bind,from=reqs,source=/requirements.txt,target=/tmp/requirements.txt \
-    /opt/edge/venv/bin/pip install --no-index --find-links /wheelhouse --no-compile "${TORCH_SPEC}" -r /tmp/requirements.txt
+    python3 -m venv --without-pip /opt/edge/venv \
+ && pip_whl=$(printf '%s\n' /wheelhouse/pip-*.whl | sort -V | tail -n 1) \
+ && /opt/edge/venv/bin/python "${pip_whl}/pip" install --no-index --find-links /wheelhouse --no-compile \
+      pip "${TORCH_SPEC}" -r /tmp/requirements.txt
 
 FROM ${CONVERTER_BASE} AS converter
 RUN --network=none useradd --system --uid 1001 --create-home --home-dir /home/edge edge

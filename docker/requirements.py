@@ -1,4 +1,6 @@
-"""Print the pip requirements of an extra from pyproject.toml (run on the build platform, Python ≥ 3.11).
+"""Print the pip requirements of extras from pyproject.toml (run on the build platform, Python ≥ 3.11).
+
+    python3 requirements.py pyproject.toml device,jetson [EXCLUDED-NAME ...]
 
 The images install dependencies in their own cached layer, before the source is copied, so a code change
 does not reinstall torch or onnxruntime; this keeps pyproject.toml the one place they are declared.
@@ -13,11 +15,13 @@ import tomllib
 
 
 def requirements(pyproject: str, extra: str) -> list[str]:
+    """The base dependencies plus those of ``extra`` (comma-separated extras), self-references followed."""
     with open(pyproject, "rb") as f:
         project = tomllib.load(f)["project"]
     extras = project.get("optional-dependencies", {})
     out: list[str] = list(project.get("dependencies", []))
-    pending, seen = [extra], set()
+    pending = [e.strip() for e in reversed(extra.split(",")) if e.strip()]
+    seen: set[str] = set()
     while pending:
         name = pending.pop()
         if name in seen:
@@ -29,7 +33,7 @@ def requirements(pyproject: str, extra: str) -> list[str]:
             self_ref = re.fullmatch(r"edge-deploy\[([\w,-]+)\]", req.replace(" ", ""))
             if self_ref:
                 pending.extend(self_ref.group(1).split(","))
-            else:
+            elif req not in out:
                 out.append(req)
     return out
 

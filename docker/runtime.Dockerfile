@@ -25,11 +25,13 @@ RUN --network=none set -e; mkdir -p /tmp/out; \
 FROM scratch AS bundle
 COPY --from=convert /tmp/out/bundle /
 
-# Device requirements from pyproject.toml, on the build platform. It depends on pyproject.toml alone (not on
-# the converter, whose code changes every release), so the runtime's dependency layer stays cached.
+# The runtime's requirements from pyproject.toml (the device side and CUDA's Python bindings), on the build
+# platform. It depends on pyproject.toml alone (not on the converter, whose code changes every release), so the
+# runtime's dependency layer stays cached.
 FROM --platform=$BUILDPLATFORM ${CONVERTER_BASE} AS device-reqs
+ARG RUNTIME_EXTRAS=device,jetson
 COPY pyproject.toml docker/requirements.py /tmp/src/
-RUN --network=none python3 /tmp/src/requirements.py /tmp/src/pyproject.toml device > /tmp/requirements-device.txt
+RUN --network=none python3 /tmp/src/requirements.py /tmp/src/pyproject.toml "${RUNTIME_EXTRAS}" > /tmp/requirements-runtime.txt
 
 # edge_runtime with its bytecode, compiled by the runtime base's own Python (the magic number must match;
 # hash-based, so layers are reproducible and the read-only container never compiles at start: ~45 ms natively
@@ -40,19 +42,29 @@ COPY runtime/edge_runtime /opt/edge/lib/edge_runtime
 RUN --network=none python3 -m compileall -q --invalidation-mode unchecked-hash /opt/edge/lib >/dev/null
 
 FROM ${L4T_BASE} AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+# `required`: the build fails when the base's Python has no TensorRT module (l4t-jetpack has it); `optional`
+# for a base without TensorRT, whose robots then serve ONNX Runtime.
+ARG BASE_TENSORRT=required
 # Offline: wheels for this platform come from the `wheelhouse` context (filled on the host by pip download).
-# pip leaves the venv in the same layer (~20 MB the robot never uses: images are rebuilt, not patched).
+# The venv is made without pip, and pip runs from its wheel in the wheelhouse: nothing here needs python3-venv,
+# ensurepip or python3-pip in the base, and no pip is left in the image.
 # Bytecode is compiled here, hash-based (reproducible layers), tests skipped: +16 MB, and the service's
 # imports take half the time (no compile on every start of a read-only container).
+# TensorRT is the base's own: one symlink in the venv's site-packages to the package the base's Python finds
+# (docker/link_base_package.py), made after the compile so nothing is written into the base's files.
 RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
-    --mount=type=bind,from=device-reqs,source=/tmp/requirements-device.txt,target=/tmp/requirements-device.txt \
-    python3 -m venv /opt/edge/venv \
- && /opt/edge/venv/bin/pip install --no-index --find-links /wheelhouse --no-compile -r /tmp/requirements-device.txt \
- && /opt/edge/venv/bin/python -m pip uninstall -y -q pip setuptools \
+    --mount=type=bind,from=device-reqs,source=/tmp/requirements-runtime.txt,target=/tmp/requirements-runtime.txt \
+    --mount=type=bind,source=docker/link_base_package.py,target=/tmp/link_base_package.py \
+    python3 -m venv --without-pip /opt/edge/venv \
+ && pip_whl=$(printf '%s\n' /wheelhouse/pip-*.whl | sort -V | tail -n 1) \
+ && /opt/edge/venv/bin/python "${pip_whl}/pip" install --no-index --find-links /wheelhouse --no-compile \
+      -r /tmp/requirements-runtime.txt \
  && find /opt/edge/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/edge/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash -x '/(tests?|testing)/' \
       /opt/edge/venv/lib >/dev/null \
+ && python3 -I /tmp/link_base_package.py /opt/edge/venv tensorrt "--${BASE_TENSORRT}" \
  && printf '#!/opt/edge/venv/bin/python\nimport sys\nfrom edge_runtime.cli import main\nsys.exit(main())\n' \
       > /opt/edge/venv/bin/edge-runtime && chmod 0755 /opt/edge/venv/bin/edge-runtime \
  && (getent group video >/dev/null || groupadd --system video) \

@@ -32,6 +32,12 @@ REQUIREMENTS_PY = REPO_ROOT / "docker" / "requirements.py"
 WHEELHOUSE_ROOT = REPO_ROOT / ".edge" / "wheelhouse"
 # Builds for our stand-in bases (Debian 12, Python 3.11); the real JetPack 6 base has Python 3.10.
 DEFAULT_RUNTIME_PYTHON = os.environ.get("EDGE_RUNTIME_PYTHON", "3.10")
+# What the runtime image installs: the device side and CUDA's Python bindings (the base provides TensorRT).
+RUNTIME_EXTRAS = "device,jetson"
+# pip for the builds themselves, from the wheelhouse: the runtime image must not rely on the base having
+# python3-pip or ensurepip (l4t-jetpack may ship neither). pip download picks the newest that runs on the
+# image's Python.
+BUILD_PIP = "pip>=23,<27"
 MANYLINUX = ("manylinux_2_17", "manylinux2014", "manylinux_2_24", "manylinux_2_27", "manylinux_2_28",
              "manylinux_2_31", "manylinux_2_34", "manylinux_2_35")
 
@@ -81,14 +87,15 @@ def pip_platforms(arch: str) -> list[str]:
 
 
 def requirements_for(extra: str, pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[str]:
+    """Requirements of ``extra`` (comma-separated extras) plus the base dependencies, from pyproject.toml."""
     proc = _run([sys.executable, str(REQUIREMENTS_PY), str(pyproject), extra], what="Reading pyproject.toml")
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
 def runtime_has_ros2(pyproject: Path) -> bool:
-    """Whether the runtime image built from ``pyproject`` can serve ROS 2: its ``device`` extra (what the
-    image installs) includes the DDS binding."""
-    return has_ros2(requirements_for("device", pyproject))
+    """Whether the runtime image built from ``pyproject`` can serve ROS 2: its extras (what the image
+    installs) include the DDS binding."""
+    return has_ros2(requirements_for(RUNTIME_EXTRAS, pyproject))
 
 
 def has_ros2(device_requirements: list[str]) -> bool:
@@ -123,13 +130,15 @@ def fill_wheelhouse(dest: Path, requirements: list[str], *, arch: str, python: s
 def prepare_wheelhouses(*, runtime_python: str, device: list[str], converter_python: str = "3.11",
                         root: Path = WHEELHOUSE_ROOT, torch_spec: str = "torch==2.13.0",
                         pyproject: Path = REPO_ROOT / "pyproject.toml") -> dict[str, Path]:
-    """Fill the converter's and the runtime's wheelhouses; ``device`` is the device extra's requirements."""
+    """Fill the converter's and the runtime's wheelhouses; ``device`` is the runtime image's requirements
+    (``RUNTIME_EXTRAS``). Each also holds a pip wheel, which the builds run from the wheelhouse."""
     host = [r for r in requirements_for("host", pyproject) if not r.startswith("torch")]
-    converter = fill_wheelhouse(root / "converter", [torch_spec, *host, "hatchling>=1.21,<2"],
+    converter = fill_wheelhouse(root / "converter", [torch_spec, *host, "hatchling>=1.21,<2", BUILD_PIP],
                                 arch="amd64", python=converter_python)
-    runtime = fill_wheelhouse(root / f"runtime-py{runtime_python}", device, arch="arm64", python=runtime_python)
-    runtime_amd64 = fill_wheelhouse(root / f"runtime-amd64-py{runtime_python}", device, arch="amd64",
-                                    python=runtime_python)
+    runtime = fill_wheelhouse(root / f"runtime-py{runtime_python}", [*device, BUILD_PIP], arch="arm64",
+                              python=runtime_python)
+    runtime_amd64 = fill_wheelhouse(root / f"runtime-amd64-py{runtime_python}", [*device, BUILD_PIP],
+                                    arch="amd64", python=runtime_python)
     return {"converter": converter, "runtime": runtime, "runtime_amd64": runtime_amd64}
 
 
@@ -145,7 +154,8 @@ def runtime_wheelhouse(platforms: str, houses: dict[str, Path], *, python: str, 
         raise ImageError(f"Runtime platforms {platforms!r} are not supported (linux/arm64 and/or linux/amd64).")
     both = root / f"runtime-multi-py{python}"
     for arch in ("arm64", "amd64"):
-        fill_wheelhouse(both, device, arch=arch, python=python, stamp_name=f".requirements-{arch}")
+        fill_wheelhouse(both, [*device, BUILD_PIP], arch=arch, python=python,
+                        stamp_name=f".requirements-{arch}")
     return both
 
 
@@ -254,7 +264,7 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
     python = runtime_python or DEFAULT_RUNTIME_PYTHON
     on_step(f"wheelhouses (runtime Python {python})")
     pyproject = context / "pyproject.toml"
-    device = requirements_for("device", pyproject)
+    device = requirements_for(RUNTIME_EXTRAS, pyproject)
     houses = prepare_wheelhouses(runtime_python=python, device=device, pyproject=pyproject)
     variables = {
         "REGISTRY": registry, "IMAGE_PREFIX": image_prefix, "VERSION": version, "TAGS": ",".join(tags),
@@ -262,6 +272,7 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
         "WHEELHOUSE": str(houses["converter"]),
         "RUNTIME_WHEELHOUSE": str(runtime_wheelhouse(runtime_platforms, houses, python=python, device=device)),
         "RUNTIME_PLATFORMS": runtime_platforms,
+        "RUNTIME_EXTRAS": RUNTIME_EXTRAS,
         "GIT_SHA": git_sha(context),
         "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -96,11 +96,12 @@ def test_runtime_image_holds_device_side_only(built_images: BuiltImages) -> None
     ref = built_images.runtime.ref
     out = subprocess.run(
         ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none", "--entrypoint", "python3", ref,
-         "-c", "import importlib.util as u; print([m for m in ('edge_runtime', 'onnxruntime', 'torch', "
-               "'edge_deploy', 'docker') if u.find_spec(m)])"],
+         "-c", "import importlib.util as u; print([m for m in ('edge_runtime', 'onnxruntime', 'tensorrt', 'cuda', "
+               "'torch', 'edge_deploy', 'docker', 'pip') if u.find_spec(m)])"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['edge_runtime', 'onnxruntime']"
+    # tensorrt is the base's own (a symlink into its dist-packages), cuda is cuda-python from the jetson extra
+    assert out.stdout.strip() == "['edge_runtime', 'onnxruntime', 'tensorrt', 'cuda']"
 
 
 def test_runtime_code_ships_its_bytecode(built_images: BuiltImages) -> None:
