@@ -306,8 +306,8 @@ def backend_check(ready: dict[str, Any], expected: str | None, because: str) -> 
             f"expected backend {expected} ({because}), but /readyz does not say which backend serves "
             "(an edge-runtime older than this tool)"
         )
+    served, requested = str(served)[:40], str(ready.get("backend_requested") or "")[:40]  # the robot's text
     where = " on the CPU" if served == "onnxruntime" else ""
-    requested = ready.get("backend_requested")
     if ready.get("fallback"):
         said = f"the service says: {str(ready['fallback'])[:300].rstrip('.')}"
     elif requested and requested != "auto":
