@@ -4,7 +4,7 @@ Not CUDA: "device" memory is ctypes buffers in this process, copies are memmove,
 once, and a stream under capture records work (``launch``) into a graph instead of running it, which a
 graph launch replays with the addresses captured. That is enough to check how the TensorRT backend's CUDA
 plumbing orders its calls (warm-up, synchronize, capture mode, fallbacks) and moves bytes, without a GPU.
-The same code runs against the real module on an NVIDIA GPU (tests/runtime/test_trt_cuda_gpu.py).
+The same runner code runs against the real module on an NVIDIA GPU in bench/tensorrt_cuda.py.
 """
 
 from __future__ import annotations
