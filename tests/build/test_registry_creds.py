@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge_deploy.release.credentials import CredentialsError
 from edge_deploy.release.registry import Registry, RegistryError
 from tests.build.test_registry_auth import DIGEST, PASSWORD, USER, TokenRegistry
 
@@ -114,6 +113,8 @@ def test_a_helper_that_knows_no_credentials_leaves_the_request_anonymous(docker_
     ],
 )
 def test_broken_docker_config_is_one_sentence(docker_config: Path, config: object, says: str) -> None:
+    from edge_deploy.release.credentials import CredentialsError
+
     text = config if isinstance(config, str) else json.dumps(config)
     (docker_config / "config.json").write_text(text)
     reg = Registry("reg.example", client=httpx.Client(transport=httpx.MockTransport(TokenRegistry())))
