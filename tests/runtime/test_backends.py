@@ -341,6 +341,14 @@ def test_corrupt_timing_cache_falls_back_to_an_empty_one(tmp_path: Path, caplog:
     assert _entries(path) == {"fresh"}
 
 
+def test_no_timing_cache_yet_attaches_an_empty_one(tmp_path: Path) -> None:
+    from edge_runtime.backends.tensorrt import _attach_timing_cache
+
+    config = FakeBuilderConfig({"fresh"})
+    attached = _attach_timing_cache(config, tmp_path / "absent.cache")  # type: ignore[arg-type]
+    assert attached is not None and attached.entries == set() and config.attached is attached
+
+
 def test_timing_cache_save_failure_never_fails_the_build(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from edge_runtime.backends.tensorrt import _save_timing_cache
 

@@ -397,22 +397,26 @@ def optimization_profile(
 
 
 def _attach_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache | None:
-    """Load the shared timing cache; an unreadable one (corrupt, other TensorRT) falls back to an empty one."""
+    """Load the shared timing cache; an unreadable one (corrupt, other TensorRT or GPU) falls back to an
+    empty one, which the save then replaces."""
     blob = b""
     try:
         blob = path.read_bytes() if path.is_file() else b""
     except OSError as exc:
         log.warning("could not read the TensorRT timing cache %s (%s); starting an empty one", path, exc)
-    cache: trt.ITimingCache | None = config.create_timing_cache(blob)
-    if blob and (cache is None or not config.set_timing_cache(cache, ignore_mismatch=False)):
-        log.warning("TensorRT timing cache %s is unusable (corrupt or from another TensorRT/GPU); starting empty", path.name)
-        cache = config.create_timing_cache(b"")
-    elif cache is not None:
-        return cache
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+    if blob:
+        loaded: trt.ITimingCache | None = config.create_timing_cache(blob)  # None when corrupt
+        if loaded is not None and config.set_timing_cache(loaded, ignore_mismatch=False):
+            return loaded
+        log.warning(
+            "TensorRT timing cache %s is unusable (corrupt or from another TensorRT/GPU); starting an empty one",
+            path.name,
+        )
+    empty: trt.ITimingCache | None = config.create_timing_cache(b"")
+    if empty is None or not config.set_timing_cache(empty, ignore_mismatch=False):
         log.warning("TensorRT refused an empty timing cache; building without one")
         return None
-    return cache
+    return empty
 
 
 def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:

@@ -4,7 +4,7 @@ which builder flags, whether an INT8 calibrator runs. Pure (no TensorRT import),
 Bundles record their precision in ``bundle.json`` (edge_deploy.pipeline.convert / quantize): ``model.onnx``
 is the graph at the bundle's precision and ``quantization.fp32_model`` names the FP32 graph beside it;
 ``quantization.format`` says what ``model.onnx`` carries: ``QDQ`` (INT8 scales in Q/DQ nodes),
-``fp16 ONNX ...`` (FP16 weights and compute), or, for an FP16 bundle converted with ``--no-fp16-onnx``,
+``fp16 ONNX ...`` (FP16 weights and compute), or, for an FP16 bundle converted with ``--fp16-flag-only``,
 an FP32 graph that relies on the FP16 builder flag. An INT8 bundle without Q/DQ relies on TensorRT's
 entropy calibrator (implicit quantization: calibration data and/or cache in the bundle).
 
