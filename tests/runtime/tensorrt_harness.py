@@ -165,7 +165,7 @@ def _wheel(b: Bindings, wheels: Path) -> Path:
                  if ln.strip() and not ln.startswith("WARNING: Location")]
         raise HarnessError(
             f"Could not download {b.package}=={b.version} from PyPI (is PyPI reachable from here?): "
-            f"{lines[-1].strip() if lines else 'pip gave no reason'}."
+            f"{lines[-1].strip().removeprefix('ERROR: ').rstrip('.') if lines else 'pip gave no reason'}."
         )
     return found[0]
 

@@ -108,3 +108,43 @@ def test_tensorrt_backend_against_the_real_bindings(
     assert counts["skipped"] == 0, f"TensorRT {version}: {counts['skipped']} case(s) skipped:\n{proc.stdout[-3000:]}"
     assert counts["tests"] >= MIN_CASES, f"TensorRT {version}: only {counts['tests']} cases ran"
     print(f"TensorRT {version}: {counts['tests']} contract cases passed")
+
+
+def test_stub_cleanup() -> None:
+    """The clean-up pass on lines as pybind11-stubgen writes them for TensorRT (no network needed)."""
+    import ast
+
+    from tests.runtime.tensorrt_harness import clean_stub
+
+    raw = '''from __future__ import annotations
+import typing
+class IHostMemory:
+    """
+    Handles library allocated memory. bool is a word here.
+    """
+class INetworkDefinition:
+    def add_scale_nd(self, input: ITensor, mode: ScaleMode, shift: Weights = None, scale: Weights = None, power: Weights = None, channel_axis: int) -> IScaleLayer:
+        ...
+    def mark_debug(self, tensor: ITensor) -> bool:
+        ...
+class IPluginV3OneBuild:
+    def get_workspace_size(self, in: list[PluginTensorDesc], out: list[PluginTensorDesc]) -> int:
+        ...
+    def get_error(self, index: int) -> ...:
+        ...
+    has_implicit_batch: bool
+def init_libnvinfer_plugins(logger: capsule, namespace: str) -> bool:
+    ...
+bool: DataType  # value = <DataType.BOOL: 4>
+'''
+    out = clean_stub(raw)
+    ast.parse(out)  # raw is not even Python: `in` as a name, a required parameter after defaults
+    assert "def add_scale_nd(self, input: ITensor, mode: ScaleMode, shift: Weights, scale: Weights, power: Weights, channel_axis: int)" in out
+    assert "def get_workspace_size(self, in_: list[PluginTensorDesc], out: list[PluginTensorDesc]) -> int:" in out
+    assert "def mark_debug(self, tensor: ITensor) -> builtins.bool:" in out
+    assert "    has_implicit_batch: builtins.bool" in out
+    assert "def get_error(self, index: int) -> typing.Any:" in out
+    assert "def init_libnvinfer_plugins(logger: typing.Any, namespace: str) -> builtins.bool:" in out
+    assert "\nbool: DataType" in out and "bool is a word here" in out  # the DataType and docstrings stay
+    assert "class IHostMemory:\n    def __buffer__(self, flags: int, /) -> memoryview: ..." in out
+    assert "\nimport builtins\n" in out
