@@ -5,6 +5,7 @@ Layout under the cache root (see docs/runtime.md)::
     engines/<key><suffix>      the engine, a plain file other tools can load (no header prepended)
     engines/<key>.json         sidecar: key parts, sha256, size, build seconds, created, backend, device
     timing/<trt>-<gpu>.cache   TensorRT timing cache, shared by every model on this TensorRT + GPU
+    timing/<...>.cache.lock    held while a build merges its timings into that file (shared_file_lock)
     quarantine/                corrupt, truncated or foreign entries, moved aside for inspection
     locks/<key>.lock           one filelock per key: two processes starting at once build once
 
