@@ -4,6 +4,9 @@ Docker starts it as a new process every second while a robot's service starts an
 so it imports only ``http.client`` (not click, not urllib.request): about half the CPU of going through the
 ``edge-runtime`` command, which matters on a Jetson's cores and far more under QEMU. ``edge-runtime
 healthcheck`` runs the same check for people. Exit 0 when GET /readyz (``--live``: /healthz) answers 200.
+/readyz is 503 while the watchdog sees an inference past its deadline, so a hung engine fails this check
+(and the service exits for its restart policy when it stays hung); a refusal's ``reason`` is printed, and
+Docker keeps it in ``docker inspect``'s health log.
 """
 
 from __future__ import annotations
@@ -30,12 +33,25 @@ def check(url: str | None = None, timeout: float = 3.0, live: bool = False) -> t
         conn = conn_type(parts.hostname, parts.port, timeout=timeout)
         try:
             conn.request("GET", parts.path or "/", headers={"Connection": "close"})
-            status = conn.getresponse().status
+            response = conn.getresponse()
+            status, body = response.status, response.read(4096)
         finally:
             conn.close()
     except (OSError, http.client.HTTPException, ValueError) as exc:
         return False, f"{target}: unreachable ({exc})"
-    return status == 200, f"{target}: HTTP {status}"
+    return status == 200, f"{target}: HTTP {status}{_reason(body) if status != 200 else ''}"
+
+
+def _reason(body: bytes) -> str:
+    """``: <reason>`` from a JSON refusal that gives one, else nothing (json is imported only here: the
+    healthy path stays on http.client alone)."""
+    import json
+
+    try:
+        reason = json.loads(body).get("reason")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {reason}" if isinstance(reason, str) and reason else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,6 +93,37 @@ def _params(where: str, raw: Any) -> dict[str, Any]:
     return raw
 
 
+def strict_json(text: bytes, what: str, reason: str = "bad_request") -> Any:
+    """``json.loads`` for request bodies: a ProtocolError (400, one sentence naming ``what``) for anything that
+    is not RFC 8259 JSON, which includes NaN and Infinity (Python's parser takes them, and an inference that
+    returns NaN then cannot be answered in JSON) and nesting deeper than the parser's recursion limit."""
+
+    def refuse(constant: str) -> float:
+        raise ProtocolError(
+            f"{what} has {constant}, which JSON does not allow; send finite numbers "
+            "(binary tensors can carry NaN and Infinity).",
+            reason=reason,
+        )
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ProtocolError(f"{what} is JSON nested too deeply to be a tensor.", reason=reason) from None
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"{what} is not valid JSON.", reason=reason) from None
+
+
+def finite(name: str, arr: np.ndarray, reason: str = "bad_request") -> np.ndarray:
+    """``arr`` when every float in it is finite; numbers past the dtype's range (1e39 as FP32) became inf."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(
+            f"Input {name!r} has a value that is not finite as {arr.dtype} (NaN, Infinity or out of its "
+            "range); send finite numbers.",
+            reason=reason,
+        )
+    return arr
+
+
 def parse_header_length(value: str | None, body_size: int) -> int | None:
     """The JSON header's byte count from ``Inference-Header-Content-Length`` (None: the body is all JSON)."""
     if value is None:
@@ -118,10 +149,7 @@ def decode_request(
     Names, shapes and the batch profile are checked afterwards by ``check_feeds`` (one shared message set).
     """
     end = len(body) if header_length is None else header_length
-    try:
-        doc = json.loads(body[:end])
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("The inference request header is not valid JSON.") from None
+    doc = strict_json(body[:end], "The inference request header")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise ProtocolError('The inference request must be a JSON object with an "inputs" list.')
     params = _params("the request", doc.get("parameters"))
@@ -184,7 +212,7 @@ def decode_request(
 def _from_json(name: str, data: Any, dt: str, shape: tuple[int, ...], count: int) -> np.ndarray:
     try:
         arr = np.asarray(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         arr = np.asarray(None)
     if arr.dtype.kind not in "biuf":
         raise ProtocolError(f"Input {name!r} has data that is not a rectangular array of numbers.")
@@ -193,7 +221,7 @@ def _from_json(name: str, data: Any, dt: str, shape: tuple[int, ...], count: int
             f"Input {name!r} has {arr.size} data elements but shape {list(shape)} needs {count}."
         )
     with np.errstate(all="ignore"):
-        return arr.astype(_TO_NUMPY[dt], copy=False).reshape(shape)
+        return finite(name, arr.astype(_TO_NUMPY[dt], copy=False).reshape(shape))
 
 
 def _request_id(doc: dict[str, Any]) -> str | None:

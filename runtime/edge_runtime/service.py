@@ -13,11 +13,17 @@ import functools
 import io
 import json
 import logging
+import math
 import os
+import pickle
 import re
+import struct
+import subprocess
+import sys
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +33,7 @@ import numpy as np
 
 from edge_runtime import oip
 from edge_runtime.backends import Backend, BackendChoice, BuildOptions, Engine, check_feeds, select_backend
-from edge_runtime.bundle import ModelBundle
+from edge_runtime.bundle import BatchProfile, ModelBundle, TensorSpec
 from edge_runtime.cache import CachedEngine, EngineCache
 from edge_runtime.device import DeviceProbe, probe
 from edge_runtime.errors import EdgeError, InputError, RequestError
@@ -39,6 +45,10 @@ log = logging.getLogger(__name__)
 NPZ = "application/x-npz"
 MIB = 1 << 20
 REASON_LABEL_CHARS = 300  # the fallback sentence as a metric label: bounded, a label is not a log
+# Exit status when the watchdog gives up on a hung inference (EX_TEMPFAIL in sysexits.h: "try again later").
+# A stuck engine call cannot be interrupted, so the process leaves and the container's restart policy
+# (compose: restart: unless-stopped) starts it again; docs/runtime.md has the measured times.
+EXIT_HUNG = 75
 
 
 @dataclass
@@ -52,6 +62,7 @@ class ServiceConfig:
     max_body_bytes: int = 64 * MIB
     warmup_runs: int = 5
     deadline_ms: float = 2000.0  # watchdog: an inference slower than this marks the service unhealthy
+    hung_exit_s: float = 10.0  # and one still running this much longer ends the process (0: never)
     thermal: ThermalPolicy = field(default_factory=ThermalPolicy)
     device_root: Path = Path("/")  # where /etc, /proc and /sys are read from (tests: a fixture tree)
     thermal_poll_s: float = 1.0
@@ -150,6 +161,9 @@ class InferenceService:
         self.draining = False
         self.failed: str | None = None
         self.unhealthy: str | None = None
+        # Called once when an inference has overrun its deadline by ``hung_exit_s``; serve() exits there.
+        self.on_hung: Callable[[str], None] | None = None
+        self._hung_called = False
         self.startup: dict[str, Any] = {}
         self._t0 = time.monotonic()
         self._engine_lock = threading.Lock()
@@ -248,6 +262,13 @@ class InferenceService:
             raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
         if self.draining:
             raise RequestError(503, "draining", "The service is shutting down.")
+        hung = self.unhealthy
+        if hung:  # the engine is stuck behind its lock: queueing more work behind it helps nobody
+            raise RequestError(
+                503,
+                "hung",
+                f"{hung} New work is refused until it finishes; the service restarts if it does not.",
+            )
         refusal = self.thermal.admit()
         if refusal:
             status = 503 if self.thermal.state == "critical" else 429
@@ -298,19 +319,41 @@ class InferenceService:
             self._threads.append(t)
 
     def check_watchdog(self) -> None:
+        """Trip while the oldest inference is past its deadline (/healthz and /readyz 503, new work 503),
+        clear once none is, and call ``on_hung`` once one has overrun by ``hung_exit_s``: a hung engine
+        does not come back by itself, and Docker restarts an exited container, never an unhealthy one."""
         deadline = self.config.deadline_ms / 1000.0
-        if deadline <= 0 or self.unhealthy:
+        if deadline <= 0:
             return
         now = time.monotonic()
         with self._inflight_lock:
             oldest = min(self._inflight.values(), default=None)
-        if oldest is not None and now - oldest > deadline:
-            self.unhealthy = (
-                f"An inference has been running for {now - oldest:.1f} s, over its {deadline:.1f} s deadline."
-            )
+        running = 0.0 if oldest is None else now - oldest
+        if running <= deadline:
+            if self.unhealthy:
+                log.warning("watchdog: the inference that overran its deadline finished; healthy again")
+                self.unhealthy = None
+                self._hung_called = False
+                self.metrics.healthy.set(1)
+            return
+        tripped = self.unhealthy is None
+        self.unhealthy = (
+            f"An inference has been running for {running:.1f} s, over its {deadline:.1f} s deadline."
+        )
+        if tripped:
             self.metrics.healthy.set(0)
             self.metrics.watchdog_trips.inc()
             log.error("watchdog: %s", self.unhealthy)
+        grace = self.config.hung_exit_s
+        if grace > 0 and running > deadline + grace and not self._hung_called:
+            self._hung_called = True
+            message = (
+                f"An inference has hung for {running:.1f} s ({deadline:.1f} s deadline + {grace:.1f} s grace); "
+                f"the engine is stuck, so the service exits with status {EXIT_HUNG} for its restart policy."
+            )
+            log.critical("watchdog: %s", message)
+            if self.on_hung is not None:
+                self.on_hung(message)
 
     def _watchdog_loop(self) -> None:
         period = max(min(self.config.deadline_ms / 4000.0, 1.0), 0.01)
@@ -375,16 +418,29 @@ class InferenceService:
         if self.startup:
             body["startup"] = self.startup
         ok = self.ready and not self.draining and not self.failed and self.thermal.state != "critical"
+        hung = self.unhealthy
+        if hung:  # Docker's health check reads /readyz: a stuck engine must fail it too
+            ok = False
+            body["reason"] = hung
         return (200 if ok else 503), body
 
 
 # -- request decoding --------------------------------------------------------------------------------------
+# Bodies up to this size decode on the event loop (a few ms at most); larger JSON goes to the decoder
+# process and larger npz to a worker thread, so /healthz and other requests never wait behind a parse.
+INLINE_DECODE_BYTES = 64 << 10
+NPY_HEADER_MAX = 10_000  # numpy's own limit on an .npy header's length (np.lib.format)
+NPZ_READ_CHUNK = 1 << 20  # inflate at most this much per read: a member's stream is never trusted
+DECODER_QUEUE = 4  # large JSON bodies decoding or waiting for the decoder process at once; more get 429
+
+
 def decode_json(body: bytes, specs: list[Any]) -> dict[str, np.ndarray]:
-    """``{"inputs": {"image": [[...]], ...}}``; numbers are cast to the model's dtype, nothing else is."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError(400, "bad_json", "The request body is not valid JSON.") from None
+    """``{"inputs": {"image": [[...]], ...}}``; numbers are cast to the model's dtype, nothing else is.
+
+    NaN, Infinity and numbers past the dtype's range are refused (400): JSON cannot carry them, and an
+    inference fed one answers with values the JSON reply cannot carry either.
+    """
+    doc = oip.strict_json(body, "The request body", reason="bad_json")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
         raise RequestError(400, "bad_json", 'The JSON body must be an object with an "inputs" object.')
     dtypes = {s.name: s.dtype for s in specs}
@@ -392,7 +448,7 @@ def decode_json(body: bytes, specs: list[Any]) -> dict[str, np.ndarray]:
     for name, value in doc["inputs"].items():
         try:
             arr = np.asarray(value)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise RequestError(
                 400, "bad_input", f"Input {name!r} is not a rectangular array of numbers."
             ) from None
@@ -401,17 +457,307 @@ def decode_json(body: bytes, specs: list[Any]) -> dict[str, np.ndarray]:
         if name in dtypes:
             with np.errstate(all="ignore"):
                 arr = arr.astype(dtypes[name], copy=False)
-        feeds[str(name)] = arr
+        feeds[str(name)] = oip.finite(name, arr, reason="bad_input")
     return feeds
 
 
-def decode_npz(body: bytes) -> dict[str, np.ndarray]:
-    """An ``np.savez`` archive; dtypes must match the model exactly (no silent casts of binary data)."""
+_NOT_NPZ = "The request body is not a complete npz archive."
+_EOCD = struct.Struct("<4s4H2LH")  # zip end-of-central-directory record
+# What a malformed or damaged archive makes zipfile, zlib and numpy's header parser raise.
+_NPZ_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    struct.error,
+    ValueError,
+    SyntaxError,
+    TypeError,
+    KeyError,
+    IndexError,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    RecursionError,
+)
+
+
+@dataclass(frozen=True)
+class _NpyMember:
+    """An npz member whose .npy header was read (and nothing else): where it is and what it declares."""
+
+    info: zipfile.ZipInfo
+    header_bytes: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran: bool
+
+    @property
+    def data_bytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def placeholder(self) -> np.ndarray:
+        """An array of the declared dtype and shape that takes no memory, for ``check_feeds``."""
+        return np.broadcast_to(np.zeros((), self.dtype), self.shape)
+
+    def check_declared_size(self) -> None:
+        """The zip's declared size must be the .npy header's; reading stops there whatever the stream holds."""
+        expected = self.header_bytes + self.data_bytes
+        if self.info.file_size != expected:
+            raise RequestError(
+                413 if self.info.file_size > expected else 400,
+                "bad_npz",
+                f"The npz member {self.info.filename!r} declares {self.info.file_size} bytes uncompressed but "
+                f"its .npy header (shape {list(self.shape)}, {self.dtype}) makes {expected}.",
+            )
+
+
+def decode_npz(body: bytes, specs: list[TensorSpec], batch: BatchProfile) -> dict[str, np.ndarray]:
+    """An ``np.savez`` / ``np.savez_compressed`` archive, checked against the model before anything inflates.
+
+    Deflate inflates ~1000:1 (bzip2 and LZMA far more, and zipfile cannot bound them), so a body under the
+    size limit can hold tens of GB. In order: the central directory's size, each member's method (stored
+    or deflate) and its .npy header (bounded reads), then names, dtypes, shapes and batch together
+    (``check_feeds``, the same sentences as JSON), then each zip-declared size against its header's. Only
+    then is each member read in bounded chunks into an array of exactly its header's size; a stream longer
+    or shorter than that is refused. So the total inflated is capped by the model's inputs at their
+    largest batch. dtypes must match exactly (no silent casts of binary data).
+    """
+    _check_zip_directory(body, len(specs))
+    by_name = {s.name: s for s in specs}
     try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError):
-        raise RequestError(400, "bad_npz", "The request body is not a complete npz archive.") from None
+        with zipfile.ZipFile(io.BytesIO(body)) as zf:
+            members: dict[str, _NpyMember | None] = {}
+            for info in zf.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if name in members:
+                    raise RequestError(400, "bad_npz", f"The npz archive holds {name!r} twice.")
+                members[name] = _npy_member(zf, info) if name in by_name else None
+            placeholders = {
+                name: np.zeros(0) if m is None else m.placeholder() for name, m in members.items()
+            }
+            try:
+                check_feeds(specs, placeholders, batch)
+            except InputError as exc:
+                raise RequestError(400, "bad_input", str(exc)) from None
+            known = [m for m in members.values() if m is not None]  # all of them, after check_feeds
+            for m in known:
+                m.check_declared_size()
+            return {name: _inflate(zf, m) for name, m in members.items() if m is not None}
+    except RequestError:
+        raise
+    except _NPZ_ERRORS:
+        raise RequestError(400, "bad_npz", _NOT_NPZ) from None
+
+
+def _check_zip_directory(body: bytes, inputs: int) -> None:
+    """Refuse an archive whose central directory is far larger than one member per input, before zipfile
+    parses it (it builds an object per entry, and 64 MiB of directory is ~1.4 million entries)."""
+    at = body.rfind(b"PK\x05\x06", max(0, len(body) - _EOCD.size - 0xFFFF))
+    if at < 0 or len(body) - at < _EOCD.size:
+        raise RequestError(400, "bad_npz", _NOT_NPZ)
+    entries, directory_bytes = _EOCD.unpack_from(body, at)[4:6]
+    zip64 = at >= 20 and body[at - 20 : at - 16] == b"PK\x06\x07"  # numpy never needs one below 4 GiB
+    most = inputs + 16
+    if zip64 or entries > most or directory_bytes > most * 1024:
+        raise RequestError(
+            400,
+            "bad_npz",
+            f"The npz archive's directory lists {entries} members in {directory_bytes} bytes; the model "
+            f"takes {inputs} inputs, one array each.",
+        )
+
+
+def _npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _NpyMember:
+    """Check a member's method, then read its .npy header (bounded reads: at most ~10 KB inflates)."""
+    where = f"The npz member {info.filename!r}"
+    if info.flag_bits & 0x1:
+        raise RequestError(400, "bad_npz", f"{where} is encrypted.")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise RequestError(
+            400,
+            "bad_npz",
+            f"{where} uses zip compression method {info.compress_type}; send np.savez (stored) or "
+            "np.savez_compressed (deflate).",
+        )
+    with zf.open(info) as f:
+        head = _read_exactly(f, 10)  # magic, version, and a 2-byte header length (4 bytes from version 2)
+        if head[:6] != b"\x93NUMPY" or head[6] not in (1, 2, 3):
+            raise RequestError(400, "bad_npz", f"{where} is not an .npy array.")
+        if head[6] > 1:
+            head += _read_exactly(f, 2)
+        length = int.from_bytes(head[8:], "little")
+        if length > NPY_HEADER_MAX:
+            raise RequestError(400, "bad_npz", f"{where} has a {length}-byte .npy header.")
+        raw = io.BytesIO(head + _read_exactly(f, length))
+    version = np.lib.format.read_magic(raw)
+    read_header = (
+        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read_header(raw)
+    if any(d < 0 for d in shape):
+        raise RequestError(400, "bad_npz", f"{where} has a negative dimension in its header.")
+    return _NpyMember(info, len(raw.getvalue()), dtype, tuple(shape), bool(fortran))
+
+
+def _read_exactly(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise EOFError
+    return bytes(data)
+
+
+def _inflate(zf: zipfile.ZipFile, m: _NpyMember) -> np.ndarray:
+    """The member's data, read in ``NPZ_READ_CHUNK`` pieces into an array of exactly its header's size."""
+    out = np.empty(math.prod(m.shape), dtype=m.dtype)
+    raw = out.view(np.uint8)
+    with zf.open(m.info) as f:
+        _read_exactly(f, m.header_bytes)
+        done = 0
+        while done < raw.size:
+            chunk = f.read(min(NPZ_READ_CHUNK, raw.size - done))
+            if not chunk:
+                raise RequestError(
+                    400,
+                    "bad_npz",
+                    f"The npz member {m.info.filename!r} ends before the data its header declares.",
+                )
+            raw[done : done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            done += len(chunk)
+        if f.read(1):  # reading to the end also checks the member's CRC-32
+            raise RequestError(
+                400,
+                "bad_npz",
+                f"The npz member {m.info.filename!r} holds more data than its header declares.",
+            )
+    if m.fortran:
+        return np.ascontiguousarray(out.reshape(m.shape[::-1]).T)
+    return out.reshape(m.shape)
+
+
+# -- the JSON decoder process --------------------------------------------------------------------------------
+_FRAME = struct.Struct("<Q")
+
+
+def _decode_v1(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    return decode_json(body, specs)
+
+
+def _decode_v2(body: bytes, length: int | None, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Any:
+    return oip.decode_request(body, length, inputs, outputs)
+
+
+_DECODERS: dict[str, Callable[..., Any]] = {"v1": _decode_v1, "v2": _decode_v2}
+
+
+class DecoderProcess:
+    """A child Python process that decodes large JSON bodies for the HTTP service.
+
+    CPython's json parser and numpy's list conversion hold the GIL for the whole call (61 MB of floats:
+    2.6 s; 45 MB of empty lists: 15 s, measured on a 2-core machine), so a thread stalls /healthz as the
+    event loop would; another process does not. Started on first use, one body at a time, with garbage
+    collection off (parsed JSON has no cycles; collections were 13 of those 15 s) and first in line for the
+    kernel's OOM killer: a body that exhausts memory kills the decoder, not the service, the request gets
+    a 413 and the next large body starts a new decoder.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def call(self, kind: str, *args: Any) -> Any:
+        """``_DECODERS[kind](*args)`` in the child (blocking: run it off the event loop)."""
+        payload = pickle.dumps((kind, args), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            proc = self._running()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(_FRAME.pack(len(payload)))
+                proc.stdin.write(payload)
+                proc.stdin.flush()
+                del payload
+                (size,) = _FRAME.unpack(_read_exactly(proc.stdout, _FRAME.size))
+                reply = pickle.loads(_read_exactly(proc.stdout, size))
+            except (OSError, EOFError, ValueError, struct.error, pickle.UnpicklingError):
+                self._end(proc)
+                raise RequestError(
+                    413,
+                    "decoder_stopped",
+                    "The JSON decoder process stopped while decoding this body (out of memory?); send a "
+                    "smaller body, or binary tensors (npz or the v2 binary extension).",
+                ) from None
+        if reply[0] == "ok":
+            return reply[1]
+        if reply[0] == "refused":
+            raise RequestError(reply[1], reply[2], reply[3])
+        raise RuntimeError(f"the JSON decoder process failed: {reply[1]}")
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", "from edge_runtime.service import decoder_main; decoder_main()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
+        return self._proc
+
+    def _end(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+
+    def close(self) -> None:
+        """End the child (it also ends by itself when the service's end of the pipe closes)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._end(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def decoder_main() -> None:
+    """The decoder process: framed pickles of (kind, args) on stdin, framed pickled replies on stdout."""
+    import gc
+    import traceback
+
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    gc.disable()
+    requests, replies = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print goes to the service's log, not into the replies
+    while True:
+        head = requests.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return  # the service closed the pipe or exited
+        kind, args = pickle.loads(_read_exactly(requests, _FRAME.unpack(head)[0]))
+        reply: tuple[Any, ...]
+        try:
+            reply = ("ok", _DECODERS[kind](*args))
+        except RequestError as exc:
+            reply = ("refused", exc.status, exc.reason, str(exc))
+        except Exception as exc:
+            traceback.print_exc()
+            reply = ("failed", type(exc).__name__)
+        del args
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        del reply
+        replies.write(_FRAME.pack(len(data)))
+        replies.write(data)
+        replies.flush()
+        del data
+        gc.collect()
 
 
 def encode_npz(outputs: Mapping[str, np.ndarray]) -> bytes:
@@ -548,14 +894,43 @@ def create_app(
             raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
         return service.bundle
 
+    # Large JSON bodies go to one decoder process, one at a time; a few more may wait their turn (each
+    # holds its body), further ones are refused until the queue shortens.
+    decoder = DecoderProcess()
+    decoder_turn = asyncio.Lock()
+    decoder_queue = [0]
+
+    async def decode_elsewhere(kind: str, *args: Any) -> Any:
+        if decoder_queue[0] >= DECODER_QUEUE:
+            raise RequestError(
+                429,
+                "decoder_busy",
+                "Other large JSON bodies are being decoded; retry shortly, or send binary tensors.",
+            )
+        decoder_queue[0] += 1
+        try:
+            async with decoder_turn:
+                return await run_in_threadpool(decoder.call, kind, *args)
+        finally:
+            decoder_queue[0] -= 1
+
     async def v1_infer(headers: dict[bytes, bytes], receive: Any) -> Reply:
         body = await read_body(headers, receive)
         ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
         ctype = ctype.split(";")[0].strip().lower()
         if ctype == NPZ:
-            feeds = decode_npz(body)
+            bundle = loaded_bundle()
+            args = (body, bundle.inputs, bundle.manifest.batch)
+            if len(body) <= INLINE_DECODE_BYTES:
+                feeds = decode_npz(*args)
+            else:  # zlib lets go of the GIL while it inflates
+                feeds = await run_in_threadpool(decode_npz, *args)
         elif ctype in ("application/json", "text/json", ""):
-            feeds = decode_json(body, loaded_bundle().inputs)
+            specs = loaded_bundle().inputs
+            if len(body) <= INLINE_DECODE_BYTES:
+                feeds = decode_json(body, specs)
+            else:
+                feeds = await decode_elsewhere("v1", body, specs)
         else:
             raise RequestError(
                 415,
@@ -565,6 +940,14 @@ def create_app(
         outputs, latency_ms = await run_engine(feeds)
         if NPZ.encode() in headers.get(b"accept", b""):
             return Reply(200, encode_npz(outputs), NPZ, [(b"x-latency-ms", f"{latency_ms:.3f}".encode())])
+        for name, arr in outputs.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise RequestError(
+                    422,
+                    "non_finite_output",
+                    f"Output {name!r} has values that are not finite (NaN or Infinity), which JSON cannot "
+                    f"carry; ask for npz (Accept: {NPZ}) to get them.",
+                )
         return json_reply({"outputs": {k: v.tolist() for k, v in outputs.items()}, "latency_ms": latency_ms})
 
     # -- Open Inference Protocol (KServe v2 / Triton HTTP) ---------------------------------------------
@@ -593,7 +976,10 @@ def create_app(
         body = await read_body(headers, receive)
         declared = headers.get(oip.HEADER_LENGTH.encode())
         length = oip.parse_header_length(None if declared is None else declared.decode("latin-1"), len(body))
-        req = oip.decode_request(body, length, bundle.inputs, bundle.outputs)
+        if (len(body) if length is None else length) <= INLINE_DECODE_BYTES:  # binary tensors cost ~µs
+            req = oip.decode_request(body, length, bundle.inputs, bundle.outputs)
+        else:
+            req = await decode_elsewhere("v2", body, length, bundle.inputs, bundle.outputs)
         outputs, _latency_ms = await run_engine(req.feeds)
         content, header_length = oip.encode_response(bundle.manifest.name, req, outputs)
         if header_length is None:
@@ -682,6 +1068,7 @@ def create_app(
             if on_shutdown is not None:
                 await asyncio.to_thread(on_shutdown)  # e.g. stop the ROS 2 bridge before the engine closes
             # uvicorn has already waited for in-flight requests; close what the service owns.
+            await asyncio.to_thread(decoder.close)
             await asyncio.to_thread(service.close)
 
     routes = [
@@ -739,6 +1126,17 @@ def serve(
         if server is not None:
             server.should_exit = True
 
+    def exit_hung(msg: str) -> None:
+        """A stuck engine call can be neither interrupted nor drained (closing the engine would wait for
+        it): say why, and leave at once so the restart policy starts a fresh process."""
+        service.say(f"watchdog: {msg}")
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_HUNG)
+
+    if service.on_hung is None:
+        service.on_hung = exit_hung
     app = create_app(service, on_failure=fail, on_shutdown=on_stop)
     config = uvicorn.Config(
         app,

@@ -51,7 +51,8 @@ class ThermalGovernor:
         self._read = read or self.read_max_temp
         self._lock = threading.Lock()
         self.state = NORMAL
-        self.temp_c: float | None = None
+        self.temp_c: float | None = None  # the latest reading; None while the sensors cannot be read
+        self.last_temp_c: float | None = None  # the latest reading there was, shown while they cannot
         self._last_admit = 0.0
 
     def read_max_temp(self) -> float | None:
@@ -67,6 +68,8 @@ class ThermalGovernor:
         with self._lock:
             old = self.state
             self.temp_c = temp
+            if temp is not None:
+                self.last_temp_c = temp
             if temp is None:
                 new = old  # no reading: keep the last decision rather than guess
             elif temp >= p.hard_c:
@@ -109,6 +112,12 @@ class ThermalGovernor:
         with self._lock:
             state = self.state
             if state == CRITICAL:
+                if self.temp_c is None:  # hot at the last reading and the sensor is silent now: keep refusing
+                    last = "" if self.last_temp_c is None else f" (last reading {self.last_temp_c:.1f} °C)"
+                    return (
+                        f"The device reached its {self.policy.hard_c:.0f} °C limit{last} and its temperature "
+                        "sensor cannot be read now; inference is paused until a reading shows it cooled."
+                    )
                 return (
                     f"The device is too hot ({self.temp_c:.1f} °C ≥ {self.policy.hard_c:.0f} °C); "
                     "inference is paused until it cools."

@@ -381,3 +381,21 @@ def test_fuzzed_v2_requests_never_500(
     r = client.post(INFER, content=header + tail, headers=headers)
     assert 400 <= r.status_code < 500, r.text
     assert isinstance(r.json()["error"], str) and r.json()["error"].endswith(".")
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested"),
+        ("[" * 2_000 + "1" + "]" * 2_000, ""),
+        ("[NaN]", "NaN"),
+        ("[Infinity]", "Infinity"),
+        ("[1e39]", "finite"),
+    ],
+)
+def test_nested_and_non_finite_json_data_is_a_protocol_error(data: str, fragment: str) -> None:
+    spec = TensorSpec("x", "float32", ("batch",))
+    body = f'{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": {data}}}]}}'.encode()
+    with pytest.raises(oip.ProtocolError) as err:
+        oip.decode_request(body, None, [spec], [spec])
+    assert err.value.status == 400 and fragment in str(err.value) and str(err.value).endswith(".")

@@ -63,3 +63,16 @@ def test_rate_cap_when_degraded() -> None:
 def test_invalid_limits() -> None:
     with pytest.raises(ValueError):
         ThermalPolicy(soft_c=90, hard_c=80)
+
+
+def test_sensor_unreadable_while_critical_keeps_refusing_with_a_sentence(tmp_path: Path) -> None:
+    gov = ThermalGovernor(ThermalPolicy(soft_c=70, hard_c=85), root=tmp_path)
+    set_temp(tmp_path, 0, "gpu-thermal", 90)
+    assert gov.update() == CRITICAL
+    (tmp_path / "sys/class/thermal/thermal_zone0/temp").unlink()  # the sensor stops answering
+    assert gov.update() == CRITICAL  # no reading: keep refusing rather than guess it cooled
+    reason = gov.admit()
+    assert reason is not None and "cannot be read" in reason and "90.0 °C" in reason and reason.endswith(".")
+    assert gov.snapshot()["temp_c"] is None
+    set_temp(tmp_path, 0, "gpu-thermal", 60)
+    assert gov.update() == NORMAL and gov.admit() is None

@@ -31,6 +31,15 @@ from edge_runtime.errors import BackendUnavailable, EdgeError
     show_default=True,
     help="Watchdog: an inference slower than this marks the service unhealthy (0: off).",
 )
+@click.option(
+    "--hung-exit-s",
+    type=click.FloatRange(min=0),
+    envvar="EDGE_HUNG_EXIT_S",
+    default=10.0,
+    show_default=True,
+    help="Watchdog: exit with status 75 once an inference is this far past its deadline, so the restart "
+    "policy restarts the service (0: never) [env EDGE_HUNG_EXIT_S].",
+)
 @click.option("--warmup", type=int, envvar="EDGE_WARMUP", default=5, show_default=True)
 @click.option(
     "--soft-temp",
@@ -116,6 +125,7 @@ def serve(
     cpus: str | None,
     max_body_mb: float,
     deadline_ms: float,
+    hung_exit_s: float,
     warmup: int,
     soft_temp: float,
     hard_temp: float,
@@ -156,6 +166,7 @@ def serve(
         max_body_bytes=int(max_body_mb * (1 << 20)),
         warmup_runs=warmup,
         deadline_ms=deadline_ms,
+        hung_exit_s=hung_exit_s,
         thermal=policy,
         device_root=device_root,
         on_thermal_change=on_change,
