@@ -22,8 +22,6 @@ variable "CALIBRATION" { default = "" }
 variable "BATCH" { default = "1,1,8" }
 variable "BUNDLE_SHA256" { default = "" }
 variable "RUNTIME_PLATFORMS" { default = "linux/arm64" }
-# Extras of pyproject.toml the runtime image installs (edge_deploy.images.RUNTIME_EXTRAS fills its wheelhouse).
-variable "RUNTIME_EXTRAS" { default = "device,jetson" }
 # "required": the runtime build fails unless the base's Python provides TensorRT; "optional" for other bases.
 variable "BASE_TENSORRT" { default = "required" }
 variable "GIT_SHA" { default = "unknown" }
@@ -71,7 +69,7 @@ target "_model" {
   args = {
     L4T_BASE = L4T_BASE, CONVERTER_BASE = CONVERTER_BASE, MODEL = MODEL, PRECISION = PRECISION, CALIBRATION = CALIBRATION, BATCH = BATCH,
     VERSION = VERSION, GIT_SHA = GIT_SHA, CREATED = CREATED, SOURCE = SOURCE, BUNDLE_SHA256 = BUNDLE_SHA256,
-    RUNTIME_EXTRAS = RUNTIME_EXTRAS, BASE_TENSORRT = BASE_TENSORRT
+    BASE_TENSORRT = BASE_TENSORRT
   }
 }
 

@@ -29,6 +29,7 @@ COPY --from=convert /tmp/out/bundle /
 # platform. It depends on pyproject.toml alone (not on the converter, whose code changes every release), so the
 # runtime's dependency layer stays cached.
 FROM --platform=$BUILDPLATFORM ${CONVERTER_BASE} AS device-reqs
+# The one place the runtime's extras are named (edge_deploy.images.runtime_extras reads it to fill the wheelhouse).
 ARG RUNTIME_EXTRAS=device,jetson
 COPY pyproject.toml docker/requirements.py /tmp/src/
 RUN --network=none python3 /tmp/src/requirements.py /tmp/src/pyproject.toml "${RUNTIME_EXTRAS}" > /tmp/requirements-runtime.txt

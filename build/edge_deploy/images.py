@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,6 @@ REQUIREMENTS_PY = REPO_ROOT / "docker" / "requirements.py"
 WHEELHOUSE_ROOT = REPO_ROOT / ".edge" / "wheelhouse"
 # Builds for our stand-in bases (Debian 12, Python 3.11); the real JetPack 6 base has Python 3.10.
 DEFAULT_RUNTIME_PYTHON = os.environ.get("EDGE_RUNTIME_PYTHON", "3.10")
-# What the runtime image installs: the device side and CUDA's Python bindings (the base provides TensorRT).
-RUNTIME_EXTRAS = "device,jetson"
 # pip for the builds themselves, from the wheelhouse: the runtime image must not rely on the base having
 # python3-pip or ensurepip (l4t-jetpack may ship neither). pip download picks the newest that runs on the
 # image's Python.
@@ -86,6 +85,17 @@ def pip_platforms(arch: str) -> list[str]:
     return [f"{tag}_{machine}" for tag in MANYLINUX]
 
 
+def runtime_extras(context: Path = REPO_ROOT) -> str:
+    """The extras a checkout's runtime image installs: its runtime.Dockerfile's ``RUNTIME_EXTRAS`` default
+    (the one place they are named; "device" for checkouts from before the image installed cuda-python)."""
+    try:
+        text = (context / "docker" / "runtime.Dockerfile").read_text()
+    except OSError:
+        return "device"
+    found = re.search(r"^ARG RUNTIME_EXTRAS=([\w,-]+)[ \t]*$", text, re.M)
+    return found.group(1) if found else "device"
+
+
 def requirements_for(extra: str, pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[str]:
     """Requirements of ``extra`` (comma-separated extras) plus the base dependencies, from pyproject.toml."""
     proc = _run([sys.executable, str(REQUIREMENTS_PY), str(pyproject), extra], what="Reading pyproject.toml")
@@ -93,9 +103,9 @@ def requirements_for(extra: str, pyproject: Path = REPO_ROOT / "pyproject.toml")
 
 
 def runtime_has_ros2(pyproject: Path) -> bool:
-    """Whether the runtime image built from ``pyproject`` can serve ROS 2: its extras (what the image
-    installs) include the DDS binding."""
-    return has_ros2(requirements_for(RUNTIME_EXTRAS, pyproject))
+    """Whether the runtime image built from ``pyproject`` (and the Dockerfile beside it) can serve ROS 2: its
+    extras (what the image installs) include the DDS binding."""
+    return has_ros2(requirements_for(runtime_extras(pyproject.parent), pyproject))
 
 
 def has_ros2(device_requirements: list[str]) -> bool:
@@ -131,7 +141,7 @@ def prepare_wheelhouses(*, runtime_python: str, device: list[str], converter_pyt
                         root: Path = WHEELHOUSE_ROOT, torch_spec: str = "torch==2.13.0",
                         pyproject: Path = REPO_ROOT / "pyproject.toml") -> dict[str, Path]:
     """Fill the converter's and the runtime's wheelhouses; ``device`` is the runtime image's requirements
-    (``RUNTIME_EXTRAS``). Each also holds a pip wheel, which the builds run from the wheelhouse."""
+    (``runtime_extras``). Each also holds a pip wheel, which the builds run from the wheelhouse."""
     host = [r for r in requirements_for("host", pyproject) if not r.startswith("torch")]
     converter = fill_wheelhouse(root / "converter", [torch_spec, *host, "hatchling>=1.21,<2", BUILD_PIP],
                                 arch="amd64", python=converter_python)
@@ -264,7 +274,7 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
     python = runtime_python or DEFAULT_RUNTIME_PYTHON
     on_step(f"wheelhouses (runtime Python {python})")
     pyproject = context / "pyproject.toml"
-    device = requirements_for(RUNTIME_EXTRAS, pyproject)
+    device = requirements_for(runtime_extras(context), pyproject)
     houses = prepare_wheelhouses(runtime_python=python, device=device, pyproject=pyproject)
     variables = {
         "REGISTRY": registry, "IMAGE_PREFIX": image_prefix, "VERSION": version, "TAGS": ",".join(tags),
@@ -272,7 +282,6 @@ def build_images(*, model_dir: Path, model: str, precision: str = "fp16", calibr
         "WHEELHOUSE": str(houses["converter"]),
         "RUNTIME_WHEELHOUSE": str(runtime_wheelhouse(runtime_platforms, houses, python=python, device=device)),
         "RUNTIME_PLATFORMS": runtime_platforms,
-        "RUNTIME_EXTRAS": RUNTIME_EXTRAS,
         "GIT_SHA": git_sha(context),
         "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -15,10 +15,10 @@ import pytest
 from edge_deploy.images import (
     BAKE_FILE,
     REPO_ROOT,
-    RUNTIME_EXTRAS,
     ImageError,
     pip_platforms,
     requirements_for,
+    runtime_extras,
     runtime_wheelhouse,
 )
 from tests.support import need
@@ -46,7 +46,8 @@ def test_device_requirements_have_no_torch_and_include_the_backend() -> None:
 def test_runtime_image_installs_the_device_side_and_cuda_python_once() -> None:
     from packaging.requirements import Requirement
 
-    reqs = [Requirement(r) for r in requirements_for(RUNTIME_EXTRAS)]
+    assert runtime_extras() == "device,jetson"  # from the runtime Dockerfile's ARG
+    reqs = [Requirement(r) for r in requirements_for(runtime_extras())]
     names = [r.name for r in reqs]
     assert len(names) == len(set(names)), names
     assert {"onnxruntime", "numpy", "cuda-python"} <= set(names) and "torch" not in names
@@ -54,8 +55,6 @@ def test_runtime_image_installs_the_device_side_and_cuda_python_once() -> None:
     # JetPack 6 has CUDA 12.6: cuda-python 12.x, never 13 (needs a CUDA 13 driver)
     assert cuda.specifier.contains("12.9.0") and not cuda.specifier.contains("13.0.0")
     assert not any(r.name == "tensorrt" or r.name.startswith("tensorrt-") for r in reqs), "the base provides it"
-    dockerfile = (REPO_ROOT / "docker" / "runtime.Dockerfile").read_text()
-    assert f"ARG RUNTIME_EXTRAS={RUNTIME_EXTRAS}\n" in dockerfile
 
 
 def test_pip_platforms_are_manylinux_for_the_arch() -> None:
@@ -77,7 +76,6 @@ def test_bake_file_resolves_tags_from_variables() -> None:
     assert targets["converter"]["platforms"] == ["linux/amd64"]
     assert targets["runtime"]["contexts"]["converter"] == "target:converter"
     assert targets["runtime"]["args"]["L4T_BASE"].startswith("nvcr.io/nvidia/l4t-jetpack:r36")
-    assert targets["runtime"]["args"]["RUNTIME_EXTRAS"] == RUNTIME_EXTRAS
     assert targets["runtime"]["args"]["BASE_TENSORRT"] == "required"
 
 
@@ -184,3 +182,14 @@ def test_runtime_and_converter_need_no_pip_or_ensurepip_in_their_base() -> None:
         assert "python3 -m venv --without-pip /opt/edge/venv" in run, dockerfile
         assert '/opt/edge/venv/bin/python "${pip_whl}/pip" install --no-index' in run, dockerfile
         assert "/opt/edge/venv/bin/pip " not in run and "ensurepip" not in run and "get-pip" not in run
+
+
+def test_runtime_extras_follow_the_checkout_s_dockerfile(tmp_path: Path) -> None:
+    """A release built from an older checkout fills its wheelhouse with what that checkout's image installs."""
+    assert runtime_extras(tmp_path) == "device"  # no docker/runtime.Dockerfile
+    (tmp_path / "docker").mkdir()
+    dockerfile = tmp_path / "docker" / "runtime.Dockerfile"
+    dockerfile.write_text("FROM base AS device-reqs\nRUN python3 requirements.py pyproject.toml device\n")
+    assert runtime_extras(tmp_path) == "device"
+    dockerfile.write_text("FROM base AS device-reqs\nARG RUNTIME_EXTRAS=device,jetson,ros2\n")
+    assert runtime_extras(tmp_path) == "device,jetson,ros2"
