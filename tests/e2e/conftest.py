@@ -75,8 +75,13 @@ def runtime_source_hash() -> str:
 def docker_host() -> str:
     """The host engine and registry from scripts/host-setup (fails under CI=true when absent)."""
     need(host_ready(), f"Docker engine and registry at {REGISTRY} (run scripts/host-setup)")
-    inspect = subprocess.run(["docker", "buildx", "imagetools", "inspect", STANDIN], capture_output=True, timeout=60)
+    inspect = subprocess.run(["docker", "buildx", "imagetools", "inspect", STANDIN, "--format", "{{json .Image}}"],
+                             capture_output=True, text=True, timeout=60)
     need(inspect.returncode == 0, f"stand-in base {STANDIN} in the local registry (scripts/host-setup)")
+    if "/edge-deploy/l4t-standin:" in STANDIN:  # ours, not a real l4t-jetpack given in EDGE_L4T_BASE
+        need("io.edge-deploy.standin.tensorrt-python" in inspect.stdout,
+             f"the JetPack-shaped stand-in base {STANDIN} (TensorRT's Python module; scripts/host-setup rebuilds "
+             "an older one)")
     return REGISTRY
 
 
