@@ -102,3 +102,23 @@ def test_client_errors_are_not_retried() -> None:
     with pytest.raises(RegistryError, match=r"HTTP 403"):
         reg.resolve("team/runtime", "0.1.0")
     assert flaky.requests == 1 and reg.retries == 0
+
+
+def test_the_catalog_is_read_page_by_page() -> None:
+    """distribution answers 400 to a page above 1000 and links the next page in a Link header."""
+    names = [f"team/r{i:04d}" for i in range(1500)]
+
+    def catalog(request: httpx.Request) -> httpx.Response:
+        n = int(request.url.params.get("n", "100"))
+        if n > 1000:
+            return httpx.Response(400, json={"errors": [{"code": "PAGINATION_NUMBER_INVALID"}]})
+        last = request.url.params.get("last")
+        start = names.index(last) + 1 if last else 0
+        page = names[start : start + n]
+        headers = {}
+        if start + n < len(names):
+            headers["link"] = f'</v2/_catalog?last={page[-1]}&n={n}>; rel="next"'
+        return httpx.Response(200, json={"repositories": page}, headers=headers)
+
+    reg = Registry("reg.example", client=client(catalog))
+    assert reg.repositories() == names

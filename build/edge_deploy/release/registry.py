@@ -252,8 +252,15 @@ class Registry:
         return sorted(resp.json().get("tags") or [])
 
     def repositories(self) -> list[str]:
-        resp = self._request("GET", "_catalog?n=10000", what="listing repositories")
-        return sorted(resp.json().get("repositories") or [])
+        """Every repository, through the catalog's pages (distribution refuses pages above 1000: HTTP 400)."""
+        out: list[str] = []
+        path: str | None = "_catalog?n=1000"
+        while path:
+            resp = self._request("GET", path, what="listing repositories")
+            out += resp.json().get("repositories") or []
+            nxt = resp.links.get("next", {}).get("url", "")
+            path = nxt.split("/v2/", 1)[1] if "/v2/" in nxt else None
+        return sorted(out)
 
     def tag(self, name: str, digest: str, tag: str) -> None:
         """Point ``tag`` at ``digest`` by re-putting the same manifest bytes (digest unchanged)."""
