@@ -104,3 +104,66 @@ def test_tune_runs_the_tools_where_present(tmp_path: Path, monkeypatch: pytest.M
     (bindir / "nvpmodel").write_text("#!/bin/sh\necho 'NVPM ERROR: invalid mode' >&2\nexit 1\n")
     result = CliRunner().invoke(cli, ["tune", "--power-mode", "9"])
     assert result.exit_code != 0 and "exit code 1" in str(result.exception)
+
+
+def _build(bundle: Path, cache: str, *extra: str) -> dict:
+    code, out = invoke(
+        "engine", "build", "--bundle", str(bundle), "--cache", cache, "--backend", "onnxruntime", "--json", *extra
+    )
+    assert code == 0, out
+    return dict(json.loads(out[out.index("{") :]))
+
+
+def test_engine_build_pin_then_prune_and_unpin(tmp_path: Path) -> None:
+    """The rollout's pre-build pins each release's engine; its prune step keeps the releases the robot keeps."""
+    from tests.runtime.conftest import write_tiny_bundle
+
+    cache = str(tmp_path / "cache")
+    old = _build(write_tiny_bundle(tmp_path / "b0", seed=0), cache, "--pin", "1.0.0")
+    new = _build(write_tiny_bundle(tmp_path / "b1", seed=1), cache, "--pin", "1.1.0")
+    assert (old["pin"], new["pin"]) == ("1.0.0", "1.1.0")
+    code, out = invoke("engine", "pins", "--cache", cache, "--json")
+    assert code == 0 and json.loads(out) == {"1.0.0": [old["key"]], "1.1.0": [new["key"]]}
+    listed = {e["key"]: e["pins"] for e in json.loads(invoke("engine", "list", "--cache", cache, "--json")[1])}
+    assert listed == {old["key"]: ["1.0.0"], new["key"]: ["1.1.0"]}
+    code, out = invoke("engine", "pins", "--cache", cache)
+    assert code == 0 and f"1.0.0  {old['key'][:12]}" in out
+
+    code, out = invoke("engine", "prune", "--cache", cache, "--keep", "1.1.0", "--keep-unpinned", "0", "--json")
+    assert code == 0, out
+    assert json.loads(out) == {"unpinned": ["1.0.0"], "evicted": [old["key"]], "kept": ["1.1.0"]}
+    assert [e["key"] for e in json.loads(invoke("engine", "list", "--cache", cache, "--json")[1])] == [new["key"]]
+    code, out = invoke("engine", "unpin", "--cache", cache, "1.1.0")
+    assert code == 0 and "unpinned 1.1.0" in out
+    assert json.loads(invoke("engine", "pins", "--cache", cache, "--json")[1]) == {}
+
+
+def test_engine_pin_reads_its_env_and_checks_the_name(tiny_bundle: Path, tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    r = CliRunner().invoke(
+        cli,
+        ["engine", "build", "--bundle", str(tiny_bundle), "--cache", cache, "--backend", "onnxruntime", "--json"],
+        env={"EDGE_ENGINE_PIN": "2.0.0-rc.1"},
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(invoke("engine", "pins", "--cache", cache, "--json")[1]) == {
+        "2.0.0-rc.1": [json.loads(r.output[r.output.index("{") :])["key"]]
+    }
+    for bad in ("../x", "a b"):
+        code, out = invoke("engine", "build", "--bundle", str(tiny_bundle), "--cache", cache, "--pin", bad)
+        assert code == 2 and "is not a valid pin name" in out
+        code, out = invoke("engine", "prune", "--cache", cache, "--keep", bad)
+        assert code == 2 and "is not a valid pin name" in out
+
+
+def test_engine_quarantine_lists_records(tiny_bundle: Path, tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    built = _build(tiny_bundle, cache)
+    Path(built["path"]).write_bytes(b"corrupt")
+    assert invoke("engine", "verify", "--cache", cache, "--quarantine")[0] == 1
+    code, out = invoke("engine", "quarantine", "--cache", cache, "--json")
+    assert code == 0
+    (record,) = json.loads(out)
+    assert record["key"] == built["key"] and record["count"] == 1 and "truncated" in record["reason"]
+    code, out = invoke("engine", "quarantine", "--cache", cache)
+    assert code == 0 and built["key"][:12] in out and "truncated" in out

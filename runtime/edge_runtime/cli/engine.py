@@ -1,4 +1,6 @@
-"""``edge-runtime engine build|list|verify|clear``: inspect and manage the engine cache."""
+"""``edge-runtime engine build|list|verify|clear|pins|unpin|prune|quarantine``: inspect and manage the engine
+cache. ``build --pin`` and ``prune --keep`` are what a rollout runs on the robot, so the engines of the releases
+the robot keeps are never evicted."""
 
 from __future__ import annotations
 
@@ -16,9 +18,24 @@ from edge_runtime.cli.options import (
 )
 
 
+def _pin_name(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """Check pin names before anything runs (they become file names in the cache volume)."""
+    from edge_runtime.cache import check_pin_name
+    from edge_runtime.errors import CacheError
+
+    names = value if isinstance(value, tuple) else (value,)
+    for name in names:
+        if name is not None:
+            try:
+                check_pin_name(str(name))
+            except CacheError as exc:
+                raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.group()
 def engine() -> None:
-    """Build, list, verify and clear cached engines."""
+    """Build, list, verify and clear cached engines; pin the engines of the releases a robot keeps."""
 
 
 @engine.command()
@@ -26,8 +43,17 @@ def engine() -> None:
 @cache_option
 @backend_option
 @precision_option
+@click.option(
+    "--pin",
+    "pin",
+    envvar="EDGE_ENGINE_PIN",
+    default=None,
+    callback=_pin_name,
+    help="Pin the engine under this name (a release version): eviction keeps it until "
+    "'engine unpin' or 'engine prune' drops the pin [env EDGE_ENGINE_PIN].",
+)
 @json_option
-def build(bundle: Path, cache: Path, backend: str, precision: str | None, as_json: bool) -> None:
+def build(bundle: Path, cache: Path, backend: str, precision: str | None, pin: str | None, as_json: bool) -> None:
     """Build the engine for BUNDLE into the cache (a cache hit builds nothing)."""
     from edge_runtime.backends import BuildOptions, get_backend
     from edge_runtime.bundle import ModelBundle
@@ -37,23 +63,25 @@ def build(bundle: Path, cache: Path, backend: str, precision: str | None, as_jso
     mb = ModelBundle.load(bundle)
     be = get_backend(backend)
     options = BuildOptions.for_bundle(mb, read_board_model(), precision)
-    result = EngineCache(cache).open(
-        be, mb, options, device_identity(), progress=lambda m: click.echo(m, err=True)
-    )
+    engine_cache = EngineCache(cache)
+    result = engine_cache.open(be, mb, options, device_identity(), progress=lambda m: click.echo(m, err=True))
     result.engine.close()
+    if pin:
+        engine_cache.pin(pin, result.key.digest)
     info = {
         "key": result.key.digest,
         "hit": result.hit,
         "build_seconds": result.build_seconds,
         "path": str(result.path),
         "backend": be.name,
+        "pin": pin,
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
         click.echo(
             f"{'cache hit' if result.hit else 'built'}: {result.path} ({be.name}, "
-            f"{result.build_seconds:.2f} s build)"
+            f"{result.build_seconds:.2f} s build{f', pinned as {pin}' if pin else ''})"
         )
 
 
@@ -64,9 +92,14 @@ def list_(cache: Path, as_json: bool) -> None:
     """List cached engines, newest first, with the parts of their key."""
     from edge_runtime.cache import EngineCache
 
-    entries = EngineCache(cache).entries()
+    engine_cache = EngineCache(cache)
+    entries = engine_cache.entries()
+    pinned: dict[str, list[str]] = {}
+    for name, keys in engine_cache.pins().items():
+        for key in keys:
+            pinned.setdefault(key, []).append(name)
     if as_json:
-        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        click.echo(json.dumps([{**e.to_dict(), "pins": pinned.get(e.key, [])} for e in entries], indent=2))
         return
     if not entries:
         click.echo(f"no engines in {cache}")
@@ -78,6 +111,7 @@ def list_(cache: Path, as_json: bool) -> None:
             f"{parts.get('precision')} batch {parts.get('batch')}  L4T {dev.get('l4t') or '-'}  "
             f"GPU {dev.get('gpu')}  bundle {str(parts.get('bundle_sha256'))[:12]}  "
             f"{e.meta.get('size', 0) / 1e6:.1f} MB  built {e.created}"
+            + (f"  pinned by {', '.join(pinned[e.key])}" if e.key in pinned else "")
         )
 
 
@@ -108,3 +142,94 @@ def clear(cache: Path, as_json: bool) -> None:
 
     n = EngineCache(cache).clear()
     click.echo(json.dumps({"removed": n}) if as_json else f"removed {n} engine(s) from {cache}")
+
+
+@engine.command()
+@cache_option
+@json_option
+def pins(cache: Path, as_json: bool) -> None:
+    """List pins: each names a release and the engine key eviction keeps for it."""
+    from edge_runtime.cache import EngineCache
+
+    engine_cache = EngineCache(cache)
+    found = engine_cache.pins()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    present = {e.key for e in engine_cache.entries()}
+    if not found:
+        click.echo(f"no pins in {cache}")
+    for name, keys in found.items():
+        shown = ", ".join(f"{k[:12]}{'' if k in present else ' (not cached)'}" for k in keys) or "(unreadable)"
+        click.echo(f"{name}  {shown}")
+
+
+@engine.command()
+@cache_option
+@click.argument("names", nargs=-1, required=True, callback=_pin_name)
+@json_option
+def unpin(cache: Path, names: tuple[str, ...], as_json: bool) -> None:
+    """Remove the pins NAMES; their engines then follow the most-recently-used rule."""
+    from edge_runtime.cache import EngineCache
+
+    removed = EngineCache(cache).unpin(names)
+    if as_json:
+        click.echo(json.dumps({"unpinned": removed}))
+        return
+    for name in names:
+        click.echo(f"unpinned {name}" if name in removed else f"no pin named {name}")
+
+
+@engine.command()
+@cache_option
+@click.option(
+    "--keep",
+    "keep_pins",
+    multiple=True,
+    required=True,
+    callback=_pin_name,
+    help="A pin to keep (repeat): the releases the robot keeps. Every other pin is dropped.",
+)
+@click.option(
+    "--keep-unpinned",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Unpinned engines to keep, most recently used first (the service keeps as many).",
+)
+@json_option
+def prune(cache: Path, keep_pins: tuple[str, ...], keep_unpinned: int, as_json: bool) -> None:
+    """Drop the pins of releases no longer kept, then evict what no pin keeps beyond --keep-unpinned."""
+    from edge_runtime.cache import EngineCache
+
+    engine_cache = EngineCache(cache)
+    dropped, evicted = engine_cache.prune(keep_pins, keep=keep_unpinned)
+    kept = sorted(engine_cache.pins())
+    if as_json:
+        click.echo(json.dumps({"unpinned": dropped, "evicted": evicted, "kept": kept}))
+    else:
+        click.echo(
+            f"dropped {len(dropped)} pin(s){': ' + ', '.join(dropped) if dropped else ''}; "
+            f"evicted {len(evicted)} engine(s); pins kept: {', '.join(kept) or 'none'}"
+        )
+
+
+@engine.command("quarantine")
+@cache_option
+@json_option
+def quarantine_(cache: Path, as_json: bool) -> None:
+    """List quarantined entries: why, how often the same bytes came back, whether their files were kept."""
+    from edge_runtime.cache import EngineCache
+
+    records = EngineCache(cache).quarantined()
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        click.echo(f"nothing quarantined in {cache}")
+    for r in records:
+        kept = f"{r['bytes'] / 1e6:.1f} MB kept" if r.get("files") else "files not kept"
+        click.echo(
+            f"{str(r.get('key'))[:12]}  seen {r.get('count')}x, last {r.get('last_seen')}  {kept}  "
+            f"{r.get('reason')}"
+        )
