@@ -180,8 +180,8 @@ class InferenceService:
         """Fast checks that must fail at start with one sentence: bundle, backend, writable cache."""
         self.device = probe(self.config.device_root)
         self.say(
-            f"device: {self.device.identity.board or 'not a Jetson'}, L4T {self.device.identity.l4t or '-'}, "
-            f"GPU {self.device.identity.gpu}"
+            f"device: {self._board()}, L4T {self.device.identity.l4t or '-'}, GPU {self.device.identity.gpu}"
+            + ("" if self.device.gpu_visible in (None, True) else " (CUDA sees no GPU)")
         )
         self.bundle = ModelBundle.load(self.config.bundle)
         choice = self.backend_choice = select_backend(self.config.backend)
@@ -201,6 +201,14 @@ class InferenceService:
                 fallback,
             )
         self.cache.prepare()
+
+    def _board(self) -> str:
+        """The board's name; an L4T release without a device tree (a container that cannot see /proc's) is
+        still a Jetson userspace, not 'not a Jetson'."""
+        assert self.device is not None
+        if self.device.identity.board:
+            return self.device.identity.board
+        return "Jetson (board not visible)" if self.device.is_jetson else "not a Jetson"
 
     def options(self) -> BuildOptions:
         assert self.bundle is not None
