@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -412,9 +411,12 @@ def test_pin_names_are_checked(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / "pins").exists() or list((tmp_path / "pins").iterdir()) == []
 
 
-def test_an_unreadable_pin_protects_nothing_and_is_reported(tmp_path: Path) -> None:
-    cache = EngineCache(tmp_path)
-    cache.prepare()
-    (tmp_path / "pins" / "1.0.0").write_text("{not json")
-    assert cache.pins() == {"1.0.0": []}
-    assert json.loads(json.dumps(cache.pins()))  # plain data for --json
+def test_an_unreadable_pin_protects_nothing_and_is_listed(tmp_path: Path) -> None:
+    b = bundles(tmp_path, 2)
+    cache = EngineCache(tmp_path / "cache")
+    kept, other = (cache.open(CountingBackend(), x, opts(x), device_identity()).key.digest for x in b)
+    cache.pin("1.0.0", kept)
+    (tmp_path / "cache" / "pins" / "1.1.0").write_text("{not json")
+    assert cache.pins() == {"1.0.0": [kept], "1.1.0": []}
+    assert cache.evict(keep=0) == [other]
+    assert [e.key for e in cache.entries()] == [kept]

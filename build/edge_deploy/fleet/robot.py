@@ -461,10 +461,11 @@ class RobotReleases:
         """Build ``version``'s engine into the robot's engine cache with a one-off container of that release's
         service (``docker compose run``: the same image, volume, GPU runtime and environment as the service,
         so the cache key is the one the service will look up), while the running release keeps serving.
-        Returns ``engine build``'s JSON (``hit``, ``build_seconds``, ...)."""
+        The engine is pinned under the version (EDGE_ENGINE_PIN; an image older than pins ignores it), so
+        eviction keeps it while the release is kept. Returns ``engine build``'s JSON (``hit``, ...)."""
         r = await self.conn.run(
             f"cd {self._release(version)} && docker compose -p {PROJECT} run --rm --no-deps -T "
-            f"--entrypoint edge-runtime {SERVICE} engine build --json",
+            f"-e EDGE_ENGINE_PIN={q(version)} --entrypoint edge-runtime {SERVICE} engine build --json",
             timeout=timeout_s + 60,
         )
         if not r.ok:
@@ -618,6 +619,25 @@ class RobotReleases:
             removed.append(name)
         return removed
 
+    async def prune_engines(self, version: str, keep: set[str]) -> None:
+        """Drop the engine-cache pins of releases no longer kept (``engine prune --keep``), from a one-off
+        container of ``version``'s service (the volume is not reachable from the deploy user's shell). A
+        failure only logs: the releases are in place, and the cache's own eviction still bounds it."""
+        keeps = " ".join(f"--keep {q(v)}" for v in sorted(keep))
+        try:
+            r = await self.conn.run(
+                f"cd {self._release(version)} && docker compose -p {PROJECT} run --rm --no-deps -T "
+                f"--entrypoint edge-runtime {SERVICE} engine prune {keeps} --json",
+                timeout=300,
+            )
+        except FleetError as exc:  # the SSH connection dropped or timed out
+            log.warning("Robot %s: dropping engine pins failed: %s", self.robot.name, exc)
+            return
+        if not r.ok:
+            log.warning(
+                "Robot %s: dropping engine pins failed (exit %s): %s", self.robot.name, r.rc, r.tail(200)
+            )
+
     async def install_unit(self) -> str:
         """Install and enable the systemd unit so the compose project starts at boot (needs passwordless sudo
         for install and systemctl). Returns a note when that cannot be done; the release itself stays up."""
@@ -766,6 +786,7 @@ class RobotReleases:
         )
         if req.prune:
             await self.prune({v for v in (req.version, restore_to) if v})
+            await self.prune_engines(req.version, {v for v in (req.version, restore_to) if v})
         res.outcome = UNCHANGED if unchanged else UPDATED
         res.stage, res.previous = "health", restore_to if current == req.version else current
         return res
