@@ -568,6 +568,9 @@ def test_npz_bombs_are_refused_before_inflating(tiny_bundle: Path, tmp_path: Pat
             assert r.json()["error"].endswith("."), r.text
             grown = _peak_rss(svc.proc.pid) - base
             assert grown < 48 * MiB, f"{label}: the service's peak memory grew by {grown / MiB:.0f} MiB"
+            print(
+                f"\n{label}: {len(body) >> 10} KiB body, HTTP {r.status_code}, peak RSS +{grown / MiB:.1f} MiB"
+            )
         assert httpx.get(svc.url + "/healthz", timeout=5).status_code == 200
         ok = httpx.post(
             svc.url + "/v1/infer",
@@ -754,6 +757,9 @@ def test_health_answers_while_a_large_json_body_is_decoded(tiny_bundle: Path, tm
             f"/healthz waited {max(waits):.2f} s while a {len(body) >> 20} MB body decoded"
         )
         assert len(waits) >= 10, (len(waits), took)
+        print(
+            f"\n{len(body) / 1e6:.0f} MB JSON decoded in {took:.2f} s; {len(waits)} /healthz calls, slowest {max(waits) * 1000:.0f} ms"
+        )
         assert decoder_adj == ["1000"], decoder_adj  # the decoder goes first if memory runs out
 
 
