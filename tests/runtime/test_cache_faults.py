@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -287,6 +288,31 @@ def test_service_on_a_full_volume_with_a_corrupt_engine_rebuilds_and_serves(
         with ServiceProcess(tiny_bundle, cache, "onnxruntime", env=ENV, merge_output=True) as svc:
             svc.wait_ready(timeout_s=120)
             assert svc.startup["cache_hit"] is False
+
+
+def test_engine_build_on_a_full_volume(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``edge-runtime engine build`` (the rollout's pre-build): one sentence and exit 2 where the engine cannot
+    be written; a cache hit whose pin cannot be written still succeeds (a rollout must not call it bad)."""
+    (other,) = bundles(tmp_path, 1)
+
+    def build(bundle: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edge_runtime", "engine", "build", "--bundle", str(bundle), "--cache",
+             str(cache), "--backend", "onnxruntime", "--pin", "1.0.0", "--json"],
+            env=ENV, capture_output=True, text=True, timeout=120,
+        )
+
+    with small_volume(tmp_path / "vol", 128) as vol:
+        cache = vol / "cache"
+        EngineCache(cache).open(OnnxRuntimeBackend(), other, opts(other), device_identity())
+        fill(vol)
+        r = build(tiny_bundle, cache)
+        assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: No space left"), r.stderr
+        assert "Traceback" not in r.stderr
+        r = build(other.path, cache)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["hit"] is True and json.loads(r.stdout)["pin"] is None
+        assert "warning: the engine was not pinned as 1.0.0: No space left" in r.stderr
 
 
 # -- SIGKILL mid-write: the next start repairs ------------------------------------------------------------

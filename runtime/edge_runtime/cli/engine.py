@@ -59,6 +59,7 @@ def build(bundle: Path, cache: Path, backend: str, precision: str | None, pin: s
     from edge_runtime.bundle import ModelBundle
     from edge_runtime.cache import EngineCache
     from edge_runtime.device import device_identity, read_board_model
+    from edge_runtime.errors import CacheError
 
     mb = ModelBundle.load(bundle)
     be = get_backend(backend)
@@ -67,7 +68,11 @@ def build(bundle: Path, cache: Path, backend: str, precision: str | None, pin: s
     result = engine_cache.open(be, mb, options, device_identity(), progress=lambda m: click.echo(m, err=True))
     result.engine.close()
     if pin:
-        engine_cache.pin(pin, result.key.digest)
+        try:
+            engine_cache.pin(pin, result.key.digest)
+        except CacheError as exc:  # the engine is built and usable; a rollout must not call that release bad
+            click.echo(f"warning: the engine was not pinned as {pin}: {exc}", err=True)
+            pin = None
     info = {
         "key": result.key.digest,
         "hit": result.hit,
