@@ -359,6 +359,20 @@ def test_leftover_of_a_killed_timing_cache_write_is_removed_at_start(
     assert list((cache / "timing").glob(".*.tmp")) == []
 
 
+def test_killed_mid_quarantine_next_start_repairs(tiny_bundle: Path, tmp_path: Path) -> None:
+    cache, marker = tmp_path / "cache", tmp_path / "moving"
+    bundle = ModelBundle.load(tiny_bundle)
+    first = EngineCache(cache).open(CountingBackend(), bundle, opts(bundle), device_identity())
+    first.path.write_bytes(b"corrupt")
+    _kill_when_writing(_child(tiny_bundle, cache, "hang-quarantine", marker), marker)
+    assert [p.name for p in (cache / "engines").iterdir()] == [f"{first.key.digest}.json"]  # half moved
+    backend = CountingBackend()
+    again = EngineCache(cache).open(backend, bundle, opts(bundle), device_identity())
+    assert not again.hit and backend.builds == 1
+    assert quarantine_files(cache) == [] and list((cache / "quarantine").iterdir()) == []
+    assert EngineCache(cache).verify() == [{"key": again.key.digest, "ok": True, "problem": None}]
+
+
 def test_a_live_writer_keeps_its_temp_file(tiny_bundle: Path, tmp_path: Path) -> None:
     """The start-up repair must not take the temp file of a build running in another container."""
     cache, marker = tmp_path / "cache", tmp_path / "writing"
