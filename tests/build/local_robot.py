@@ -9,9 +9,11 @@ transport (a dropped connection, a timeout) are raised where the real ``RobotCon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,19 @@ args = sys.argv[1:]
 with open(os.path.join(d, "calls.jsonl"), "a") as f:
     f.write(json.dumps(["NAME", *args]) + "\n")
 
+def running():
+    """EDGE_IMAGE of ~/edge/current/.env: what the container runs once compose brought current up."""
+    try:
+        env = open(os.path.join(os.environ["HOME"], "edge", "current", ".env")).read()
+    except OSError:
+        return ""
+    return next((ln.split("=", 1)[1] for ln in env.splitlines() if ln.startswith("EDGE_IMAGE=")), "")
+
 def answer(spec):
     rc, out, err = (list(spec) + [0, "", ""])[:3] if isinstance(spec, list) else (0, str(spec), "")
+    if "{RUNNING" in out:
+        image = running()
+        out = out.replace("{RUNNING}", image).replace("{RUNNING_DIGEST}", image.rpartition("@")[2])
     sys.stdout.write(out)
     sys.stderr.write(err)
     sys.exit(rc)
@@ -68,6 +81,11 @@ if args[:1] == ["pull"]:
     answer(take("pull"))
 if args[:1] == ["compose"] and "run" in args:
     answer(take("prebuild"))
+if args[:1] == ["compose"] and "up" in args:
+    answer(take("up"))
+if args[:1] in (["ps"], ["inspect"], ["logs"], ["image"]):  # answers by a fragment of the command line
+    line = " ".join(args)
+    answer(next((v for k, v in cfg.get(args[0], {}).items() if k in line), [0, "", ""]))
 answer([0, "", ""])
 '''
 
@@ -128,7 +146,8 @@ class LocalRobot(RobotConnection):
         self.stubs = root / "stubs"
         self.home.mkdir(parents=True, exist_ok=True)
         self.stubs.mkdir(parents=True, exist_ok=True)
-        (self.stubs / "config.json").write_text(json.dumps(config))
+        self.config = config
+        self.save_config()
         for name in ("docker", "df", "sudo"):
             script = self.stubs / name
             script.write_text(STUB.replace("PYTHON", sys.executable).replace("NAME", name))
@@ -144,6 +163,11 @@ class LocalRobot(RobotConnection):
         self.sftp_writes: list[str] = []  # paths written through the SFTP side
         self.transport_faults: dict[str, FleetError] = {}  # command substring → what the transport raises
         self.canned: dict[str, CommandResult] = {}  # command substring → answer without running it
+        self.service_port: int | None = None  # where forward() leads: a real service on this machine
+
+    def save_config(self) -> None:
+        """What the stand-in commands answer from now on (``config``, changed in place by a test)."""
+        (self.stubs / "config.json").write_text(json.dumps(self.config))
 
     def calls(self, name: str = "docker") -> list[list[str]]:
         path = self.stubs / "calls.jsonl"
@@ -186,6 +210,12 @@ class LocalRobot(RobotConnection):
         with open(p, "ab" if append else "wb") as f:
             f.write(data)
         self.sftp_writes.append(path)
+
+    @contextlib.asynccontextmanager
+    async def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> AsyncIterator[int]:
+        """The robot's service port, reached on this machine (``service_port``: a real service here)."""
+        assert remote_port == self.robot.service_port
+        yield self.service_port if self.service_port is not None else remote_port
 
     async def close(self) -> None:
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -490,50 +491,76 @@ def test_a_service_started_on_onnxruntime_fails_a_gpu_robots_gate(tmp_path: Path
     backend_check({"backend": "tensorrt"}, *expected_backend(Robot(name="jet", host="h"), "tensorrt"))
 
 
-def test_a_cpu_fallback_rolls_a_gpu_robot_back_to_its_previous_release(auto_service: int) -> None:
+IMG_A, IMG_B = "reg/rt@sha256:" + "a" * 64, "reg/rt@sha256:" + "b" * 64
+
+
+def _robot_serving(tmp_path: Path, robot: Robot, port: int, running: str) -> Any:
+    """A robot whose shell is a real sh (tests/build/local_robot.py), edge-update.sh run for real in it,
+    its container reported healthy on ``running``, and its service port forwarded to a real service here."""
+    from tests.build.local_robot import LocalRobot
+
+    big = {"*": 50 * 1024 * 1024}
+    lr = LocalRobot(robot, tmp_path, {
+        "df": big,
+        "ps": {"": [0, "c0ffee\n", ""]},
+        "inspect": {
+            "State.Status": [0, f"running healthy {running}\n", ""],
+            "-f {{.Config.Image}}": [0, running + "\n", ""],
+            "-f {{.Image}}": [0, running.split("@")[1] + "\n", ""],
+        },
+        "image": {"RepoDigests": [0, running + " \n", ""]},
+    })
+    lr.service_port = port
+    for version, image in (("0.1.0", IMG_A), ("0.2.0", IMG_B)):
+        d = lr.file(f"edge/releases/{version}")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / ".env").write_text(f"EDGE_IMAGE={image}\n")
+    return lr
+
+
+def test_a_cpu_fallback_rolls_a_gpu_robot_back_to_its_previous_release(auto_service: int, tmp_path: Path) -> None:
     """The whole update after the lock: the new release comes up healthy in Docker's eyes but serves ONNX
-    Runtime on the CPU; the gate refuses, the version is marked bad and the previous release is restored."""
+    Runtime on the CPU; the gate refuses, the version is marked bad and edge-update.sh on the robot (a real
+    sh) restores the previous release."""
     from edge_deploy.fleet.robot import ROLLED_BACK, RobotReleases, RobotResult
 
-    robot = Robot(name="jet", host="h", gpu=True)
-    conn = ScriptedRobot(robot, auto_service)
-    releases = RobotReleases(conn)  # type: ignore[arg-type]
-    req = DeployRequest("0.2.0", "reg/rt@sha256:" + "b" * 64)
+    robot = Robot(name="jet", host="h", gpu=True, compose_dir="edge")
+    lr = _robot_serving(tmp_path, robot, auto_service, IMG_B)
+    req = DeployRequest("0.2.0", IMG_B)
     res = RobotResult(robot.name, req.version, "failed")
-    out = asyncio.run(releases._deploy_locked(req, res, "0.1.0", None, False, {}))
+    out = asyncio.run(RobotReleases(lr)._deploy_locked(req, res, "0.1.0", None, False, {}))
     assert out.outcome == ROLLED_BACK and out.stage == "health", out.reason
     assert "expected backend tensorrt" in out.reason and "served onnxruntime on the CPU" in out.reason
     assert _tensorrt_refusal().rstrip(".") in out.reason and out.reason.endswith("; restored 0.1.0")
-    switches = [c for c in conn.commands if ".current.tmp" in c]
-    assert ["releases/0.2.0" in switches[0], "releases/0.1.0" in switches[-1]] == [True, True]
-    assert conn.written["edge/bad-versions"] == b"0.2.0\n"
-    assert "COMPOSE_FILE=compose.yaml:compose.jetson.yaml" in conn.uploaded[".env"].decode()
-    assert json.loads(conn.uploaded["release.json"])["required_backend"] is None
+    assert os.readlink(lr.file("edge/current")) == "releases/0.1.0"
+    state = json.loads(lr.file("edge/state.json").read_text())
+    assert (state["current"], state["last_result"], state["bad"]) == ("0.1.0", "rolled_back", "0.2.0")
+    assert lr.file("edge/bad-versions").read_text() == "0.2.0\n"
+    env = lr.file("edge/releases/0.2.0/.env").read_text()
+    assert "COMPOSE_FILE=compose.yaml:compose.jetson.yaml" in env
+    assert json.loads(lr.file("edge/releases/0.2.0/release.json").read_text())["required_backend"] is None
+    ups = [c for c in lr.calls() if c[:1] == ["compose"] and "up" in c]
+    assert len(ups) == 2  # the new release, then the restore
 
 
-def test_a_manual_rollback_gates_on_the_backend_its_release_required(auto_service: int) -> None:
+def test_a_manual_rollback_gates_on_the_backend_its_release_required(auto_service: int, tmp_path: Path) -> None:
     """``fleet rollback`` reads the target's release.json: a release made with --required-backend any comes
     back on a gpu robot serving ONNX Runtime; one without it is refused and the current one restored."""
     from edge_deploy.fleet.robot import FAILED, UPDATED, RobotReleases
 
-    robot = Robot(name="jet", host="h", gpu=True)
-    state = json.dumps({"current": "0.2.0", "previous": "0.1.0"})
+    robot = Robot(name="jet", host="h", gpu=True, compose_dir="edge")
     outcomes = {}
     for recorded in ("any", None):
-        conn = ScriptedRobot(
-            robot,
-            auto_service,
-            {
-                "state.json": state,
-                "sed -n": "reg/rt@sha256:" + "a" * 64,
-                "release.json": json.dumps({"version": "0.1.0", "required_backend": recorded}),
-            },
+        lr = _robot_serving(tmp_path / str(recorded), robot, auto_service, IMG_B)
+        lr.file("edge/state.json").write_text(json.dumps({"current": "0.2.0", "previous": "0.1.0"}))
+        lr.file("edge/releases/0.1.0/release.json").write_text(
+            json.dumps({"version": "0.1.0", "required_backend": recorded})
         )
-        res = asyncio.run(RobotReleases(conn).rollback(None, 60))  # type: ignore[arg-type]
-        outcomes[recorded] = (res.outcome, res.reason)
-    assert outcomes["any"] == (UPDATED, "")
+        res = asyncio.run(RobotReleases(lr).rollback(None, 60))
+        outcomes[recorded] = (res.outcome, res.reason, os.readlink(lr.file("edge/current")))
+    assert outcomes["any"] == (UPDATED, "", "releases/0.1.0")
     assert outcomes[None][0] == FAILED and "expected backend tensorrt" in outcomes[None][1]
-    assert outcomes[None][1].endswith("; 0.2.0 restored")
+    assert outcomes[None][1].endswith("; 0.2.0 restored") and outcomes[None][2] == "releases/0.2.0"
 
 
 def test_release_manifest_records_the_required_backend(tmp_path: Path) -> None:

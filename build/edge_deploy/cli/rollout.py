@@ -194,6 +194,12 @@ def rollout(
 @click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
 @click.option("--group", help="Only robots of this inventory group.")
 @click.option("--health-timeout", type=click.FloatRange(1), default=600, show_default=True)
+@click.option("--releases-dir", type=click.Path(path_type=Path),
+              help="Where releases/<VERSION>.json live (a --to release no longer kept is deployed from it).")
+@click.option("--key", "public_key", type=click.Path(exists=True, path_type=Path),
+              help="cosign public key for a --to release that must be deployed (also `public_key:`).")
+@click.option("--insecure-skip-signature-check", "skip_signature", is_flag=True,
+              help="Deploy a --to release no longer kept without verifying its image signature.")
 @click.option("--json", "as_json", is_flag=True)
 def rollback(
     fleet_file: Path,
@@ -201,13 +207,19 @@ def rollback(
     devices: tuple[str, ...],
     group: str | None,
     health_timeout: float,
+    releases_dir: Path | None,
+    public_key: Path | None,
+    skip_signature: bool,
     as_json: bool,
 ) -> None:
-    """Go back to a release kept on the robot (its previous one, or --to VERSION); nothing is downloaded."""
+    """Go back to a release kept on the robot (its previous one, or --to VERSION): nothing is downloaded.
+    A --to release a robot no longer keeps is deployed there from its manifest, pulled and gated like a
+    rollout."""
     from edge_deploy.rollout import rollback as do_rollback
 
     results = do_rollback(
-        fleet_file, to=to, devices=list(devices) or None, group=group, health_timeout=health_timeout
+        fleet_file, to=to, devices=list(devices) or None, group=group, health_timeout=health_timeout,
+        releases_dir=releases_dir, public_key=public_key, insecure_skip_signature_check=skip_signature,
     )
     rows = [r.to_dict() for r in results]
     if as_json:
@@ -255,9 +267,12 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
                 else str(engine.get("error") or "not ready")[:40]
             )
         image = str(r.get("image") or "")
+        version = str(r.get("version") or "-")
+        if r.get("drift"):  # what runs is not what state.json records: say so, never cut
+            version += f" (pinned by hand; recorded {r.get('recorded') or '-'})"
         cells = [
             r["robot"],
-            str(r.get("version") or "-"),
+            version,
             str(r.get("health")),
             str(engine or "-"),
             str(r.get("last_result") or r.get("reason", "-"))[:60],

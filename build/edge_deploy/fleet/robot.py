@@ -49,6 +49,13 @@ PROJECT = "edge"
 SERVICE = "edge-runtime"
 COMPOSE_FILES = ("compose.yaml", "compose.jetson.yaml", "compose.ros2.yaml")
 SYSTEMD_UNIT = "edge-deploy.service"
+# The robot-side program that owns a switch (compose/edge-update.sh): switch, up --wait, wait for the
+# operator's confirmation, else restore; it survives the operator's SSH connection.
+UPDATE_SCRIPT = "edge-update.sh"
+# state.json's last_result while edge-update.sh owns the robot, and once it has decided.
+PENDING = ("switching", "awaiting_confirm", "reverting")
+SETTLED = ("updated", "rolled_back", "reverted", "failed", "skipped")
+POLL_S = 1.0  # how often the operator reads the robot's state while edge-update.sh runs
 
 # Outcomes of one robot in a rollout or rollback.
 UPDATED = "updated"  # now on the new version and healthy
@@ -127,6 +134,13 @@ class DeployRequest:
     # The release manifest's required_backend: "tensorrt", "any", or None (the robot's gpu and
     # allow_cpu_fallback decide); see expected_backend.
     required_backend: str | None = None
+    # How long the robot waits, once the new release is up, for the operator's health gate to confirm it;
+    # without a confirmation (the connection died, the tool was killed) it restores the previous release.
+    confirm_timeout_s: float = 300.0
+    # Releases the operator knows (digest → (version, repository@digest)), to name what a robot really
+    # runs when someone pinned an image by hand.
+    known_images: dict[str, tuple[str, str]] = field(default_factory=dict)
+    action: str = "deploy"  # the history's word for it ("rollback" for rollback --to a release not kept)
 
 
 class GateFailed(FleetError):
@@ -338,6 +352,7 @@ class RobotReleases:
         self.robot = conn.robot
         self.dir = q(self.robot.compose_dir)
         self.retries = retries if retries is not None else {}  # shared with connect(): step → retries
+        self._lock_proc: Any = None  # the channel holding update.lock, while held
 
     def _release(self, version: object) -> str:
         """The shell-quoted path of one release's directory."""
@@ -426,6 +441,7 @@ class RobotReleases:
             proc = await self.conn.conn.create_process(cmd)
         except (OSError, asyncssh.Error) as exc:
             raise RobotUnreachable(f"Robot {self.robot.name}: the SSH connection broke ({exc}).") from None
+        self._lock_proc = proc
         try:
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), wait_s + 30)
@@ -433,10 +449,17 @@ class RobotReleases:
                 line = ""
             yield str(line).strip() == "locked"
         finally:
+            await self.release_update_lock()
+
+    async def release_update_lock(self) -> None:
+        """Let go of update.lock now (edge-update.sh takes it over for the switch); idempotent."""
+        proc, self._lock_proc = self._lock_proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(Exception):
             proc.stdin.write_eof()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait_closed(), 10)
-            proc.close()
+            await asyncio.wait_for(proc.wait_closed(), 10)
+        proc.close()
 
     async def switch(self, version: str) -> None:
         """Point ``current`` at a release directory in one rename, so a reader never sees it missing."""
@@ -455,7 +478,193 @@ class RobotReleases:
         )
         r = await self.conn.run(cmd, timeout=timeout_s + 60)
         if not r.ok:
-            raise GateFailed(f"docker compose up did not reach healthy: {r.tail(200)}")
+            raise GateFailed(await self.failure_cause(r.tail(200)))
+
+    async def failure_cause(self, compose_said: str = "") -> str:
+        """Why the service did not come up, in the container's own words (exit code, restarts, the last
+        health check, the last lines of its log), as edge-update.sh's ``cause`` says it; compose's own
+        progress output only when there is no container to ask."""
+        await self.upload_update_script()
+        r = await self.conn.run(f"cd {self.dir} && sh ./{UPDATE_SCRIPT} cause", timeout=60)
+        said = r.stdout.strip()
+        if r.ok and said and not said.startswith("no container started"):
+            return said
+        return f"docker compose up did not reach healthy: {compose_said}"
+
+    # --- the switch, owned by the robot (edge-update.sh) -----------------------------------------------
+    async def upload_update_script(self) -> None:
+        await self.conn.write_file(
+            f"{self.robot.compose_dir}/{UPDATE_SCRIPT}", (compose_bundle_dir() / UPDATE_SCRIPT).read_bytes()
+        )
+
+    async def wait_settled(self, txn: str, until: tuple[str, ...], timeout_s: float) -> dict[str, Any]:
+        """Poll state.json until edge-update.sh's transaction ``txn`` reaches one of ``until``."""
+        deadline = time.monotonic() + timeout_s
+        started_by = time.monotonic() + 60 + self.robot.lock_wait_s  # it must show up by then
+        while True:
+            state = await self.read_state()
+            if state.get("txn") == txn and state.get("last_result") in until:
+                return state
+            now = time.monotonic()
+            if state.get("txn") != txn and now > started_by:
+                log_tail = await self.conn.run(f"tail -n 5 {self.dir}/update.log 2>/dev/null", timeout=30)
+                raise FleetError(
+                    f"Robot {self.robot.name}: {UPDATE_SCRIPT} did not start ({log_tail.tail(200) or 'no log'})"
+                )
+            if now > deadline:
+                raise FleetError(
+                    f"Robot {self.robot.name}: the update did not finish within {timeout_s:.0f} s "
+                    f"(state {state.get('last_result')!r}, step {state.get('step')!r})"
+                )
+            await asyncio.sleep(POLL_S)
+
+    async def transaction(
+        self,
+        version: str,
+        restore_to: str | None,
+        state: dict[str, Any],
+        gate: DeployRequest,
+        timings: dict[str, float],
+        mark_bad: bool = True,
+    ) -> tuple[str, str, dict[str, Any]]:
+        """Switch to ``version`` through edge-update.sh, started detached on the robot (``setsid nohup``):
+        it switches, runs ``up --wait``, and waits for this side's health gate to confirm; a failed ``up``
+        or gate, or no confirmation within ``gate.confirm_timeout_s``, restores ``restore_to`` there, even
+        with this connection gone. Returns (result, reason, final state); the update lock must be held and
+        is handed over to the script."""
+        for v in (version, restore_to, state.get("current"), state.get("previous")):
+            if v:
+                release_dir_name(self.robot, v)
+        txn = secrets.token_hex(6)
+        wait_s = int(max(gate.health_timeout_s, 1))
+        restore_s = int(max(gate.health_timeout_s, RESTORE_TIMEOUT_S))
+        env = {
+            "EDGE_TXN": txn,
+            "EDGE_VERSION": version,
+            "EDGE_RESTORE": restore_to or "-",
+            "EDGE_WAS": state.get("current") or "-",
+            "EDGE_WAS_PREVIOUS": state.get("previous") or "-",
+            "EDGE_WAIT_S": str(wait_s),
+            "EDGE_RESTORE_WAIT_S": str(restore_s),
+            "EDGE_CONFIRM_S": str(int(max(gate.confirm_timeout_s, 1))),
+            "EDGE_LOCK_WAIT_S": str(int(self.robot.lock_wait_s) + 1),
+            "EDGE_MARK_BAD": "1" if mark_bad else "0",
+        }
+        await self.upload_update_script()
+        assign = " ".join(f"{k}={q(v)}" for k, v in env.items())
+        t = time.monotonic()
+        await self.conn.check(
+            f"cd {self.dir} && rm -f txn-*.confirm txn-*.revert txn-*.reason && "
+            f"{{ {assign} setsid nohup sh ./{UPDATE_SCRIPT} apply >update.log 2>&1 </dev/null & }}",
+            "starting the update on the robot",
+            timeout=30,
+        )
+        await self.release_update_lock()  # edge-update.sh holds it from here on
+        up = await self.wait_settled(txn, ("awaiting_confirm", *SETTLED), wait_s + restore_s + 120)
+        timings["switch"] = 0.0
+        timings["up"] = round(time.monotonic() - t, 3)
+        if up["last_result"] != "awaiting_confirm":  # up failed: the robot has restored on its own
+            reason = (await self.conn.run(f"cat {self.dir}/txn-{txn}.reason 2>/dev/null", timeout=30)).stdout
+            reason = reason.strip() or str(up.get("reason") or up["last_result"])
+            timings["rollback"] = 0.0
+            return str(up["last_result"]), reason, up
+        t = time.monotonic()
+        try:
+            await self.health_gate_after_up(gate)
+        except GateFailed as exc:
+            timings["health"] = round(time.monotonic() - t, 3)
+            t = time.monotonic()
+            await self.conn.write_file(f"{self.robot.compose_dir}/txn-{txn}.revert", str(exc)[:600].encode())
+            done = await self.wait_settled(txn, SETTLED, restore_s + 120)
+            timings["rollback"] = round(time.monotonic() - t, 3)
+            if mark_bad:
+                await self.mark_bad(version)
+            return str(done["last_result"]), str(exc), done
+        timings["health"] = round(time.monotonic() - t, 3)
+        await self.conn.check(f": > {self.dir}/txn-{txn}.confirm", "confirming the update", timeout=30)
+        done = await self.wait_settled(txn, SETTLED, restore_s + 120)
+        reason = "" if done["last_result"] == "updated" else str(done.get("reason") or "")
+        return str(done["last_result"]), reason, done
+
+    async def settle_pending(self, req: DeployRequest | None = None) -> dict[str, Any]:
+        """Before a new update: an edge-update.sh still running is left to finish (one that waits for a
+        confirmation of ``req``'s own version and image is gated and confirmed now, as a re-run of that
+        rollout); a switch no live script owns any more (a reboot, a killed script) is undone with
+        ``edge-update.sh recover``. Returns the robot's state afterwards."""
+        state = await self.read_state()
+        if state.get("last_result") not in PENDING:
+            return state
+        txn = str(state.get("txn") or "")
+        pid = state.get("pid")
+        alive = isinstance(pid, int) and (
+            await self.conn.run(f"grep -q {UPDATE_SCRIPT} /proc/{pid}/cmdline 2>/dev/null", timeout=30)
+        ).ok
+        restore_s = RESTORE_TIMEOUT_S + 120
+        if not alive or not txn.isalnum():
+            await self.upload_update_script()
+            await self.conn.run(f"cd {self.dir} && sh ./{UPDATE_SCRIPT} recover >>update.log 2>&1", timeout=restore_s)
+            return await self.read_state()
+        if state.get("last_result") == "awaiting_confirm" and req is not None:
+            if state.get("current") == req.version and state.get("image") == req.image:
+                try:
+                    await self.health_gate_after_up(req)
+                    await self.conn.run(f": > {self.dir}/txn-{txn}.confirm", timeout=30)
+                except GateFailed as exc:
+                    await self.conn.write_file(f"{self.robot.compose_dir}/txn-{txn}.revert", str(exc)[:600].encode())
+            else:
+                await self.conn.write_file(
+                    f"{self.robot.compose_dir}/txn-{txn}.revert",
+                    f"superseded by a rollout of {req.version} before it was confirmed".encode(),
+                )
+        timeout = req.health_timeout_s + req.confirm_timeout_s if req else 900.0
+        return await self.wait_settled(txn, SETTLED, timeout + restore_s)
+
+    # --- what really runs ------------------------------------------------------------------------------
+    async def running_image(self) -> tuple[str, set[str]] | None:
+        """The running service's image as its container names it (a digest or a tag) and every digest that
+        identifies it (the image ID and its repository digests); None when no container runs."""
+        r = await self.conn.run(
+            f"cid=$(docker ps -q --filter label=com.docker.compose.project={PROJECT} "
+            f"--filter label=com.docker.compose.service={SERVICE} | head -n1); [ -n \"$cid\" ] || exit 0; "
+            "id=$(docker inspect -f '{{.Image}}' \"$cid\") && docker inspect -f '{{.Config.Image}}' \"$cid\" && "
+            "echo \"$id\" && docker image inspect -f '{{range .RepoDigests}}{{.}} {{end}}' \"$id\"",
+            timeout=60,
+        )
+        lines = r.stdout.split("\n") if r.ok else []
+        if len(lines) < 2 or not lines[0].strip():
+            return None
+        digests = {lines[1].strip()} | {d.split("@", 1)[1] for d in " ".join(lines[2:]).split() if "@" in d}
+        return lines[0].strip(), {d for d in digests if d.startswith("sha256:")}
+
+    async def drift(self, state: dict[str, Any], known: dict[str, tuple[str, str]]) -> dict[str, Any] | None:
+        """What runs when it is not the release state.json records (someone pinned another image in
+        ``current/.env`` or switched ``current`` by hand and ran ``docker compose up -d``): ``running`` (the
+        release it resolves to among ``known`` and the releases kept here, else None), ``image`` and
+        ``note``; None when the recorded release runs (or nothing runs)."""
+        running = await self.running_image()
+        if running is None or not state.get("current"):
+            return None
+        image, digests = running
+        recorded = str(state.get("image") or await self.release_image(str(state["current"])) or "")
+        if recorded.partition("@")[2] in digests:
+            return None
+        kept = {}
+        r = await self.conn.run(
+            f"cd {self.dir}/releases 2>/dev/null && for d in *; do [ -f \"$d/.env\" ] && "
+            "printf '%s %s\\n' \"$d\" \"$(sed -n 's/^EDGE_IMAGE=//p' \"$d/.env\" | head -n1)\"; done; true",
+            timeout=30,
+        )
+        for line in r.stdout.splitlines():
+            name, _, ref = line.partition(" ")
+            if "@" in ref:
+                kept[ref.partition("@")[2]] = (name, ref)
+        found = next((known.get(d) or kept.get(d) for d in digests if known.get(d) or kept.get(d)), None)
+        return {
+            "running": found[0] if found else None,
+            "running_ref": found[1] if found else image,
+            "image": image,
+            "note": "pinned by hand",
+        }
 
     async def prebuild_engine(self, version: str, timeout_s: float) -> dict[str, Any]:
         """Build ``version``'s engine into the robot's engine cache with a one-off container of that release's
@@ -675,7 +884,8 @@ class RobotReleases:
         release_dir_name(robot, req.version)
         t = time.monotonic()
         space = await self.free_space()
-        state = await self.read_state()
+        state = await self.settle_pending(req)
+        state = await self.adopt_drift(state, req.known_images, "rollout")
         current, previous = state.get("current"), state.get("previous")
         res.previous = current
         timings["preflight"] = round(time.monotonic() - t, 3)
@@ -753,24 +963,13 @@ class RobotReleases:
             timings["engine"] = round(time.monotonic() - t, 3)
             res.engine = {k: built[k] for k in ("hit", "build_seconds", "key") if k in built}
         await self.append_history(
-            {"action": "deploy", "version": req.version, "result": "started", "from": current}
+            {"action": req.action, "version": req.version, "result": "started", "from": current}
         )
-        t = time.monotonic()
-        await self.switch(req.version)
-        await self.write_state(
-            {"current": req.version, "previous": restore_to, "image": req.image, "last_result": "switching"}
+        result, reason, settled = await self.transaction(
+            req.version, restore_to, {"current": current, "previous": previous}, req, timings
         )
-        timings["switch"] = round(time.monotonic() - t, 3)
-        t = time.monotonic()
-        try:
-            await self.compose_up(req.health_timeout_s)
-            timings["up"] = round(time.monotonic() - t, 3)
-            t = time.monotonic()
-            await self.health_gate_after_up(req)
-            timings["health"] = round(time.monotonic() - t, 3)
-        except GateFailed as exc:
-            timings.setdefault("up", round(time.monotonic() - t, 3))
-            return await self._restore(req, res, restore_to, str(exc), timings)
+        if result != "updated":
+            return self._not_updated(res, result, reason, settled, restore_to, timings)
         if req.auto_start:
             res.reason = await self.install_unit()
         await self.write_state(
@@ -782,13 +981,36 @@ class RobotReleases:
             }
         )
         await self.append_history(
-            {"action": "deploy", "version": req.version, "result": "ok", "from": current, "timings": timings}
+            {"action": req.action, "version": req.version, "result": "ok", "from": current, "timings": timings}
         )
         if req.prune:
             await self.prune({v for v in (req.version, restore_to) if v})
             await self.prune_engines(req.version, {v for v in (req.version, restore_to) if v})
         res.outcome = UNCHANGED if unchanged else UPDATED
         res.stage, res.previous = "health", restore_to if current == req.version else current
+        return res
+
+    def _not_updated(
+        self,
+        res: RobotResult,
+        result: str,
+        reason: str,
+        final: dict[str, Any],
+        restore_to: str | None,
+        timings: dict[str, float],
+    ) -> RobotResult:
+        """The result of a switch edge-update.sh undid (gate or ``up`` failed, no confirmation) or could
+        not make (the lock); the robot wrote its own history line."""
+        if isinstance(final.get("restore_s"), (int, float)):
+            timings["rollback"] = float(final["restore_s"])
+        if result == "skipped":
+            res.outcome, res.stage = SKIPPED, "lock"
+            res.reason = f"the robot's application held update.lock for more than {self.robot.lock_wait_s:g} s"
+        elif result in ("rolled_back", "reverted") and restore_to:
+            res.outcome, res.stage, res.reason = ROLLED_BACK, "health", f"{reason}; restored {restore_to}"
+        else:
+            res.outcome, res.stage = FAILED, "health"
+            res.reason = str(final.get("reason") or reason or result)
         return res
 
     async def health_gate_after_up(self, req: DeployRequest) -> dict[str, Any]:
@@ -816,50 +1038,60 @@ class RobotReleases:
         )
         return res
 
-    async def _restore(
-        self,
-        req: DeployRequest,
-        res: RobotResult,
-        restore_to: str | None,
-        why: str,
-        timings: dict[str, float],
-    ) -> RobotResult:
-        await self.mark_bad(req.version)
-        res.stage = "health"
-        t = time.monotonic()
-        if restore_to is None:
-            await self.conn.run(
-                f"cd {self.dir}/current && docker compose -p {PROJECT} down; rm -f {self.dir}/current",
-                timeout=300,
-            )
-            await self.write_state({"current": None, "previous": None, "last_result": FAILED})
-            res.outcome, res.reason = FAILED, f"{why}; no previous release to restore, service stopped"
+    async def adopt_drift(
+        self, state: dict[str, Any], known: dict[str, tuple[str, str]], by: str
+    ) -> dict[str, Any]:
+        """Make state.json say what really runs before an update or rollback starts from it: a release
+        pinned by hand becomes ``current`` (its files written here when it is no longer kept, so a failed
+        update restores it), an unknown image stays in the hand-edited release it runs from; history records
+        the change. Returns the state to start from."""
+        found = await self.drift(state, known)
+        if found is None:
+            return state
+        was, running = state.get("current"), found["running"]
+        if running:
+            release_dir_name(self.robot, running)
+            if not (await self.conn.run(f"test -d {self._release(running)}", timeout=30)).ok:
+                files = bundle_files(self.robot, DeployRequest(running, found["running_ref"]))
+                tmp = f"{self.robot.compose_dir}/releases/.{running}.{secrets.token_hex(4)}"
+                await self.conn.upload(files, tmp)
+                await self.conn.check(f"mv {q(tmp)} {self._release(running)}", "keeping the running release")
+            previous = state.get("previous") if state.get("previous") != running else None
+            new = {"current": running, "previous": previous, "image": found["running_ref"]}
         else:
-            await self.switch(restore_to)
-            try:
-                await self.compose_up(max(req.health_timeout_s, RESTORE_TIMEOUT_S))
-                res.outcome, res.reason = ROLLED_BACK, f"{why}; restored {restore_to}"
-            except GateFailed as exc2:
-                res.outcome, res.reason = FAILED, f"{why}; restoring {restore_to} also failed ({exc2})"
-            await self.write_state(
-                {"current": restore_to, "previous": None, "last_result": res.outcome, "bad": req.version}
-            )
-        timings["rollback"] = round(time.monotonic() - t, 3)
+            new = {"current": was, "previous": state.get("previous"), "image": found["image"]}
+        new["last_result"] = "pinned_by_hand"
+        await self.write_state(new)
         await self.append_history(
             {
-                "action": "auto-rollback",
-                "version": req.version,
-                "to": restore_to,
-                "result": res.outcome,
-                "reason": why,
+                "action": "manual-change",
+                "version": running,
+                "image": found["image"],
+                "from": was,
+                "result": "pinned by hand",
+                "reason": f"runs {running or 'an unknown image'} ({found['image']}) where state.json said {was}",
+                "detected_by": by,
             }
         )
-        return res
+        log.warning("Robot %s: runs %s (%s), pinned by hand; state.json said %s.", self.robot.name,
+                    running or "an unknown image", found["image"], was)
+        return new
 
-    async def rollback(self, to: str | None, health_timeout_s: float, smoke: bool = True) -> RobotResult:
-        """Back to the previous (or a named) release kept on the robot; nothing is downloaded."""
+    async def rollback(
+        self,
+        to: str | None,
+        health_timeout_s: float,
+        smoke: bool = True,
+        deploy: DeployRequest | None = None,
+        not_kept_hint: str = "",
+        known: dict[str, tuple[str, str]] | None = None,
+    ) -> RobotResult:
+        """Back to the previous (or a named) release kept on the robot; nothing is downloaded. A release
+        no longer kept is deployed from ``deploy`` (its manifest: pulled, pre-built and gated as a rollout)
+        when given, else refused with ``not_kept_hint`` (which command does it)."""
         t0 = time.monotonic()
-        state = await self.read_state()
+        state = await self.settle_pending()
+        state = await self.adopt_drift(state, known or (deploy.known_images if deploy else {}), "rollback")
         current = state.get("current")
         target = to or state.get("previous")
         res = RobotResult(self.robot.name, target or "?", FAILED, previous=current)
@@ -867,36 +1099,26 @@ class RobotReleases:
             res.outcome, res.reason = REFUSED, "no previous release is recorded on this robot"
             return res
         image = await self.release_image(target)
-        if image is None:
-            res.outcome, res.reason = REFUSED, f"release {target} is not kept on this robot"
+        if image is None or not await self.image_present(image):
+            if deploy is not None and deploy.version == target:
+                return await self.deploy(deploy, {})
+            what = "is not kept on this robot" if image is None else f"has no image on this robot ({image})"
+            res.outcome, res.reason = REFUSED, f"release {target} {what}{not_kept_hint}"
             return res
-        if not await self.image_present(image):
-            res.outcome, res.reason = REFUSED, f"the image of {target} is no longer on this robot ({image})"
-            return res
-        await self.switch(target)
-        try:
-            await self.compose_up(health_timeout_s)
-            required = await self.release_required_backend(target)
-            await self.health_gate_after_up(
-                DeployRequest(target, image, smoke=smoke, required_backend=required)
-            )
-        except GateFailed as exc:
-            res.reason = str(exc)
-            if current and current != target:  # a failed rollback leaves the robot on what it ran
-                await self.switch(current)
-                try:
-                    await self.compose_up(max(health_timeout_s, RESTORE_TIMEOUT_S))
-                    res.reason += f"; {current} restored"
-                except GateFailed as exc2:
-                    res.reason += f"; restoring {current} also failed ({exc2})"
+        required = await self.release_required_backend(target)
+        gate = DeployRequest(
+            target, image, smoke=smoke, required_backend=required, health_timeout_s=health_timeout_s
+        )
+        restore_to = current if current != target else None
+        result, reason, final = await self.transaction(target, restore_to, state, gate, res.timings, False)
+        if result != "updated":
+            res.reason = reason or str(final.get("reason") or result)
+            if result in ("rolled_back", "reverted") and restore_to:  # back on what it ran
+                res.reason += f"; {restore_to} restored"
+            elif result == "skipped":
+                res.outcome, res.reason = SKIPPED, "the robot's application held update.lock"
             await self.append_history(
-                {
-                    "action": "rollback",
-                    "version": target,
-                    "from": current,
-                    "result": FAILED,
-                    "reason": str(exc),
-                }
+                {"action": "rollback", "version": target, "from": current, "result": FAILED, "reason": res.reason}
             )
             return res
         await self.write_state(
@@ -914,7 +1136,7 @@ class RobotReleases:
         res.outcome = UPDATED
         return res
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, known: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
         state = await self.read_state()
         health = await self.container_health()
         parts = health.split()
@@ -927,7 +1149,16 @@ class RobotReleases:
             "health": parts[1] if len(parts) > 1 else "absent",
             "last_result": state.get("last_result"),
             "updated": state.get("updated"),
+            "drift": None,
         }
+        if state.get("last_result") in PENDING:
+            info["last_result"] = f"{state['last_result']} (step {state.get('step')}, on the robot)"
+        found = await self.drift(state, known or {})
+        if found is not None:  # what runs is not the release state.json records
+            info["drift"] = found
+            info["version"] = found["running"] or "unknown image"
+            info["recorded"] = state.get("current")
+            info["last_result"] = "pinned by hand"
         info["bad_versions"] = sorted(await self.bad_versions())
         if info["container"] == "running":
             try:

@@ -17,7 +17,14 @@ from edge_deploy.fleet.robot import (
     RobotResult,
 )
 from edge_deploy.fleet.rollout import Progress, Rollout, RolloutResult, on_robot, plan_waves
-from edge_deploy.release.manifest import DEFAULT_RELEASES_DIR, ReleaseManifest, load_release
+from edge_deploy.release.manifest import (
+    DEFAULT_RELEASES_DIR,
+    ReleaseError,
+    ReleaseManifest,
+    list_releases,
+    load_release,
+    manifest_path,
+)
 from edge_deploy.release.tags import normalize_version
 
 __all__ = [
@@ -69,6 +76,43 @@ def _load(fleet: Path | Fleet) -> Fleet:
     return fleet if isinstance(fleet, Fleet) else load_fleet(Path(fleet))
 
 
+def known_images(releases_dir: Path) -> dict[str, tuple[str, str]]:
+    """digest → (version, repository@digest) of every release manifest in ``releases_dir``: what names an
+    image a robot runs when someone pinned it by hand. A manifest that does not load is left out (a status
+    must not fail on one bad file)."""
+    try:
+        manifests = list_releases(releases_dir)
+    except ReleaseError as exc:
+        log.warning("Releases in %s: %s", releases_dir, exc)
+        return {}
+    out = {}
+    for m in manifests:
+        ref = m.runtime.ref
+        if DIGEST_REF.match(ref):
+            out[ref.partition("@")[2]] = (m.version, ref)
+    return out
+
+
+def _release_request(
+    manifest: ReleaseManifest, signature: str, *, health_timeout: float, known: dict[str, tuple[str, str]], **kw: Any
+) -> DeployRequest:
+    """What a robot receives for ``manifest`` (rollout, or rollback to a release no longer kept)."""
+    return DeployRequest(
+        version=manifest.version,
+        image=manifest.runtime.ref,
+        health_timeout_s=health_timeout,
+        required_backend=manifest.required_backend,
+        known_images=known,
+        release={
+            "git_sha": manifest.git_sha,
+            "bundle_sha256": manifest.bundle_sha256,
+            "precision": manifest.precision,
+            "signed": signature.startswith("verified"),
+        },
+        **kw,
+    )
+
+
 def deploy_release(
     version: str,
     fleet: Path | Fleet,
@@ -116,23 +160,17 @@ def deploy_release(
     robots = fl.select(group=group, devices=devices)
     skip = insecure_skip_signature_check
     signature = "not checked (dry run)" if dry_run else signature_policy(manifest, key, skip)
-    req = DeployRequest(
-        version=version,
-        image=image,
+    req = _release_request(
+        manifest,
+        signature,
+        health_timeout=health_timeout,
+        known=known_images(rdir),
         include_ros2=include_ros2,
         auto_start=auto_start,
-        health_timeout_s=health_timeout,
         smoke=smoke,
         prebuild=prebuild,
         force=force,
         ros_domain_id=ros_domain_id,
-        required_backend=manifest.required_backend,
-        release={
-            "git_sha": manifest.git_sha,
-            "bundle_sha256": manifest.bundle_sha256,
-            "precision": manifest.precision,
-            "signed": signature.startswith("verified"),
-        },
     )
     rollout = Rollout(
         robots,
@@ -167,18 +205,66 @@ def rollback(
     group: str | None = None,
     health_timeout: float = 600.0,
     smoke: bool = True,
+    releases_dir: Path | None = None,
+    public_key: Path | None = None,
+    insecure_skip_signature_check: bool = False,
 ) -> list[RobotResult]:
-    """Put robots back on their previous (or the named) release from their own store: no download."""
+    """Put robots back on their previous (or the named) release from their own store: no download. A
+    ``to`` release no longer kept on a robot is deployed there from its manifest (``releases_dir``), pulled
+    and gated as a rollout, its signature checked first; without a manifest, the refusal names the command."""
     to = normalize_version(to) if to is not None else None  # it names a directory on each robot
-    robots = _load(fleet).select(group=group, devices=devices)
-    return asyncio.run(_each(robots, lambda rr: rr.rollback(to, health_timeout, smoke)))
+    fl = _load(fleet)
+    robots = fl.select(group=group, devices=devices)
+    rdir = releases_dir or fl.releases_dir or DEFAULT_RELEASES_DIR
+    known = known_images(rdir)
+    deploy: DeployRequest | None = None
+    hint = ""
+    if to is not None:
+        if not manifest_path(to, rdir).is_file():
+            hint = (
+                f"; no releases/{to}.json in {rdir} to deploy it from: `edge-deploy rollout {to} --fleet FLEET "
+                "--device NAME` with that release's manifest does"
+            )
+        else:
+            manifest = load_release(to, rdir)
+            key = public_key or fl.public_key
+            try:
+                if not DIGEST_REF.match(manifest.runtime.ref):
+                    raise FleetError(f"release {to} does not pin its runtime image by digest")
+                signature = signature_policy(manifest, key, insecure_skip_signature_check)
+            except FleetError as exc:  # only robots that no longer keep the release need its image
+                hint = f"; deploying it is refused: {str(exc).rstrip('.')}"
+            else:
+                deploy = _release_request(
+                    manifest, signature, health_timeout=health_timeout, known=known, smoke=smoke, force=True,
+                    action="rollback",
+                )
+                if key is not None and signature.startswith("verified"):
+                    verify_signature(manifest.runtime.ref, key)  # on the host, before any robot
+
+                async def run(rr: RobotReleases) -> RobotResult:
+                    return await rr.rollback(to, health_timeout, smoke, deploy=deploy, known=known)
+
+                return await_all(robots, run)
+    return await_all(
+        robots, lambda rr: rr.rollback(to, health_timeout, smoke, not_kept_hint=hint, known=known)
+    )
+
+
+def await_all(robots: list[Robot], fn: Any) -> list[Any]:
+    """``fn`` on each robot's releases, concurrently; connection problems become that robot's result."""
+    return asyncio.run(_each(robots, fn))
 
 
 def fleet_status(
     fleet: Path | Fleet, *, group: str | None = None, devices: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    robots = _load(fleet).select(group=group, devices=devices)
-    out = asyncio.run(_each(robots, lambda rr: rr.status()))
+    """Each robot's recorded release, what really runs (a release pinned by hand, or an unknown image, is
+    shown as drift), health and engine."""
+    fl = _load(fleet)
+    robots = fl.select(group=group, devices=devices)
+    known = known_images(fl.releases_dir or DEFAULT_RELEASES_DIR)
+    out = asyncio.run(_each(robots, lambda rr: rr.status(known)))
     return [o.to_dict() | {"health": "unreachable"} if isinstance(o, RobotResult) else o for o in out]
 
 

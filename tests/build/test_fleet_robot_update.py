@@ -1,0 +1,227 @@
+"""The switch owned by the robot (compose/edge-update.sh, run for real by a real ``sh`` in a temporary home,
+tests/build/local_robot.py): a connection lost after the switch, a re-run, a killed script, a failed start
+named by the container's own words, a release pinned by hand, and a rollback to a release no longer kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import edge_deploy.fleet.robot as robot_mod
+from edge_deploy.fleet.inventory import Robot
+from edge_deploy.fleet.robot import DeployRequest, RobotReleases, RobotResult
+from edge_deploy.fleet.ssh import RobotUnreachable
+from tests.build.local_robot import LocalRobot
+
+OLD = "reg.example/team/runtime@sha256:" + "a" * 64
+NEW = "reg.example/team/runtime@sha256:" + "b" * 64
+GONE = "reg.example/team/runtime@sha256:" + "9" * 64
+BIG = {"*": 50 * 1024 * 1024}
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(robot_mod, "RETRY_WAIT_S", 0.0, raising=False)
+    monkeypatch.setattr(robot_mod, "POLL_S", 0.2, raising=False)
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[int]:
+    """A service that answers /readyz as a ready edge-runtime does (the gate's HTTP side)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"ready": True, "model": "policy", "backend": "onnxruntime"}).encode()
+            self.send_response(200 if self.path == "/readyz" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def robot_on(tmp_path: Path, port: int, running: str = "{RUNNING}", **config: Any) -> LocalRobot:
+    """A robot on release 0.1.0 (OLD) whose container runs ``running`` (by default what current/.env
+    names, as after `docker compose up`) and reports healthy."""
+    lr = LocalRobot(Robot(name="arm-1", host="127.0.0.1", compose_dir="edge", lock_wait_s=5, gpu=False),
+                    tmp_path, {
+        "df": BIG,
+        "ps": {"": [0, "c0ffee\n", ""]},
+        "inspect": {
+            "State.Status}} {{.State.ExitCode": [0, "restarting 3 4 none\n", ""],
+            "State.Status": [0, f"running healthy {running}\n", ""],
+            "-f {{.Config.Image}}": [0, running + "\n", ""],
+            "-f {{.Image}}": [0, ("{RUNNING_DIGEST}" if running == "{RUNNING}" else running.split("@")[-1]) + "\n", ""],
+        },
+        "image": {"RepoDigests": [0, (running if "@" in running or running == "{RUNNING}" else "") + " \n", ""]},
+        **config,
+    })
+    lr.service_port = port
+    d = lr.file("edge/releases/0.1.0")
+    d.mkdir(parents=True)
+    (d / ".env").write_text(f"EDGE_IMAGE={OLD}\n")
+    os.symlink("releases/0.1.0", lr.file("edge/current"))
+    lr.file("edge/state.json").write_text(json.dumps({"current": "0.1.0", "previous": None, "image": OLD}))
+    return lr
+
+
+def state(lr: LocalRobot) -> dict[str, Any]:
+    return dict(json.loads(lr.file("edge/state.json").read_text()))
+
+
+def history(lr: LocalRobot) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lr.file("edge/history.jsonl").read_text().splitlines()]
+
+
+def wait_for(lr: LocalRobot, results: set[str], timeout: float = 30) -> dict[str, Any]:
+    """The robot's own state, read from its disk while no operator is connected."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with_state = state(lr)
+        if with_state.get("last_result") in results:
+            return with_state
+        time.sleep(0.2)
+    raise AssertionError(f"the robot did not reach {results}: {state(lr)}")
+
+
+def deploy(lr: LocalRobot, **kw: Any) -> RobotResult:
+    return asyncio.run(RobotReleases(lr).deploy(DeployRequest("0.2.0", NEW, smoke=False, **kw), {}))
+
+
+def test_a_connection_lost_after_the_switch_is_reverted_by_the_robot(service: int, tmp_path: Path) -> None:
+    """The SSH connection dies once the new release is up, before the gate confirmed it: without any
+    operator the robot puts the previous release back when the confirmation does not come."""
+    lr = robot_on(tmp_path, service)
+    lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
+    with pytest.raises(RobotUnreachable):
+        deploy(lr, confirm_timeout_s=2)
+    st = wait_for(lr, {"reverted", "rolled_back", "failed"})
+    assert (st["current"], st["last_result"]) == ("0.1.0", "reverted"), st
+    assert os.readlink(lr.file("edge/current")) == "releases/0.1.0"
+    assert "no confirmation from the operator" in st["reason"]
+    last = history(lr)[-1]
+    assert (last["action"], last["by"], last["result"], last["version"]) == ("auto-rollback", "robot", "reverted", "0.2.0")
+    assert not lr.file("edge/bad-versions").exists()  # the connection failed, not the release
+
+
+def test_a_re_run_confirms_a_switch_its_lost_connection_left_waiting(service: int, tmp_path: Path) -> None:
+    """The re-run of the same rollout finds the robot waiting for a confirmation of that very release:
+    it runs the gate, confirms, and ends with the robot on the new release, verified."""
+    lr = robot_on(tmp_path, service)
+    lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
+    with pytest.raises(RobotUnreachable):
+        deploy(lr, confirm_timeout_s=120)
+    assert wait_for(lr, {"awaiting_confirm"})["current"] == "0.2.0"
+    lr.transport_faults.clear()
+    res = deploy(lr, confirm_timeout_s=120)
+    assert res.outcome in ("updated", "unchanged"), res.reason
+    st = state(lr)
+    assert (st["current"], st["image"]) == ("0.2.0", NEW) and os.readlink(lr.file("edge/current")) == "releases/0.2.0"
+
+
+def test_a_switch_whose_script_was_killed_is_undone_before_the_next_update(service: int, tmp_path: Path) -> None:
+    """The robot-side script dies mid-transaction (a reboot): nothing will confirm or revert it, so the next
+    operator contact runs ``edge-update.sh recover`` and the previous release comes back."""
+    lr = robot_on(tmp_path, service)
+    lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
+    with pytest.raises(RobotUnreachable):
+        deploy(lr, confirm_timeout_s=120)
+    st = wait_for(lr, {"awaiting_confirm"})
+    os.kill(st["pid"], signal.SIGKILL)
+    lr.transport_faults.clear()
+    after = asyncio.run(RobotReleases(lr).settle_pending())
+    assert (after["current"], after["last_result"]) == ("0.1.0", "reverted"), after
+    assert "interrupted before it was confirmed" in after["reason"]
+    assert os.readlink(lr.file("edge/current")) == "releases/0.1.0"
+
+
+def test_a_service_that_does_not_come_up_is_named_by_its_own_exit_code_and_log(
+    service: int, tmp_path: Path
+) -> None:
+    """The reason of an automatic rollback is the container's exit code and the last lines of its log,
+    not compose's progress output."""
+    compose_said = "Container edge-edge-runtime-1  Waiting\ncontainer edge-edge-runtime-1 is unhealthy"
+    lr = robot_on(tmp_path, service, up=[[1, "", compose_said], [0, "", ""]], logs={
+        "": [0, "loading bundle /opt/edge/bundle\nTraceback (most recent call last):\n"
+                "RuntimeError: model.onnx is missing from the bundle\n", ""],
+    })
+    res = deploy(lr)
+    assert res.outcome == "rolled_back", res
+    assert "exit code 3" in res.reason and "RuntimeError: model.onnx is missing from the bundle" in res.reason
+    assert "Waiting" not in res.reason and res.reason.endswith("; restored 0.1.0")
+    assert lr.file("edge/bad-versions").read_text() == "0.2.0\n"
+
+
+def test_a_release_pinned_by_hand_is_shown_and_the_next_rollout_starts_from_it(
+    service: int, tmp_path: Path
+) -> None:
+    """state.json says 0.2.0, but a person pinned 0.1.0's image in current/.env and ran compose up: status
+    names 0.1.0 and "pinned by hand", and the next rollout records it and does not call 0.2.0 unchanged."""
+    pinned = "reg.example/team/runtime:0.1.0"
+    lr = robot_on(tmp_path, service, pinned)
+    lr.config["inspect"]["-f {{.Image}}"] = [0, OLD.split("@")[1] + "\n", ""]
+    lr.config["image"]["RepoDigests"] = [0, f"{OLD} \n", ""]
+    lr.save_config()
+    d = lr.file("edge/releases/0.2.0")
+    d.mkdir(parents=True)
+    (d / ".env").write_text(f"EDGE_IMAGE={pinned}\n")  # edited by hand
+    os.remove(lr.file("edge/current"))
+    os.symlink("releases/0.2.0", lr.file("edge/current"))
+    lr.file("edge/state.json").write_text(json.dumps({"current": "0.2.0", "previous": "0.1.0", "image": NEW}))
+    known = {OLD.split("@")[1]: ("0.1.0", OLD), NEW.split("@")[1]: ("0.2.0", NEW)}
+    info = asyncio.run(RobotReleases(lr).status(known))
+    assert (info["version"], info["recorded"], info["last_result"]) == ("0.1.0", "0.2.0", "pinned by hand")
+    assert info["drift"]["image"] == pinned
+    # The next rollout of 0.2.0 starts from 0.1.0: an update, recorded.
+    res = asyncio.run(RobotReleases(lr).deploy(
+        DeployRequest("0.2.0", NEW, smoke=False, known_images=known), {}
+    ))
+    assert res.outcome == "updated" and res.previous == "0.1.0", res
+    manual = [h for h in history(lr) if h["action"] == "manual-change"]
+    assert manual and manual[0]["version"] == "0.1.0" and manual[0]["from"] == "0.2.0", history(lr)
+
+
+def test_a_release_pinned_by_hand_to_an_unknown_image_is_named_so(service: int, tmp_path: Path) -> None:
+    lr = robot_on(tmp_path, service, "someone/else:latest")
+    lr.config["inspect"]["-f {{.Image}}"] = [0, "sha256:" + "e" * 64 + "\n", ""]
+    lr.save_config()
+    info = asyncio.run(RobotReleases(lr).status({}))
+    assert info["version"] == "unknown image" and info["drift"]["image"] == "someone/else:latest"
+    assert info["recorded"] == "0.1.0"
+
+
+def test_rollback_to_a_release_no_longer_kept_deploys_it(service: int, tmp_path: Path) -> None:
+    """``rollback --to 0.0.9`` where the robot pruned 0.0.9: it is deployed from its manifest, gated."""
+    lr = robot_on(tmp_path, service)
+    req = DeployRequest("0.0.9", GONE, smoke=False, force=True, action="rollback")
+    res = asyncio.run(RobotReleases(lr).rollback("0.0.9", 60, smoke=False, deploy=req))
+    assert res.outcome == "updated", res.reason
+    assert state(lr)["current"] == "0.0.9" and os.readlink(lr.file("edge/current")) == "releases/0.0.9"
+    assert any(h["action"] == "rollback" and h["result"] == "ok" for h in history(lr))
+    assert ["pull", "-q", "--platform", "linux/arm64", GONE] in lr.calls()
+
+
+def test_rollback_to_a_release_no_longer_kept_without_its_manifest_names_the_command(
+    service: int, tmp_path: Path
+) -> None:
+    lr = robot_on(tmp_path, service)
+    hint = "; no releases/0.0.9.json in releases to deploy it from: `edge-deploy rollout 0.0.9 ...` does"
+    res = asyncio.run(RobotReleases(lr).rollback("0.0.9", 60, smoke=False, not_kept_hint=hint))
+    assert res.outcome == "refused" and res.reason.startswith("release 0.0.9 is not kept on this robot; no ")
+    assert "edge-deploy rollout 0.0.9" in res.reason
