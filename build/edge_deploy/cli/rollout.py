@@ -102,6 +102,14 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     show_default=True,
     help="Seconds for the service to turn healthy (first start builds the engine).",
 )
+@click.option(
+    "--confirm-timeout",
+    type=click.FloatRange(1),
+    default=300,
+    show_default=True,
+    help="Seconds each robot waits, once the new release is up, for this tool's health gate to confirm it; "
+    "without a confirmation (a lost connection) the robot restores its previous release on its own.",
+)
 @click.option("--releases-dir", type=click.Path(path_type=Path), help="Where releases/<VERSION>.json live.")
 @click.option(
     "--key",
@@ -138,6 +146,7 @@ def rollout(
     wave_percent: float | None,
     max_failures: int,
     health_timeout: float,
+    confirm_timeout: float,
     releases_dir: Path | None,
     public_key: Path | None,
     skip_signature: bool,
@@ -166,6 +175,7 @@ def rollout(
         wave_percent=wave_percent,
         max_failures=max_failures,
         health_timeout=health_timeout,
+        confirm_timeout=confirm_timeout,
         dry_run=dry_run,
         releases_dir=releases_dir,
         public_key=public_key,

@@ -604,20 +604,23 @@ class RobotReleases:
             await self.upload_update_script()
             await self.conn.run(f"cd {self.dir} && sh ./{UPDATE_SCRIPT} recover >>update.log 2>&1", timeout=restore_s)
             return await self.read_state()
-        if state.get("last_result") == "awaiting_confirm" and req is not None:
-            if state.get("current") == req.version and state.get("image") == req.image:
-                try:
-                    await self.health_gate_after_up(req)
-                    await self.conn.run(f": > {self.dir}/txn-{txn}.confirm", timeout=30)
-                except GateFailed as exc:
-                    await self.conn.write_file(f"{self.robot.compose_dir}/txn-{txn}.revert", str(exc)[:600].encode())
-            else:
-                await self.conn.write_file(
-                    f"{self.robot.compose_dir}/txn-{txn}.revert",
-                    f"superseded by a rollout of {req.version} before it was confirmed".encode(),
-                )
-        timeout = req.health_timeout_s + req.confirm_timeout_s if req else 900.0
-        return await self.wait_settled(txn, SETTLED, timeout + restore_s)
+        timeout = (req.health_timeout_s + req.confirm_timeout_s if req else 900.0) + restore_s
+        state = await self.wait_settled(txn, ("awaiting_confirm", *SETTLED), timeout)
+        if state["last_result"] != "awaiting_confirm":
+            return state
+        revert = "superseded by a rollback before it was confirmed"
+        if req is not None and state.get("current") == req.version and state.get("image") == req.image:
+            try:  # the re-run of the very rollout that lost its connection: gate it now
+                await self.health_gate_after_up(req)
+                await self.conn.check(f": > {self.dir}/txn-{txn}.confirm", "confirming the update", timeout=30)
+                revert = ""
+            except GateFailed as exc:
+                revert = str(exc)
+        elif req is not None:
+            revert = f"superseded by a rollout of {req.version} before it was confirmed"
+        if revert:
+            await self.conn.write_file(f"{self.robot.compose_dir}/txn-{txn}.revert", revert[:600].encode())
+        return await self.wait_settled(txn, SETTLED, timeout)
 
     # --- what really runs ------------------------------------------------------------------------------
     async def running_image(self) -> tuple[str, set[str]] | None:

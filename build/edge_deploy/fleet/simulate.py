@@ -310,6 +310,53 @@ def stop_sshd(sim: Simulation, robot: SimRobot) -> None:
     robot.sshd_pid = None
 
 
+def _sshd_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants that are sshd processes (per-connection sessions): killing them drops
+    every open connection; what the sessions started loses its connection as on a real link failure."""
+    children: dict[int, list[int]] = {}
+    comm: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            comm[int(d.name)] = (d / "comm").read_text().strip()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(c for c in children.get(p, []) if comm.get(c, "").startswith("sshd"))
+    return out
+
+
+def kill_sshd(sim: Simulation, robot: SimRobot) -> list[int]:
+    """Drop a robot off the network at once, mid-session: SIGKILL its sshd and every session it serves
+    (a Wi-Fi link lost during an update), not the graceful stop of ``stop_sshd``. Returns the PIDs killed;
+    ``start_sshd`` brings it back."""
+    cfg = str(Path(sim.state_dir) / "robots" / robot.name / "sshd_config")
+    if not _alive(robot.sshd_pid, cfg):
+        return []
+    assert robot.sshd_pid is not None
+    pids = _sshd_tree(robot.sshd_pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(robot.sshd_pid, os.WNOHANG)
+    robot.sshd_pid = None
+    return pids
+
+
+def stop_dockerd(sim: Simulation, robot: SimRobot) -> None:
+    """Stop one robot's engine (its containers stop with it), e.g. to move its data root."""
+    _terminate(robot.dockerd_pid, str(Path(sim.state_dir) / "robots" / robot.name / "daemon.json"), timeout=60)
+    robot.dockerd_pid = None
+    sim.save()
+
+
 def start_dockerd(sim: Simulation, robot: SimRobot) -> None:
     rdir = Path(sim.state_dir) / "robots" / robot.name
     cfg = rdir / "daemon.json"

@@ -126,6 +126,7 @@ def deploy_release(
     wave_percent: float | None = None,
     max_failures: int = 0,
     health_timeout: float = 600.0,
+    confirm_timeout: float = 300.0,
     dry_run: bool = False,
     releases_dir: Path | None = None,
     public_key: Path | None = None,
@@ -171,6 +172,7 @@ def deploy_release(
         prebuild=prebuild,
         force=force,
         ros_domain_id=ros_domain_id,
+        confirm_timeout_s=confirm_timeout,
     )
     rollout = Rollout(
         robots,
