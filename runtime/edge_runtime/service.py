@@ -547,10 +547,10 @@ def decode_npz(body: bytes, specs: list[TensorSpec], batch: BatchProfile) -> dic
                 check_feeds(specs, placeholders, batch)
             except InputError as exc:
                 raise RequestError(400, "bad_input", str(exc)) from None
-            known = [m for m in members.values() if m is not None]  # all of them, after check_feeds
-            for m in known:
+            known = {name: m for name, m in members.items() if m is not None}  # every member, by now
+            for m in known.values():
                 m.check_declared_size()
-            return {name: _inflate(zf, m) for name, m in members.items() if m is not None}
+            return {name: _inflate(zf, m) for name, m in known.items()}
     except RequestError:
         raise
     except _NPZ_ERRORS:
@@ -601,7 +601,10 @@ def _npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _NpyMember:
     read_header = (
         np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     )
-    shape, fortran, dtype = read_header(raw)
+    try:
+        shape, fortran, dtype = read_header(raw)
+    except Exception:  # numpy parses the header with ast.literal_eval: damaged text raises all kinds
+        raise RequestError(400, "bad_npz", f"{where} has an .npy header that does not parse.") from None
     if any(d < 0 for d in shape):
         raise RequestError(400, "bad_npz", f"{where} has a negative dimension in its header.")
     return _NpyMember(info, len(raw.getvalue()), dtype, tuple(shape), bool(fortran))

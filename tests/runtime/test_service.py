@@ -581,6 +581,13 @@ def test_npz_bombs_are_refused_before_inflating(tiny_bundle: Path, tmp_path: Pat
         assert ok.status_code == 200 and len(ok.json()["outputs"]["action"]) == 2, ok.text
 
 
+def _raw_npy(name: str, header_text: bytes) -> Member:
+    """A stored .npy member whose header dict is the given text (padded as numpy pads it), then 192 bytes."""
+    text = header_text + b" " * (-(len(header_text) + 11) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + bytes(192)
+    return Member(f"{name}.npy", zipfile.ZIP_STORED, data, zlib.crc32(data), len(data))
+
+
 NPZ_REFUSALS = {
     "bzip2 member": (
         [npy_member("image", (1, 3, 224, 224), method=zipfile.ZIP_BZIP2), npy_member("robot_state", (1, 48))],
@@ -627,6 +634,14 @@ NPZ_REFUSALS = {
             npy_member("robot_state", (1, 48)),
         ],
         "",
+    ),
+    "damaged .npy header (unclosed tuple)": (
+        [_raw_npy("robot_state", b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 48")],
+        "does not parse",
+    ),
+    "damaged .npy header (NUL byte)": (
+        [_raw_npy("robot_state", b"{'descr': '<f4', 'fort\x00ran_order': False, 'shape': (1, 48), }")],
+        "does not parse",
     ),
     "same member twice": (
         [

@@ -9,9 +9,11 @@ Examples are bounded so the whole module runs in well under a minute.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import math
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +45,10 @@ class Served:
     svc: ServiceProcess
     http: httpx.Client
     base_rss: int
+    log: collections.deque[str]  # the service's stderr, read as it comes (an unread pipe would block it)
+
+    def tail(self) -> str:
+        return "".join(list(self.log)[-40:])
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +57,16 @@ def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         tiny_bundle, tmp_path_factory.mktemp("fuzz") / "cache", "onnxruntime", env=ENV
     ) as svc:
         svc.wait_ready(timeout_s=60)
+        log: collections.deque[str] = collections.deque(maxlen=400)
+        assert svc.proc.stderr is not None
+        threading.Thread(target=lambda: log.extend(iter(svc.proc.stderr.readline, "")), daemon=True).start()
         with httpx.Client(base_url=svc.url, timeout=60) as http:
-            yield Served(svc, http, _peak_rss(svc.proc.pid))
+            yield Served(svc, http, _peak_rss(svc.proc.pid), log)
 
 
 def check(served: Served, r: httpx.Response) -> None:
     """No 5xx; a refusal is one sentence; the process is alive, healthy and did not balloon."""
-    assert r.status_code < 500, f"HTTP {r.status_code}: {r.text[:300]}"
+    assert r.status_code < 500, f"HTTP {r.status_code}: {r.text[:300]}\nservice log:\n{served.tail()}"
     if r.status_code >= 400:
         error = r.json()["error"]
         assert isinstance(error, str) and error.endswith(".") and "Traceback" not in error, error
