@@ -242,15 +242,11 @@ def run(args: Any = None) -> dict[str, Any]:
     return result
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", type=int, default=500)
-
-
 def main() -> None:
     from bench.__main__ import render
 
     parser = argparse.ArgumentParser(description=(__doc__ or NAME).splitlines()[0])
-    add_arguments(parser)
+    parser.add_argument("--runs", type=int, default=500)  # `python -m bench` has its own --runs
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     result = run(args)
