@@ -471,26 +471,6 @@ class RobotReleases:
             timeout=30,
         )
 
-    async def compose_up(self, timeout_s: float) -> None:
-        cmd = (
-            f"cd {self.dir}/current && docker compose -p {PROJECT} up -d --wait "
-            f"--wait-timeout {int(max(timeout_s, 1))} --remove-orphans"
-        )
-        r = await self.conn.run(cmd, timeout=timeout_s + 60)
-        if not r.ok:
-            raise GateFailed(await self.failure_cause(r.tail(200)))
-
-    async def failure_cause(self, compose_said: str = "") -> str:
-        """Why the service did not come up, in the container's own words (exit code, restarts, the last
-        health check, the last lines of its log), as edge-update.sh's ``cause`` says it; compose's own
-        progress output only when there is no container to ask."""
-        await self.upload_update_script()
-        r = await self.conn.run(f"cd {self.dir} && sh ./{UPDATE_SCRIPT} cause", timeout=60)
-        said = r.stdout.strip()
-        if r.ok and said and not said.startswith("no container started"):
-            return said
-        return f"docker compose up did not reach healthy: {compose_said}"
-
     # --- the switch, owned by the robot (edge-update.sh) -----------------------------------------------
     async def upload_update_script(self) -> None:
         await self.conn.write_file(
