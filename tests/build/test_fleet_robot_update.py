@@ -110,8 +110,8 @@ def test_a_connection_lost_after_the_switch_is_reverted_by_the_robot(service: in
     lr = robot_on(tmp_path, service)
     lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
     with pytest.raises(RobotUnreachable):
-        deploy(lr, confirm_timeout_s=8)  # the operator reaches its gate well within this, even loaded
-    st = wait_for(lr, {"reverted", "rolled_back", "failed"})
+        deploy(lr, confirm_timeout_s=20)  # the operator reaches its gate well within this, even loaded
+    st = wait_for(lr, {"reverted", "rolled_back", "failed"}, timeout=60)
     assert (st["current"], st["last_result"]) == ("0.1.0", "reverted"), st
     assert os.readlink(lr.file("edge/current")) == "releases/0.1.0"
     assert "no confirmation from the operator" in st["reason"]

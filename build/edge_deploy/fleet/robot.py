@@ -29,17 +29,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import asyncssh
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Robot, compose_dir_problem
-from edge_deploy.fleet.ssh import RobotConnection, RobotUnreachable, q
+from edge_deploy.fleet.ssh import RobotConnection, RobotUnreachable, backoff, q
 from edge_deploy.release.tags import VersionError, check_version
 from edge_runtime.errors import EdgeError
 
@@ -744,21 +737,10 @@ class RobotReleases:
         """``docker pull`` by digest on the robot; a failure that may pass (registry 5xx, a reset or
         timed-out connection) is tried PULL_ATTEMPTS times with backoff, logged and counted in
         ``retries["pull"]``; a refusal (credentials, unknown manifest) is final at once."""
-
-        def before_sleep(state: RetryCallState) -> None:
-            self.retries["pull"] = self.retries.get("pull", 0) + 1
-            wait = state.next_action.sleep if state.next_action else 0.0
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning("Robot %s: %s; retrying in %.1f s (attempt %d of %d).", self.robot.name, exc, wait,
-                        state.attempt_number + 1, PULL_ATTEMPTS)
-
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(PULL_ATTEMPTS),
-                wait=wait_exponential(multiplier=RETRY_WAIT_S, min=0, max=60),
-                retry=retry_if_exception_type(_PullHiccup),
-                before_sleep=before_sleep,
-                reraise=True,
+            async for attempt in backoff(
+                "pull", PULL_ATTEMPTS, _PullHiccup, self.retries, first_wait_s=RETRY_WAIT_S, max_wait_s=60,
+                prefix=f"Robot {self.robot.name}: ",
             ):
                 with attempt:
                     await self._pull_once(image)

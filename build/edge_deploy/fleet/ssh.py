@@ -164,6 +164,36 @@ def _known_hosts(robot: Robot) -> str | None:
     return str(path)
 
 
+def backoff(
+    what: str,
+    attempts: int,
+    retry_on: type[BaseException],
+    counts: dict[str, int],
+    *,
+    first_wait_s: float,
+    max_wait_s: float,
+    prefix: str = "",
+) -> AsyncRetrying:
+    """The one retry policy for talking to robots: at most ``attempts`` tries of ``retry_on`` with exponential
+    backoff from ``first_wait_s``, each retry logged and counted in ``counts[what]`` (shown in ``--json``);
+    any other error, and the last one, propagate as they are."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        counts[what] = counts.get(what, 0) + 1
+        wait = state.next_action.sleep if state.next_action else 0.0
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s%s; retrying in %.1f s (attempt %d of %d).", prefix, exc, wait,
+                    state.attempt_number + 1, attempts)
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=first_wait_s, min=0, max=max_wait_s),
+        retry=retry_if_exception_type(retry_on),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
 async def connect(
     robot: Robot, *, timeout: float | None = None, retries: dict[str, int] | None = None
 ) -> RobotConnection:
@@ -171,20 +201,8 @@ async def connect(
     robot is tried CONNECT_ATTEMPTS times with backoff (logged; counted in ``retries["connect"]``); a refused
     host key or login is final at once."""
     counts = retries if retries is not None else {}
-
-    def before_sleep(state: RetryCallState) -> None:
-        counts["connect"] = counts.get("connect", 0) + 1
-        wait = state.next_action.sleep if state.next_action else 0.0
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s Retrying in %.1f s (attempt %d of %d).", exc, wait, state.attempt_number + 1,
-                    CONNECT_ATTEMPTS)
-
-    async for attempt in AsyncRetrying(
-        stop=stop_after_attempt(CONNECT_ATTEMPTS),
-        wait=wait_exponential(multiplier=RETRY_WAIT_S, min=0, max=30),
-        retry=retry_if_exception_type(RobotUnreachable),
-        before_sleep=before_sleep,
-        reraise=True,
+    async for attempt in backoff(
+        "connect", CONNECT_ATTEMPTS, RobotUnreachable, counts, first_wait_s=RETRY_WAIT_S, max_wait_s=30
     ):
         with attempt:
             return await _connect_once(robot, timeout)
