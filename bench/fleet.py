@@ -168,7 +168,10 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
             t0 = time.monotonic()
             if version:
                 res = deploy_release(  # unsigned bench images: the rollout's cost, not cosign's, is measured
-                    version, s.fleet_file, releases_dir=releases, health_timeout=HEALTH_TIMEOUT,
+                    version,
+                    s.fleet_file,
+                    releases_dir=releases,
+                    health_timeout=HEALTH_TIMEOUT,
                     insecure_skip_signature_check=True,
                 )
                 per_robot = [r.to_dict() for r in res.results]

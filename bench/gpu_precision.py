@@ -88,18 +88,27 @@ def run(args: Any = None) -> dict[str, Any]:
             for prec, model in models.items():
                 dtype = torch.float16 if prec == "fp16" else torch.float32
                 fmt = torch.channels_last if prec == "fp16" else torch.contiguous_format
-                x = (img_big[:batch].to(dtype).contiguous(memory_format=fmt), st_big[:batch].to(dtype).contiguous())
+                x = (
+                    img_big[:batch].to(dtype).contiguous(memory_format=fmt),
+                    st_big[:batch].to(dtype).contiguous(),
+                )
                 with torch.no_grad():
                     eager = _measure(lambda m=model, x=x: m(*x), runs, warmup=30)
                 graph = _measure(_graphed(model, x), runs, warmup=30)
                 samples.setdefault(f"{prec} eager", []).append(statistics.median(eager))
                 samples.setdefault(f"{prec} cuda-graph", []).append(statistics.median(graph))
         for variant, medians in samples.items():
-            results["rows"].append({
-                "batch": batch, "variant": variant,
-                "p50_ms_median_of_repeats": statistics.median(medians),
-                "p50_ms_min": min(medians), "p50_ms_max": max(medians), "repeats": repeats, "runs": runs,
-            })
+            results["rows"].append(
+                {
+                    "batch": batch,
+                    "variant": variant,
+                    "p50_ms_median_of_repeats": statistics.median(medians),
+                    "p50_ms_min": min(medians),
+                    "p50_ms_max": max(medians),
+                    "repeats": repeats,
+                    "runs": runs,
+                }
+            )
         by = {r["variant"]: r["p50_ms_median_of_repeats"] for r in results["rows"] if r["batch"] == batch}
         results[f"batch{batch}_fp16_speedup_eager"] = by["fp32 eager"] / by["fp16 eager"]
         results[f"batch{batch}_fp16_speedup_graph"] = by["fp32 cuda-graph"] / by["fp16 cuda-graph"]
@@ -107,9 +116,11 @@ def run(args: Any = None) -> dict[str, Any]:
     results["machine"] = {
         "gpu": torch.cuda.get_device_name(0),
         "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
         "note": "NOT a Jetson: data-centre GPU, PyTorch only (no TensorRT); TF32 disabled for FP32; "
-                "FP16 runs channels-last (tensor-core friendly layout).",
+        "FP16 runs channels-last (tensor-core friendly layout).",
     }
     results["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return results
@@ -118,8 +129,10 @@ def run(args: Any = None) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     lines = [f"{'batch':>5}  {'variant':<16} {'p50 ms':>9} {'min..max of repeats':>22}"]
     for r in results["rows"]:
-        lines.append(f"{r['batch']:>5}  {r['variant']:<16} {r['p50_ms_median_of_repeats']:>9.4f} "
-                     f"{r['p50_ms_min']:>10.4f}..{r['p50_ms_max']:<10.4f}")
+        lines.append(
+            f"{r['batch']:>5}  {r['variant']:<16} {r['p50_ms_median_of_repeats']:>9.4f} "
+            f"{r['p50_ms_min']:>10.4f}..{r['p50_ms_max']:<10.4f}"
+        )
     for k, v in results.items():
         if k.startswith("batch") or k.startswith("fp16_"):
             lines.append(f"{k}: {v:.4g}")

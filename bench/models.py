@@ -65,5 +65,6 @@ def write_conv_policy_bundle(root: Path, seed: int = 0) -> Path:
 def write_small_io_bundle(root: Path, image_hw: int = 8) -> Path:
     """The policy's interface with an image of image_hw×image_hw: measures the service's fixed per-request cost."""
     weight = np.full((3 + 48, 7), 0.01, dtype=np.float32)
-    return write_linear_bundle(root, weight, np.zeros(7, np.float32), image_hw=image_hw, name="small-io",
-                               producer="edge-bench")
+    return write_linear_bundle(
+        root, weight, np.zeros(7, np.float32), image_hw=image_hw, name="small-io", producer="edge-bench"
+    )

@@ -89,16 +89,28 @@ class KernelPolicy:
         self.batch, self.ptrs = batch, (image, state, feats, action)
 
     def execute_async_v3(self, stream: int) -> bool:
-        if self.fail_next_capture and int(self.runner.cudart.cudaStreamIsCapturing(self.runner.stream)[1]) != 0:
+        if (
+            self.fail_next_capture
+            and int(self.runner.cudart.cudaStreamIsCapturing(self.runner.stream)[1]) != 0
+        ):
             self.fail_next_capture = False
             return False  # as a TensorRT enqueue that cannot be captured reports it
         cupy, (image, state, feats, action) = self.cupy, self.ptrs
         with cupy.cuda.ExternalStream(stream):
-            self.means((self.batch * CHANNELS,), (256,), (np.uint64(image), np.uint64(feats), np.int32(SIDE * SIDE)))
+            self.means(
+                (self.batch * CHANNELS,), (256,), (np.uint64(image), np.uint64(feats), np.int32(SIDE * SIDE))
+            )
             self.head(
-                (self.batch,), (32,),
-                (np.uint64(state), np.uint64(feats), np.uint64(self.w_ptr), np.uint64(self.b_ptr),
-                 np.uint64(action), np.int32(self.batch)),
+                (self.batch,),
+                (32,),
+                (
+                    np.uint64(state),
+                    np.uint64(feats),
+                    np.uint64(self.w_ptr),
+                    np.uint64(self.b_ptr),
+                    np.uint64(action),
+                    np.int32(self.batch),
+                ),
             )
         self.enqueues += 1
         return True
@@ -141,7 +153,14 @@ def _pct(xs: list[float], p: float) -> float:
 
 
 def _measure(
-    runner: Any, policy: KernelPolicy, rng: Any, batch: int, runs: int, graph: bool, w: np.ndarray, bias: np.ndarray
+    runner: Any,
+    policy: KernelPolicy,
+    rng: Any,
+    batch: int,
+    runs: int,
+    graph: bool,
+    w: np.ndarray,
+    bias: np.ndarray,
 ) -> dict[str, Any]:
     image = rng.standard_normal((batch, CHANNELS, SIDE, SIDE)).astype(np.float32)
     state = rng.standard_normal((batch, STATE)).astype(np.float32)
@@ -175,7 +194,9 @@ def run(args: Any = None) -> dict[str, Any]:
 
     cudart = cuda_runtime()
     if cudart is None:
-        raise SystemExit("tensorrt_cuda needs cuda-python (cuda.bindings) and an NVIDIA GPU; neither is here.")
+        raise SystemExit(
+            "tensorrt_cuda needs cuda-python (cuda.bindings) and an NVIDIA GPU; neither is here."
+        )
     gpu = cuda_gpu()
     if gpu is None:
         raise SystemExit("tensorrt_cuda: cuda-python imports but reports no GPU.")

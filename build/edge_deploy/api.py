@@ -189,9 +189,7 @@ def deploy_to_device(package: str, target_ip: str, config: Mapping[str, Any] | N
     cfg = dict(config or {})
     robot_keys = {f.name for f in fields(Robot)} - {"name", "host"}  # every inventory field
     robot_kw: dict[str, Any] = {
-        k: (Path(v) if k in ("ssh_key", "known_hosts") else v)
-        for k, v in cfg.items()
-        if k in robot_keys
+        k: (Path(v) if k in ("ssh_key", "known_hosts") else v) for k, v in cfg.items() if k in robot_keys
     }
     robot = Robot(name=str(cfg.pop("name", target_ip)), host=target_ip, **robot_kw)
     for k in robot_keys:

@@ -140,8 +140,16 @@ def write_sample_policy(
     return written
 
 
-def write_onnx_bundle(root: Path, nodes: list[Any], initializers: list[Any], *, image_hw: int = 224,
-                      batch: Any = None, name: str = "policy", producer: str = "edge-deploy") -> Path:
+def write_onnx_bundle(
+    root: Path,
+    nodes: list[Any],
+    initializers: list[Any],
+    *,
+    image_hw: int = 224,
+    batch: Any = None,
+    name: str = "policy",
+    producer: str = "edge-deploy",
+) -> Path:
     """Write an fp32 bundle for an ONNX graph with the sample interface (image [B,3,H,W] + robot_state
     [B,48] → action [B,7]), built from nodes without torch: tiny models for tests and benchmarks."""
     import onnx
@@ -151,9 +159,12 @@ def write_onnx_bundle(root: Path, nodes: list[Any], initializers: list[Any], *, 
 
     image: tuple[int | str, ...] = ("batch", 3, image_hw, image_hw)
     graph = helper.make_graph(
-        nodes, name.replace("-", "_"),
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(image)),
-         helper.make_tensor_value_info("robot_state", TensorProto.FLOAT, ["batch", STATE_DIM])],
+        nodes,
+        name.replace("-", "_"),
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, list(image)),
+            helper.make_tensor_value_info("robot_state", TensorProto.FLOAT, ["batch", STATE_DIM]),
+        ],
         [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", ACTION_DIM])],
         initializer=initializers,
     )
@@ -163,17 +174,31 @@ def write_onnx_bundle(root: Path, nodes: list[Any], initializers: list[Any], *, 
     root.mkdir(parents=True, exist_ok=True)
     onnx.save(model, root / "model.onnx")
     manifest = BundleManifest(
-        precision="fp32", opset=17,
-        inputs=[TensorSpec("image", "float32", image), TensorSpec("robot_state", "float32", ("batch", STATE_DIM))],
+        precision="fp32",
+        opset=17,
+        inputs=[
+            TensorSpec("image", "float32", image),
+            TensorSpec("robot_state", "float32", ("batch", STATE_DIM)),
+        ],
         outputs=[TensorSpec("action", "float32", ("batch", ACTION_DIM))],
-        batch=batch or BatchProfile(1, 1, 8), files={"model.onnx": sha256_file(root / "model.onnx")}, name=name,
+        batch=batch or BatchProfile(1, 1, 8),
+        files={"model.onnx": sha256_file(root / "model.onnx")},
+        name=name,
     )
     (root / "bundle.json").write_text(manifest.to_json())
     return root
 
 
-def write_linear_bundle(root: Path, weight: np.ndarray, bias: np.ndarray, *, image_hw: int = 224,
-                        batch: Any = None, name: str = "tiny-policy", producer: str = "edge-deploy") -> Path:
+def write_linear_bundle(
+    root: Path,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    *,
+    image_hw: int = 224,
+    batch: Any = None,
+    name: str = "tiny-policy",
+    producer: str = "edge-deploy",
+) -> Path:
     """GlobalAveragePool(image) ++ robot_state → Gemm(weight [3+48, 7], bias [7]) → action, as a bundle."""
     from onnx import helper, numpy_helper
 
@@ -183,6 +208,8 @@ def write_linear_bundle(root: Path, weight: np.ndarray, bias: np.ndarray, *, ima
         helper.make_node("Concat", ["pooled_flat", "robot_state"], ["features"], axis=1),
         helper.make_node("Gemm", ["features", "W", "B"], ["action"]),
     ]
-    inits = [numpy_helper.from_array(weight.astype(np.float32), "W"),
-             numpy_helper.from_array(bias.astype(np.float32), "B")]
+    inits = [
+        numpy_helper.from_array(weight.astype(np.float32), "W"),
+        numpy_helper.from_array(bias.astype(np.float32), "B"),
+    ]
     return write_onnx_bundle(root, nodes, inits, image_hw=image_hw, batch=batch, name=name, producer=producer)

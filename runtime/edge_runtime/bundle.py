@@ -45,8 +45,12 @@ class TensorSpec:
         return tuple(batch if isinstance(d, str) else d for d in self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "dynamic_axes": {str(k): v for k, v in self.dynamic_axes.items()}}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "dynamic_axes": {str(k): v for k, v in self.dynamic_axes.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
@@ -77,7 +81,9 @@ class BatchProfile:
         try:
             lo, opt, hi = (int(p) for p in parts)
         except ValueError:
-            raise BundleError(f"Batch profile {text!r} is not of the form MIN,OPT,MAX (e.g. 1,1,8).") from None
+            raise BundleError(
+                f"Batch profile {text!r} is not of the form MIN,OPT,MAX (e.g. 1,1,8)."
+            ) from None
         return cls(lo, opt, hi)
 
     def __str__(self) -> str:
@@ -150,7 +156,9 @@ class BundleManifest:
         if manifest.precision not in PRECISIONS:
             raise BundleError(f"bundle.json names unknown precision {manifest.precision!r}.")
         if manifest.model_file not in manifest.files:
-            raise BundleError(f"bundle.json does not list the hash of its model file {manifest.model_file!r}.")
+            raise BundleError(
+                f"bundle.json does not list the hash of its model file {manifest.model_file!r}."
+            )
         return manifest
 
 

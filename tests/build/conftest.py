@@ -33,8 +33,11 @@ def make_bundle(
         key = f"{precision}-{embed_calibration}"
         if key not in cache:
             out = tmp_path_factory.mktemp(f"bundle-{key}") / "bundle"
-            cache[key] = convert(model, out, ConvertOptions(precision=precision, calibration=calib,
-                                                            embed_calibration=embed_calibration))
+            cache[key] = convert(
+                model,
+                out,
+                ConvertOptions(precision=precision, calibration=calib, embed_calibration=embed_calibration),
+            )
         return cache[key]
 
     return make

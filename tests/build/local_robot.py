@@ -131,8 +131,13 @@ class _Sessions:
 
     async def create_process(self, command: str) -> _Process:
         proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", command, cwd=self.robot.home, env=self.robot.env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            "sh",
+            "-c",
+            command,
+            cwd=self.robot.home,
+            env=self.robot.env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         return _Process(proc)
 
@@ -190,8 +195,14 @@ class LocalRobot(RobotConnection):
             if needle in command:
                 return result
         proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", command, cwd=self.home, env=self.env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "sh",
+            "-c",
+            command,
+            cwd=self.home,
+            env=self.env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
         return CommandResult(proc.returncode or 0, out.decode(), err.decode())

@@ -106,8 +106,9 @@ def test_api_names_are_exported() -> None:
         assert callable(getattr(edge_deploy, name))
 
 
-def test_deploy_to_device_maps_every_inventory_field_to_the_robot(monkeypatch: pytest.MonkeyPatch,
-                                                                   tmp_path: Path) -> None:
+def test_deploy_to_device_maps_every_inventory_field_to_the_robot(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import edge_deploy.rollout as rollout
     from edge_deploy.api import deploy_to_device
 
@@ -118,14 +119,30 @@ def test_deploy_to_device_maps_every_inventory_field_to_the_robot(monkeypatch: p
         return "ok"
 
     monkeypatch.setattr(rollout, "deploy_release", fake_deploy_release)
-    out = deploy_to_device("0.1.0", "10.0.0.7", {
-        "user": "robot", "port": 2201, "ssh_key": str(tmp_path / "k"), "known_hosts": str(tmp_path / "kh"),
-        "service_port": 18081, "gpu": False, "platform": "linux/arm64", "jetson_model": "orin_nx",
-        "include_ros2": False, "health_timeout": 30.0,
-    })
+    out = deploy_to_device(
+        "0.1.0",
+        "10.0.0.7",
+        {
+            "user": "robot",
+            "port": 2201,
+            "ssh_key": str(tmp_path / "k"),
+            "known_hosts": str(tmp_path / "kh"),
+            "service_port": 18081,
+            "gpu": False,
+            "platform": "linux/arm64",
+            "jetson_model": "orin_nx",
+            "include_ros2": False,
+            "health_timeout": 30.0,
+        },
+    )
     robot = seen["fleet"].robots[0]
     assert out == "ok" and seen["version"] == "0.1.0"
-    assert (robot.host, robot.port, robot.user, robot.platform, robot.gpu) == ("10.0.0.7", 2201, "robot",
-                                                                               "linux/arm64", False)
+    assert (robot.host, robot.port, robot.user, robot.platform, robot.gpu) == (
+        "10.0.0.7",
+        2201,
+        "robot",
+        "linux/arm64",
+        False,
+    )
     assert robot.ssh_key == tmp_path / "k" and robot.jetson_model == "orin_nx"
     assert seen["kw"] == {"include_ros2": False, "health_timeout": 30.0}

@@ -79,7 +79,10 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         ("robots: [{name: r1, host: h}, {name: r2, host: h}]", ["'r2'", "same host and port", "'r1'"]),
         ("robots: [{name: r1, host: h, compose_dir: ../etc}]", ["'r1'", "compose_dir"]),
         ("robots: [{name: r1, host: h, gpu: maybe}]", ["'r1'", "'gpu'"]),
-        ("robots: [{name: r1, host: h, allow_cpu_fallback: 1}]", ["'r1'", "'allow_cpu_fallback'", "true or false"]),
+        (
+            "robots: [{name: r1, host: h, allow_cpu_fallback: 1}]",
+            ["'r1'", "'allow_cpu_fallback'", "true or false"],
+        ),
         (
             "robots: [{name: r1, host: h, health_start_interval_s: 0}]",
             ["'r1'", "health_start_interval_s", "0.1"],
@@ -122,7 +125,11 @@ robots:
   - {name: sim-1, host: 10.0.0.3, gpu: false}
 """
     fleet = load_fleet(write(tmp_path, text))
-    assert [(r.gpu, r.allow_cpu_fallback) for r in fleet.robots] == [(True, True), (True, False), (False, True)]
+    assert [(r.gpu, r.allow_cpu_fallback) for r in fleet.robots] == [
+        (True, True),
+        (True, False),
+        (False, True),
+    ]
     again = tmp_path / "again.yaml"
     again.write_text(dump_fleet(fleet))
     assert load_fleet(again).robots == fleet.robots

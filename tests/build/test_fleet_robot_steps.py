@@ -27,7 +27,11 @@ DOCKER = {
     "info": [0, "/srv/docker\n", ""],
     "volume": [0, "/srv/docker/volumes/edge_engine-cache/_data\n", ""],
 }
-BUILD_FAILED = [2, "", "building the engine ...\nerror: Engine build failed: TensorRT found no tactic for node /fc1.\n"]
+BUILD_FAILED = [
+    2,
+    "",
+    "building the engine ...\nerror: Engine build failed: TensorRT found no tactic for node /fc1.\n",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +84,9 @@ def test_a_transport_failure_during_the_prebuild_does_not_mark_the_version_bad(
 
 
 def test_docker_failing_around_the_build_does_not_mark_the_version_bad(tmp_path: Path) -> None:
-    lr = local(tmp_path, prebuild=[[1, "", "Error response from daemon: Cannot connect to the Docker daemon"]])
+    lr = local(
+        tmp_path, prebuild=[[1, "", "Error response from daemon: Cannot connect to the Docker daemon"]]
+    )
     res = deploy(lr)
     assert (res.outcome, res.stage) == ("failed", "engine"), res
     assert bad_versions(lr) == []
@@ -111,16 +117,27 @@ def test_engine_cache_volume_on_its_own_disk_is_checked(tmp_path: Path) -> None:
 
 def test_an_unreadable_volume_is_measured_at_the_nearest_readable_folder(tmp_path: Path) -> None:
     """/srv/docker/volumes is root's (0710 on a real robot): the data root's free space stands for it."""
-    lr = local(tmp_path, df={"edge": 50 * GB, "/srv/docker": 50 * GB, "/srv/docker/volumes": "denied"},
-               prebuild=[BUILD_FAILED])
+    lr = local(
+        tmp_path,
+        df={"edge": 50 * GB, "/srv/docker": 50 * GB, "/srv/docker/volumes": "denied"},
+        prebuild=[BUILD_FAILED],
+    )
     res = deploy(lr)
     assert res.stage == "engine", res  # got past the disk check
 
 
 # --- docker pull retried, bounded, counted ----------------------------------------------------------------
 
-TLS_TIMEOUT = [1, "", 'Error response from daemon: Get "https://reg.example/v2/": net/http: TLS handshake timeout']
-RESET = [1, "", "Error response from daemon: read tcp 10.0.0.11:51234->10.0.0.2:443: connection reset by peer"]
+TLS_TIMEOUT = [
+    1,
+    "",
+    'Error response from daemon: Get "https://reg.example/v2/": net/http: TLS handshake timeout',
+]
+RESET = [
+    1,
+    "",
+    "Error response from daemon: read tcp 10.0.0.11:51234->10.0.0.2:443: connection reset by peer",
+]
 
 
 def test_a_transient_pull_failure_is_retried_and_counted(tmp_path: Path) -> None:
@@ -164,7 +181,10 @@ def test_state_history_and_bad_versions_are_written_over_sftp(tmp_path: Path) ->
     asyncio.run(go())
     assert lr.stdin_writes == [], "no file content travels through a shell"
     assert asyncio.run(rr.read_state())["current"] == "0.1.0"
-    assert [line.count('"action"') for line in lr.file("edge/history.jsonl").read_text().splitlines()] == [1, 1]
+    assert [line.count('"action"') for line in lr.file("edge/history.jsonl").read_text().splitlines()] == [
+        1,
+        1,
+    ]
     assert bad_versions(lr) == ["0.2.0"]
 
 
@@ -180,7 +200,10 @@ def test_the_systemd_unit_is_uploaded_then_installed_without_a_heredoc(tmp_path:
     unit = lr.file(sudo[0][-2].removeprefix(f"{lr.home}/"))
     assert f"WorkingDirectory={lr.home}/edge/current" in unit.read_text()
     assert "User=robot" in unit.read_text()
-    assert sudo[1:] == [["-n", "systemctl", "daemon-reload"], ["-n", "systemctl", "enable", "edge-deploy.service"]]
+    assert sudo[1:] == [
+        ["-n", "systemctl", "daemon-reload"],
+        ["-n", "systemctl", "enable", "edge-deploy.service"],
+    ]
 
 
 # --- SSH connect retried, bounded, counted ----------------------------------------------------------------

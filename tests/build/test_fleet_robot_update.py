@@ -59,19 +59,28 @@ def service() -> Iterator[int]:
 def robot_on(tmp_path: Path, port: int, running: str = "{RUNNING}", **config: Any) -> LocalRobot:
     """A robot on release 0.1.0 (OLD) whose container runs ``running`` (by default what current/.env
     names, as after `docker compose up`) and reports healthy."""
-    lr = LocalRobot(Robot(name="arm-1", host="127.0.0.1", compose_dir="edge", lock_wait_s=5, gpu=False),
-                    tmp_path, {
-        "df": BIG,
-        "ps": {"": [0, "c0ffee\n", ""]},
-        "inspect": {
-            "State.Status}} {{.State.ExitCode": [0, "restarting 3 4 none\n", ""],
-            "State.Status": [0, f"running healthy {running}\n", ""],
-            "-f {{.Config.Image}}": [0, running + "\n", ""],
-            "-f {{.Image}}": [0, ("{RUNNING_DIGEST}" if running == "{RUNNING}" else running.split("@")[-1]) + "\n", ""],
+    lr = LocalRobot(
+        Robot(name="arm-1", host="127.0.0.1", compose_dir="edge", lock_wait_s=5, gpu=False),
+        tmp_path,
+        {
+            "df": BIG,
+            "ps": {"": [0, "c0ffee\n", ""]},
+            "inspect": {
+                "State.Status}} {{.State.ExitCode": [0, "restarting 3 4 none\n", ""],
+                "State.Status": [0, f"running healthy {running}\n", ""],
+                "-f {{.Config.Image}}": [0, running + "\n", ""],
+                "-f {{.Image}}": [
+                    0,
+                    ("{RUNNING_DIGEST}" if running == "{RUNNING}" else running.split("@")[-1]) + "\n",
+                    "",
+                ],
+            },
+            "image": {
+                "RepoDigests": [0, (running if "@" in running or running == "{RUNNING}" else "") + " \n", ""]
+            },
+            **config,
         },
-        "image": {"RepoDigests": [0, (running if "@" in running or running == "{RUNNING}" else "") + " \n", ""]},
-        **config,
-    })
+    )
     lr.service_port = port
     d = lr.file("edge/releases/0.1.0")
     d.mkdir(parents=True)
@@ -116,7 +125,12 @@ def test_a_connection_lost_after_the_switch_is_reverted_by_the_robot(service: in
     assert os.readlink(lr.file("edge/current")) == "releases/0.1.0"
     assert "no confirmation from the operator" in st["reason"]
     last = history(lr)[-1]
-    assert (last["action"], last["by"], last["result"], last["version"]) == ("auto-rollback", "robot", "reverted", "0.2.0")
+    assert (last["action"], last["by"], last["result"], last["version"]) == (
+        "auto-rollback",
+        "robot",
+        "reverted",
+        "0.2.0",
+    )
     assert not lr.file("edge/bad-versions").exists()  # the connection failed, not the release
 
 
@@ -132,10 +146,14 @@ def test_a_re_run_confirms_a_switch_its_lost_connection_left_waiting(service: in
     res = deploy(lr, confirm_timeout_s=120)
     assert res.outcome in ("updated", "unchanged"), res.reason
     st = state(lr)
-    assert (st["current"], st["image"]) == ("0.2.0", NEW) and os.readlink(lr.file("edge/current")) == "releases/0.2.0"
+    assert (st["current"], st["image"]) == ("0.2.0", NEW) and os.readlink(
+        lr.file("edge/current")
+    ) == "releases/0.2.0"
 
 
-def test_a_switch_whose_script_was_killed_is_undone_before_the_next_update(service: int, tmp_path: Path) -> None:
+def test_a_switch_whose_script_was_killed_is_undone_before_the_next_update(
+    service: int, tmp_path: Path
+) -> None:
     """The robot-side script dies mid-transaction (a reboot): nothing will confirm or revert it, so the next
     operator contact runs ``edge-update.sh recover`` and the previous release comes back."""
     lr = robot_on(tmp_path, service)
@@ -157,10 +175,19 @@ def test_a_service_that_does_not_come_up_is_named_by_its_own_exit_code_and_log(
     """The reason of an automatic rollback is the container's exit code and the last lines of its log,
     not compose's progress output."""
     compose_said = "Container edge-edge-runtime-1  Waiting\ncontainer edge-edge-runtime-1 is unhealthy"
-    lr = robot_on(tmp_path, service, up=[[1, "", compose_said], [0, "", ""]], logs={
-        "": [0, "loading bundle /opt/edge/bundle\nTraceback (most recent call last):\n"
-                "RuntimeError: model.onnx is missing from the bundle\n", ""],
-    })
+    lr = robot_on(
+        tmp_path,
+        service,
+        up=[[1, "", compose_said], [0, "", ""]],
+        logs={
+            "": [
+                0,
+                "loading bundle /opt/edge/bundle\nTraceback (most recent call last):\n"
+                "RuntimeError: model.onnx is missing from the bundle\n",
+                "",
+            ],
+        },
+    )
     res = deploy(lr)
     assert res.outcome == "rolled_back", res
     assert "exit code 3" in res.reason and "RuntimeError: model.onnx is missing from the bundle" in res.reason
@@ -189,9 +216,9 @@ def test_a_release_pinned_by_hand_is_shown_and_the_next_rollout_starts_from_it(
     assert (info["version"], info["recorded"], info["last_result"]) == ("0.1.0", "0.2.0", "pinned by hand")
     assert info["drift"]["image"] == pinned
     # The next rollout of 0.2.0 starts from 0.1.0: an update, recorded.
-    res = asyncio.run(RobotReleases(lr).deploy(
-        DeployRequest("0.2.0", NEW, smoke=False, known_images=known), {}
-    ))
+    res = asyncio.run(
+        RobotReleases(lr).deploy(DeployRequest("0.2.0", NEW, smoke=False, known_images=known), {})
+    )
     assert res.outcome == "updated" and res.previous == "0.1.0", res
     manual = [h for h in history(lr) if h["action"] == "manual-change"]
     assert manual and manual[0]["version"] == "0.1.0" and manual[0]["from"] == "0.2.0", history(lr)

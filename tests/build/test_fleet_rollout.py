@@ -326,7 +326,7 @@ def test_ros2_rollout_of_an_image_without_ros2_is_refused_before_any_robot(tmp_p
     ("stderr", "says"),
     [
         (
-            "Error response from daemon: Head \"https://reg.example/v2/team/runtime/manifests/sha256:…\": "
+            'Error response from daemon: Head "https://reg.example/v2/team/runtime/manifests/sha256:…": '
             "unauthorized: authentication required",
             "not logged in there (once per robot: `docker login reg.example` as robot)",
         ),
@@ -464,9 +464,15 @@ def test_gate_refuses_a_cpu_fallback_on_a_gpu_robot_naming_both_backends_and_why
         f"the service says: {why.rstrip('.')}; "
     ), reason
     assert "allow_cpu_fallback: true" in reason and "--required-backend any" in reason
-    for allowed in (Robot(name="jet", host="h", allow_cpu_fallback=True), Robot(name="sim", host="h", gpu=False)):
+    for allowed in (
+        Robot(name="jet", host="h", allow_cpu_fallback=True),
+        Robot(name="sim", host="h", gpu=False),
+    ):
         passed = gate(allowed)
-        assert passed["readyz"]["fallback"] == why and passed["outputs"] == {"cmd": [1, 2], "mode_echo": [1, 1]}
+        assert passed["readyz"]["fallback"] == why and passed["outputs"] == {
+            "cmd": [1, 2],
+            "mode_echo": [1, 1],
+        }
     assert gate(Robot(name="jet", host="h"), required="any")["readyz"]["backend"] == "onnxruntime"
     with pytest.raises(GateFailed, match=r"\(the release requires TensorRT\), served onnxruntime") as err:
         gate(Robot(name="sim", host="h", gpu=False, allow_cpu_fallback=True), required="tensorrt")
@@ -484,7 +490,9 @@ def test_a_service_started_on_onnxruntime_fails_a_gpu_robots_gate(tmp_path: Path
     )
     service.prepare()
     ready = service.readiness()[1]
-    with pytest.raises(GateFailed, match="served onnxruntime on the CPU: the service was started with --backend"):
+    with pytest.raises(
+        GateFailed, match="served onnxruntime on the CPU: the service was started with --backend"
+    ):
         backend_check(ready, *expected_backend(Robot(name="jet", host="h"), None))
     with pytest.raises(GateFailed, match="does not say which backend serves"):
         backend_check({"ready": True}, *expected_backend(Robot(name="jet", host="h"), None))
@@ -500,16 +508,20 @@ def _robot_serving(tmp_path: Path, robot: Robot, port: int, running: str) -> Any
     from tests.build.local_robot import LocalRobot
 
     big = {"*": 50 * 1024 * 1024}
-    lr = LocalRobot(robot, tmp_path, {
-        "df": big,
-        "ps": {"": [0, "c0ffee\n", ""]},
-        "inspect": {
-            "State.Status": [0, f"running healthy {running}\n", ""],
-            "-f {{.Config.Image}}": [0, running + "\n", ""],
-            "-f {{.Image}}": [0, running.split("@")[1] + "\n", ""],
+    lr = LocalRobot(
+        robot,
+        tmp_path,
+        {
+            "df": big,
+            "ps": {"": [0, "c0ffee\n", ""]},
+            "inspect": {
+                "State.Status": [0, f"running healthy {running}\n", ""],
+                "-f {{.Config.Image}}": [0, running + "\n", ""],
+                "-f {{.Image}}": [0, running.split("@")[1] + "\n", ""],
+            },
+            "image": {"RepoDigests": [0, running + " \n", ""]},
         },
-        "image": {"RepoDigests": [0, running + " \n", ""]},
-    })
+    )
     lr.service_port = port
     for version, image in (("0.1.0", IMG_A), ("0.2.0", IMG_B)):
         d = lr.file(f"edge/releases/{version}")
@@ -518,7 +530,9 @@ def _robot_serving(tmp_path: Path, robot: Robot, port: int, running: str) -> Any
     return lr
 
 
-def test_a_cpu_fallback_rolls_a_gpu_robot_back_to_its_previous_release(auto_service: int, tmp_path: Path) -> None:
+def test_a_cpu_fallback_rolls_a_gpu_robot_back_to_its_previous_release(
+    auto_service: int, tmp_path: Path
+) -> None:
     """The whole update after the lock: the new release comes up healthy in Docker's eyes but serves ONNX
     Runtime on the CPU; the gate refuses, the version is marked bad and edge-update.sh on the robot (a real
     sh) restores the previous release."""
@@ -543,7 +557,9 @@ def test_a_cpu_fallback_rolls_a_gpu_robot_back_to_its_previous_release(auto_serv
     assert len(ups) == 2  # the new release, then the restore
 
 
-def test_a_manual_rollback_gates_on_the_backend_its_release_required(auto_service: int, tmp_path: Path) -> None:
+def test_a_manual_rollback_gates_on_the_backend_its_release_required(
+    auto_service: int, tmp_path: Path
+) -> None:
     """``fleet rollback`` reads the target's release.json: a release made with --required-backend any comes
     back on a gpu robot serving ONNX Runtime; one without it is refused and the current one restored."""
     from edge_deploy.fleet.robot import FAILED, UPDATED, RobotReleases

@@ -54,7 +54,9 @@ def test_runtime_image_installs_the_device_side_and_cuda_python_once() -> None:
     cuda = next(r for r in reqs if r.name == "cuda-python")
     # JetPack 6 has CUDA 12.6: cuda-python 12.x, never 13 (needs a CUDA 13 driver)
     assert cuda.specifier.contains("12.9.0") and not cuda.specifier.contains("13.0.0")
-    assert not any(r.name == "tensorrt" or r.name.startswith("tensorrt-") for r in reqs), "the base provides it"
+    assert not any(r.name == "tensorrt" or r.name.startswith("tensorrt-") for r in reqs), (
+        "the base provides it"
+    )
 
 
 def test_pip_platforms_are_manylinux_for_the_arch() -> None:
@@ -63,15 +65,32 @@ def test_pip_platforms_are_manylinux_for_the_arch() -> None:
 
 
 def test_bake_file_resolves_tags_from_variables() -> None:
-    need(shutil.which("docker") is not None and subprocess.run(
-        ["docker", "buildx", "version"], capture_output=True, timeout=30).returncode == 0, "docker buildx")
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "VERSION": "1.2.3", "TAGS": "1.2,latest",
-           "REGISTRY": "reg.example:5000", "RUNTIME_PLATFORMS": "linux/arm64,linux/amd64", "HOME": "/root"}
-    out = subprocess.run(["docker", "buildx", "bake", "-f", str(BAKE_FILE), "--print"], capture_output=True,
-                         text=True, timeout=60, env=env, cwd=REPO_ROOT)
+    need(
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "buildx", "version"], capture_output=True, timeout=30).returncode == 0,
+        "docker buildx",
+    )
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "VERSION": "1.2.3",
+        "TAGS": "1.2,latest",
+        "REGISTRY": "reg.example:5000",
+        "RUNTIME_PLATFORMS": "linux/arm64,linux/amd64",
+        "HOME": "/root",
+    }
+    out = subprocess.run(
+        ["docker", "buildx", "bake", "-f", str(BAKE_FILE), "--print"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO_ROOT,
+    )
     assert out.returncode == 0, out.stderr
     targets = json.loads(out.stdout)["target"]
-    assert targets["runtime"]["tags"] == [f"reg.example:5000/edge-deploy/runtime:{t}" for t in ("1.2.3", "1.2", "latest")]
+    assert targets["runtime"]["tags"] == [
+        f"reg.example:5000/edge-deploy/runtime:{t}" for t in ("1.2.3", "1.2", "latest")
+    ]
     assert targets["runtime"]["platforms"] == ["linux/arm64", "linux/amd64"]
     assert targets["converter"]["platforms"] == ["linux/amd64"]
     assert targets["runtime"]["contexts"]["converter"] == "target:converter"
@@ -109,19 +128,27 @@ def test_no_secret_in_args_or_env() -> None:
     for dockerfile in DOCKERFILES:
         for line in dockerfile.read_text().splitlines():
             if line.startswith(("ARG ", "ENV ")):
-                assert not any(w in line.upper() for w in ("CERT", "TOKEN", "PASSWORD", "SECRET", "KEY")), line
+                assert not any(w in line.upper() for w in ("CERT", "TOKEN", "PASSWORD", "SECRET", "KEY")), (
+                    line
+                )
 
 
 def test_runtime_wheelhouse_per_platform(tmp_path: Path) -> None:
     houses = {"runtime": tmp_path / "arm", "runtime_amd64": tmp_path / "amd"}
-    assert runtime_wheelhouse("linux/arm64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "arm"
-    assert runtime_wheelhouse("linux/amd64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "amd"
+    assert (
+        runtime_wheelhouse("linux/arm64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "arm"
+    )
+    assert (
+        runtime_wheelhouse("linux/amd64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "amd"
+    )
     with pytest.raises(ImageError, match="not supported"):
         runtime_wheelhouse("linux/riscv64", houses, python="3.11", device=[], root=tmp_path)
 
 
 def _link_module() -> Any:
-    spec = importlib.util.spec_from_file_location("link_base_package", REPO_ROOT / "docker" / "link_base_package.py")
+    spec = importlib.util.spec_from_file_location(
+        "link_base_package", REPO_ROOT / "docker" / "link_base_package.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -149,8 +176,12 @@ def test_base_tensorrt_is_linked_where_the_base_python_keeps_it(tmp_path: Path) 
     assert (site / "tensorrt").is_symlink() and (site / "tensorrt").resolve() == (dist / "tensorrt").resolve()
     assert not (site / "numpy").exists()
     assert said == f"linked the base's tensorrt ({dist / 'tensorrt'}) into {site}"
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorrt; print(tensorrt.__version__)"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import tensorrt; print(tensorrt.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "10.7.0", out.stderr
     with pytest.raises(SystemExit, match="already exists in the venv"):
         link.link(venv, "tensorrt", required=True, path=[str(dist)])
@@ -160,14 +191,20 @@ def test_base_tensorrt_missing_fails_the_build_unless_optional(tmp_path: Path) -
     venv = _venv(tmp_path)
     script = str(REPO_ROOT / "docker" / "link_base_package.py")
     py = str(venv / "bin" / "python")
-    required = subprocess.run([py, "-I", script, str(venv), "tensorrt", "--required"], capture_output=True,
-                              text=True, timeout=60)
+    required = subprocess.run(
+        [py, "-I", script, str(venv), "tensorrt", "--required"], capture_output=True, text=True, timeout=60
+    )
     assert required.returncode == 1
     lines = required.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("The base image's Python 3.") and "no tensorrt module" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("The base image's Python 3.")
+        and "no tensorrt module" in lines[0]
+    )
     assert "BASE_TENSORRT=optional" in lines[0]
-    optional = subprocess.run([py, "-I", script, str(venv), "tensorrt", "--optional"], capture_output=True,
-                              text=True, timeout=60)
+    optional = subprocess.run(
+        [py, "-I", script, str(venv), "tensorrt", "--optional"], capture_output=True, text=True, timeout=60
+    )
     assert optional.returncode == 0 and "not linked (optional)" in optional.stdout
     assert not list(_link_module().venv_site_packages(venv).glob("tensorrt*"))
     bad = subprocess.run([py, "-I", script, str(venv)], capture_output=True, text=True, timeout=60)
@@ -178,7 +215,9 @@ def test_runtime_and_converter_need_no_pip_or_ensurepip_in_their_base() -> None:
     """l4t-jetpack may ship neither python3-venv (ensurepip) nor python3-pip: the venvs are made without
     pip and pip runs from its wheel in the wheelhouse (the stand-in base has neither, so e2e proves it)."""
     for dockerfile, stage in (("runtime.Dockerfile", "runtime"), ("converter.Dockerfile", "deps")):
-        run = " ".join(s for s in _instructions(REPO_ROOT / "docker" / dockerfile, stage) if s.startswith("RUN "))
+        run = " ".join(
+            s for s in _instructions(REPO_ROOT / "docker" / dockerfile, stage) if s.startswith("RUN ")
+        )
         assert "python3 -m venv --without-pip /opt/edge/venv" in run, dockerfile
         assert '/opt/edge/venv/bin/python "${pip_whl}/pip" install --no-index' in run, dockerfile
         assert "/opt/edge/venv/bin/pip " not in run and "ensurepip" not in run and "get-pip" not in run

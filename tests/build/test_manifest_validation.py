@@ -104,7 +104,9 @@ def test_rollout_of_a_malformed_manifest_is_one_line(
     fleet = unreachable_fleet(tmp_path)
     (tmp_path / "releases").mkdir()
     (tmp_path / "releases" / "0.1.0.json").write_bytes(content)
-    code, _, err = run_cli(capsys, "rollout", "0.1.0", "--fleet", fleet, "--releases-dir", tmp_path / "releases")
+    code, _, err = run_cli(
+        capsys, "rollout", "0.1.0", "--fleet", fleet, "--releases-dir", tmp_path / "releases"
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     code, _, err = run_cli(capsys, "release", "list", "--releases-dir", tmp_path / "releases")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "0.1.0.json" in err, err
@@ -117,7 +119,9 @@ def test_a_version_that_is_not_semver_is_refused_before_any_robot(
     fleet = unreachable_fleet(tmp_path)
     code, out, err = run_cli(capsys, *command, "--fleet", fleet, "--json")
     assert code == 2 and out == "", (out, err)
-    assert err.startswith("error: ") and "not a semantic version" in err and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith("error: ") and "not a semantic version" in err and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_a_non_utf8_fleet_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,7 +130,9 @@ def test_a_non_utf8_fleet_yaml_is_one_line(tmp_path: Path, capsys: pytest.Captur
     assert code == 2 and err.startswith("error: ") and "UTF-8" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("repository", ["reg.example/x$(id)", "reg.example/x${HOME}", "reg.example/x#y", "reg/X"])
+@pytest.mark.parametrize(
+    "repository", ["reg.example/x$(id)", "reg.example/x${HOME}", "reg.example/x#y", "reg/X"]
+)
 def test_an_image_reference_outside_the_reference_grammar_never_reaches_a_robot(
     tmp_path: Path, repository: str
 ) -> None:

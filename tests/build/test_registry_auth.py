@@ -14,7 +14,9 @@ from edge_deploy.release.registry import Registry, RegistryError
 
 USER, PASSWORD = "ci-bot", "s3cret"
 REALM = "https://auth.example/token"
-MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}).encode()
+MANIFEST = json.dumps(
+    {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
+).encode()
 DIGEST = "sha256:" + "a" * 64
 
 
@@ -36,7 +38,9 @@ class TokenRegistry:
             return httpx.Response(200, json={"token": f"tok|{scope}"}) if ok else httpx.Response(401)
         path = request.url.path.removeprefix("/v2/")
         if not path:
-            return httpx.Response(401, headers={"www-authenticate": f'Bearer realm="{self.realm}",service="reg"'})
+            return httpx.Response(
+                401, headers={"www-authenticate": f'Bearer realm="{self.realm}",service="reg"'}
+            )
         name, _, ref = path.partition("/manifests/")
         actions = "pull,push" if request.method == "PUT" else "pull"
         scope = f"repository:{name}:{actions}"
@@ -48,7 +52,10 @@ class TokenRegistry:
             self.tags[(name, ref)] = request.content
             return httpx.Response(201)
         if ref == DIGEST or (name, ref) in self.tags:
-            headers = {"content-type": "application/vnd.oci.image.manifest.v1+json", "docker-content-digest": DIGEST}
+            headers = {
+                "content-type": "application/vnd.oci.image.manifest.v1+json",
+                "docker-content-digest": DIGEST,
+            }
             return httpx.Response(200, content=MANIFEST if request.method == "GET" else b"", headers=headers)
         return httpx.Response(404)
 
@@ -76,5 +83,7 @@ def test_wrong_credentials_are_one_sentence(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("EDGE_REGISTRY_USER", USER)
     monkeypatch.setenv("EDGE_REGISTRY_PASSWORD", "wrong")
     reg = Registry("reg.example", client=httpx.Client(transport=httpx.MockTransport(TokenRegistry())))
-    with pytest.raises(RegistryError, match=r"Registry reg.example refused resolving team/runtime:0.1.0 \(HTTP 401\)"):
+    with pytest.raises(
+        RegistryError, match=r"Registry reg.example refused resolving team/runtime:0.1.0 \(HTTP 401\)"
+    ):
         reg.resolve("team/runtime", "0.1.0")

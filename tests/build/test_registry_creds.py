@@ -87,7 +87,9 @@ def test_auths_entries_as_docker_login_writes_them(docker_config: Path, key: str
     assert app.token_requests and all(ok for _, ok in app.token_requests)
 
 
-def test_the_environment_wins_over_docker_config(docker_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_wins_over_docker_config(
+    docker_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EDGE_REGISTRY_USER", USER)
     monkeypatch.setenv("EDGE_REGISTRY_PASSWORD", PASSWORD)
     (docker_config / "config.json").write_text(json.dumps({"credHelpers": {"reg.example": "edgetest"}}))
@@ -133,7 +135,11 @@ class RefreshTokenRegistry(TokenRegistry):
             form = dict(httpx.QueryParams(request.content.decode()))
             ok = form.get("grant_type") == "refresh_token" and form.get("refresh_token") == "refresh-abc"
             self.token_requests.append((form.get("scope", ""), ok))
-            return httpx.Response(200, json={"access_token": f"tok|{form.get('scope', '')}"}) if ok else httpx.Response(401)
+            return (
+                httpx.Response(200, json={"access_token": f"tok|{form.get('scope', '')}"})
+                if ok
+                else httpx.Response(401)
+            )
         return super().__call__(request)
 
 
@@ -143,5 +149,8 @@ def test_an_identity_token_is_traded_as_a_refresh_token(docker_config: Path) -> 
     )
     app = RefreshTokenRegistry()
     pull_and_push(app)
-    assert [s for s, _ in app.token_requests] == ["repository:team/runtime:pull", "repository:team/runtime:pull,push"]
+    assert [s for s, _ in app.token_requests] == [
+        "repository:team/runtime:pull",
+        "repository:team/runtime:pull,push",
+    ]
     assert all(ok for _, ok in app.token_requests)

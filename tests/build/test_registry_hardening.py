@@ -36,7 +36,11 @@ def client(handler: object) -> httpx.Client:
 
 @pytest.mark.parametrize(
     "realm",
-    ["http://auth.elsewhere.example/token", "http://reg.example.attacker.example/token", "ftp://reg.example/t"],
+    [
+        "http://auth.elsewhere.example/token",
+        "http://reg.example.attacker.example/token",
+        "ftp://reg.example/t",
+    ],
 )
 def test_credentials_never_go_to_a_plain_http_realm_on_another_host(realm: str) -> None:
     rec = Recording(TokenRegistry(realm))

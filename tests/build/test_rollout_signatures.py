@@ -40,8 +40,9 @@ def releases(tmp_path: Path) -> Path:
 
 def fleet(tmp_path: Path, public_key: Path | None = None) -> Fleet:
     (tmp_path / "kh").write_text("")
-    robot = Robot(name="r1", host="127.0.0.1", port=closed_port(), known_hosts=tmp_path / "kh",
-                  connect_timeout_s=2)
+    robot = Robot(
+        name="r1", host="127.0.0.1", port=closed_port(), known_hosts=tmp_path / "kh", connect_timeout_s=2
+    )
     return Fleet("f", (robot,), public_key=public_key)
 
 

@@ -75,13 +75,19 @@ def runtime_source_hash() -> str:
 def docker_host() -> str:
     """The host engine and registry from scripts/host-setup (fails under CI=true when absent)."""
     need(host_ready(), f"Docker engine and registry at {REGISTRY} (run scripts/host-setup)")
-    inspect = subprocess.run(["docker", "buildx", "imagetools", "inspect", STANDIN, "--format", "{{json .Image}}"],
-                             capture_output=True, text=True, timeout=60)
+    inspect = subprocess.run(
+        ["docker", "buildx", "imagetools", "inspect", STANDIN, "--format", "{{json .Image}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     need(inspect.returncode == 0, f"stand-in base {STANDIN} in the local registry (scripts/host-setup)")
     if "/edge-deploy/l4t-standin:" in STANDIN:  # ours, not a real l4t-jetpack given in EDGE_L4T_BASE
-        need("io.edge-deploy.standin.tensorrt-python" in inspect.stdout,
-             f"the JetPack-shaped stand-in base {STANDIN} (TensorRT's Python module; scripts/host-setup rebuilds "
-             "an older one)")
+        need(
+            "io.edge-deploy.standin.tensorrt-python" in inspect.stdout,
+            f"the JetPack-shaped stand-in base {STANDIN} (TensorRT's Python module; scripts/host-setup rebuilds "
+            "an older one)",
+        )
     return REGISTRY
 
 
@@ -100,8 +106,9 @@ def sample_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_images(docker_host: str, sample_model_dir: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImages]:
+def built_images(
+    docker_host: str, sample_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BuiltImages]:
     """Converter + arm64 runtime (fp16 sample policy) built with bake and pushed, once per session.
 
     The session's tags (``e2e-<id>`` and tests' ``e2e-<id>-…``) are deleted from the registry at the end,
@@ -113,12 +120,30 @@ def built_images(docker_host: str, sample_model_dir: Path,
     source = runtime_source_hash()
     bundle_dir = tmp_path_factory.mktemp("baked") / "bundle"
     try:
-        result = build_images(model_dir=sample_model_dir, model="policy.pt", precision="fp16", version=version,
-                              registry=docker_host, l4t_base=STANDIN, converter_base=STANDIN,
-                              runtime_python=STANDIN_PYTHON, push=True, progress="quiet", bundle_out=bundle_dir)
+        result = build_images(
+            model_dir=sample_model_dir,
+            model="policy.pt",
+            precision="fp16",
+            version=version,
+            registry=docker_host,
+            l4t_base=STANDIN,
+            converter_base=STANDIN,
+            runtime_python=STANDIN_PYTHON,
+            push=True,
+            progress="quiet",
+            bundle_out=bundle_dir,
+        )
         images = result["images"]
-        yield BuiltImages(_built(images["converter"]), _built(images["runtime"]), bundle_dir,
-                          result["bundle_sha256"], sample_model_dir, version, result, source)
+        yield BuiltImages(
+            _built(images["converter"]),
+            _built(images["runtime"]),
+            bundle_dir,
+            result["bundle_sha256"],
+            sample_model_dir,
+            version,
+            result,
+            source,
+        )
     finally:
         for name in ("converter", "runtime"):
             delete_tags(docker_host, f"edge-deploy/{name}", version)
@@ -137,7 +162,8 @@ def delete_tags(registry: str, repository: str, prefix: str | None) -> None:
         by_digest: dict[str, set[str]] = {}
         for tag in tags:
             digest = httpx.head(f"{base}/manifests/{tag}", headers=accept, timeout=30).headers.get(
-                "Docker-Content-Digest")
+                "Docker-Content-Digest"
+            )
             if digest:
                 by_digest.setdefault(digest, set()).add(tag)
         for digest, names in by_digest.items():

@@ -349,7 +349,11 @@ def test_same_release_is_unchanged_but_a_re_released_version_is_an_update(env: E
     again = tmp_path / "releases"
     release(again, "0.1.0", env.refs["0.1.1"])  # 0.1.0 re-released with the model-only image
     out = deploy_release(
-        "0.1.0", env.fleet, releases_dir=again, devices=[robot], health_timeout=HEALTH_TIMEOUT,
+        "0.1.0",
+        env.fleet,
+        releases_dir=again,
+        devices=[robot],
+        health_timeout=HEALTH_TIMEOUT,
         insecure_skip_signature_check=True,
     ).to_dict()
     assert outcomes(out) == {robot: "updated"}, why(out)

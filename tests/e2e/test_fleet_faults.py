@@ -59,8 +59,11 @@ def env(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     refs = {  # small images on the runtime's layers: no download beyond the first, engine cache hits
         "1.0.0": build("faults-a", base + 'LABEL edge.test="faults a"\n'),
         "1.1.0": build("faults-b", base + 'LABEL edge.test="faults b"\n'),
-        "1.2.0": build("faults-crash", base + 'ENTRYPOINT ["python3", "-c", '
-                       '"import sys; sys.exit(\'model bundle unreadable: /opt/edge/bundle\') or 3"]\n'),
+        "1.2.0": build(
+            "faults-crash",
+            base + 'ENTRYPOINT ["python3", "-c", '
+            "\"import sys; sys.exit('model bundle unreadable: /opt/edge/bundle') or 3\"]\n",
+        ),
     }
     NUMBERS["build_images_s"] = round(time.monotonic() - t0, 1)
     releases = work / "releases"
@@ -78,9 +81,22 @@ def env(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def rollout_cmd(env: Env, version: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "edge_deploy", "rollout", version, "--fleet", str(env.fleet),
-        "--releases-dir", str(env.releases), "--health-timeout", str(HEALTH_TIMEOUT),
-        "--confirm-timeout", str(CONFIRM_TIMEOUT), "--insecure-skip-signature-check", "--json", *extra,
+        sys.executable,
+        "-m",
+        "edge_deploy",
+        "rollout",
+        version,
+        "--fleet",
+        str(env.fleet),
+        "--releases-dir",
+        str(env.releases),
+        "--health-timeout",
+        str(HEALTH_TIMEOUT),
+        "--confirm-timeout",
+        str(CONFIRM_TIMEOUT),
+        "--insecure-skip-signature-check",
+        "--json",
+        *extra,
     ]
 
 
@@ -107,11 +123,25 @@ def wait_state(env: Env, ok: Any, timeout: float, what: str) -> dict[str, Any]:
 
 def running_release(env: Env) -> str:
     """EDGE_RELEASE of the robot's running container, asked of its own engine."""
-    out = sh("docker", "-H", f"unix://{env.robot.socket}", "ps", "-q", "--filter",
-             "label=com.docker.compose.project=edge").stdout.split()
+    out = sh(
+        "docker",
+        "-H",
+        f"unix://{env.robot.socket}",
+        "ps",
+        "-q",
+        "--filter",
+        "label=com.docker.compose.project=edge",
+    ).stdout.split()
     assert out, "no container runs on the robot"
-    envs = sh("docker", "-H", f"unix://{env.robot.socket}", "inspect", "-f",
-              "{{range .Config.Env}}{{println .}}{{end}}", out[0]).stdout
+    envs = sh(
+        "docker",
+        "-H",
+        f"unix://{env.robot.socket}",
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        out[0],
+    ).stdout
     return next(line.split("=", 1)[1] for line in envs.splitlines() if line.startswith("EDGE_RELEASE="))
 
 
@@ -120,11 +150,16 @@ def kill_after_switch(env: Env, version: str, *extra: str) -> tuple[subprocess.P
     state says it switched; returns the rollout process, the PIDs killed and when."""
     from edge_deploy.fleet import simulate as sim
 
-    proc = subprocess.Popen(rollout_cmd(env, version, *extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        rollout_cmd(env, version, *extra), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
-        wait_state(env, lambda st: st.get("current") == version and st.get("step") == "up",
-                   600, f"the switch to {version} never came")
+        wait_state(
+            env,
+            lambda st: st.get("current") == version and st.get("step") == "up",
+            600,
+            f"the switch to {version} never came",
+        )
     except BaseException:
         proc.kill()
         raise
@@ -151,8 +186,12 @@ def test_connection_lost_just_after_the_switch_reverts_then_rerun_updates(env: E
     try:
         out, _ = proc.communicate(timeout=300)  # the tool loses the robot
         assert json.loads(out)["robots"][0]["outcome"] in ("unreachable", "failed"), out
-        st = wait_state(env, lambda st: st.get("last_result") in ("reverted", "rolled_back", "failed", "updated"),
-                        HEALTH_TIMEOUT + CONFIRM_TIMEOUT + 120, "no outcome on the robot")
+        st = wait_state(
+            env,
+            lambda st: st.get("last_result") in ("reverted", "rolled_back", "failed", "updated"),
+            HEALTH_TIMEOUT + CONFIRM_TIMEOUT + 120,
+            "no outcome on the robot",
+        )
         NUMBERS["kill_to_reverted_s"] = round(time.monotonic() - t_kill, 1)
         assert (st["current"], st["last_result"]) == ("1.0.0", "reverted"), st
         assert running_release(env) == "1.0.0" and os.readlink(env.home / "current") == "releases/1.0.0"
@@ -175,8 +214,12 @@ def test_a_crashing_release_with_the_connection_lost_is_restored_by_the_robot(en
     proc, _, t_kill = kill_after_switch(env, "1.2.0", "--health-timeout", "60", "--no-prebuild")
     try:
         proc.communicate(timeout=300)
-        st = wait_state(env, lambda st: st.get("last_result") in ("rolled_back", "reverted", "failed"),
-                        400, "no outcome on the robot")
+        st = wait_state(
+            env,
+            lambda st: st.get("last_result") in ("rolled_back", "reverted", "failed"),
+            400,
+            "no outcome on the robot",
+        )
         NUMBERS["kill_to_restored_crash_s"] = round(time.monotonic() - t_kill, 1)
     finally:
         sim.start_sshd(env.sim, env.robot)
@@ -193,11 +236,26 @@ def test_a_release_pinned_by_hand_is_visible_and_the_next_rollout_starts_from_it
     `docker compose up -d`. Status names 1.0.0, pinned by hand; the next rollout records it."""
     tag = env.refs["1.0.0"].split("@")[0] + ":faults-a"
     envf = env.home / "current" / ".env"
-    envf.write_text("".join(
-        f"EDGE_IMAGE={tag}\n" if ln.startswith("EDGE_IMAGE=") else ln + "\n" for ln in envf.read_text().splitlines()
-    ))
-    sh("docker", "compose", "-p", "edge", "up", "-d", "--wait", "--wait-timeout", "300",
-       cwd=str(env.home / "current"), env={**os.environ, "DOCKER_HOST": f"unix://{env.robot.socket}"}, timeout=400)
+    envf.write_text(
+        "".join(
+            f"EDGE_IMAGE={tag}\n" if ln.startswith("EDGE_IMAGE=") else ln + "\n"
+            for ln in envf.read_text().splitlines()
+        )
+    )
+    sh(
+        "docker",
+        "compose",
+        "-p",
+        "edge",
+        "up",
+        "-d",
+        "--wait",
+        "--wait-timeout",
+        "300",
+        cwd=str(env.home / "current"),
+        env={**os.environ, "DOCKER_HOST": f"unix://{env.robot.socket}"},
+        timeout=400,
+    )
     st = status(env)
     assert (st["version"], st["recorded"], st["last_result"]) == ("1.0.0", "1.1.0", "pinned by hand"), st
     assert st["drift"]["image"] == tag

@@ -42,7 +42,10 @@ class GpuRobot:
     def docker(self, *args: str) -> str:
         """``docker`` on the robot's own engine."""
         p = subprocess.run(
-            ["docker", "-H", f"unix://{self.robot.socket}", *args], capture_output=True, text=True, timeout=120
+            ["docker", "-H", f"unix://{self.robot.socket}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert p.returncode == 0, p.stderr
         return p.stdout + p.stderr
@@ -56,11 +59,19 @@ def gpu_robot(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     work = tmp_path_factory.mktemp("fleet-gpu")
     releases = work / "releases"
     # The same runtime image twice: 1.0.0 accepts ONNX Runtime on the CPU on purpose, 1.0.1 does not say.
-    save_release(ReleaseManifest.for_runtime_image("1.0.0", runtime_ref, "test", required_backend="any"), releases)
+    save_release(
+        ReleaseManifest.for_runtime_image("1.0.0", runtime_ref, "test", required_backend="any"), releases
+    )
     save_release(ReleaseManifest.for_runtime_image("1.0.1", runtime_ref, "test"), releases)
     try:
         with sim.simulated(
-            1, "gpu", ssh_port_base=2461, service_port_base=18261, registry=REGISTRY, platform=PLATFORM, gpu=True
+            1,
+            "gpu",
+            ssh_port_base=2461,
+            service_port_base=18261,
+            registry=REGISTRY,
+            platform=PLATFORM,
+            gpu=True,
         ) as s:
             yield GpuRobot(s.fleet_file, releases, s)
     finally:
@@ -121,7 +132,9 @@ def test_a_release_that_allows_the_cpu_on_purpose_goes_on(gpu_robot: GpuRobot) -
     assert "NVIDIA_VISIBLE_DEVICES=all" in inspect["Config"]["Env"]
     # The service says why in its log and its metrics too.
     log = gpu_robot.docker("logs", cid)
-    assert f"backend auto fell back to onnxruntime on the CPU, TensorRT is not used: {ready['fallback']}" in log
+    assert (
+        f"backend auto fell back to onnxruntime on the CPU, TensorRT is not used: {ready['fallback']}" in log
+    )
     from prometheus_client.parser import text_string_to_metric_families
 
     from edge_runtime.service import REASON_LABEL_CHARS
@@ -160,7 +173,9 @@ def test_allow_cpu_fallback_in_the_inventory_lets_it_through(gpu_robot: GpuRobot
     doc = yaml.safe_load(gpu_robot.fleet.read_text())
     doc["robots"][0]["allow_cpu_fallback"] = True
     gpu_robot.fleet.write_text(yaml.safe_dump(doc, sort_keys=False))
-    out = deploy(gpu_robot, "1.0.1", "rollout_1.0.1_cpu_allowed_by_inventory_s", force=True)  # marked bad before
+    out = deploy(
+        gpu_robot, "1.0.1", "rollout_1.0.1_cpu_allowed_by_inventory_s", force=True
+    )  # marked bad before
     assert out["ok"] and only(out)["outcome"] == "updated", json.dumps(out, indent=1)
     st = status(gpu_robot)
     assert (st["version"], st["health"], st["engine"]["backend"]) == ("1.0.1", "healthy", "onnxruntime")

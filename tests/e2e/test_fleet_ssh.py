@@ -156,7 +156,9 @@ def test_state_history_and_bad_versions_go_over_sftp(ssh_fleet: Fleet) -> None:
             await rr.append_history({"action": "rollback", "version": "0.0.9"})
             await rr.mark_bad("9.9.9")
             await rr.mark_bad("9.9.9")
-            out = (await c.run(f"cat edge/state.json; echo ---; tail -n 2 {history}; wc -l < {history}")).stdout
+            out = (
+                await c.run(f"cat edge/state.json; echo ---; tail -n 2 {history}; wc -l < {history}")
+            ).stdout
             bad = (await c.run("cat edge/bad-versions")).stdout
             listing = (await c.run("ls -A edge")).stdout.split()
         return before, out, bad, listing

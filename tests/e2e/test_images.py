@@ -21,11 +21,14 @@ from tests.support import need
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-ACCEPT = ", ".join([
-    "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
 
 
 def registry_get(repo_ref: str, digest: str, kind: str = "manifests") -> dict[str, Any]:
@@ -80,14 +83,20 @@ def test_runtime_adds_little_above_its_base(built_images: BuiltImages, record_pr
     # no torch. Measured 55.0 MB compressed, 170.6 MB unpacked (cuda-python: +5.9 / +26.8 MB).
     assert 10e6 < above < 65e6, above
     assert 100e6 < unpacked < 180e6, unpacked
+
     # TensorRT is the base's: our layers hold one symlink to it, none of its files (nor a pip)
     def of_tensorrt(name: str) -> bool:
         file = name.rsplit("/", 1)[-1]
-        return (file.startswith(("libnvinfer", "libnvonnxparser")) or "/site-packages/tensorrt" in name
-                or (file.startswith("tensorrt") and ".so" in file))
+        return (
+            file.startswith(("libnvinfer", "libnvonnxparser"))
+            or "/site-packages/tensorrt" in name
+            or (file.startswith("tensorrt") and ".so" in file)
+        )
 
     trt = [n for n in names if of_tensorrt(n)]
-    assert [n.lstrip("./") for n in trt] == [f"opt/edge/venv/lib/python{STANDIN_PYTHON}/site-packages/tensorrt"], trt
+    assert [n.lstrip("./") for n in trt] == [
+        f"opt/edge/venv/lib/python{STANDIN_PYTHON}/site-packages/tensorrt"
+    ], trt
     assert any("/site-packages/cuda/bindings/runtime." in n for n in names), "cuda-python is ours"
     assert not any("/site-packages/pip/" in n for n in names)
 
@@ -127,10 +136,25 @@ def test_runtime_is_non_root_with_no_secrets(built_images: BuiltImages) -> None:
 def test_runtime_image_holds_device_side_only(built_images: BuiltImages) -> None:
     ref = built_images.runtime.ref
     out = subprocess.run(
-        ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none", "--entrypoint", "python3", ref,
-         "-c", "import importlib.util as u; print([m for m in ('edge_runtime', 'onnxruntime', 'tensorrt', 'cuda', "
-               "'torch', 'edge_deploy', 'docker', 'pip') if u.find_spec(m)])"],
-        capture_output=True, text=True, timeout=300)
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python3",
+            ref,
+            "-c",
+            "import importlib.util as u; print([m for m in ('edge_runtime', 'onnxruntime', 'tensorrt', 'cuda', "
+            "'torch', 'edge_deploy', 'docker', 'pip') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     # tensorrt is the base's own (a symlink into its dist-packages), cuda is cuda-python from the jetson extra
     assert out.stdout.strip() == "['edge_runtime', 'onnxruntime', 'tensorrt', 'cuda']"
@@ -149,9 +173,24 @@ def test_runtime_code_ships_its_bytecode(built_images: BuiltImages) -> None:
         "import json; print(json.dumps({'modules': len(mods), 'missing': missing, 'flags': sorted(flags)}))"
     )
     out = subprocess.run(
-        ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none", "--entrypoint", "python3",
-         built_images.runtime.ref, "-c", check],
-        capture_output=True, text=True, timeout=300)
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python3",
+            built_images.runtime.ref,
+            "-c",
+            check,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)
     assert found["modules"] > 20 and found["missing"] == [], found
@@ -161,9 +200,29 @@ def test_runtime_code_ships_its_bytecode(built_images: BuiltImages) -> None:
 def _run_service(ref: str, volume: str, port: int) -> tuple[str, float]:
     name = f"edge-e2e-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
-    subprocess.run(["docker", "run", "-d", "--name", name, "--platform", "linux/arm64", "--network", "host",
-                    "-e", f"EDGE_PORT={port}", "-e", "EDGE_HOST=127.0.0.1", "-v", f"{volume}:/var/cache/edge", ref],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--platform",
+            "linux/arm64",
+            "--network",
+            "host",
+            "-e",
+            f"EDGE_PORT={port}",
+            "-e",
+            "EDGE_HOST=127.0.0.1",
+            "-v",
+            f"{volume}:/var/cache/edge",
+            ref,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
@@ -171,8 +230,12 @@ def _run_service(ref: str, volume: str, port: int) -> tuple[str, float]:
                 return name, time.monotonic() - t0
         except httpx.HTTPError:
             pass
-        state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True,
-                               text=True, timeout=30).stdout.strip()
+        state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         if state == "false":
             break
         time.sleep(0.5)
@@ -187,8 +250,9 @@ def _stop(name: str) -> str:
     return logs.stdout + logs.stderr
 
 
-def test_engine_built_on_first_start_and_loaded_from_volume(built_images: BuiltImages,
-                                                            record_property: Any) -> None:
+def test_engine_built_on_first_start_and_loaded_from_volume(
+    built_images: BuiltImages, record_property: Any
+) -> None:
     from edge_runtime.backends import BuildOptions, get_backend
     from edge_runtime.bundle import ModelBundle
 
@@ -205,8 +269,11 @@ def test_engine_built_on_first_start_and_loaded_from_volume(built_images: BuiltI
             rng = np.random.default_rng(7)
             image = rng.standard_normal((2, 3, 224, 224), dtype=np.float32)
             state = rng.standard_normal((2, 48), dtype=np.float32)
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/infer", timeout=60,
-                           json={"inputs": {"image": image.tolist(), "robot_state": state.tolist()}})
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/infer",
+                timeout=60,
+                json={"inputs": {"image": image.tolist(), "robot_state": state.tolist()}},
+            )
             assert r.status_code == 200, r.text
             served = np.asarray(r.json()["outputs"]["action"], dtype=np.float32)
         finally:
@@ -228,21 +295,33 @@ def test_engine_built_on_first_start_and_loaded_from_volume(built_images: BuiltI
     record_property("warm_ready_s", round(warm_s, 2))
 
 
-def test_model_only_change_pushes_one_small_layer(built_images: BuiltImages, tmp_path: Path,
-                                                  record_property: Any) -> None:
+def test_model_only_change_pushes_one_small_layer(
+    built_images: BuiltImages, tmp_path: Path, record_property: Any
+) -> None:
     from edge_deploy.images import build_images
 
     # Same code, same wheels: only the model differs (fp32 instead of fp16).
-    result = build_images(model_dir=built_images.model_dir, model="policy.pt", precision="fp32",
-                          version=built_images.version + "-m", registry=built_images.runtime.repository.split("/")[0],
-                          l4t_base=STANDIN, converter_base=STANDIN, runtime_python=STANDIN_PYTHON, push=True,
-                          progress="quiet", bundle_out=tmp_path / "bundle")
+    result = build_images(
+        model_dir=built_images.model_dir,
+        model="policy.pt",
+        precision="fp32",
+        version=built_images.version + "-m",
+        registry=built_images.runtime.repository.split("/")[0],
+        l4t_base=STANDIN,
+        converter_base=STANDIN,
+        runtime_python=STANDIN_PYTHON,
+        push=True,
+        progress="quiet",
+        bundle_out=tmp_path / "bundle",
+    )
     new = result["images"]["runtime"]
     assert new["digest"] != built_images.runtime.digest
     # On a shared working tree the device code may be edited between the two builds; then its layer
     # changes too and this is not a model-only change (never the case in CI's clean checkout).
-    need(runtime_source_hash() == built_images.runtime_source,
-         "runtime/edge_runtime unchanged between the two builds (it was edited during the test)")
+    need(
+        runtime_source_hash() == built_images.runtime_source,
+        "runtime/edge_runtime unchanged between the two builds (it was edited during the test)",
+    )
     old_layers = platform_manifest(built_images.runtime, "linux/arm64")["layers"]
     new_image = BuiltImage(built_images.runtime.repository, new["digest"], new["tags"], new["platforms"], 0)
     new_layers = platform_manifest(new_image, "linux/arm64")["layers"]

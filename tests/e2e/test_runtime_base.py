@@ -26,10 +26,27 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 STANDIN_TENSORRT = "10.7.0"  # the aarch64 bindings in the stand-in base (JetPack 6.1/6.2 ship 10.3)
 
 
-def run_in_image(ref: str, *args: str, entrypoint: str = "python3", timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def run_in_image(
+    ref: str, *args: str, entrypoint: str = "python3", timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none", "--entrypoint", entrypoint, ref,
-         *args], capture_output=True, text=True, timeout=timeout)
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            "--network",
+            "none",
+            "--entrypoint",
+            entrypoint,
+            ref,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_probe_reports_tensorrt_l4t_and_no_visible_gpu(built_images: BuiltImages) -> None:
@@ -67,10 +84,14 @@ def test_tensorrt_is_the_base_s_own_module_through_one_symlink(built_images: Bui
     found = json.loads(out.stdout)
     assert found["prefix"] == "/opt/edge/venv"
     assert found["islink"] and found["target"] == "/usr/lib/python3/dist-packages/tensorrt"
-    assert found["file"].startswith("/opt/edge/venv/lib/python3.") and found["file"].endswith("/tensorrt/__init__.py")
+    assert found["file"].startswith("/opt/edge/venv/lib/python3.") and found["file"].endswith(
+        "/tensorrt/__init__.py"
+    )
     assert found["real"] == "/usr/lib/python3/dist-packages/tensorrt/__init__.py"
     assert found["system_site"] == [], "the venv does not see the base's other packages"
-    assert found["trt_files_in_venv"] == [], "os.walk does not follow the symlink: nothing of TensorRT is ours"
+    assert found["trt_files_in_venv"] == [], (
+        "os.walk does not follow the symlink: nothing of TensorRT is ours"
+    )
     assert found["pip"] is False, "pip ran from the wheelhouse and stays out of the image"
 
 
@@ -101,7 +122,9 @@ def _import_times(ref: str, module: str, runs: int = 3) -> list[float]:
     return times
 
 
-def test_import_times_of_tensorrt_cuda_python_and_the_cli(built_images: BuiltImages, record_property: Any) -> None:
+def test_import_times_of_tensorrt_cuda_python_and_the_cli(
+    built_images: BuiltImages, record_property: Any
+) -> None:
     """Measured, not judged tightly: QEMU on a loaded 2-core machine varies several-fold. The bound is what
     a health check or a start can afford."""
     ref = built_images.runtime.ref
@@ -113,8 +136,22 @@ def test_import_times_of_tensorrt_cuda_python_and_the_cli(built_images: BuiltIma
 
 def test_serve_tensorrt_refuses_in_one_sentence_without_a_gpu(built_images: BuiltImages) -> None:
     out = subprocess.run(
-        ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none", built_images.runtime.ref,
-         "--backend", "tensorrt"], capture_output=True, text=True, timeout=300)
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            "--network",
+            "none",
+            built_images.runtime.ref,
+            "--backend",
+            "tensorrt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     said = out.stderr.strip().splitlines()
     assert "Traceback" not in out.stderr

@@ -62,9 +62,13 @@ class Deployment:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, timeout: float = 900, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         files = [a for f in self.files for a in ("-f", str(f))]
-        return sh("docker", "compose", *files, "-p", self.project, *args, timeout=timeout, check=check, env=self.env)
+        return sh(
+            "docker", "compose", *files, "-p", self.project, *args, timeout=timeout, check=check, env=self.env
+        )
 
     def container(self) -> str:
         return self.compose("ps", "-q", "edge-runtime").stdout.strip()
@@ -86,7 +90,9 @@ def deployment(runtime_image: BuiltImage, tmp_path_factory: pytest.TempPathFacto
     }
     d = Deployment(f"edge-hard-{uuid.uuid4().hex[:6]}", port, env, [COMPOSE], runtime_image.ref)
     try:
-        d.compose("up", "-d", "--wait", "--wait-timeout", str(int(READY_TIMEOUT)), timeout=READY_TIMEOUT + 120)
+        d.compose(
+            "up", "-d", "--wait", "--wait-timeout", str(int(READY_TIMEOUT)), timeout=READY_TIMEOUT + 120
+        )
         yield d
     finally:
         d.compose("logs", "--no-color", check=False)
@@ -152,8 +158,21 @@ def _npz(hang: bool) -> bytes:
 
 def _die_events(container: str, since: str) -> list[dict[str, Any]]:
     until = f"{time.time():.3f}"
-    out = sh("docker", "events", "--since", since, "--until", until, "--filter", f"container={container}",
-             "--filter", "event=die", "--format", "{{json .}}", timeout=60).stdout
+    out = sh(
+        "docker",
+        "events",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--filter",
+        f"container={container}",
+        "--filter",
+        "event=die",
+        "--format",
+        "{{json .}}",
+        timeout=60,
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -179,20 +198,28 @@ def test_hung_engine_fails_the_health_check_and_the_restart_policy_restarts_it(
         f"      - {fixture}:/fixture:ro\n"
     )
     deployment.files = [COMPOSE, override]
-    deployment.compose("up", "-d", "--wait", "--wait-timeout", str(int(READY_TIMEOUT)), timeout=READY_TIMEOUT + 120)
+    deployment.compose(
+        "up", "-d", "--wait", "--wait-timeout", str(int(READY_TIMEOUT)), timeout=READY_TIMEOUT + 120
+    )
     container = deployment.container()
     assert deployment.inspect()["RestartCount"] == 0
     since = f"{time.time():.3f}"
 
     def post_hung() -> None:
         with contextlib.suppress(httpx.HTTPError):  # the process is gone before it answers
-            httpx.post(deployment.url + "/v1/infer", content=_npz(hang=True),
-                       headers={"Content-Type": "application/x-npz"}, timeout=120)
+            httpx.post(
+                deployment.url + "/v1/infer",
+                content=_npz(hang=True),
+                headers={"Content-Type": "application/x-npz"},
+                timeout=120,
+            )
 
     t0 = time.time()
     threading.Thread(target=post_hung, daemon=True).start()
     time.sleep(3.0)  # past the 2 s deadline
-    check = sh("docker", "exec", container, "python3", "-m", "edge_runtime.healthcheck", check=False, timeout=120)
+    check = sh(
+        "docker", "exec", container, "python3", "-m", "edge_runtime.healthcheck", check=False, timeout=120
+    )
     assert check.returncode == 1 and "HTTP 503" in check.stderr and "deadline" in check.stderr, check
     restarted = ready = None
     deadline = time.monotonic() + READY_TIMEOUT
@@ -212,12 +239,17 @@ def test_hung_engine_fails_the_health_check_and_the_restart_policy_restarts_it(
     assert "hung" in logs and "status 75" in logs and "Traceback" not in logs, logs[-3000:]
     startup = httpx.get(deployment.url + "/readyz", timeout=10).json()["startup"]
     assert startup["cache_hit"] is True, startup
-    ok = httpx.post(deployment.url + "/v1/infer", content=_npz(hang=False),
-                    headers={"Content-Type": "application/x-npz"}, timeout=120)
+    ok = httpx.post(
+        deployment.url + "/v1/infer",
+        content=_npz(hang=False),
+        headers={"Content-Type": "application/x-npz"},
+        timeout=120,
+    )
     assert ok.status_code == 200, ok.text
     numbers = {
         "request_to_exit_s": died_at - t0,  # includes sending and decoding the request under QEMU
-        "exit_to_ready_s": ready - died_at,  # Docker's restart, the process start and the cached engine's load
+        "exit_to_ready_s": ready
+        - died_at,  # Docker's restart, the process start and the cached engine's load
         "restarted_service_time_to_ready_s": startup["time_to_ready_s"],  # process start to /readyz 200
     }
     for key, value in numbers.items():
@@ -273,7 +305,9 @@ def scan_saved_image(saved: Path, skip: set[str], ca: tuple[str, set[bytes]]) ->
     with tarfile.open(saved) as image:
         manifest = json.load(image.extractfile("manifest.json"))[0]  # type: ignore[arg-type]
         config = json.load(image.extractfile(manifest["Config"]))  # type: ignore[arg-type]
-        for i, (blob, diff_id) in enumerate(zip(manifest["Layers"], config["rootfs"]["diff_ids"], strict=True)):
+        for i, (blob, diff_id) in enumerate(
+            zip(manifest["Layers"], config["rootfs"]["diff_ids"], strict=True)
+        ):
             if diff_id in skip:
                 continue
             with tarfile.open(fileobj=image.extractfile(blob), mode="r:*") as layer:
@@ -309,7 +343,9 @@ def test_the_scanner_finds_a_secret_deleted_in_a_later_layer(docker_host: str, t
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     key_body = "\n".join(["b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"] * 5)
-    (ctx / "id_ed25519").write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key_body}\n-----END OPENSSH PRIVATE KEY-----\n")
+    (ctx / "id_ed25519").write_text(
+        f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key_body}\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
     shutil.copy(HOST_CA, ctx / "cacert")
     (ctx / "Dockerfile").write_text(
         f"FROM {STANDIN}\n"
@@ -318,11 +354,34 @@ def test_the_scanner_finds_a_secret_deleted_in_a_later_layer(docker_host: str, t
         "RUN rm -rf /home/builder /tmp/build-ca.crt\n"
     )
     tag = f"localhost:5000/edge-deploy/secret-scan-control:{uuid.uuid4().hex[:8]}"
-    sh("docker", "buildx", "build", "--load", "--platform", "linux/amd64", "--network", "host", "-t", tag,
-       str(ctx), timeout=900)
+    sh(
+        "docker",
+        "buildx",
+        "build",
+        "--load",
+        "--platform",
+        "linux/amd64",
+        "--network",
+        "host",
+        "-t",
+        tag,
+        str(ctx),
+        timeout=900,
+    )
     try:
-        final = sh("docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", tag, "-c",
-                   "ls /home/builder /tmp/build-ca.crt 2>&1; true", timeout=120).stdout
+        final = sh(
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            tag,
+            "-c",
+            "ls /home/builder /tmp/build-ca.crt 2>&1; true",
+            timeout=120,
+        ).stdout
         assert "No such file" in final  # gone from what a container sees
         saved = tmp_path / "control.tar"
         sh("docker", "image", "save", "-o", str(saved), tag, timeout=300)
@@ -335,8 +394,9 @@ def test_the_scanner_finds_a_secret_deleted_in_a_later_layer(docker_host: str, t
     assert ("tmp/build-ca.crt", "the build host's CA bundle") in whats, findings
 
 
-def test_runtime_image_layers_hold_no_secrets(runtime_image: BuiltImage, tmp_path: Path,
-                                               record_property: Any) -> None:
+def test_runtime_image_layers_hold_no_secrets(
+    runtime_image: BuiltImage, tmp_path: Path, record_property: Any
+) -> None:
     saved = save(runtime_image.ref, "linux/arm64", tmp_path / "runtime.tar")
     skip = base_diff_ids("linux/arm64")
     findings, files = scan_saved_image(saved, skip, host_ca())

@@ -65,8 +65,14 @@ KINDS = ("fp32", "fp16", "fp16-flag", "int8-qdq", "int8-implicit")
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "fp16-flag": "fp16", "int8-qdq": "int8", "int8-implicit": "int8"}
 # What 11 cannot build: an FP32 graph at FP16 (only the removed FP16 flag could), implicit INT8.
 REFUSED_ON_11 = {"fp16-flag", "int8-implicit"}
-REMOVED_IN_11 = ("FP16", "INT8", "EXPLICIT_BATCH", "IInt8EntropyCalibrator2", "int8_calibrator",
-                 "set_calibration_profile")
+REMOVED_IN_11 = (
+    "FP16",
+    "INT8",
+    "EXPLICIT_BATCH",
+    "IInt8EntropyCalibrator2",
+    "int8_calibrator",
+    "set_calibration_profile",
+)
 SOURCE = Path(backend_mod.__file__)
 
 
@@ -180,7 +186,9 @@ def test_plan_per_version(kind: str) -> None:
             TensorRTBackend().plan(bundle(kind), options(kind))
         return
     recipe = TensorRTBackend().plan(bundle(kind), options(kind))
-    assert (recipe.source.name, recipe.strongly_typed, recipe.flags, recipe.calibrate) == expected_recipe(kind)
+    assert (recipe.source.name, recipe.strongly_typed, recipe.flags, recipe.calibrate) == expected_recipe(
+        kind
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -191,7 +199,9 @@ def test_build_ends_at_the_native_builder(
     sentence wraps the TypeError. Refusals on 11 come before any native call."""
     builders: list[object] = []
     real = backend_mod._create_builder
-    monkeypatch.setattr(backend_mod, "_create_builder", lambda logger: builders.append(logger) or real(logger))
+    monkeypatch.setattr(
+        backend_mod, "_create_builder", lambda logger: builders.append(logger) or real(logger)
+    )
     caplog.set_level(logging.INFO, logger="edge_runtime.backends.tensorrt")
     if TRT11 and kind in REFUSED_ON_11:
         with pytest.raises(EngineBuildError) as refused:
@@ -202,13 +212,19 @@ def test_build_ends_at_the_native_builder(
     with pytest.raises(BackendUnavailable) as err:
         TensorRTBackend().build(bundle(kind), options(kind))
     sentence = str(err.value)
-    assert sentence.startswith(f"TensorRT {VERSION} found no GPU (trt.Builder failed: pybind11::init(): "
-                               "factory function returned nullptr)")
+    assert sentence.startswith(
+        f"TensorRT {VERSION} found no GPU (trt.Builder failed: pybind11::init(): "
+        "factory function returned nullptr)"
+    )
     assert "`runtime: nvidia`" in sentence and "\n" not in sentence
     assert len(builders) == 1 and isinstance(builders[0], trt.ILogger)
     source, strong, flags, calibrate = expected_recipe(kind)
-    described = f"{source}, {'strongly' if strong else 'weakly'} typed" + (f", flags {'+'.join(flags)}" if flags else "")
-    assert f"TensorRT {VERSION} build: {described}{', entropy calibrator' if calibrate else ''}\n" in caplog.text
+    described = f"{source}, {'strongly' if strong else 'weakly'} typed" + (
+        f", flags {'+'.join(flags)}" if flags else ""
+    )
+    assert (
+        f"TensorRT {VERSION} build: {described}{', entropy calibrator' if calibrate else ''}\n" in caplog.text
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -242,7 +258,11 @@ def test_build_drives_the_builder_api(
     assert config.flags == [getattr(trt.BuilderFlag, f) for f in flags]
     (profile,) = config.profiles
     batch = b.manifest.batch
-    assert profile.shapes["image"] == ((batch.min, 3, 224, 224), (batch.opt, 3, 224, 224), (batch.max, 3, 224, 224))
+    assert profile.shapes["image"] == (
+        (batch.min, 3, 224, 224),
+        (batch.opt, 3, 224, 224),
+        (batch.max, 3, 224, 224),
+    )
     assert json.loads(timing.read_text()) == ["fresh-tactic", "tactic-from-another-model"]  # merged on save
     if calibrate:
         assert config.int8_calibrator is not None and config.calibration_profile is not None
@@ -298,7 +318,9 @@ def test_network_and_builder_flags_per_version() -> None:
     weak = BuildRecipe(Path("m.onnx"), strongly_typed=False)
     stbit = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert network_flags(strong, V) == stbit and network_flags(weak, V) == 0
-    if TRT11:  # what a JetPack 5 (TensorRT 8.6) recipe needs does not exist here: one sentence, no AttributeError
+    if (
+        TRT11
+    ):  # what a JetPack 5 (TensorRT 8.6) recipe needs does not exist here: one sentence, no AttributeError
         with pytest.raises(EngineBuildError, match=f"TensorRT {VERSION} has no EXPLICIT_BATCH"):
             network_flags(weak, Version("8.6.1"))
         for name in ("FP16", "INT8"):
@@ -307,7 +329,10 @@ def test_network_and_builder_flags_per_version() -> None:
     else:
         explicit = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         assert network_flags(weak, Version("8.6.1")) == explicit
-        assert weak_typing_flag("FP16") is trt.BuilderFlag.FP16 and weak_typing_flag("INT8") is trt.BuilderFlag.INT8
+        assert (
+            weak_typing_flag("FP16") is trt.BuilderFlag.FP16
+            and weak_typing_flag("INT8") is trt.BuilderFlag.INT8
+        )
 
 
 # -- INT8 calibrator -------------------------------------------------------------------------------------
@@ -331,7 +356,9 @@ def test_calibrator_over_the_bundles_calibration_data(tmp_path: Path) -> None:
     while pointers := calibrator.get_batch(["robot_state", "image"]):  # TensorRT's order, not the bundle's
         shapes = {"robot_state": (size, 48), "image": (size, 3, 224, 224)}
         for name, ptr in zip(("robot_state", "image"), pointers, strict=True):
-            np.testing.assert_array_equal(read_device(ptr, shapes[name], np.float32), data[name][seen : seen + size])
+            np.testing.assert_array_equal(
+                read_device(ptr, shapes[name], np.float32), data[name][seen : seen + size]
+            )
         seen += size
     assert seen == len(data["image"]) and calibrator.get_batch(["image", "robot_state"]) is None
     calibrator.write_calibration_cache(memoryview(b"TRT-101303-EntropyCalibration2\n"))
@@ -348,12 +375,16 @@ def test_calibrator_refuses_a_bundle_without_calibration_files() -> None:
 # -- loads -----------------------------------------------------------------------------------------------
 def test_dtype_mapping_agrees_with_trt_nptype() -> None:
     members = list(trt.DataType.__members__.values())
-    assert {"FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8", "INT4"} <= {m.name for m in members}
+    assert {"FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8", "INT4"} <= {
+        m.name for m in members
+    }
     for member in members:
         try:
             expected = np.dtype(trt.nptype(member))
         except TypeError:
-            with pytest.raises(EngineBuildError, match=f"is {member.name} in the engine, which numpy cannot hold"):
+            with pytest.raises(
+                EngineBuildError, match=f"is {member.name} in the engine, which numpy cannot hold"
+            ):
                 numpy_dtype(member, "Output 'action'")
         else:
             assert numpy_dtype(member, "Output 'action'") == expected
@@ -375,16 +406,34 @@ def _engine(**kw: object) -> FakeCudaEngine:
 @pytest.mark.parametrize(
     ("variant", "kw", "refusal"),
     [
-        ("renamed output", {"rename": {"action": "output_0"}}, r"outputs \(output_0\) are not the bundle's \(action\)"),
-        ("fp16 input", {"dtypes": {"image": "HALF"}}, r"Input 'image' is float16 in the engine but float32 in the bundle \(2 vs 4 bytes"),
-        ("bf16 output", {"dtypes": {"action": "BF16"}}, r"Output 'action' is BF16 in the engine, which numpy cannot hold"),
-        ("rank", {"ranks": {"action": 3}}, r"Output 'action' has 3 dimensions in the engine but 2 in the bundle"),
+        (
+            "renamed output",
+            {"rename": {"action": "output_0"}},
+            r"outputs \(output_0\) are not the bundle's \(action\)",
+        ),
+        (
+            "fp16 input",
+            {"dtypes": {"image": "HALF"}},
+            r"Input 'image' is float16 in the engine but float32 in the bundle \(2 vs 4 bytes",
+        ),
+        (
+            "bf16 output",
+            {"dtypes": {"action": "BF16"}},
+            r"Output 'action' is BF16 in the engine, which numpy cannot hold",
+        ),
+        (
+            "rank",
+            {"ranks": {"action": 3}},
+            r"Output 'action' has 3 dimensions in the engine but 2 in the bundle",
+        ),
     ],
 )
 def test_engine_io_is_checked_at_load(variant: str, kw: dict, refusal: str) -> None:
     b = bundle("fp32")
     assert inspect_io(_engine(), b.inputs, b.outputs).dtypes == {
-        "image": np.float32, "robot_state": np.float32, "action": np.float32
+        "image": np.float32,
+        "robot_state": np.float32,
+        "action": np.float32,
     }
     with pytest.raises(EngineBuildError, match=refusal):
         TensorRTEngine(_engine(**kw), b.inputs, b.outputs, b.manifest.batch, runner=object())  # type: ignore[arg-type]
@@ -394,8 +443,12 @@ def test_data_dependent_output_shape_is_refused_at_load() -> None:
     b = bundle("fp32")
     engine = _engine(data_dependent=["action"])
     with pytest.raises(EngineBuildError, match=r"Output 'action' has a data-dependent shape \(\[1, -1\]"):
-        check_output_shapes(engine.create_execution_context(), inspect_io(engine, b.inputs, b.outputs),  # type: ignore[arg-type]
-                            b.inputs, b.manifest.batch)
+        check_output_shapes(
+            engine.create_execution_context(),
+            inspect_io(engine, b.inputs, b.outputs),  # type: ignore[arg-type]
+            b.inputs,
+            b.manifest.batch,
+        )
 
 
 def test_profile_that_is_not_the_bundles_is_refused_at_load() -> None:
@@ -426,8 +479,10 @@ def test_engine_infers_through_the_cuda_plumbing(cuda_graph: bool) -> None:
     session = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for batch in (2, 2, 5, 2):
-        feeds = {"image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32),
-                 "robot_state": rng.standard_normal((batch, 48)).astype(np.float32)}
+        feeds = {
+            "image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32),
+            "robot_state": rng.standard_normal((batch, 48)).astype(np.float32),
+        }
         out = engine.infer(feeds)
         np.testing.assert_allclose(out["action"], session.run(["action"], feeds)[0], rtol=1e-6, atol=1e-6)
     # plain: one enqueue per request; graphs: warm-up + capture per new shape (2, 5, 2), one replay (2 again)
@@ -436,7 +491,9 @@ def test_engine_infers_through_the_cuda_plumbing(cuda_graph: bool) -> None:
     with pytest.raises(InputError, match=r"Input 'image' has dtype float64, expected float32"):
         engine.infer({"image": np.zeros((1, 3, 224, 224)), "robot_state": np.zeros((1, 48), np.float32)})
     with pytest.raises(InputError, match="outside the engine's optimization profile"):
-        engine.infer({"image": np.zeros((9, 3, 224, 224), np.float32), "robot_state": np.zeros((9, 48), np.float32)})
+        engine.infer(
+            {"image": np.zeros((9, 3, 224, 224), np.float32), "robot_state": np.zeros((9, 48), np.float32)}
+        )
     engine.close()
     assert cudart.memory == {} and cudart.graphs_alive == 0
 
@@ -448,7 +505,9 @@ def test_load_ends_at_the_native_runtime_and_the_cache_keeps_the_engine(tmp_path
     b, backend, opts = bundle("fp32"), TensorRTBackend(), options("fp32")
     with pytest.raises(EngineLoadTransient) as err:
         backend.load(b"a plan", b, opts)
-    assert str(err.value).startswith(f"TensorRT {VERSION} found no GPU (trt.Runtime failed: pybind11::init(): ")
+    assert str(err.value).startswith(
+        f"TensorRT {VERSION} found no GPU (trt.Runtime failed: pybind11::init(): "
+    )
     assert "`runtime: nvidia`" in str(err.value)
     cache, dev = EngineCache(tmp_path), device_identity()
     cache.prepare()
@@ -470,10 +529,18 @@ class _FailingRuntime:
 @pytest.mark.parametrize(
     ("message", "error", "quarantined"),
     [
-        ("IRuntime::deserializeCudaEngine: Error Code 1: Serialization (Serialization assertion "
-         "plan->header.magicTag == rt::kPLAN_MAGIC_TAG failed.)", EngineBuildError, True),
-        ("Requested amount of GPU memory (1073741824 bytes) could not be allocated. There may not be enough "
-         "free memory for allocation to succeed.", EngineLoadTransient, False),
+        (
+            "IRuntime::deserializeCudaEngine: Error Code 1: Serialization (Serialization assertion "
+            "plan->header.magicTag == rt::kPLAN_MAGIC_TAG failed.)",
+            EngineBuildError,
+            True,
+        ),
+        (
+            "Requested amount of GPU memory (1073741824 bytes) could not be allocated. There may not be enough "
+            "free memory for allocation to succeed.",
+            EngineLoadTransient,
+            False,
+        ),
     ],
 )
 def test_only_a_failed_deserialization_quarantines(
@@ -506,7 +573,9 @@ def test_only_a_failed_deserialization_quarantines(
         (HostCudart(devices=0), "CUDA counts 0 devices"),
     ],
 )
-def test_require_says_tensorrt_found_no_gpu(cudart: HostCudart | None, detail: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_require_says_tensorrt_found_no_gpu(
+    cudart: HostCudart | None, detail: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edge_runtime.backends import get_backend
 
     monkeypatch.setattr("edge_runtime.device.cuda_runtime", lambda: cudart)

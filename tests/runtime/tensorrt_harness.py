@@ -61,9 +61,15 @@ class Bindings:
 VERSIONS: dict[str, Bindings] = {
     b.version: b
     for b in (
-        Bindings("tensorrt-cu12-bindings", "10.3.0", ("manylinux_2_17_x86_64", "manylinux2014_x86_64"),
-                 "JetPack 6 (L4T r36.4)"),
-        Bindings("tensorrt-cu12-bindings", "10.13.3.9", ("manylinux_2_28_x86_64",), "JetPack 7 (Jetson Thor)"),
+        Bindings(
+            "tensorrt-cu12-bindings",
+            "10.3.0",
+            ("manylinux_2_17_x86_64", "manylinux2014_x86_64"),
+            "JetPack 6 (L4T r36.4)",
+        ),
+        Bindings(
+            "tensorrt-cu12-bindings", "10.13.3.9", ("manylinux_2_28_x86_64",), "JetPack 7 (Jetson Thor)"
+        ),
         Bindings("tensorrt-cu13-bindings", "11.4.0.106", ("manylinux_2_28_x86_64",), "the newest TensorRT"),
     )
 }
@@ -154,15 +160,27 @@ def _wheel(b: Bindings, wheels: Path) -> Path:
         return found[0]
     wheels.mkdir(parents=True, exist_ok=True)
     _say(f"downloading {b.package}=={b.version} from PyPI")
-    args = ["download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-            "--implementation", "cp", "-d", str(wheels)]
+    args = [
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "-d",
+        str(wheels),
+    ]
     for tag in b.platforms:
         args += ["--platform", tag]
     result = _pip([*args, f"{b.package}=={b.version}"])
     found = sorted(wheels.glob(f"{name}-{b.version}-*.whl"))
     if result.returncode != 0 or not found:
-        lines = [ln for ln in (result.stderr or result.stdout).splitlines()
-                 if ln.strip() and not ln.startswith("WARNING: Location")]
+        lines = [
+            ln
+            for ln in (result.stderr or result.stdout).splitlines()
+            if ln.strip() and not ln.startswith("WARNING: Location")
+        ]
         raise HarnessError(
             f"Could not download {b.package}=={b.version} from PyPI (is PyPI reachable from here?): "
             f"{lines[-1].strip().removeprefix('ERROR: ').rstrip('.') if lines else 'pip gave no reason'}."
@@ -189,8 +207,12 @@ def _build_standins(major: int, lib: Path) -> None:
     tmp.mkdir(parents=True)
     for name in STANDIN_LIBS:
         out = tmp / f"{name}.so.{major}"
-        result = subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(STANDIN_C)],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(STANDIN_C)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if result.returncode != 0:
             raise HarnessError(f"cc could not build the stand-in {out.name}: {result.stderr.strip()[:200]}.")
     shutil.rmtree(lib, ignore_errors=True)
@@ -247,7 +269,9 @@ def _fix_def(line: str) -> str:
     params = [_fix_param(p) for p in _split_params(m.group("params"))]
     # A parameter without a default after ones with defaults (``add_scale_nd``): the earlier defaults
     # cannot be used positionally anyway, so the stub drops them.
-    last_required = max((i for i, p in enumerate(params) if "=" not in p and not p.startswith("*")), default=-1)
+    last_required = max(
+        (i for i, p in enumerate(params) if "=" not in p and not p.startswith("*")), default=-1
+    )
     params = [p.split(" = ")[0] if i < last_required else p for i, p in enumerate(params)]
     ret = m.group("ret") or ""
     if ret:
@@ -268,7 +292,9 @@ def clean_stub(text: str) -> str:
                 and not line.lstrip().startswith(("import ", "from "))
                 and not (m.group("indent") == "" and m.group("name") == "bool")  # the DataType itself stays
             ):
-                line = f"{m.group('indent')}{m.group('name')}: {_builtin_bool(m.group('ann'))}{m.group('rest')}"
+                line = (
+                    f"{m.group('indent')}{m.group('name')}: {_builtin_bool(m.group('ann'))}{m.group('rest')}"
+                )
         if line.count('"""') % 2 == 1:
             in_doc = not in_doc
         out.append(line)
@@ -281,7 +307,9 @@ def clean_stub(text: str) -> str:
         1,
     )
     if "builtins.bool" in text and "\nimport builtins\n" not in text:
-        text = text.replace("from __future__ import annotations\n", "from __future__ import annotations\nimport builtins\n", 1)
+        text = text.replace(
+            "from __future__ import annotations\n", "from __future__ import annotations\nimport builtins\n", 1
+        )
     return text
 
 
@@ -290,7 +318,11 @@ def _make_stubs(tree: TensorRTTree) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     result = subprocess.run(
         [sys.executable, "-m", "pybind11_stubgen", "-o", str(tmp), "tensorrt"],
-        capture_output=True, text=True, timeout=600, env=tree.env(), cwd=tree.root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=tree.env(),
+        cwd=tree.root,
     )
     pkg = tmp / "tensorrt"
     if result.returncode != 0 or not (pkg / "__init__.pyi").is_file():
@@ -374,15 +406,23 @@ def run_mypy(tree: TensorRTTree, targets: Iterable[str] = MYPY_TARGETS) -> subpr
     env = dict(os.environ, MYPYPATH=str(tree.stubs))
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(cfg), *targets],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=900,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/tensorrt-contract", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("prepare", "mypy", "env"), nargs="?", default="prepare")
-    parser.add_argument("--version", action="append", choices=list(VERSIONS),
-                        help="a TensorRT version (repeatable; default: all)")
+    parser.add_argument(
+        "--version",
+        action="append",
+        choices=list(VERSIONS),
+        help="a TensorRT version (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     versions = args.version or list(VERSIONS)
     try:
@@ -400,16 +440,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "env":
         for tree in trees:
             env = tree.env({})
-            print(f"export PYTHONPATH={env['PYTHONPATH']} LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']}"
-                  f"  # TensorRT {tree.bindings.version}")
+            print(
+                f"export PYTHONPATH={env['PYTHONPATH']} LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']}"
+                f"  # TensorRT {tree.bindings.version}"
+            )
         return 0
     if args.command == "mypy":
         failed = 0
         for tree in trees:
             t0 = time.monotonic()
             result = run_mypy(tree)
-            _say(f"mypy against TensorRT {tree.bindings.version} stubs: "
-                 f"{(result.stdout.strip().splitlines() or ['no output'])[-1]} ({time.monotonic() - t0:.1f} s)")
+            _say(
+                f"mypy against TensorRT {tree.bindings.version} stubs: "
+                f"{(result.stdout.strip().splitlines() or ['no output'])[-1]} ({time.monotonic() - t0:.1f} s)"
+            )
             if result.returncode != 0:
                 print(result.stdout, end="")
                 failed += 1

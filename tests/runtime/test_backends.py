@@ -33,7 +33,9 @@ def test_onnxruntime_spin_wait_reaches_the_session(tiny_bundle: Path, spin: bool
     options = BuildOptions(batch=bundle.manifest.batch, spin_wait=spin)
     engine = backend.load(backend.build(bundle, options), bundle, options)
     session_options = engine.session.get_session_options()  # type: ignore[attr-defined]
-    assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+    assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == (
+        "1" if spin else "0"
+    )
     engine.close()
 
 
@@ -237,7 +239,9 @@ def test_cuda_graph_is_captured_the_trtexec_way_and_replayed_for_the_same_shapes
     assert "cudaGraphLaunch" in cudart.names() and "enqueue" not in cudart.names()
 
     cudart.calls.clear()
-    other = np.arange(4, dtype=np.float32)  # new shapes (smaller: buffers stay): the old graph is not replayed
+    other = np.arange(
+        4, dtype=np.float32
+    )  # new shapes (smaller: buffers stay): the old graph is not replayed
     np.testing.assert_array_equal(_run(runner, kernel, other), other)
     assert "cudaGraphExecDestroy" in cudart.names() and "cudaGraphLaunch" not in cudart.names()
     assert runner.captures == 2
@@ -328,7 +332,9 @@ def test_timing_cache_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     assert _entries(path) == {"tactic-0", "tactic-1", "tactic-2"}
 
 
-def test_corrupt_timing_cache_falls_back_to_an_empty_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_timing_cache_falls_back_to_an_empty_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from edge_runtime.backends.tensorrt import _attach_timing_cache, _save_timing_cache
 
     path = tmp_path / "t.cache"
@@ -349,7 +355,9 @@ def test_no_timing_cache_yet_attaches_an_empty_one(tmp_path: Path) -> None:
     assert attached is not None and attached.entries == set() and config.attached is attached
 
 
-def test_timing_cache_save_failure_never_fails_the_build(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_timing_cache_save_failure_never_fails_the_build(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from edge_runtime.backends.tensorrt import _save_timing_cache
 
     blocker = tmp_path / "not-a-dir"

@@ -336,8 +336,10 @@ def test_shared_file_lock_times_out_with_one_sentence(tmp_path: Path) -> None:
     holder = FileLock(str(target) + ".lock", thread_local=False)
     holder.acquire()
     try:
-        with pytest.raises(CacheError, match=r"Timed out after 0 s waiting for the lock on t\.cache"), \
-                shared_file_lock(target, timeout=0.2):
+        with (
+            pytest.raises(CacheError, match=r"Timed out after 0 s waiting for the lock on t\.cache"),
+            shared_file_lock(target, timeout=0.2),
+        ):
             pass
     finally:
         holder.release()

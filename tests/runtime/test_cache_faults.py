@@ -77,7 +77,11 @@ def bundles(root: Path, n: int, first_seed: int = 10) -> list[ModelBundle]:
 
 
 def quarantine_files(cache: Path) -> list[Path]:
-    return [p for p in (cache / "quarantine").rglob("*") if p.is_file()] if (cache / "quarantine").is_dir() else []
+    return (
+        [p for p in (cache / "quarantine").rglob("*") if p.is_file()]
+        if (cache / "quarantine").is_dir()
+        else []
+    )
 
 
 def _child(bundle: Path, cache: Path, mode: str, counter: Path) -> subprocess.Popen[str]:
@@ -213,7 +217,9 @@ def test_build_on_a_full_volume_leaves_the_cache_intact(tmp_path: Path) -> None:
         assert sentence.startswith("No space left on the device while writing") and sentence.count(". ") == 0
         assert listing(cache) == before  # no partial engine, no temp file, nothing moved
         backend = CountingBackend()
-        again = EngineCache(cache).open(backend, old_bundle, opts(old_bundle), dev)  # still on the full volume
+        again = EngineCache(cache).open(
+            backend, old_bundle, opts(old_bundle), dev
+        )  # still on the full volume
         assert again.hit and backend.builds == 0
         assert again.engine.infer(sample_feeds())["action"].shape == (1, 7)
 
@@ -240,8 +246,20 @@ def test_quarantine_on_a_full_volume_frees_the_bad_bytes_and_rebuilds(tmp_path: 
 
 def _serve_once(bundle: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "serve", "--bundle", str(bundle), "--cache", str(cache),
-         "--backend", "onnxruntime", "--port", str(free_port())],
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--cache",
+            str(cache),
+            "--backend",
+            "onnxruntime",
+            "--port",
+            str(free_port()),
+        ],
         env=ENV,
         capture_output=True,
         text=True,
@@ -297,9 +315,26 @@ def test_engine_build_on_a_full_volume(tiny_bundle: Path, tmp_path: Path) -> Non
 
     def build(bundle: Path, cache: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "edge_runtime", "engine", "build", "--bundle", str(bundle), "--cache",
-             str(cache), "--backend", "onnxruntime", "--pin", "1.0.0", "--json"],
-            env=ENV, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime",
+                "engine",
+                "build",
+                "--bundle",
+                str(bundle),
+                "--cache",
+                str(cache),
+                "--backend",
+                "onnxruntime",
+                "--pin",
+                "1.0.0",
+                "--json",
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     with small_volume(tmp_path / "vol", 128) as vol:

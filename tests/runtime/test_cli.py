@@ -108,7 +108,16 @@ def test_tune_runs_the_tools_where_present(tmp_path: Path, monkeypatch: pytest.M
 
 def _build(bundle: Path, cache: str, *extra: str) -> dict:
     code, out = invoke(
-        "engine", "build", "--bundle", str(bundle), "--cache", cache, "--backend", "onnxruntime", "--json", *extra
+        "engine",
+        "build",
+        "--bundle",
+        str(bundle),
+        "--cache",
+        cache,
+        "--backend",
+        "onnxruntime",
+        "--json",
+        *extra,
     )
     assert code == 0, out
     return dict(json.loads(out[out.index("{") :]))
@@ -124,15 +133,21 @@ def test_engine_build_pin_then_prune_and_unpin(tmp_path: Path) -> None:
     assert (old["pin"], new["pin"]) == ("1.0.0", "1.1.0")
     code, out = invoke("engine", "pins", "--cache", cache, "--json")
     assert code == 0 and json.loads(out) == {"1.0.0": [old["key"]], "1.1.0": [new["key"]]}
-    listed = {e["key"]: e["pins"] for e in json.loads(invoke("engine", "list", "--cache", cache, "--json")[1])}
+    listed = {
+        e["key"]: e["pins"] for e in json.loads(invoke("engine", "list", "--cache", cache, "--json")[1])
+    }
     assert listed == {old["key"]: ["1.0.0"], new["key"]: ["1.1.0"]}
     code, out = invoke("engine", "pins", "--cache", cache)
     assert code == 0 and f"1.0.0  {old['key'][:12]}" in out
 
-    code, out = invoke("engine", "prune", "--cache", cache, "--keep", "1.1.0", "--keep-unpinned", "0", "--json")
+    code, out = invoke(
+        "engine", "prune", "--cache", cache, "--keep", "1.1.0", "--keep-unpinned", "0", "--json"
+    )
     assert code == 0, out
     assert json.loads(out) == {"unpinned": ["1.0.0"], "evicted": [old["key"]], "kept": ["1.1.0"]}
-    assert [e["key"] for e in json.loads(invoke("engine", "list", "--cache", cache, "--json")[1])] == [new["key"]]
+    assert [e["key"] for e in json.loads(invoke("engine", "list", "--cache", cache, "--json")[1])] == [
+        new["key"]
+    ]
     code, out = invoke("engine", "unpin", "--cache", cache, "1.1.0")
     assert code == 0 and "unpinned 1.1.0" in out
     assert json.loads(invoke("engine", "pins", "--cache", cache, "--json")[1]) == {}
@@ -142,7 +157,17 @@ def test_engine_pin_reads_its_env_and_checks_the_name(tiny_bundle: Path, tmp_pat
     cache = str(tmp_path / "cache")
     r = CliRunner().invoke(
         cli,
-        ["engine", "build", "--bundle", str(tiny_bundle), "--cache", cache, "--backend", "onnxruntime", "--json"],
+        [
+            "engine",
+            "build",
+            "--bundle",
+            str(tiny_bundle),
+            "--cache",
+            cache,
+            "--backend",
+            "onnxruntime",
+            "--json",
+        ],
         env={"EDGE_ENGINE_PIN": "2.0.0-rc.1"},
     )
     assert r.exit_code == 0, r.output

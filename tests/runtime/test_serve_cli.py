@@ -179,7 +179,9 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
     bad = subprocess.run(
         [sys.executable, "-m", "edge_runtime.healthcheck", "--bogus"], env=ENV, capture_output=True, text=True
     )
-    assert bad.returncode == 2 and bad.stderr.strip() == "healthcheck: unknown argument '--bogus' (only --live)."
+    assert (
+        bad.returncode == 2 and bad.stderr.strip() == "healthcheck: unknown argument '--bogus' (only --live)."
+    )
 
 
 def test_serve_and_engine_build_read_the_same_env_and_share_the_cache_entry(
@@ -289,9 +291,24 @@ def test_backend_tensorrt_without_tensorrt_exits_with_one_sentence_before_listen
     why = _tensorrt_refusal()
     port = free_port()
     r = subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "serve", "--bundle", str(tiny_bundle), "--cache",
-         str(tmp_path / "cache"), "--backend", "tensorrt", "--port", str(port)],
-        env=ENV, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "serve",
+            "--bundle",
+            str(tiny_bundle),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--backend",
+            "tensorrt",
+            "--port",
+            str(port),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

@@ -28,7 +28,9 @@ from tests.runtime.tensorrt_harness import REPO, VERSIONS, HarnessError, prepare
 from tests.support import need
 
 CASES = Path(__file__).with_name("tensorrt_contract_cases.py")
-MIN_CASES = 35  # what the cases file holds per version (parametrized); fewer means something was not collected
+MIN_CASES = (
+    35  # what the cases file holds per version (parametrized); fewer means something was not collected
+)
 
 
 def _implicit_int8(qdq: Path, out: Path) -> Path:
@@ -43,8 +45,13 @@ def _implicit_int8(qdq: Path, out: Path) -> Path:
         shutil.copyfile(qdq / name, out / name)
     files = {n: sha256_file(out / n) for n in ("model.onnx", "calibration.npz", "calibration.cache")}
     manifest = BundleManifest(
-        precision="int8", opset=src.manifest.opset, inputs=src.inputs, outputs=src.outputs,
-        batch=src.manifest.batch, files=files, name="tiny-policy-implicit-int8",
+        precision="int8",
+        opset=src.manifest.opset,
+        inputs=src.inputs,
+        outputs=src.outputs,
+        batch=src.manifest.batch,
+        files=files,
+        name="tiny-policy-implicit-int8",
         calibration={"data": "calibration.npz", "cache": "calibration.cache"},
     )
     (out / "bundle.json").write_text(manifest.to_json())
@@ -59,15 +66,21 @@ def contract_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     fp32 = write_tiny_bundle(root / "fp32")
     rng = np.random.default_rng(0)
     calib = root / "calib.npz"
-    np.savez(calib, image=rng.standard_normal((4, 3, 224, 224)).astype(np.float32),
-             robot_state=rng.standard_normal((4, 48)).astype(np.float32))
+    np.savez(
+        calib,
+        image=rng.standard_normal((4, 3, 224, 224)).astype(np.float32),
+        robot_state=rng.standard_normal((4, 48)).astype(np.float32),
+    )
     model = fp32 / "model.onnx"
     # tolerance: these bundles test the build path, not accuracy (the random tiny policy quantizes poorly)
     made = {
         "fp16": convert(model, root / "fp16", ConvertOptions(precision="fp16", tolerance=1.0)),
         "fp16-flag": convert(model, root / "fp16-flag", ConvertOptions(precision="fp16", fp16_onnx=False)),
-        "int8-qdq": convert(model, root / "int8-qdq", ConvertOptions(
-            precision="int8", calibration=calib, embed_calibration=4, tolerance=1.0)),
+        "int8-qdq": convert(
+            model,
+            root / "int8-qdq",
+            ConvertOptions(precision="int8", calibration=calib, embed_calibration=4, tolerance=1.0),
+        ),
     }
     bundles = {"fp32": str(fp32), **{k: str(r.bundle.path) for k, r in made.items()}}
     bundles["int8-implicit"] = str(_implicit_int8(root / "int8-qdq", root / "int8-implicit"))
@@ -78,7 +91,11 @@ def _junit_counts(path: Path) -> tuple[dict[str, int], list[str]]:
     suite = ET.parse(path).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    failed = [c.get("name", "?") for c in suite.iter("testcase") if c.find("failure") is not None or c.find("error") is not None]
+    failed = [
+        c.get("name", "?")
+        for c in suite.iter("testcase")
+        if c.find("failure") is not None or c.find("error") is not None
+    ]
     return counts, failed
 
 
@@ -96,16 +113,34 @@ def test_tensorrt_backend_against_the_real_bindings(
     env["EDGE_TRT_CONTRACT_VERSION"] = version
     env["EDGE_TRT_CONTRACT_BUNDLES"] = json.dumps(contract_bundles)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(CASES.relative_to(REPO)), "-q", "-p", "no:cacheprovider",
-         f"--junitxml={junit}", "-W", "ignore::DeprecationWarning"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CASES.relative_to(REPO)),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            "-W",
+            "ignore::DeprecationWarning",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert junit.is_file(), f"the contract run for TensorRT {version} wrote no report:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}"
+    assert junit.is_file(), (
+        f"the contract run for TensorRT {version} wrote no report:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}"
+    )
     counts, failed = _junit_counts(junit)
     assert proc.returncode == 0, (
         f"TensorRT {version}: {len(failed)} contract case(s) failed: {', '.join(failed)}\n{proc.stdout[-6000:]}"
     )
-    assert counts["skipped"] == 0, f"TensorRT {version}: {counts['skipped']} case(s) skipped:\n{proc.stdout[-3000:]}"
+    assert counts["skipped"] == 0, (
+        f"TensorRT {version}: {counts['skipped']} case(s) skipped:\n{proc.stdout[-3000:]}"
+    )
     assert counts["tests"] >= MIN_CASES, f"TensorRT {version}: only {counts['tests']} cases ran"
     print(f"TensorRT {version}: {counts['tests']} contract cases passed")
 
@@ -139,8 +174,14 @@ bool: DataType  # value = <DataType.BOOL: 4>
 '''
     out = clean_stub(raw)
     ast.parse(out)  # raw is not even Python: `in` as a name, a required parameter after defaults
-    assert "def add_scale_nd(self, input: ITensor, mode: ScaleMode, shift: Weights, scale: Weights, power: Weights, channel_axis: int)" in out
-    assert "def get_workspace_size(self, in_: list[PluginTensorDesc], out: list[PluginTensorDesc]) -> int:" in out
+    assert (
+        "def add_scale_nd(self, input: ITensor, mode: ScaleMode, shift: Weights, scale: Weights, power: Weights, channel_axis: int)"
+        in out
+    )
+    assert (
+        "def get_workspace_size(self, in_: list[PluginTensorDesc], out: list[PluginTensorDesc]) -> int:"
+        in out
+    )
     assert "def mark_debug(self, tensor: ITensor) -> builtins.bool:" in out
     assert "    has_implicit_batch: builtins.bool" in out
     assert "def get_error(self, index: int) -> typing.Any:" in out

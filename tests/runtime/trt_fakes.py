@@ -238,7 +238,9 @@ class FakeContext:
         outs = {n: self.addresses[n] for n in self.engine.outputs}
 
         def kernel() -> None:
-            feeds = {n: read_device(ptr, shape, self.engine.specs[n].dtype) for n, (ptr, shape) in ins.items()}
+            feeds = {
+                n: read_device(ptr, shape, self.engine.specs[n].dtype) for n, (ptr, shape) in ins.items()
+            }
             for name, value in self.engine.compute(feeds).items():
                 write_device(outs[name], value.astype(self.engine.specs[name].dtype))
 
@@ -274,8 +276,14 @@ class FakeCudaEngine:
         self.batch = batch
         self.compute = compute
         self.cudart = cudart
-        self.dtypes = {"float32": "FLOAT", "float16": "HALF", "int64": "INT64", "int32": "INT32", "uint8": "UINT8",
-                       "bool": "BOOL"}
+        self.dtypes = {
+            "float32": "FLOAT",
+            "float16": "HALF",
+            "int64": "INT64",
+            "int32": "INT32",
+            "uint8": "UINT8",
+            "bool": "BOOL",
+        }
         self.overrides = dtypes or {}
         self.data_dependent = set(data_dependent)
         self.no_context = no_context

@@ -29,7 +29,10 @@ COMMANDS = {
 
 
 cli = lazy_cli(
-    "edge-deploy", __version__, COMMANDS, "Build and release PyTorch policies to fleets of NVIDIA Jetson robots."
+    "edge-deploy",
+    __version__,
+    COMMANDS,
+    "Build and release PyTorch policies to fleets of NVIDIA Jetson robots.",
 )
 
 

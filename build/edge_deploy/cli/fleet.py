@@ -9,8 +9,14 @@ import click
 
 from edge_deploy.fleet import simulate as sim
 
-STATE_ROOT = click.option("--state-root", type=click.Path(path_type=Path), default=sim.DEFAULT_STATE_ROOT,
-                          show_default=True, envvar="EDGE_FLEET_STATE", help="Where simulated fleets keep state.")
+STATE_ROOT = click.option(
+    "--state-root",
+    type=click.Path(path_type=Path),
+    default=sim.DEFAULT_STATE_ROOT,
+    show_default=True,
+    envvar="EDGE_FLEET_STATE",
+    help="Where simulated fleets keep state.",
+)
 
 
 @click.group()
@@ -81,8 +87,15 @@ def list_(state_root: Path, as_json: bool) -> None:
 
 
 @fleet.command("infer")
-@click.option("--fleet", "fleet_file", type=click.Path(path_type=Path), default=Path("fleet.yaml"),
-              show_default=True, envvar="EDGE_FLEET", help="Fleet inventory [env EDGE_FLEET].")
+@click.option(
+    "--fleet",
+    "fleet_file",
+    type=click.Path(path_type=Path),
+    default=Path("fleet.yaml"),
+    show_default=True,
+    envvar="EDGE_FLEET",
+    help="Fleet inventory [env EDGE_FLEET].",
+)
 @click.option("--group", help="Only robots of this inventory group.")
 @click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
@@ -102,9 +115,13 @@ def infer(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json
             continue
         shown = []
         for name, value in r["outputs"].items():  # every output the robot's model gives, first 8 values
-            flat = np.ravel(np.asarray(value.get("data", []) if isinstance(value, dict) else value, dtype=float))
+            flat = np.ravel(
+                np.asarray(value.get("data", []) if isinstance(value, dict) else value, dtype=float)
+            )
             shown.append(f"{name} {[round(v, 4) for v in flat[:8].tolist()]}{' …' if flat.size > 8 else ''}")
-        click.echo(f"{r['robot']:<16} {r.get('version') or '-':<10} {'  '.join(shown)}  "
-                   f"({r['round_trip_ms']:.0f} ms round trip)")
+        click.echo(
+            f"{r['robot']:<16} {r.get('version') or '-':<10} {'  '.join(shown)}  "
+            f"({r['round_trip_ms']:.0f} ms round trip)"
+        )
     if any(not r.get("ok") for r in rows):
         raise SystemExit(1)

@@ -24,16 +24,40 @@ def image() -> None:
 @click.option("--push", is_flag=True, help="Push to the registry and report digests.")
 @click.option("--set", "overrides", multiple=True, help="Bake override, e.g. runtime.args.BATCH=1,2,4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def build(model: Path, precision: str, calibration: Path | None, version: str, tags: tuple[str, ...],
-          registry: str, image_prefix: str, l4t_base: str | None, converter_base: str | None,
-          runtime_python: str, platforms: str, push: bool, overrides: tuple[str, ...], as_json: bool) -> None:
+def build(
+    model: Path,
+    precision: str,
+    calibration: Path | None,
+    version: str,
+    tags: tuple[str, ...],
+    registry: str,
+    image_prefix: str,
+    l4t_base: str | None,
+    converter_base: str | None,
+    runtime_python: str,
+    platforms: str,
+    push: bool,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Build both images for MODEL (a .pt/.onnx file or a bundle directory)."""
     cal = calibration_name(model, calibration)
     model = model.resolve()
     result = build_images(
-        model_dir=model.parent, model=model.name, precision=precision, calibration=cal, version=version,
-        registry=registry, image_prefix=image_prefix, l4t_base=l4t_base, converter_base=converter_base,
-        runtime_python=runtime_python, runtime_platforms=platforms, tags=tags, push=push, overrides=overrides,
+        model_dir=model.parent,
+        model=model.name,
+        precision=precision,
+        calibration=cal,
+        version=version,
+        registry=registry,
+        image_prefix=image_prefix,
+        l4t_base=l4t_base,
+        converter_base=converter_base,
+        runtime_python=runtime_python,
+        runtime_platforms=platforms,
+        tags=tags,
+        push=push,
+        overrides=overrides,
         progress="quiet" if as_json else "auto",
         on_step=lambda s: click.echo(f"image build: {s}", err=True),
     )

@@ -73,5 +73,7 @@ def calibration_name(model: Path, calibration: Path | None) -> str:
         return ""
     calibration = calibration.resolve()
     if calibration.parent != model.resolve().parent:
-        raise click.UsageError("--calibration must be in the same directory as the model (the build context).")
+        raise click.UsageError(
+            "--calibration must be in the same directory as the model (the build context)."
+        )
     return calibration.name

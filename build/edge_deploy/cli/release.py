@@ -112,8 +112,12 @@ def release() -> None:
     "allow_cpu_fallback in fleet.yaml decide].",
 )
 @releases_dir_option
-@click.option("--git-tag/--no-git-tag", default=True, show_default=True,
-              help="Create the annotated git tag vVERSION (off for trial releases such as the quickstart).")
+@click.option(
+    "--git-tag/--no-git-tag",
+    default=True,
+    show_default=True,
+    help="Create the annotated git tag vVERSION (off for trial releases such as the quickstart).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def create(
     version: str,

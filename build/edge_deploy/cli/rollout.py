@@ -161,8 +161,11 @@ def rollout(
     from edge_deploy.rollout import deploy_release
 
     if skip_signature and not dry_run:
-        click.echo(f"warning: the image signature of release {version} will not be checked "
-                   "(--insecure-skip-signature-check).", err=True)
+        click.echo(
+            f"warning: the image signature of release {version} will not be checked "
+            "(--insecure-skip-signature-check).",
+            err=True,
+        )
     result = deploy_release(
         version,
         fleet_file,
@@ -204,12 +207,23 @@ def rollout(
 @click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
 @click.option("--group", help="Only robots of this inventory group.")
 @click.option("--health-timeout", type=click.FloatRange(1), default=600, show_default=True)
-@click.option("--releases-dir", type=click.Path(path_type=Path),
-              help="Where releases/<VERSION>.json live (a --to release no longer kept is deployed from it).")
-@click.option("--key", "public_key", type=click.Path(exists=True, path_type=Path),
-              help="cosign public key for a --to release that must be deployed (also `public_key:`).")
-@click.option("--insecure-skip-signature-check", "skip_signature", is_flag=True,
-              help="Deploy a --to release no longer kept without verifying its image signature.")
+@click.option(
+    "--releases-dir",
+    type=click.Path(path_type=Path),
+    help="Where releases/<VERSION>.json live (a --to release no longer kept is deployed from it).",
+)
+@click.option(
+    "--key",
+    "public_key",
+    type=click.Path(exists=True, path_type=Path),
+    help="cosign public key for a --to release that must be deployed (also `public_key:`).",
+)
+@click.option(
+    "--insecure-skip-signature-check",
+    "skip_signature",
+    is_flag=True,
+    help="Deploy a --to release no longer kept without verifying its image signature.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def rollback(
     fleet_file: Path,
@@ -228,8 +242,14 @@ def rollback(
     from edge_deploy.rollout import rollback as do_rollback
 
     results = do_rollback(
-        fleet_file, to=to, devices=list(devices) or None, group=group, health_timeout=health_timeout,
-        releases_dir=releases_dir, public_key=public_key, insecure_skip_signature_check=skip_signature,
+        fleet_file,
+        to=to,
+        devices=list(devices) or None,
+        group=group,
+        health_timeout=health_timeout,
+        releases_dir=releases_dir,
+        public_key=public_key,
+        insecure_skip_signature_check=skip_signature,
     )
     rows = [r.to_dict() for r in results]
     if as_json:

@@ -133,7 +133,11 @@ def _seconds_problem(value: object, lo: float, hi: float, lo_open: bool = False)
         and (lo < value if lo_open else lo <= value)
         and value <= hi
     )
-    return None if ok else f"expected {'more than' if lo_open else 'from'} {lo:g} to {hi:g} seconds, got {value!r}"
+    return (
+        None
+        if ok
+        else f"expected {'more than' if lo_open else 'from'} {lo:g} to {hi:g} seconds, got {value!r}"
+    )
 
 
 def _port_problem(value: object) -> str | None:
@@ -144,21 +148,41 @@ def _port_problem(value: object) -> str | None:
 def robot_problem(r: Robot) -> tuple[str, str] | None:
     """The first field of ``r`` that must not reach the robot, and why; None when every value is safe."""
     checks: list[tuple[str, str | None]] = [
-        ("name", None if isinstance(r.name, str) and NAME_RE.match(r.name) else
-         f"expected letters, digits, '.', '_' or '-', got {r.name!r}"),
+        (
+            "name",
+            None
+            if isinstance(r.name, str) and NAME_RE.match(r.name)
+            else f"expected letters, digits, '.', '_' or '-', got {r.name!r}",
+        ),
         ("host", host_problem(r.host)),
         ("port", _port_problem(r.port)),
-        ("user", None if isinstance(r.user, str) and USER_RE.match(r.user) else
-         f"expected a login name, got {r.user!r}"),
+        (
+            "user",
+            None
+            if isinstance(r.user, str) and USER_RE.match(r.user)
+            else f"expected a login name, got {r.user!r}",
+        ),
         ("compose_dir", compose_dir_problem(r.compose_dir)),
         ("service_port", _port_problem(r.service_port)),
-        ("platform", None if r.platform in PLATFORMS else
-         f"expected {' or '.join(PLATFORMS)}, got {r.platform!r}"),
-        ("groups", None if all(isinstance(g, str) and NAME_RE.match(g) for g in r.groups) else
-         f"expected group names of letters, digits, '.', '_' or '-', got {list(r.groups)!r}"),
+        (
+            "platform",
+            None if r.platform in PLATFORMS else f"expected {' or '.join(PLATFORMS)}, got {r.platform!r}",
+        ),
+        (
+            "groups",
+            None
+            if all(isinstance(g, str) and NAME_RE.match(g) for g in r.groups)
+            else f"expected group names of letters, digits, '.', '_' or '-', got {list(r.groups)!r}",
+        ),
         ("labels", _labels_problem(r.labels)),
-        ("min_free_mb", None if isinstance(r.min_free_mb, int) and not isinstance(r.min_free_mb, bool)
-         and 0 <= r.min_free_mb <= 1 << 30 else f"expected a whole number of MB, got {r.min_free_mb!r}"),
+        (
+            "min_free_mb",
+            None
+            if isinstance(r.min_free_mb, int)
+            and not isinstance(r.min_free_mb, bool)
+            and 0 <= r.min_free_mb <= 1 << 30
+            else f"expected a whole number of MB, got {r.min_free_mb!r}",
+        ),
         ("lock_wait_s", _seconds_problem(r.lock_wait_s, 0, 86400)),
         ("connect_timeout_s", _seconds_problem(r.connect_timeout_s, 0, 600, lo_open=True)),
         ("health_start_interval_s", _seconds_problem(r.health_start_interval_s, 0.1, 300)),

@@ -404,7 +404,7 @@ class RobotReleases:
         paths = list(dict.fromkeys(c for cs in candidates.values() for c in cs))
         out = await self.conn.check(
             f"for p in {' '.join(q(p) for p in paths)}; do "
-            "a=$(df -Pk -- \"$p\" 2>/dev/null | awk 'NR==2 {print $4}'); printf '%s\\t%s\\n' \"$p\" \"$a\"; done",
+            'a=$(df -Pk -- "$p" 2>/dev/null | awk \'NR==2 {print $4}\'); printf \'%s\\t%s\\n\' "$p" "$a"; done',
             "the disk check",
             timeout=60,
         )
@@ -569,13 +569,18 @@ class RobotReleases:
             return state
         txn = str(state.get("txn") or "")
         pid = state.get("pid")
-        alive = isinstance(pid, int) and (
-            await self.conn.run(f"grep -q {UPDATE_SCRIPT} /proc/{pid}/cmdline 2>/dev/null", timeout=30)
-        ).ok
+        alive = (
+            isinstance(pid, int)
+            and (
+                await self.conn.run(f"grep -q {UPDATE_SCRIPT} /proc/{pid}/cmdline 2>/dev/null", timeout=30)
+            ).ok
+        )
         restore_s = RESTORE_TIMEOUT_S + 120
         if not alive or not txn.isalnum():
             await self.upload_update_script()
-            await self.conn.run(f"cd {self.dir} && sh ./{UPDATE_SCRIPT} recover >>update.log 2>&1", timeout=restore_s)
+            await self.conn.run(
+                f"cd {self.dir} && sh ./{UPDATE_SCRIPT} recover >>update.log 2>&1", timeout=restore_s
+            )
             return await self.read_state()
         timeout = (req.health_timeout_s + req.confirm_timeout_s if req else 900.0) + restore_s
         state = await self.wait_settled(txn, ("awaiting_confirm", *SETTLED), timeout)
@@ -585,7 +590,9 @@ class RobotReleases:
         if req is not None and state.get("current") == req.version and state.get("image") == req.image:
             try:  # the re-run of the very rollout that lost its connection: gate it now
                 await self.health_gate_after_up(req)
-                await self.conn.check(f": > {self.dir}/txn-{txn}.confirm", "confirming the update", timeout=30)
+                await self.conn.check(
+                    f": > {self.dir}/txn-{txn}.confirm", "confirming the update", timeout=30
+                )
                 revert = ""
             except GateFailed as exc:
                 revert = str(exc)
@@ -601,9 +608,9 @@ class RobotReleases:
         identifies it (the image ID and its repository digests); None when no container runs."""
         r = await self.conn.run(
             f"cid=$(docker ps -q --filter label=com.docker.compose.project={PROJECT} "
-            f"--filter label=com.docker.compose.service={SERVICE} | head -n1); [ -n \"$cid\" ] || exit 0; "
+            f'--filter label=com.docker.compose.service={SERVICE} | head -n1); [ -n "$cid" ] || exit 0; '
             "id=$(docker inspect -f '{{.Image}}' \"$cid\") && docker inspect -f '{{.Config.Image}}' \"$cid\" && "
-            "echo \"$id\" && docker image inspect -f '{{range .RepoDigests}}{{.}} {{end}}' \"$id\"",
+            'echo "$id" && docker image inspect -f \'{{range .RepoDigests}}{{.}} {{end}}\' "$id"',
             timeout=60,
         )
         lines = r.stdout.split("\n") if r.ok else []
@@ -626,8 +633,8 @@ class RobotReleases:
             return None
         kept = {}
         r = await self.conn.run(
-            f"cd {self.dir}/releases 2>/dev/null && for d in *; do [ -f \"$d/.env\" ] && "
-            "printf '%s %s\\n' \"$d\" \"$(sed -n 's/^EDGE_IMAGE=//p' \"$d/.env\" | head -n1)\"; done; true",
+            f'cd {self.dir}/releases 2>/dev/null && for d in *; do [ -f "$d/.env" ] && '
+            'printf \'%s %s\\n\' "$d" "$(sed -n \'s/^EDGE_IMAGE=//p\' "$d/.env" | head -n1)"; done; true',
             timeout=30,
         )
         for line in r.stdout.splitlines():
@@ -662,8 +669,9 @@ class RobotReleases:
                 raise EngineBuildFailed(
                     f"building the engine of {version} on the robot failed: {said.removeprefix('error: ')}"
                 )
-            raise FleetError(f"running the engine build of {version} on the robot failed (exit {r.rc}): "
-                             f"{r.tail(200)}")
+            raise FleetError(
+                f"running the engine build of {version} on the robot failed (exit {r.rc}): {r.tail(200)}"
+            )
         try:
             return dict(json.loads(r.stdout[r.stdout.index("{") :]))
         except ValueError:
@@ -739,7 +747,12 @@ class RobotReleases:
         ``retries["pull"]``; a refusal (credentials, unknown manifest) is final at once."""
         try:
             async for attempt in backoff(
-                "pull", PULL_ATTEMPTS, _PullHiccup, self.retries, first_wait_s=RETRY_WAIT_S, max_wait_s=60,
+                "pull",
+                PULL_ATTEMPTS,
+                _PullHiccup,
+                self.retries,
+                first_wait_s=RETRY_WAIT_S,
+                max_wait_s=60,
                 prefix=f"Robot {self.robot.name}: ",
             ):
                 with attempt:
@@ -857,9 +870,7 @@ class RobotReleases:
         what, where, free = min(space, key=lambda m: m[2])
         if free < robot.min_free_mb:
             res.outcome, res.stage = REFUSED, "disk"
-            res.reason = (
-                f"only {free} MB free in {where} ({what}), below the {robot.min_free_mb} MB minimum"
-            )
+            res.reason = f"only {free} MB free in {where} ({what}), below the {robot.min_free_mb} MB minimum"
             await self.append_history(
                 {"action": "deploy", "version": req.version, "result": res.outcome, "reason": res.reason}
             )
@@ -946,7 +957,13 @@ class RobotReleases:
             }
         )
         await self.append_history(
-            {"action": req.action, "version": req.version, "result": "ok", "from": current, "timings": timings}
+            {
+                "action": req.action,
+                "version": req.version,
+                "result": "ok",
+                "from": current,
+                "timings": timings,
+            }
         )
         if req.prune:
             await self.prune({v for v in (req.version, restore_to) if v})
@@ -970,7 +987,9 @@ class RobotReleases:
             timings["rollback"] = float(final["restore_s"])
         if result == "skipped":
             res.outcome, res.stage = SKIPPED, "lock"
-            res.reason = f"the robot's application held update.lock for more than {self.robot.lock_wait_s:g} s"
+            res.reason = (
+                f"the robot's application held update.lock for more than {self.robot.lock_wait_s:g} s"
+            )
         elif result in ("rolled_back", "reverted") and restore_to:
             res.outcome, res.stage, res.reason = ROLLED_BACK, "health", f"{reason}; restored {restore_to}"
         else:
@@ -1038,8 +1057,13 @@ class RobotReleases:
                 "detected_by": by,
             }
         )
-        log.warning("Robot %s: runs %s (%s), pinned by hand; state.json said %s.", self.robot.name,
-                    running or "an unknown image", found["image"], was)
+        log.warning(
+            "Robot %s: runs %s (%s), pinned by hand; state.json said %s.",
+            self.robot.name,
+            running or "an unknown image",
+            found["image"],
+            was,
+        )
         return new
 
     async def rollback(
@@ -1083,7 +1107,13 @@ class RobotReleases:
             elif result == "skipped":
                 res.outcome, res.reason = SKIPPED, "the robot's application held update.lock"
             await self.append_history(
-                {"action": "rollback", "version": target, "from": current, "result": FAILED, "reason": res.reason}
+                {
+                    "action": "rollback",
+                    "version": target,
+                    "from": current,
+                    "result": FAILED,
+                    "reason": res.reason,
+                }
             )
             return res
         await self.write_state(

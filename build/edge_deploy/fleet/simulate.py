@@ -352,7 +352,9 @@ def kill_sshd(sim: Simulation, robot: SimRobot) -> list[int]:
 
 def stop_dockerd(sim: Simulation, robot: SimRobot) -> None:
     """Stop one robot's engine (its containers stop with it), e.g. to move its data root."""
-    _terminate(robot.dockerd_pid, str(Path(sim.state_dir) / "robots" / robot.name / "daemon.json"), timeout=60)
+    _terminate(
+        robot.dockerd_pid, str(Path(sim.state_dir) / "robots" / robot.name / "daemon.json"), timeout=60
+    )
     robot.dockerd_pid = None
     sim.save()
 

@@ -182,8 +182,14 @@ def backoff(
         counts[what] = counts.get(what, 0) + 1
         wait = state.next_action.sleep if state.next_action else 0.0
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s%s; retrying in %.1f s (attempt %d of %d).", prefix, exc, wait,
-                    state.attempt_number + 1, attempts)
+        log.warning(
+            "%s%s; retrying in %.1f s (attempt %d of %d).",
+            prefix,
+            exc,
+            wait,
+            state.attempt_number + 1,
+            attempts,
+        )
 
     return AsyncRetrying(
         stop=stop_after_attempt(attempts),

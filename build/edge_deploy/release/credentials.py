@@ -74,7 +74,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CredentialsError(f"Docker's config {path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+        raise CredentialsError(
+            f"Docker's config {path} is not valid JSON (line {exc.lineno}: {exc.msg})."
+        ) from None
     if not isinstance(data, dict):
         raise CredentialsError(f"Docker's config {path} is not a JSON object.")
     return data

@@ -213,7 +213,9 @@ def load_release(version: str, releases_dir: Path = DEFAULT_RELEASES_DIR) -> Rel
     except UnicodeDecodeError:
         raise ReleaseError(f"Release manifest {path} is not UTF-8 text.") from None
     except json.JSONDecodeError as exc:
-        raise ReleaseError(f"Release manifest {path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+        raise ReleaseError(
+            f"Release manifest {path} is not valid JSON (line {exc.lineno}: {exc.msg})."
+        ) from None
     manifest = ReleaseManifest.from_dict(data, source=f"Release manifest {path}")
     if manifest.version != version:
         raise ReleaseError(

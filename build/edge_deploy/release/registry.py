@@ -125,11 +125,20 @@ class Registry:
             why = (
                 type(outcome.exception()).__name__
                 if outcome is not None and outcome.failed
-                else f"HTTP {outcome.result().status_code}" if outcome is not None else "?"
+                else f"HTTP {outcome.result().status_code}"
+                if outcome is not None
+                else "?"
             )
-            log.warning("Registry %s: %s %s gave %s; retrying in %.1f s (attempt %d of %d).", self.host, method,
-                        url.split("?")[0], why, state.next_action.sleep if state.next_action else 0.0,
-                        state.attempt_number + 1, REGISTRY_ATTEMPTS)
+            log.warning(
+                "Registry %s: %s %s gave %s; retrying in %.1f s (attempt %d of %d).",
+                self.host,
+                method,
+                url.split("?")[0],
+                why,
+                state.next_action.sleep if state.next_action else 0.0,
+                state.attempt_number + 1,
+                REGISTRY_ATTEMPTS,
+            )
 
         retrying = Retrying(
             stop=stop_after_attempt(REGISTRY_ATTEMPTS),
@@ -173,7 +182,12 @@ class Registry:
         self._check_realm(realm)
         creds = self.credentials()
         if creds is not None and creds.identity_token:  # OAuth2 refresh token (docker login's identitytoken)
-            form = {**params, "grant_type": "refresh_token", "refresh_token": creds.secret, "client_id": "edge-deploy"}
+            form = {
+                **params,
+                "grant_type": "refresh_token",
+                "refresh_token": creds.secret,
+                "client_id": "edge-deploy",
+            }
             token_resp = self._send("POST", realm, data=form)
         else:
             token_resp = self._send("GET", realm, params=params, auth=self.basic)

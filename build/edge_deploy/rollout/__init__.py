@@ -41,7 +41,9 @@ __all__ = [
 # repository@sha256:<hex> in the distribution reference grammar: it goes into each robot's .env, where
 # compose would expand a "$" and a "#" would start a comment, so nothing outside that grammar passes.
 _PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?"
+_DOMAIN = (
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?"
+)
 DIGEST_REF = re.compile(rf"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*@sha256:[0-9a-f]{{64}}\Z")
 SKIP_SIGNATURE_FLAG = "--insecure-skip-signature-check"
 log = logging.getLogger(__name__)
@@ -94,7 +96,12 @@ def known_images(releases_dir: Path) -> dict[str, tuple[str, str]]:
 
 
 def _release_request(
-    manifest: ReleaseManifest, signature: str, *, health_timeout: float, known: dict[str, tuple[str, str]], **kw: Any
+    manifest: ReleaseManifest,
+    signature: str,
+    *,
+    health_timeout: float,
+    known: dict[str, tuple[str, str]],
+    **kw: Any,
 ) -> DeployRequest:
     """What a robot receives for ``manifest`` (rollout, or rollback to a release no longer kept)."""
     return DeployRequest(
@@ -188,8 +195,9 @@ def deploy_release(
         assert key is not None
         verify_signature(image, key)
     elif not dry_run:
-        log.warning("Release %s: the image signature of %s is not checked (%s).", version, image,
-                    SKIP_SIGNATURE_FLAG)
+        log.warning(
+            "Release %s: the image signature of %s is not checked (%s).", version, image, SKIP_SIGNATURE_FLAG
+        )
     result = asyncio.run(rollout.run())
     result.signature = signature
     return result
@@ -238,7 +246,12 @@ def rollback(
                 hint = f"; deploying it is refused: {str(exc).rstrip('.')}"
             else:
                 deploy = _release_request(
-                    manifest, signature, health_timeout=health_timeout, known=known, smoke=smoke, force=True,
+                    manifest,
+                    signature,
+                    health_timeout=health_timeout,
+                    known=known,
+                    smoke=smoke,
+                    force=True,
                     action="rollback",
                 )
                 if key is not None and signature.startswith("verified"):
@@ -270,8 +283,14 @@ def fleet_status(
     return [o.to_dict() | {"health": "unreachable"} if isinstance(o, RobotResult) else o for o in out]
 
 
-def fleet_infer(fleet: Path | Fleet, *, group: str | None = None, devices: list[str] | None = None,
-                payload: dict[str, Any] | None = None, timeout: float = 120.0) -> list[dict[str, Any]]:
+def fleet_infer(
+    fleet: Path | Fleet,
+    *,
+    group: str | None = None,
+    devices: list[str] | None = None,
+    payload: dict[str, Any] | None = None,
+    timeout: float = 120.0,
+) -> list[dict[str, Any]]:
     """Send one inference to each robot's running release: ``payload`` (a ``/v1/infer`` body), or the smoke
     input each robot's model describes in its own metadata."""
 
@@ -280,13 +299,19 @@ def fleet_infer(fleet: Path | Fleet, *, group: str | None = None, devices: list[
         try:
             answer = await rr.infer(payload, timeout)
         except Exception as exc:  # refused connection, forward errors, non-200 answers
-            return {"robot": rr.robot.name, "version": state.get("current"), "ok": False,
-                    "error": f"{type(exc).__name__}: {exc}"[:200]}
+            return {
+                "robot": rr.robot.name,
+                "version": state.get("current"),
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}"[:200],
+            }
         return {"robot": rr.robot.name, "version": state.get("current"), "ok": True, **answer}
 
     robots = _load(fleet).select(group=group, devices=devices)
     out = asyncio.run(_each(robots, one))
-    return [{"robot": o.robot, "ok": False, "error": o.reason} if isinstance(o, RobotResult) else o for o in out]
+    return [
+        {"robot": o.robot, "ok": False, "error": o.reason} if isinstance(o, RobotResult) else o for o in out
+    ]
 
 
 def device_history(fleet: Path | Fleet, device: str, limit: int = 50) -> list[dict[str, Any]]:

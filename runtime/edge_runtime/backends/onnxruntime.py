@@ -56,7 +56,9 @@ class OnnxRuntimeBackend:
         ort = _ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if optimize
+            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         if options.intra_op_threads:
             so.intra_op_num_threads = options.intra_op_threads
@@ -76,13 +78,16 @@ class OnnxRuntimeBackend:
                 ort.InferenceSession(os.fspath(bundle.model_path), sess_options=so, providers=self.providers)
                 return out.read_bytes()
             except Exception as exc:  # onnxruntime raises its own exception types
-                raise EngineBuildError(f"ONNX Runtime could not optimize {bundle.model_path.name}: {exc}") from None
+                raise EngineBuildError(
+                    f"ONNX Runtime could not optimize {bundle.model_path.name}: {exc}"
+                ) from None
 
     def load(self, engine: bytes, bundle: ModelBundle, options: BuildOptions) -> OnnxRuntimeEngine:
         ort = _ort()
         try:
-            session = ort.InferenceSession(engine, sess_options=self._options(options, optimize=False),
-                                           providers=self.providers)
+            session = ort.InferenceSession(
+                engine, sess_options=self._options(options, optimize=False), providers=self.providers
+            )
         except Exception as exc:
             raise EngineBuildError(f"ONNX Runtime could not load the cached engine: {exc}") from None
         return OnnxRuntimeEngine(session, bundle.inputs, bundle.outputs)

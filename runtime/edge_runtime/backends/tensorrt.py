@@ -168,7 +168,10 @@ def tensorrt_logger() -> trt.ILogger:
 
 def _looks_transient(messages: Sequence[str]) -> bool:
     """TensorRT's words for running out of GPU memory (deserialization loads the weights onto the GPU)."""
-    return any(re.search(r"out of memory|could not be allocated|cudaErrorMemoryAllocation", m, re.I) for m in messages)
+    return any(
+        re.search(r"out of memory|could not be allocated|cudaErrorMemoryAllocation", m, re.I)
+        for m in messages
+    )
 
 
 # -- native entry points --------------------------------------------------------------------------------
@@ -225,7 +228,10 @@ def network_flags(recipe: BuildRecipe, version: Version) -> int:
 
 
 def attach_calibrator(
-    builder: trt.Builder, config: trt.IBuilderConfig, calibrator: CalibrationFeed, inputs: Sequence[TensorSpec]
+    builder: trt.Builder,
+    config: trt.IBuilderConfig,
+    calibrator: CalibrationFeed,
+    inputs: Sequence[TensorSpec],
 ) -> None:
     """Implicit INT8 (TensorRT ≤ 10): the calibrator, with its own MIN=OPT=MAX profile at the calibration batch
     size, as trtexec does (the build profile's range would make TensorRT calibrate at an arbitrary shape)."""
@@ -331,16 +337,22 @@ class CalibrationFeed:
         self._device.clear()
 
     @classmethod
-    def read_bundle(cls, bundle: ModelBundle, options: BuildOptions) -> tuple[dict[str, np.ndarray], int, Path | None]:
+    def read_bundle(
+        cls, bundle: ModelBundle, options: BuildOptions
+    ) -> tuple[dict[str, np.ndarray], int, Path | None]:
         """The bundle's calibration arrays (checked against its inputs), samples per batch, cache to read."""
         data_path = bundle.calibration_path("data")
         # The cache written by an earlier build here (options.calibration_cache) first, else the bundle's.
-        candidates = [p for p in (options.calibration_cache, bundle.calibration_path("cache")) if p is not None]
+        candidates = [
+            p for p in (options.calibration_cache, bundle.calibration_path("cache")) if p is not None
+        ]
         cache_path = next((p for p in candidates if p.is_file()), None)
         has_data = data_path is not None and data_path.is_file()
         has_cache = cache_path is not None
         if not has_data and not has_cache:
-            raise EngineBuildError("INT8 needs calibration data or a calibration cache in the bundle; it has neither.")
+            raise EngineBuildError(
+                "INT8 needs calibration data or a calibration cache in the bundle; it has neither."
+            )
         batches: dict[str, np.ndarray] = {}
         samples = options.batch.opt
         if has_data and data_path is not None:
@@ -366,7 +378,9 @@ class CalibrationFeed:
                     )
             have = min(len(a) for a in batches.values())
             if have < samples and not has_cache:
-                raise EngineBuildError(f"Calibration data has {have} sample(s), fewer than one batch of {samples}.")
+                raise EngineBuildError(
+                    f"Calibration data has {have} sample(s), fewer than one batch of {samples}."
+                )
         return batches, samples, cache_path if has_cache else None
 
 
@@ -442,7 +456,9 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
 
 
 # -- engines: load and run ------------------------------------------------------------------------------
-_NUMPY_DTYPES: dict[str, np.dtype] = {  # TensorRT DataType name → numpy; what numpy cannot hold (BF16, FP8, INT4, FP4, E8M0) is refused
+_NUMPY_DTYPES: dict[
+    str, np.dtype
+] = {  # TensorRT DataType name → numpy; what numpy cannot hold (BF16, FP8, INT4, FP4, E8M0) is refused
     "FLOAT": np.dtype(np.float32),
     "HALF": np.dtype(np.float16),
     "INT8": np.dtype(np.int8),
@@ -473,7 +489,9 @@ class EngineIO:
     dtypes: Mapping[str, np.dtype]
 
 
-def inspect_io(engine: trt.ICudaEngine, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> EngineIO:
+def inspect_io(
+    engine: trt.ICudaEngine, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> EngineIO:
     """Check the engine's I/O against the bundle, so a mismatch is refused at load, not at the first request
     (a dtype mismatch would copy the wrong number of bytes)."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -573,7 +591,9 @@ class TensorRTEngine:
             for name in self.io.inputs:
                 arr = np.ascontiguousarray(feeds[name])
                 if arr.dtype != self.io.dtypes[name]:
-                    raise InputError(f"Input {name!r} has dtype {arr.dtype}, expected {self.io.dtypes[name]}.")
+                    raise InputError(
+                        f"Input {name!r} has dtype {arr.dtype}, expected {self.io.dtypes[name]}."
+                    )
                 if not context.set_input_shape(name, arr.shape):
                     raise InputError(
                         f"Input {name!r} has shape {list(arr.shape)}, outside the engine's optimization profile."
@@ -584,7 +604,9 @@ class TensorRTEngine:
                 dims = context.get_tensor_shape(name)
                 shape = tuple(dims[i] for i in range(len(dims)))
                 if any(d < 0 for d in shape):
-                    raise InferenceError(f"Output {name!r} has no known shape ({list(shape)}) for these inputs.")
+                    raise InferenceError(
+                        f"Output {name!r} has no known shape ({list(shape)}) for these inputs."
+                    )
                 host_out[name] = np.empty(shape, dtype=self.io.dtypes[name])
             # Size every buffer first (growing one drops a captured graph), then bind the final addresses.
             pointers = {n: runner.buffer(n, a.nbytes) for n, a in (host_in | host_out).items()}
@@ -622,11 +644,15 @@ class TensorRTBackend:
 
         cudart = cuda_runtime()
         if cudart is None:
-            raise BackendUnavailable(no_gpu_sentence(version, "cuda-python is not installed, so CUDA cannot be asked"))
+            raise BackendUnavailable(
+                no_gpu_sentence(version, "cuda-python is not installed, so CUDA cannot be asked")
+            )
         try:
             err, count = cudart.cudaGetDeviceCount()
         except Exception as exc:
-            raise BackendUnavailable(no_gpu_sentence(version, f"cudaGetDeviceCount raised {type(exc).__name__}")) from None
+            raise BackendUnavailable(
+                no_gpu_sentence(version, f"cudaGetDeviceCount raised {type(exc).__name__}")
+            ) from None
         if int(err) != 0:
             raise BackendUnavailable(no_gpu_sentence(version, cuda_error_name(err)))
         if int(count) < 1:
@@ -662,7 +688,10 @@ class TensorRTBackend:
                 )
             config = builder.create_builder_config()
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
-            if config.add_optimization_profile(optimization_profile(builder, bundle.inputs, options.batch)) < 0:
+            if (
+                config.add_optimization_profile(optimization_profile(builder, bundle.inputs, options.batch))
+                < 0
+            ):
                 raise EngineBuildError(
                     f"TensorRT refused the optimization profile for batch {options.batch}{TENSORRT_ERRORS.suffix(mark)}."
                 )
@@ -671,7 +700,9 @@ class TensorRTBackend:
             if calibrator is not None:
                 attach_calibrator(builder, config, calibrator, bundle.inputs)
             timing = _attach_timing_cache(config, options.timing_cache) if options.timing_cache else None
-            plan: trt.IHostMemory | None = builder.build_serialized_network(network, config)  # None on failure
+            plan: trt.IHostMemory | None = builder.build_serialized_network(
+                network, config
+            )  # None on failure
             if plan is None:
                 raise EngineBuildError(
                     f"TensorRT {version} could not build the engine ({recipe.describe()}){TENSORRT_ERRORS.suffix(mark)}."

@@ -54,7 +54,9 @@ def require_cuda_runtime() -> Any:
 
     cudart = cuda_runtime()
     if cudart is None:
-        raise EngineLoadTransient("The tensorrt backend needs cuda-python for its CUDA streams; it is not installed.")
+        raise EngineLoadTransient(
+            "The tensorrt backend needs cuda-python for its CUDA streams; it is not installed."
+        )
     return cudart
 
 
@@ -93,13 +95,15 @@ class CudaStreamRunner:
     def upload(self, ptr: int, host: np.ndarray) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         cuda_call(
-            self.cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, self.stream), "cudaMemcpyAsync"
+            self.cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, self.stream),
+            "cudaMemcpyAsync",
         )
 
     def download(self, host: np.ndarray, ptr: int) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         cuda_call(
-            self.cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, kind, self.stream), "cudaMemcpyAsync"
+            self.cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, kind, self.stream),
+            "cudaMemcpyAsync",
         )
 
     def synchronize(self) -> None:
@@ -149,7 +153,8 @@ class CudaStreamRunner:
             cudart.cudaGetLastError()  # clear the capture's error so the next call on the stream is not blamed
             log.warning(
                 "CUDA graph capture failed (%s); running these shapes with plain enqueues",
-                reason or ("the enqueue failed during capture" if not enqueued else "cudaStreamEndCapture failed"),
+                reason
+                or ("the enqueue failed during capture" if not enqueued else "cudaStreamEndCapture failed"),
             )
             return None
         try:
@@ -188,7 +193,9 @@ class CudaMemory:
 
     def copy_in(self, ptr: int, host: np.ndarray) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        cuda_call(self.cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, kind), "cudaMemcpy", EngineBuildError)
+        cuda_call(
+            self.cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, kind), "cudaMemcpy", EngineBuildError
+        )
 
     def free(self, ptr: int) -> None:
         self.cudart.cudaFree(ptr)

@@ -113,7 +113,9 @@ def plan_build(bundle: ModelBundle, precision: str, version: Version | str) -> B
                 return BuildRecipe(bundle.model_path, strongly_typed=True)
             # Explicit quantization on a weakly typed network: INT8 enables the Q/DQ layers, FP16 lets
             # TensorRT run the layers between them in half precision.
-            return BuildRecipe(bundle.model_path, strongly_typed=False, flags=("FP16", "INT8"), precision_from="flags")
+            return BuildRecipe(
+                bundle.model_path, strongly_typed=False, flags=("FP16", "INT8"), precision_from="flags"
+            )
         if not weak_allowed:
             raise EngineBuildError(
                 f"TensorRT {v} has no implicit INT8 calibration (removed in TensorRT 11) and this INT8 bundle has "
@@ -127,7 +129,8 @@ def plan_build(bundle: ModelBundle, precision: str, version: Version | str) -> B
                 v,
             )
         source = fp32 or bundle.model_path
-        return BuildRecipe(source, strongly_typed=False, flags=("FP16", "INT8"), calibrate=True,
-                           precision_from="flags")
+        return BuildRecipe(
+            source, strongly_typed=False, flags=("FP16", "INT8"), calibrate=True, precision_from="flags"
+        )
 
     raise EngineBuildError(f"Unknown precision {precision!r}; choose one of: fp32, fp16, int8.")

@@ -53,7 +53,9 @@ def engine() -> None:
     "'engine unpin' or 'engine prune' drops the pin [env EDGE_ENGINE_PIN].",
 )
 @json_option
-def build(bundle: Path, cache: Path, backend: str, precision: str | None, pin: str | None, as_json: bool) -> None:
+def build(
+    bundle: Path, cache: Path, backend: str, precision: str | None, pin: str | None, as_json: bool
+) -> None:
     """Build the engine for BUNDLE into the cache (a cache hit builds nothing)."""
     from edge_runtime.backends import BuildOptions, get_backend
     from edge_runtime.bundle import ModelBundle
@@ -165,7 +167,9 @@ def pins(cache: Path, as_json: bool) -> None:
     if not found:
         click.echo(f"no pins in {cache}")
     for name, keys in found.items():
-        shown = ", ".join(f"{k[:12]}{'' if k in present else ' (not cached)'}" for k in keys) or "(unreadable)"
+        shown = (
+            ", ".join(f"{k[:12]}{'' if k in present else ' (not cached)'}" for k in keys) or "(unreadable)"
+        )
         click.echo(f"{name}  {shown}")
 
 

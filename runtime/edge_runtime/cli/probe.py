@@ -35,7 +35,10 @@ def probe(root: Path, as_json: bool) -> None:
         ("board", info.model or "-"),
         ("module", info.module["name"] if info.module else "-"),
         ("GPU", f"{ident.gpu}" + (f" (sm {ident.compute_capability})" if ident.compute_capability else "")),
-        ("GPU visible", "-" if info.gpu_visible is None else ("yes" if info.gpu_visible else "no (CUDA sees none)")),
+        (
+            "GPU visible",
+            "-" if info.gpu_visible is None else ("yes" if info.gpu_visible else "no (CUDA sees none)"),
+        ),
         ("CPU", f"{ident.cpu} ({ident.arch})"),
         ("TensorRT", info.tensorrt or "-"),
         ("CUDA", info.cuda or "-"),
