@@ -2,7 +2,7 @@
 bounds each: the per-robot step timings of the rollout (pull, up, health gate) and the engine start-up the
 service reports (build vs cache hit).
 
-For each fleet size a fresh simulated fleet (``edge_deploy.fleet.simulate``: one dockerd + sshd per robot,
+For each fleet size a fresh simulated fleet (``edge_deploy.simulation.simulate``: one dockerd + sshd per robot,
 all on this host; robots run the host's own architecture unless ``--fleet-platform`` says otherwise) gets: release A (the runtime image: every layer is pulled, the engine is
 built), release B (model-only: the same runtime with another bundle), then a rollback to A (no download,
 engine cache hit). Needs root, the host harness (scripts/host-setup) and the runtime image in the registry.
@@ -68,7 +68,7 @@ def _digest_ref(image: str) -> str:
 def _runtime_image(platform: str, work: Path) -> str:
     """Build and push the runtime image for ``platform`` with the images API (stand-in base)."""
     from edge_deploy.images import build_images
-    from edge_deploy.sample import write_sample_policy
+    from edge_deploy.model.sample import write_sample_policy
 
     (work / "model").mkdir()
     write_sample_policy(work / "model" / "policy.pt")
@@ -92,8 +92,8 @@ def _runtime_image(platform: str, work: Path) -> str:
 
 def _model_only_image(runtime_ref: str, work: Path, platform: str) -> str:
     """The runtime image with another model bundle (fp16 sample policy) on top: a model-only release."""
-    from edge_deploy.pipeline import ConvertOptions, convert
-    from edge_deploy.sample import write_sample_policy
+    from edge_deploy.model import ConvertOptions, convert
+    from edge_deploy.model.sample import write_sample_policy
 
     ctx = work / "ctx"
     ctx.mkdir()
@@ -147,9 +147,9 @@ def _bound(timings: dict[str, float]) -> str:
 
 
 def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[dict[str, Any]]:
-    from edge_deploy.fleet import simulate as sim
     from edge_deploy.release.manifest import ReleaseManifest, save_release
     from edge_deploy.rollout import deploy_release, rollback
+    from edge_deploy.simulation import simulate as sim
 
     releases = root / f"releases-{n}"
     for tag, ref in refs.items():
@@ -209,7 +209,7 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
 
 
 def run(args: Any = None) -> dict[str, Any]:
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     if os.geteuid() != 0:
         raise SystemExit("needs root: simulated robots are users with their own dockerd and sshd")

@@ -57,7 +57,7 @@ def run(args: Any = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from edge_deploy.sample import build_policy, calibration_set
+    from edge_deploy.model.sample import build_policy, calibration_set
 
     if not torch.cuda.is_available():
         raise SystemExit("gpu_precision needs a CUDA GPU visible to torch; none is here.")

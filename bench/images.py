@@ -142,7 +142,7 @@ def run(args: Any = None) -> dict[str, Any]:
     import httpx
 
     from edge_deploy.images import build_images
-    from edge_deploy.sample import write_sample_policy
+    from edge_deploy.model.sample import write_sample_policy
 
     if shutil.which("docker") is None:
         raise SystemExit("needs the Docker engine with buildx (scripts/host-setup)")

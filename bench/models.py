@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_deploy.sample import write_linear_bundle, write_onnx_bundle
+from edge_deploy.model.sample import write_linear_bundle, write_onnx_bundle
 
 
 def write_conv_policy_bundle(root: Path, seed: int = 0) -> Path:

@@ -39,8 +39,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _build_bundles(root: Path) -> dict[str, Any]:
     """Convert the sample policy to one bundle per precision; return bundle paths and convert seconds."""
-    from edge_deploy.pipeline import ConvertOptions, convert
-    from edge_deploy.sample import calibration_set, write_sample_policy
+    from edge_deploy.model import ConvertOptions, convert
+    from edge_deploy.model.sample import calibration_set, write_sample_policy
 
     model = root / "policy.pt"
     write_sample_policy(model)
@@ -64,7 +64,7 @@ def _session(model: Path, threads: int) -> Any:
 
 
 def _held_out(batch: int) -> dict[str, np.ndarray]:
-    from edge_deploy.sample import calibration_set
+    from edge_deploy.model.sample import calibration_set
 
     return calibration_set(batch, seed=HELD_OUT_SEED)
 

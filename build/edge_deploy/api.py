@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from edge_deploy.errors import CalibrationError, OutputError, PipelineOptionError
-from edge_deploy.pipeline import ConvertOptions, ConvertResult, convert
-from edge_deploy.pipeline.bench import bench_bundle
-from edge_deploy.pipeline.export import DEFAULT_OPSET
-from edge_deploy.pipeline.loading import SourceModel, load_model, source_from_module
+from edge_deploy.model import ConvertOptions, ConvertResult, convert
+from edge_deploy.model.bench import bench_bundle
+from edge_deploy.model.export import DEFAULT_OPSET
+from edge_deploy.model.loading import SourceModel, load_model, source_from_module
 from edge_runtime.bundle import BatchProfile, ModelBundle
 from edge_runtime.errors import BackendUnavailable, EdgeError
 from edge_runtime.jetson import GIB, JetsonModule, jetson_module

@@ -1,6 +1,6 @@
 """The model bundle: ``model.onnx`` + ``bundle.json`` (+ calibration files), the unit both sides exchange.
 
-The host side writes it (``edge_deploy.pipeline``); the robot loads it. Loading checks the schema and the
+The host side writes it (``edge_deploy.model``); the robot loads it. Loading checks the schema and the
 sha256 of every listed file, so a tampered or missing file is refused with its name.
 """
 

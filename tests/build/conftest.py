@@ -12,7 +12,7 @@ CALIBRATION_SAMPLES = 24  # enough for stable int8 scales, small enough to keep 
 
 @pytest.fixture(scope="session")
 def sample_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from edge_deploy.sample import write_sample_policy
+    from edge_deploy.model.sample import write_sample_policy
 
     root = tmp_path_factory.mktemp("sample")
     written = write_sample_policy(root / "policy.pt", root / "calib.npz", CALIBRATION_SAMPLES)
@@ -24,7 +24,7 @@ def make_bundle(
     tmp_path_factory: pytest.TempPathFactory, sample_files: tuple[Path, Path]
 ) -> Callable[..., object]:
     """Convert the sample policy once per precision for the whole session; returns the ConvertResult."""
-    from edge_deploy.pipeline import ConvertOptions, convert
+    from edge_deploy.model import ConvertOptions, convert
 
     cache: dict[str, object] = {}
     model, calib = sample_files

@@ -19,7 +19,7 @@ from edge_deploy import (
     profile_performance,
     quantize_model,
 )
-from edge_deploy.sample import build_policy, calibration_set
+from edge_deploy.model.sample import build_policy, calibration_set
 from edge_runtime.errors import EdgeError
 from edge_runtime.jetson import GIB
 from tests.support import tensorrt_importable

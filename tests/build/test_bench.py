@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from edge_deploy.pipeline.bench import bench_bundle
+from edge_deploy.model.bench import bench_bundle
 from edge_runtime.errors import InputError
 from tests.build.cli_helpers import run_cli
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from edge_deploy.bundle.writer import BundleWriter
 from edge_deploy.errors import OutputError
-from edge_deploy.pipeline import ConvertOptions, convert, quantize
-from edge_deploy.pipeline.bundle_writer import BundleWriter
+from edge_deploy.model import ConvertOptions, convert, quantize
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.errors import BundleError
 

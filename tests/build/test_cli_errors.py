@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_deploy.sample import build_policy
+from edge_deploy.model.sample import build_policy
 from tests.build.cli_helpers import run_cli
 
 

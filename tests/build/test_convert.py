@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edge_deploy.errors import PipelineOptionError, ValidationError
-from edge_deploy.pipeline import ConvertOptions, convert
-from edge_deploy.pipeline.quantize import format_trt_cache, parse_trt_cache, trt_version_tag
-from edge_deploy.sample import build_policy
+from edge_deploy.model import ConvertOptions, convert
+from edge_deploy.model.quantize import format_trt_cache, parse_trt_cache, trt_version_tag
+from edge_deploy.model.sample import build_policy
 from edge_runtime.bundle import ModelBundle, sha256_file
 
 
@@ -185,7 +185,7 @@ def test_cli_convert_json_keeps_stdout_clean(tmp_path: Path, sample_files: tuple
 def test_pytorch_onnx_mismatch_fails_validation(
     tmp_path: Path, sample_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_deploy.pipeline import export as export_mod
+    from edge_deploy.model import export as export_mod
 
     real = export_mod.run_torch
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge_deploy.images import (
+from edge_deploy.images.build import (
     BAKE_FILE,
     REPO_ROOT,
     ImageError,

@@ -314,7 +314,7 @@ def test_a_release_of_an_image_built_elsewhere_is_pinned_by_digest(tmp_path: Pat
 
 
 def test_runtime_ros2_support_follows_the_device_extra(tmp_path: Path) -> None:
-    from edge_deploy.images import REPO_ROOT, runtime_has_ros2
+    from edge_deploy.images.build import REPO_ROOT, runtime_has_ros2
 
     def pyproject(device: str) -> Path:
         path = tmp_path / f"{len(list(tmp_path.iterdir()))}.toml"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_deploy.sample import ACTION_DIM, IMAGE_SHAPE, STATE_DIM, build_policy, calibration_set
+from edge_deploy.model.sample import ACTION_DIM, IMAGE_SHAPE, STATE_DIM, build_policy, calibration_set
 from tests.build.cli_helpers import run_cli
 
 

@@ -62,7 +62,7 @@ class BuiltImages:
 
 def runtime_source_hash() -> str:
     """Hash of the device code baked into the runtime image (to tell a code edit from a model change)."""
-    from edge_deploy.images import REPO_ROOT
+    from edge_deploy.images.build import REPO_ROOT
 
     h = hashlib.sha256()
     root = REPO_ROOT / "runtime" / "edge_runtime"
@@ -98,7 +98,7 @@ def _built(d: dict[str, Any]) -> BuiltImage:
 
 @pytest.fixture(scope="session")
 def sample_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_deploy.sample import write_sample_policy
+    from edge_deploy.model.sample import write_sample_policy
 
     d = tmp_path_factory.mktemp("model")
     write_sample_policy(d / "policy.pt", d / "calib.npz", calibration_count=16)

@@ -95,7 +95,7 @@ def release(releases: Path, version: str, ref: str) -> None:
 
 @pytest.fixture(scope="module")
 def env(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     need(sim.host_bin() is not None, "dockerd from scripts/host-setup (EDGE_HOST_BIN)")
     work = tmp_path_factory.mktemp("fleet-e2e")
@@ -290,7 +290,7 @@ def test_registry_down_robot_stays_on_its_release(env: Env) -> None:
 
 
 def test_robot_offline_mid_rollout_is_reported(env: Env) -> None:
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     r1, r2, r3 = names(env)
     robot3 = env.sim.robot(r3)
@@ -363,7 +363,7 @@ def test_same_release_is_unchanged_but_a_re_released_version_is_an_update(env: E
 
 
 def test_unsigned_image_is_refused_before_any_robot(env: Env, tmp_path: Path) -> None:
-    from edge_deploy.fleet.simulate import host_bin
+    from edge_deploy.simulation.simulate import host_bin
 
     cosign = shutil.which("cosign") or str((host_bin() or Path("/nonexistent")) / "cosign")
     need(Path(cosign).is_file(), "cosign (scripts/host-setup)")

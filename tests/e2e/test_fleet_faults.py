@@ -50,7 +50,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:  # noqa: F811
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     need(sim.host_bin() is not None, "dockerd from scripts/host-setup (EDGE_HOST_BIN)")
     work = tmp_path_factory.mktemp("fleet-faults")
@@ -148,7 +148,7 @@ def running_release(env: Env) -> str:
 def kill_after_switch(env: Env, version: str, *extra: str) -> tuple[subprocess.Popen[str], list[int], float]:
     """Start a rollout of ``version`` and kill the robot's sshd and sessions by PID the moment its
     state says it switched; returns the rollout process, the PIDs killed and when."""
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     proc = subprocess.Popen(
         rollout_cmd(env, version, *extra), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -179,7 +179,7 @@ def test_first_release(env: Env) -> None:
 def test_connection_lost_just_after_the_switch_reverts_then_rerun_updates(env: Env) -> None:
     """The operator's connection dies right after the switch: nobody confirms the new release, so the robot
     itself puts 1.0.0 back when the confirmation window ends; the re-run then lands 1.1.0, verified."""
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     proc, killed, t_kill = kill_after_switch(env, "1.1.0")
     NUMBERS["pids_killed"] = len(killed)
@@ -209,7 +209,7 @@ def test_connection_lost_just_after_the_switch_reverts_then_rerun_updates(env: E
 def test_a_crashing_release_with_the_connection_lost_is_restored_by_the_robot(env: Env) -> None:
     """The same fault with a release whose process exits at start: the robot restores 1.1.0 on its own,
     marks 1.2.0 bad, and its reason is the container's exit code and its own last words."""
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     proc, _, t_kill = kill_after_switch(env, "1.2.0", "--health-timeout", "60", "--no-prebuild")
     try:
@@ -270,7 +270,7 @@ def test_a_release_pinned_by_hand_is_visible_and_the_next_rollout_starts_from_it
 def test_full_docker_data_root_refuses_before_switching(env: Env) -> None:
     """The robot's Docker data root on a small filesystem of its own (a loop device made here), filled up:
     the update is refused before the switch, and the robot still serves its release."""
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     need(os.geteuid() == 0, "root (loop device and mount)")
     robot = env.robot

@@ -53,7 +53,7 @@ class GpuRobot:
 
 @pytest.fixture(scope="module")
 def gpu_robot(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuRobot]:
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     need(sim.host_bin() is not None, "dockerd from scripts/host-setup (EDGE_HOST_BIN)")
     work = tmp_path_factory.mktemp("fleet-gpu")

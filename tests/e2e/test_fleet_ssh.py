@@ -25,7 +25,7 @@ IMAGE = "localhost:5000/edge-deploy/runtime@sha256:" + "e" * 64
 def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     need(os.geteuid() == 0, "root (the simulator creates users and starts sshd)")
     need(shutil.which("sshd") is not None or Path("/usr/sbin/sshd").is_file(), "sshd (openssh-server)")
-    from edge_deploy.fleet import simulate as sim
+    from edge_deploy.simulation import simulate as sim
 
     with sim.simulated(2, "pyssh", engines=False, ssh_port_base=2301) as s:
         yield load_fleet(s.fleet_file)

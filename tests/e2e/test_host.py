@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_deploy.images import REPO_ROOT
+from edge_deploy.images.build import REPO_ROOT
 from tests.e2e.conftest import STANDIN
 from tests.support import need
 

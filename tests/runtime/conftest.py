@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def write_tiny_bundle(root: Path, seed: int = 0, batch: BatchProfile | None = None) -> Path:
     """Write a bundle whose policy is GlobalAveragePool(image) ++ robot_state → Gemm → action[batch, 7]."""
-    from edge_deploy.sample import write_linear_bundle
+    from edge_deploy.model.sample import write_linear_bundle
 
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((3 + 48, 7)).astype(np.float32)

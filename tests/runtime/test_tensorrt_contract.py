@@ -60,7 +60,7 @@ def _implicit_int8(qdq: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def contract_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from edge_deploy.pipeline import ConvertOptions, convert
+    from edge_deploy.model import ConvertOptions, convert
 
     root = tmp_path_factory.mktemp("trt-bundles")
     fp32 = write_tiny_bundle(root / "fp32")

@@ -24,7 +24,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(bundle: Path, runs: int, warmup: int, batch: int | None, threads: int, as_json: bool) -> None:
     """Benchmark BUNDLE on the ONNX Runtime backend: latency mean/p50/p90/p99, throughput, peak RSS."""
-    from edge_deploy.pipeline.bench import bench_bundle
+    from edge_deploy.model.bench import bench_bundle
 
     result = bench_bundle(bundle, runs=runs, warmup=warmup, batch=batch, threads=threads)
     data = result.to_dict()

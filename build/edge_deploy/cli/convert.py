@@ -82,8 +82,8 @@ def convert(
 
     MODEL is TorchScript (.pt), a torch.save'd full module, or an .onnx file (export is skipped).
     """
-    from edge_deploy.pipeline import ConvertOptions, Step
-    from edge_deploy.pipeline import convert as run_convert
+    from edge_deploy.model import ConvertOptions, Step
+    from edge_deploy.model import convert as run_convert
     from edge_runtime.bundle import BatchProfile
 
     opts = ConvertOptions(

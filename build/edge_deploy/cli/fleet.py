@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edge_deploy.fleet import simulate as sim
+from edge_deploy.simulation import simulate as sim
 
 STATE_ROOT = click.option(
     "--state-root",

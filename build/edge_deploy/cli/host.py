@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from edge_deploy.images import REPO_ROOT
+from edge_deploy.images.build import REPO_ROOT
 from edge_runtime.errors import EdgeError
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edge_deploy.images import DEFAULT_RUNTIME_PYTHON
+from edge_deploy.images.build import DEFAULT_RUNTIME_PYTHON
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -32,7 +32,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def sample_model(output: Path, calibration_out: Path | None, samples: int, as_json: bool) -> None:
     """Write a small image + robot-state policy as TorchScript, with deterministic weights; no downloads."""
-    from edge_deploy.sample import write_sample_policy
+    from edge_deploy.model.sample import write_sample_policy
 
     written = write_sample_policy(output, calibration_out, samples)
     if as_json:

@@ -1,7 +1,7 @@
 """How TensorRT builds a bundle at a precision, per TensorRT version: which ONNX file, which network typing,
 which builder flags, whether an INT8 calibrator runs. Pure (no TensorRT import), so every branch is tested.
 
-Bundles record their precision in ``bundle.json`` (edge_deploy.pipeline.convert / quantize): ``model.onnx``
+Bundles record their precision in ``bundle.json`` (edge_deploy.model.convert / quantize): ``model.onnx``
 is the graph at the bundle's precision and ``quantization.fp32_model`` names the FP32 graph beside it;
 ``quantization.format`` says what ``model.onnx`` carries: ``QDQ`` (INT8 scales in Q/DQ nodes),
 ``fp16 ONNX ...`` (FP16 weights and compute), or, for an FP16 bundle converted with ``--fp16-flag-only``,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_deploy.errors import ExportError, InputError, PipelineOptionError
-from edge_deploy.pipeline.loading import BATCH_AXIS, SourceModel
+from edge_deploy.model.loading import BATCH_AXIS, SourceModel
 from edge_runtime.bundle import TensorSpec
 
 MIN_OPSET = 15

@@ -27,7 +27,7 @@ from edge_runtime.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 BAKE_FILE = REPO_ROOT / "docker" / "docker-bake.hcl"
 REQUIREMENTS_PY = REPO_ROOT / "docker" / "requirements.py"
 WHEELHOUSE_ROOT = REPO_ROOT / ".edge" / "wheelhouse"

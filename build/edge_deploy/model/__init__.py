@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from edge_deploy.pipeline.convert import ConvertOptions, ConvertResult, Step, convert
+from edge_deploy.model.convert import ConvertOptions, ConvertResult, Step, convert
 
 __all__ = ["ConvertOptions", "ConvertResult", "Step", "convert"]

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_deploy.bundle.writer import BundleWriter, check_writable
 from edge_deploy.errors import CalibrationError, PipelineOptionError, ValidationError
-from edge_deploy.pipeline import export as export_mod
-from edge_deploy.pipeline import quantize, sanitize, validate
-from edge_deploy.pipeline.bundle_writer import BundleWriter, check_writable
-from edge_deploy.pipeline.loading import SourceModel, load_model
+from edge_deploy.model import export as export_mod
+from edge_deploy.model import quantize, sanitize, validate
+from edge_deploy.model.loading import SourceModel, load_model
 from edge_runtime.bundle import PRECISIONS, BatchProfile, BundleManifest, ModelBundle, TensorSpec
 
 MODEL = "model.onnx"
