@@ -15,372 +15,44 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Fleet, Robot, dump_fleet
+from edge_deploy.simulation.dockerd import (
+    give_compose_plugin,
+    host_bin,
+    start_dockerd,
+    stop_dockerd,
+    unmount_under,
+    write_daemon_config,
+)
+from edge_deploy.simulation.processes import alive, free_port, run, terminate
+from edge_deploy.simulation.sshd import ensure_user, kill_sshd, start_sshd, stop_sshd, write_sshd_config
+from edge_deploy.simulation.state import DEFAULT_STATE_ROOT, RUN_ROOT, SimRobot, Simulation
 
-DEFAULT_STATE_ROOT = Path(os.environ.get("EDGE_FLEET_STATE", "/var/lib/edge-deploy/fleet"))
-RUN_ROOT = Path("/run/edge-deploy/fleet")
 DEFAULT_REGISTRY = os.environ.get("EDGE_REGISTRY", "localhost:5000")
 
-
-@dataclass
-class SimRobot:
-    name: str
-    user: str
-    ssh_port: int
-    service_port: int
-    home: str
-    socket: str
-    data_root: str
-    sshd_pid: int | None = None
-    dockerd_pid: int | None = None
-
-
-@dataclass
-class Simulation:
-    name: str
-    state_dir: str
-    robots: list[SimRobot] = field(default_factory=list)
-    engines: bool = True
-
-    @property
-    def fleet_file(self) -> Path:
-        return Path(self.state_dir) / "fleet.yaml"
-
-    def robot(self, name: str) -> SimRobot:
-        for r in self.robots:
-            if r.name == name:
-                return r
-        raise FleetError(f"Simulated robot {name!r} is not part of fleet {self.name!r}.")
-
-    def save(self) -> None:
-        path = Path(self.state_dir) / "simulation.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, name: str, state_root: Path = DEFAULT_STATE_ROOT) -> Simulation:
-        path = state_root / name / "simulation.json"
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FleetError(f"No simulated fleet named {name!r} under {state_root}.") from None
-        d["robots"] = [SimRobot(**r) for r in d["robots"]]
-        return cls(**d)
-
-
-def host_bin() -> Path | None:
-    """Where the host set-up put dockerd/containerd/runc (``scripts/host-setup --env`` prints it)."""
-    for cand in (os.environ.get("EDGE_HOST_BIN"), "/opt/edge-deploy/host/bin"):
-        if cand and (Path(cand) / "dockerd").is_file():
-            return Path(cand)
-    which = shutil.which("dockerd")
-    return Path(which).parent if which else None
-
-
-def _sshd() -> str:
-    path = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").is_file() else None)
-    if path is None:
-        raise FleetError("sshd is not installed; run scripts/host-setup (or apt-get install openssh-server).")
-    return path
-
-
-def _free_port(start: int, taken: set[int]) -> int:
-    for port in range(start, start + 500):
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise FleetError(f"No free TCP port on 127.0.0.1 from {start} to {start + 499}.")
-
-
-def _run(cmd: list[str], what: str) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise FleetError(f"{what} failed: {(p.stderr or p.stdout).strip()[-300:]}.")
-    return p.stdout
-
-
-def _alive(pid: int | None, marker: str) -> bool:
-    """The PID is running and is still the process we started (its command line names our config)."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return marker in cmdline
-
-
-def _terminate(pid: int | None, marker: str, timeout: float = 30) -> None:
-    if not _alive(pid, marker):
-        return
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid, marker):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.2)
-    if _alive(pid, marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _ensure_user(user: str, home: Path) -> None:
-    if subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
-        _run(
-            ["useradd", "--home-dir", str(home), "--create-home", "--shell", "/bin/bash", user],
-            f"creating user {user}",
-        )
-    else:  # left from an earlier simulation: point it at this state directory
-        _run(["usermod", "--home", str(home), user], f"updating user {user}")
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.chown(home, user, user)
-    # sshd refuses a locked account even with a key; '*' disables the password but unlocks the account.
-    _run(["usermod", "-p", "*", "-aG", "docker", user], f"unlocking user {user}")
-
-
-PLUGIN_DIRS = (
-    "/usr/local/lib/docker/cli-plugins",
-    "/usr/lib/docker/cli-plugins",
-    "/usr/libexec/docker/cli-plugins",
-    "/usr/local/libexec/docker/cli-plugins",
-)
-
-
-def _give_compose_plugin(robot: SimRobot) -> None:
-    """Robots run `docker compose`: when the plugin is not installed system-wide, link the one beside the
-    host's engine binaries into the robot user's own plugin directory."""
-    if any((Path(d) / "docker-compose").is_file() for d in PLUGIN_DIRS):
-        return
-    bin_dir = host_bin()
-    plugin = bin_dir / "docker-compose" if bin_dir else None
-    if plugin is None or not plugin.is_file():
-        return
-    target = Path(robot.home) / ".docker" / "cli-plugins"
-    target.mkdir(parents=True, exist_ok=True)
-    link = target / "docker-compose"
-    link.unlink(missing_ok=True)
-    link.symlink_to(plugin)
-    for p in (target.parent, target):
-        shutil.chown(p, robot.user, robot.user)
-
-
-def _write_sshd_config(rdir: Path, robot: SimRobot) -> Path:
-    cfg = rdir / "sshd_config"
-    cfg.write_text(
-        "\n".join(
-            [
-                f"Port {robot.ssh_port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {rdir / 'ssh_host_ed25519_key'}",
-                f"PidFile {rdir / 'sshd.pid'}",
-                f"AllowUsers {robot.user}",
-                "UsePAM no",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication yes",
-                "PermitRootLogin no",
-                "AuthorizedKeysFile .ssh/authorized_keys",
-                "AllowTcpForwarding local",
-                "X11Forwarding no",
-                "Subsystem sftp internal-sftp",
-                f"SetEnv DOCKER_HOST=unix://{robot.socket}",
-                "",
-            ]
-        )
-    )
-    return cfg
-
-
-NVIDIA_RUNTIME = "nvidia"  # the name compose.jetson.yaml asks for
-
-
-def _runc() -> str:
-    """runc for the ``nvidia`` stand-in runtime: beside the host set-up's engine binaries, else on PATH."""
-    bin_dir = host_bin()
-    search = os.pathsep.join([*([str(bin_dir)] if bin_dir else []), os.environ.get("PATH", "/usr/bin:/bin")])
-    return shutil.which("runc", path=search) or shutil.which("runc", path="/usr/sbin:/usr/bin") or "runc"
-
-
-def _write_daemon_config(rdir: Path, robot: SimRobot, exec_root: Path, registry: str) -> Path:
-    cfg = rdir / "daemon.json"
-    registries = sorted({registry, "localhost:5000", "127.0.0.1:5000"})
-    cfg.write_text(
-        json.dumps(
-            {
-                "data-root": robot.data_root,
-                "exec-root": str(exec_root),
-                "pidfile": str(rdir / "dockerd.pid"),
-                "hosts": [f"unix://{robot.socket}"],
-                "group": "docker",
-                "bridge": "none",
-                "iptables": False,
-                "ip6tables": False,
-                "ip-masq": False,
-                "features": {"containerd-snapshotter": True},
-                "insecure-registries": registries,
-                # Stand-in of the NVIDIA container runtime: plain runc, no GPU (see the module docstring).
-                "runtimes": {NVIDIA_RUNTIME: {"path": _runc()}},
-                "log-driver": "json-file",
-                "log-opts": {"max-size": "10m", "max-file": "2"},
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    return cfg
-
-
-def _wait_docker(sock: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise FleetError(
-                f"The robot engine for {sock} exited during start-up (see dockerd.log beside it)."
-            )
-        p = subprocess.run(
-            ["docker", "-H", f"unix://{sock}", "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            text=True,
-        )
-        if p.returncode == 0:
-            return
-        time.sleep(0.5)
-    raise FleetError(f"The robot engine at {sock} did not answer within {timeout:.0f} s.")
-
-
-def _wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise FleetError(f"sshd did not listen on 127.0.0.1:{port} within {timeout:.0f} s.")
-
-
-def start_sshd(sim: Simulation, robot: SimRobot) -> None:
-    rdir = Path(sim.state_dir) / "robots" / robot.name
-    cfg = rdir / "sshd_config"
-    if _alive(robot.sshd_pid, str(cfg)):
-        return
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    (rdir / "sshd.pid").unlink(missing_ok=True)
-    log = rdir / "sshd.log"
-    _run([_sshd(), "-f", str(cfg), "-E", str(log)], f"starting sshd for {robot.name}")
-    # The daemon writes its pidfile once it listens; a port answering without it is someone else's.
-    pidfile = rdir / "sshd.pid"
-    deadline = time.monotonic() + 15
-    pid: int | None = None
-    while pid is None and time.monotonic() < deadline:
-        try:  # the file can exist before the number is written into it
-            pid = int(pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            time.sleep(0.1)
-    if pid is None:
-        last = (log.read_text().strip().splitlines() or ["no log"])[-1] if log.is_file() else "no log"
-        raise FleetError(f"sshd for {robot.name} did not start on 127.0.0.1:{robot.ssh_port} ({last}).")
-    robot.sshd_pid = pid
-    _wait_port(robot.ssh_port)
-
-
-def stop_sshd(sim: Simulation, robot: SimRobot) -> None:
-    """Take a robot off the network (its engine keeps running), as a robot out of Wi-Fi range would be."""
-    _terminate(robot.sshd_pid, str(Path(sim.state_dir) / "robots" / robot.name / "sshd_config"))
-    robot.sshd_pid = None
-
-
-def _sshd_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants that are sshd processes (per-connection sessions): killing them drops
-    every open connection; what the sessions started loses its connection as on a real link failure."""
-    children: dict[int, list[int]] = {}
-    comm: dict[int, str] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            comm[int(d.name)] = (d / "comm").read_text().strip()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(c for c in children.get(p, []) if comm.get(c, "").startswith("sshd"))
-    return out
-
-
-def kill_sshd(sim: Simulation, robot: SimRobot) -> list[int]:
-    """Drop a robot off the network at once, mid-session: SIGKILL its sshd and every session it serves
-    (a Wi-Fi link lost during an update), not the graceful stop of ``stop_sshd``. Returns the PIDs killed;
-    ``start_sshd`` brings it back."""
-    cfg = str(Path(sim.state_dir) / "robots" / robot.name / "sshd_config")
-    if not _alive(robot.sshd_pid, cfg):
-        return []
-    assert robot.sshd_pid is not None
-    pids = _sshd_tree(robot.sshd_pid)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(robot.sshd_pid, os.WNOHANG)
-    robot.sshd_pid = None
-    return pids
-
-
-def stop_dockerd(sim: Simulation, robot: SimRobot) -> None:
-    """Stop one robot's engine (its containers stop with it), e.g. to move its data root."""
-    _terminate(
-        robot.dockerd_pid, str(Path(sim.state_dir) / "robots" / robot.name / "daemon.json"), timeout=60
-    )
-    robot.dockerd_pid = None
-    sim.save()
-
-
-def start_dockerd(sim: Simulation, robot: SimRobot) -> None:
-    rdir = Path(sim.state_dir) / "robots" / robot.name
-    cfg = rdir / "daemon.json"
-    if _alive(robot.dockerd_pid, str(cfg)):
-        return
-    bin_dir = host_bin()
-    if bin_dir is None:
-        raise FleetError("No dockerd found: run scripts/host-setup first (it installs the engine binaries).")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    env.pop("DOCKER_HOST", None)
-    with open(rdir / "dockerd.log", "ab") as log:
-        proc = subprocess.Popen(
-            [str(bin_dir / "dockerd"), "--config-file", str(cfg)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    robot.dockerd_pid = proc.pid
-    sim.save()
-    _wait_docker(robot.socket, proc)
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "DEFAULT_STATE_ROOT",
+    "SimRobot",
+    "Simulation",
+    "host_bin",
+    "kill_sshd",
+    "list_simulations",
+    "simulate",
+    "simulated",
+    "start_dockerd",
+    "start_sshd",
+    "stop",
+    "stop_dockerd",
+    "stop_sshd",
+]
 
 
 def simulate(
@@ -430,7 +102,7 @@ def simulate(
             )
     key = state / "id_ed25519"
     if not key.is_file():
-        _run(
+        run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"edge-deploy@{name}", "-f", str(key)],
             "creating the fleet's SSH key",
         )
@@ -447,8 +119,8 @@ def simulate(
         robot = old or SimRobot(
             name=rname,
             user=f"edge-{name}-{i}"[:32],
-            ssh_port=_free_port(ssh_port_base, taken),
-            service_port=_free_port(service_port_base, taken),
+            ssh_port=free_port(ssh_port_base, taken),
+            service_port=free_port(service_port_base, taken),
             home=str(rdir / "home"),
             socket=str(RUN_ROOT / name / f"{i}.sock"),
             data_root=str(rdir / "docker"),
@@ -456,10 +128,10 @@ def simulate(
         taken.update({robot.ssh_port, robot.service_port})
         if old is None:
             sim.robots.append(robot)
-        _ensure_user(robot.user, Path(robot.home))
+        ensure_user(robot.user, Path(robot.home))
         hostkey = rdir / "ssh_host_ed25519_key"
         if not hostkey.is_file():
-            _run(
+            run(
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", rname, "-f", str(hostkey)],
                 f"creating the host key of {rname}",
             )
@@ -472,9 +144,9 @@ def simulate(
         os.chmod(robot.home, 0o755)
         pub = Path(f"{hostkey}.pub").read_text().split()
         known_lines.append(f"[127.0.0.1]:{robot.ssh_port} {pub[0]} {pub[1]}")
-        _give_compose_plugin(robot)
-        _write_sshd_config(rdir, robot)
-        _write_daemon_config(rdir, robot, exec_root, registry)
+        give_compose_plugin(robot)
+        write_sshd_config(rdir, robot)
+        write_daemon_config(rdir, robot, exec_root, registry)
     sim.robots = sim.robots[:robots]
     (state / "known_hosts").write_text("\n".join(known_lines) + "\n")
     sim.save()
@@ -525,33 +197,21 @@ def _native(platform: str) -> bool:
     return platform.split("/")[-1] == {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def _unmount_under(prefix: Path) -> None:
-    """Unmount what a stopped engine left below ``prefix`` (its netns file, overlay snapshots), deepest
-    first, so the directory can be removed."""
-    root = str(prefix).rstrip("/") + "/"
-    try:
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return
-    for mnt in sorted((m for m in mounts if m.startswith(root) or m == root[:-1]), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
-
-
 def stop(sim: Simulation, *, purge: bool = False) -> None:
     """Stop every recorded sshd and dockerd by PID (the engines stop their containers); ``purge`` also
     deletes the robots' users and state."""
     for robot in sim.robots:
         rdir = Path(sim.state_dir) / "robots" / robot.name
         stop_sshd(sim, robot)
-        _terminate(robot.dockerd_pid, str(rdir / "daemon.json"), timeout=60)
+        terminate(robot.dockerd_pid, str(rdir / "daemon.json"), timeout=60)
         robot.dockerd_pid = None
     if Path(sim.state_dir).is_dir():
         sim.save()
     if purge:
         for robot in sim.robots:
             subprocess.run(["userdel", robot.user], capture_output=True)
-            _unmount_under(Path(robot.data_root))
-        _unmount_under(RUN_ROOT / sim.name)
+            unmount_under(Path(robot.data_root))
+        unmount_under(RUN_ROOT / sim.name)
         shutil.rmtree(sim.state_dir, ignore_errors=True)
         shutil.rmtree(RUN_ROOT / sim.name, ignore_errors=True)
 
@@ -604,8 +264,8 @@ def list_simulations(state_root: Path = DEFAULT_STATE_ROOT) -> list[dict[str, An
                         "robot": r.name,
                         "ssh": f"{r.user}@127.0.0.1:{r.ssh_port}",
                         "service_port": r.service_port,
-                        "sshd": _alive(r.sshd_pid, str(rdir / "sshd_config")),
-                        "dockerd": _alive(r.dockerd_pid, str(rdir / "daemon.json")),
+                        "sshd": alive(r.sshd_pid, str(rdir / "sshd_config")),
+                        "dockerd": alive(r.dockerd_pid, str(rdir / "daemon.json")),
                         "fleet_file": str(sim.fleet_file),
                     }
                 )
