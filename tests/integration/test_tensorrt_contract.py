@@ -1,5 +1,8 @@
 """Contract tests: the TensorRT backend against TensorRT's REAL Python bindings 10.3, 10.13 and 11.4.
 
+This file crosses both sides on purpose (the host's ``convert`` makes the bundles the robot's backend
+builds), so it lives here and not under tests/runtime, whose tests never import the host side.
+
 For each version, tests/runtime/tensorrt_harness.py prepares the bindings wheel from PyPI, stand-in native
 libraries and type stubs under .edge/tensorrt/<version>/; tests/runtime/tensorrt_contract_cases.py then runs
 under pytest in a subprocess with PYTHONPATH=<that version's site>:runtime and LD_LIBRARY_PATH=<its stand-in
@@ -27,7 +30,7 @@ from tests.runtime.conftest import write_tiny_bundle
 from tests.runtime.tensorrt_harness import REPO, VERSIONS, HarnessError, prepare
 from tests.support import need
 
-CASES = Path(__file__).with_name("tensorrt_contract_cases.py")
+CASES = REPO / "tests" / "runtime" / "tensorrt_contract_cases.py"
 MIN_CASES = (
     35  # what the cases file holds per version (parametrized); fewer means something was not collected
 )

@@ -11,14 +11,13 @@ from starlette.testclient import TestClient
 
 from edge_runtime.bundle import BatchProfile
 from edge_runtime.service import InferenceService, ServiceConfig, create_app
+from tests.runtime.bundles import write_linear_bundle
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def write_tiny_bundle(root: Path, seed: int = 0, batch: BatchProfile | None = None) -> Path:
     """Write a bundle whose policy is GlobalAveragePool(image) ++ robot_state → Gemm → action[batch, 7]."""
-    from edge_deploy.model.sample import write_linear_bundle
-
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((3 + 48, 7)).astype(np.float32)
     bias = rng.standard_normal(7).astype(np.float32)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 if "EDGE_TRT_CONTRACT_VERSION" not in os.environ:  # pragma: no cover - only run through the outer test
-    pytest.skip("run through tests/runtime/test_tensorrt_contract.py", allow_module_level=True)
+    pytest.skip("run through tests/integration/test_tensorrt_contract.py", allow_module_level=True)
 
 import tensorrt as trt
 from packaging.version import Version

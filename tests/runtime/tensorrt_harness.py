@@ -13,7 +13,7 @@ For each version it keeps, under ``.edge/tensorrt/<version>/`` (gitignored, re-u
     ready.json  what the above was made from; a matching stamp makes ``prepare`` a no-op
 
 Usage: ``scripts/tensorrt-contract [prepare|mypy|env VERSION] [--version V ...]``. The contract tests
-(tests/runtime/test_tensorrt_contract.py) call ``prepare`` themselves.
+(tests/integration/test_tensorrt_contract.py) call ``prepare`` themselves.
 """
 
 from __future__ import annotations

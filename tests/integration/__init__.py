@@ -1,0 +1,1 @@
+"""Tests that cross both sides: host conversion feeding the robot runtime."""

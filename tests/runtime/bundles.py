@@ -1,0 +1,89 @@
+"""Tiny model bundles for runtime tests, written with onnx.helper and ``edge_runtime.bundle`` alone.
+
+The runtime side must test without the host side (and so without torch): these graphs have the sample
+policy's interface (image [B,3,H,W] + robot_state [B,48] → action [B,7]) so every runtime test can use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle import BatchProfile, BundleManifest, TensorSpec, sha256_file
+
+STATE_DIM = 48
+ACTION_DIM = 7
+
+
+def write_onnx_bundle(
+    root: Path,
+    nodes: list[Any],
+    initializers: list[Any],
+    *,
+    image_hw: int = 224,
+    batch: BatchProfile | None = None,
+    name: str = "policy",
+    producer: str = "edge-tests",
+) -> Path:
+    """An fp32 bundle (model.onnx + bundle.json) for a graph with the sample policy's interface."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image: tuple[int | str, ...] = ("batch", 3, image_hw, image_hw)
+    graph = helper.make_graph(
+        nodes,
+        name.replace("-", "_"),
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, list(image)),
+            helper.make_tensor_value_info("robot_state", TensorProto.FLOAT, ["batch", STATE_DIM]),
+        ],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", ACTION_DIM])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    root.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, root / "model.onnx")
+    manifest = BundleManifest(
+        precision="fp32",
+        opset=17,
+        inputs=[
+            TensorSpec("image", "float32", image),
+            TensorSpec("robot_state", "float32", ("batch", STATE_DIM)),
+        ],
+        outputs=[TensorSpec("action", "float32", ("batch", ACTION_DIM))],
+        batch=batch or BatchProfile(1, 1, 8),
+        files={"model.onnx": sha256_file(root / "model.onnx")},
+        name=name,
+    )
+    (root / "bundle.json").write_text(manifest.to_json())
+    return root
+
+
+def write_linear_bundle(
+    root: Path,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    *,
+    image_hw: int = 224,
+    batch: BatchProfile | None = None,
+    name: str = "tiny-policy",
+    producer: str = "edge-tests",
+) -> Path:
+    """GlobalAveragePool(image) ++ robot_state → Gemm(weight [3+48, 7], bias [7]) → action, as a bundle."""
+    from onnx import helper, numpy_helper
+
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["pooled_flat"], axis=1),
+        helper.make_node("Concat", ["pooled_flat", "robot_state"], ["features"], axis=1),
+        helper.make_node("Gemm", ["features", "W", "B"], ["action"]),
+    ]
+    inits = [
+        numpy_helper.from_array(weight.astype(np.float32), "W"),
+        numpy_helper.from_array(bias.astype(np.float32), "B"),
+    ]
+    return write_onnx_bundle(root, nodes, inits, image_hw=image_hw, batch=batch, name=name, producer=producer)
