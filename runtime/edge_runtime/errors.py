@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class EdgeError(Exception):
-    """Base class; ``str(err)`` is the one sentence shown to the user."""
+    """Base class; ``str(err)`` is the one sentence shown to the user.
+
+    A sentence that tells the user to set an option names it by its keyword between backticks (as in
+    "pass `public_key`") and lists it in ``option``; a CLI spells it as its own flag (``--key``) through
+    :meth:`spelled`, so the library never names one command's flags.
+    """
 
     exit_code = 2
+
+    def __init__(self, *args: object, option: str | tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.options: tuple[str, ...] = (option,) if isinstance(option, str) else tuple(option)
+
+    def spelled(self, names: Mapping[str, str]) -> str:
+        """The sentence with each of its options written as ``names`` spells it (option → flag); an option
+        ``names`` lacks keeps its keyword."""
+        text = str(self)
+        for option in self.options:
+            if option in names:
+                text = text.replace(f"`{option}`", names[option])
+        return text
 
 
 class BundleError(EdgeError):
