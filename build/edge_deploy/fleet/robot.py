@@ -32,6 +32,7 @@ import asyncssh
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Robot, compose_dir_problem
+from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.fleet.ssh import RobotConnection, RobotUnreachable, backoff, q
 from edge_deploy.release.tags import VersionError, check_version
 from edge_runtime.errors import EdgeError
@@ -105,35 +106,6 @@ class RobotResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class DeployRequest:
-    """One release as a robot receives it."""
-
-    version: str
-    image: str  # repository@sha256:…
-    release: dict[str, Any] = field(default_factory=dict)  # release.json content
-    include_ros2: bool = False
-    ros_domain_id: int = 0
-    auto_start: bool = False  # install and enable the systemd unit
-    health_timeout_s: float = 600.0
-    smoke: bool = True  # one inference on an input made from the served model's metadata
-    force: bool = False  # deploy even if the version is marked bad on the robot
-    prune: bool = True
-    # Build the new release's engine into the robot's cache before the switch, while the running release
-    # keeps serving: the switch then only loads it (seconds instead of a TensorRT build of minutes).
-    prebuild: bool = True
-    # The release manifest's required_backend: "tensorrt", "any", or None (the robot's gpu and
-    # allow_cpu_fallback decide); see expected_backend.
-    required_backend: str | None = None
-    # How long the robot waits, once the new release is up, for the operator's health gate to confirm it;
-    # without a confirmation (the connection died, the tool was killed) it restores the previous release.
-    confirm_timeout_s: float = 300.0
-    # Releases the operator knows (digest → (version, repository@digest)), to name what a robot really
-    # runs when someone pinned an image by hand.
-    known_images: dict[str, tuple[str, str]] = field(default_factory=dict)
-    action: str = "deploy"  # the history's word for it ("rollback" for rollback --to a release not kept)
 
 
 class GateFailed(FleetError):
