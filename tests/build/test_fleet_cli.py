@@ -21,7 +21,7 @@ def test_malformed_fleet_yaml_is_one_clear_sentence(tmp_path: Path) -> None:
     (tmp_path / "fleet.yaml").write_text(
         "robots:\n  - name: arm-1\n    host: 10.0.0.1\n    jetson_model: tx2\n"
     )
-    p = edge_deploy("status", "--fleet", "fleet.yaml", cwd=tmp_path)
+    p = edge_deploy("fleet", "status", "--fleet", "fleet.yaml", cwd=tmp_path)
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
@@ -47,6 +47,7 @@ def test_dry_run_prints_waves(tmp_path: Path) -> None:
         tmp_path / "releases",
     )
     p = edge_deploy(
+        "fleet",
         "rollout",
         "0.1.0",
         "--fleet",
@@ -82,7 +83,7 @@ def test_tag_only_release_is_refused(tmp_path: Path) -> None:
         ),
         tmp_path / "releases",
     )
-    p = edge_deploy("rollout", "0.1.0", "--fleet", "fleet.yaml", cwd=tmp_path)
+    p = edge_deploy("fleet", "rollout", "0.1.0", "--fleet", "fleet.yaml", cwd=tmp_path)
     assert p.returncode != 0 and "does not pin its runtime image by digest" in p.stderr
 
 
@@ -106,7 +107,7 @@ def test_status_table_never_cuts_names_on_80_columns(tmp_path: Path) -> None:
     (tmp_path / "fleet.yaml").write_text("robots:\n" + robots)
     for columns, digest in (("80", False), ("120", True)):
         p = subprocess.run(
-            [sys.executable, "-m", "edge_deploy", "status", "--fleet", "fleet.yaml"],
+            [sys.executable, "-m", "edge_deploy", "fleet", "status", "--fleet", "fleet.yaml"],
             cwd=tmp_path,
             capture_output=True,
             text=True,

@@ -1,4 +1,4 @@
-"""``edge-deploy release|verify|promote`` argument handling and error sentences (no registry needed)."""
+"""``edge-deploy release create|list|show|verify|promote`` argument handling and error sentences (no registry needed)."""
 
 from __future__ import annotations
 
@@ -61,15 +61,15 @@ def test_list_and_show(checkout: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_unknown_version_for_show_verify_promote(checkout: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for args in (
         ["release", "show", "9.9.9"],
-        ["verify", "9.9.9"],
-        ["promote", "9.9.9", "--channel", "stable"],
+        ["release", "verify", "9.9.9"],
+        ["release", "promote", "9.9.9", "--channel", "stable"],
     ):
         code, _, err = run_cli(capsys, *args)
         assert code != 0 and "error: Release 9.9.9 is unknown" in err, args
 
 
 def test_promote_needs_a_known_channel(checkout: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(capsys, "promote", "0.1.0", "--channel", "nightly")
+    code, _, err = run_cli(capsys, "release", "promote", "0.1.0", "--channel", "nightly")
     assert code == 2 and "nightly" in err
 
 

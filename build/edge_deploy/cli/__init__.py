@@ -1,32 +1,78 @@
-"""``edge-deploy``: the host-side command (model conversion, images, releases, rollouts)."""
+"""``edge-deploy``: the host-side command (model conversion, images, releases, fleets).
+
+The layout follows the flow: ``sample-model``, ``convert``, ``bench``; ``host``; ``image``; ``release``
+(create, list, show, verify, promote); ``fleet`` (rollout, rollback, status, history, infer, and ``sim`` for
+simulated robots). Commands load on use, and --help lists them without importing any.
+"""
 
 from __future__ import annotations
 
 import sys
 
 from edge_deploy import __version__
-from edge_runtime.cli.app import lazy_cli, run
+from edge_runtime.cli.app import DEVICE_MODULES, Lazy, lazy_cli, run
 
-COMMANDS = {
+COMMANDS: dict[str, str | Lazy] = {
     # model pipeline
-    "sample-model": "edge_deploy.cli.sample_model:sample_model",
-    "convert": "edge_deploy.cli.convert:convert",
-    "bench": "edge_deploy.cli.bench:bench",
+    "sample-model": Lazy(
+        "edge_deploy.cli.sample_model:sample_model",
+        "Write a small sample policy (TorchScript) and a calibration set; no downloads.",
+    ),
+    "convert": Lazy(
+        "edge_deploy.cli.convert:convert",
+        "Export, sanitize, validate and quantize a model into a model bundle.",
+    ),
+    "bench": Lazy(
+        "edge_deploy.cli.bench:bench",
+        "Latency, throughput and peak memory of a model bundle on ONNX Runtime.",
+    ),
     # host, images
-    "host": "edge_deploy.cli.host:host",
-    "image": "edge_deploy.cli.image:image",
+    "host": Lazy(
+        "edge_deploy.cli.host:host",
+        "The Docker harness on this machine: setup, status, env, teardown.",
+    ),
+    "image": Lazy(
+        "edge_deploy.cli.image:image",
+        "Build the x86 converter image and the L4T arm64 runtime image.",
+    ),
     # releases
-    "release": "edge_deploy.cli.release:release",
-    "verify": "edge_deploy.cli.release:verify",
-    "promote": "edge_deploy.cli.release:promote",
-    # fleet
-    "fleet": "edge_deploy.cli.fleet:fleet",
-    "rollout": "edge_deploy.cli.rollout:rollout",
-    "rollback": "edge_deploy.cli.rollout:rollback",
-    "status": "edge_deploy.cli.rollout:status",
-    "history": "edge_deploy.cli.rollout:history",
+    "release": Lazy(
+        "edge_deploy.cli.release:release",
+        "Releases: create (build, push, sign, tag), list, show, verify, promote.",
+    ),
+    # fleets
+    "fleet": Lazy(
+        "edge_deploy.cli.fleet:fleet",
+        "Robots of a fleet.yaml: rollout, rollback, status, history, infer; sim for simulated robots.",
+    ),
+    # old spellings, hidden, kept for one version
+    "verify": Lazy("edge_deploy.cli.release:verify", replaced_by="release verify"),
+    "promote": Lazy("edge_deploy.cli.release:promote", replaced_by="release promote"),
+    "rollout": Lazy("edge_deploy.cli.rollout:rollout", replaced_by="fleet rollout"),
+    "rollback": Lazy("edge_deploy.cli.rollout:rollback", replaced_by="fleet rollback"),
+    "status": Lazy("edge_deploy.cli.rollout:status", replaced_by="fleet status"),
+    "history": Lazy("edge_deploy.cli.rollout:history", replaced_by="fleet history"),
 }
 
+# Import names of the `[host]` extra's packages: with only `[device]` installed, a command that needs one ends
+# in one sentence naming `pip install 'edge-deploy[host]'`.
+HOST_MODULES = {
+    module: "host"
+    for module in (
+        "torch",
+        "onnx",
+        "onnxscript",
+        "polygraphy",
+        "onnx_graphsurgeon",
+        "yaml",
+        "semver",
+        "asyncssh",
+        "rich",
+        "tenacity",
+        "httpx",
+    )
+}
+EXTRAS = {**DEVICE_MODULES, **HOST_MODULES}
 
 cli = lazy_cli(
     "edge-deploy",
@@ -37,4 +83,4 @@ cli = lazy_cli(
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run(cli, argv, prog_name="edge-deploy"))
+    sys.exit(run(cli, argv, prog_name="edge-deploy", extras=EXTRAS))

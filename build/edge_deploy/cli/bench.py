@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from edge_deploy.cli.options import json_option
+
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -21,7 +23,7 @@ import click
     show_default=True,
     help="ONNX Runtime intra-op threads (0 = library default).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 def bench(bundle: Path, runs: int, warmup: int, batch: int | None, threads: int, as_json: bool) -> None:
     """Benchmark BUNDLE on the ONNX Runtime backend: latency mean/p50/p90/p99, throughput, peak RSS."""
     from edge_deploy.model.bench import bench_bundle

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edge_deploy.cli.options import json_option
 from edge_runtime.bundle import PRECISIONS
 
 
@@ -61,7 +62,7 @@ from edge_runtime.bundle import PRECISIONS
     "(a TensorRT version that rejects the shipped cache). 0 keeps model-only releases small.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@json_option("Print the summary as JSON on stdout.")
 def convert(
     model: Path,
     output: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edge_deploy.cli.options import calibration_name, image_options
+from edge_deploy.cli.options import calibration_name, image_options, json_option
 from edge_deploy.images import build_images
 
 
@@ -23,7 +23,7 @@ def image() -> None:
 @image_options
 @click.option("--push", is_flag=True, help="Push to the registry and report digests.")
 @click.option("--set", "overrides", multiple=True, help="Bake override, e.g. runtime.args.BATCH=1,2,4.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 def build(
     model: Path,
     precision: str,

@@ -1,6 +1,7 @@
-"""Options that `image build` and `release create` both take, defined once: the same model, precision,
-calibration, registry, bases and platforms mean the same thing (and are checked the same way, before any
-work starts) whichever command builds the images."""
+"""Options several commands take, defined once so that a flag means the same everywhere: --json, --fleet,
+--group, --device, --releases-dir, --key and --registry; and the image options that `image build` and
+`release create` both take (the same model, precision, calibration, registry, bases and platforms are
+checked the same way, before any work starts, whichever command builds the images)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def image_options(f: F) -> F:
                 default=None,
                 help="Calibration npz (int8); must sit in the model's directory (the build context).",
             ),
-            click.option("--registry", envvar="EDGE_REGISTRY", default="localhost:5000", show_default=True),
+            registry_option("localhost:5000", help="Registry the images are pushed to."),
             click.option("--prefix", "image_prefix", default="edge-deploy", show_default=True),
             click.option(
                 "--l4t-base",
@@ -77,3 +78,80 @@ def calibration_name(model: Path, calibration: Path | None) -> str:
             "--calibration must be in the same directory as the model (the build context)."
         )
     return calibration.name
+
+
+def json_option(help: str = "Print the result as JSON on stdout.") -> Callable[[F], F]:
+    """--json (parameter ``as_json``): machine-readable output instead of the text for people."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def fleet_option() -> Callable[[F], F]:
+    """--fleet (parameter ``fleet_file``): the fleet inventory."""
+    return click.option(
+        "--fleet",
+        "fleet_file",
+        type=click.Path(path_type=Path),
+        default=Path("fleet.yaml"),
+        show_default=True,
+        envvar="EDGE_FLEET",
+        show_envvar=True,
+        help="Fleet inventory (fleet.yaml).",
+    )
+
+
+def group_option() -> Callable[[F], F]:
+    """--group: only the robots of one inventory group."""
+    return click.option("--group", help="Only robots of this inventory group.")
+
+
+def devices_option() -> Callable[[F], F]:
+    """--device, repeatable (parameter ``devices``): only these robots."""
+    return click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
+
+
+def device_option(help: str = "Robot name from the inventory.") -> Callable[[F], F]:
+    """--device, exactly one robot (parameter ``device``)."""
+    return click.option("--device", required=True, help=help)
+
+
+def releases_dir_option(
+    help: str = "Where release manifests (<VERSION>.json) live [default: `releases_dir:` in fleet.yaml, "
+    "else ./releases].",
+) -> Callable[[F], F]:
+    """--releases-dir: where the release manifests live."""
+    return click.option("--releases-dir", type=click.Path(path_type=Path), default=None, help=help)
+
+
+def public_key_option(
+    help: str, default: Path | None = None, envvar: str | None = None, must_exist: bool = False
+) -> Callable[[F], F]:
+    """--key (parameter ``public_key``): the cosign public key signatures are verified with."""
+    return click.option(
+        "--key",
+        "public_key",
+        type=click.Path(exists=must_exist, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        envvar=envvar,
+        show_envvar=envvar is not None,
+        help=help,
+    )
+
+
+def signing_key_option() -> Callable[[F], F]:
+    """--key (parameter ``key``): the cosign private key a release is signed with."""
+    return click.option(
+        "--key",
+        type=click.Path(path_type=Path),
+        envvar="EDGE_COSIGN_KEY",
+        show_envvar=True,
+        default=None,
+        help="cosign private key; its password comes from COSIGN_PASSWORD.",
+    )
+
+
+def registry_option(default: str, help: str | None = None) -> Callable[[F], F]:
+    """--registry: the registry images are pushed to or pulled from."""
+    return click.option(
+        "--registry", envvar="EDGE_REGISTRY", show_envvar=True, default=default, show_default=True, help=help
+    )

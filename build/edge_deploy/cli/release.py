@@ -1,4 +1,5 @@
-"""``edge-deploy release VERSION | list | show``, ``verify`` and ``promote``: argument parsing and output."""
+"""``edge-deploy release create | list | show | verify | promote`` (``release VERSION`` is ``release create
+VERSION``): argument parsing and output."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from typing import Any
 
 import click
 
-from edge_deploy.cli.options import calibration_name, image_options
+from edge_deploy.cli.options import (
+    calibration_name,
+    image_options,
+    json_option,
+    public_key_option,
+    releases_dir_option,
+    signing_key_option,
+)
 from edge_deploy.release.manifest import REQUIRED_BACKENDS, ReleaseError, load_release
 from edge_deploy.release.release import IMAGES, Release, ReleaseOptions, sorted_releases
 from edge_deploy.release.tags import CHANNELS, normalize_version
+from edge_runtime.cli.app import OrderedGroup
 
 
 def _repo_root() -> Path:
@@ -28,20 +37,17 @@ def _release(releases_dir: Path | None) -> Release:
     )
 
 
+REPO_RELEASES = releases_dir_option(
+    "Where release manifests (<VERSION>.json) live [default: <repo>/releases]."
+)
+
+
 def _emit(data: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else text)
 
 
-releases_dir_option = click.option(
-    "--releases-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where release manifests live [default: <repo>/releases].",
-)
-
-
-class VersionGroup(click.Group):
-    """A group whose sub-commands are ``list`` and ``show``; anything else is a VERSION to release."""
+class VersionGroup(OrderedGroup):
+    """A group where anything that is not a sub-command's name is a VERSION to release (``create``)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         helping = any(a in ("-h", "--help") for a in args) and not any(not a.startswith("-") for a in args)
@@ -52,7 +58,7 @@ class VersionGroup(click.Group):
 
 @click.group(cls=VersionGroup)
 def release() -> None:
-    """Release VERSION (build, push, sign, tag, manifest), or `list` / `show VERSION`.
+    """Create, list, show, verify and promote releases.
 
     `edge-deploy release VERSION [OPTIONS]` is `edge-deploy release create VERSION [OPTIONS]`
     (see `edge-deploy release create --help`).
@@ -82,13 +88,7 @@ def release() -> None:
 )
 @click.option("--force", is_flag=True, help="Redo an existing version, or release from a dirty tree.")
 @image_options
-@click.option(
-    "--key",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_COSIGN_KEY",
-    default=None,
-    help="cosign private key [env EDGE_COSIGN_KEY]; its password comes from COSIGN_PASSWORD.",
-)
+@signing_key_option()
 @click.option("--no-sign", is_flag=True, help="Release without signatures (verify will then fail).")
 @click.option(
     "--provenance/--no-provenance",
@@ -111,14 +111,14 @@ def release() -> None:
     "(ONNX Runtime on the CPU accepted everywhere, on purpose) [default: each robot's gpu and "
     "allow_cpu_fallback in fleet.yaml decide].",
 )
-@releases_dir_option
+@REPO_RELEASES
 @click.option(
     "--git-tag/--no-git-tag",
     default=True,
     show_default=True,
     help="Create the annotated git tag vVERSION (off for trial releases such as the quickstart).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@json_option("Print the manifest as JSON.")
 def create(
     version: str,
     model: Path | None,
@@ -192,8 +192,8 @@ def create(
 
 
 @release.command("list")
-@releases_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@REPO_RELEASES
+@json_option()
 def list_(releases_dir: Path | None, as_json: bool) -> None:
     """Releases recorded in the repository, oldest version first."""
     rel = _release(releases_dir)
@@ -220,37 +220,30 @@ def list_(releases_dir: Path | None, as_json: bool) -> None:
 
 @release.command("show")
 @click.argument("version")
-@releases_dir_option
+@REPO_RELEASES
 def show(version: str, releases_dir: Path | None) -> None:
     """Print a release's manifest (JSON)."""
     rel = _release(releases_dir)
     click.echo(load_release(normalize_version(version), rel.releases_dir).to_json(), nl=False)
 
 
-@click.command()
+@release.command("verify")
 @click.argument("version")
-@click.option(
-    "--key",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_COSIGN_PUB",
-    default=Path("cosign.pub"),
-    show_default=True,
-    help="cosign public key [env EDGE_COSIGN_PUB].",
-)
-@releases_dir_option
-@click.option("--json", "as_json", is_flag=True)
-def verify(version: str, key: Path, releases_dir: Path | None, as_json: bool) -> None:
+@public_key_option("cosign public key.", default=Path("cosign.pub"), envvar="EDGE_COSIGN_PUB")
+@REPO_RELEASES
+@json_option()
+def verify(version: str, public_key: Path, releases_dir: Path | None, as_json: bool) -> None:
     """Check that VERSION's tags still point at its recorded digests and that the signatures verify."""
-    report = _release(releases_dir).verify(version, key)
+    report = _release(releases_dir).verify(version, public_key)
     lines = [f"{n}: {r['ref']} signature ok" for n, r in report["images"].items()]
     _emit(report, as_json, "\n".join([f"release {report['version']} verified", *lines]))
 
 
-@click.command()
+@release.command("promote")
 @click.argument("version")
 @click.option("--channel", type=click.Choice(CHANNELS), required=True)
-@releases_dir_option
-@click.option("--json", "as_json", is_flag=True)
+@REPO_RELEASES
+@json_option()
 def promote(version: str, channel: str, releases_dir: Path | None, as_json: bool) -> None:
     """Point CHANNEL at VERSION's image digests (re-tag, no rebuild)."""
     manifest = _release(releases_dir).promote(version, channel)

@@ -1,4 +1,4 @@
-"""``edge-deploy rollout | rollback | status | history``: thin wrappers over ``edge_deploy.rollout``."""
+"""``edge-deploy fleet rollout | rollback | status | history``: thin wrappers over ``edge_deploy.rollout``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 
 import click
 
-FLEET = click.option(
-    "--fleet",
-    "fleet_file",
-    type=click.Path(path_type=Path),
-    default=Path("fleet.yaml"),
-    show_default=True,
-    envvar="EDGE_FLEET",
-    help="Fleet inventory (fleet.yaml).",
+from edge_deploy.cli.options import (
+    device_option,
+    devices_option,
+    fleet_option,
+    group_option,
+    json_option,
+    public_key_option,
+    releases_dir_option,
 )
 
 STYLE = {
@@ -74,9 +74,9 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
 
 @click.command()
 @click.argument("version")
-@FLEET
-@click.option("--group", help="Only robots of this inventory group.")
-@click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
+@fleet_option()
+@group_option()
+@devices_option()
 @click.option(
     "--canary",
     type=click.IntRange(0),
@@ -110,13 +110,11 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     help="Seconds each robot waits, once the new release is up, for this tool's health gate to confirm it; "
     "without a confirmation (a lost connection) the robot restores its previous release on its own.",
 )
-@click.option("--releases-dir", type=click.Path(path_type=Path), help="Where releases/<VERSION>.json live.")
-@click.option(
-    "--key",
-    "public_key",
-    type=click.Path(exists=True, path_type=Path),
-    help="cosign public key; the image signature must verify (also `public_key:` in fleet.yaml). "
+@releases_dir_option()
+@public_key_option(
+    "cosign public key; the image signature must verify (also `public_key:` in fleet.yaml). "
     "Without a key the rollout is refused.",
+    must_exist=True,
 )
 @click.option(
     "--insecure-skip-signature-check",
@@ -135,7 +133,7 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     "(--no-prebuild: the new service builds it at start, e.g. where memory cannot hold both).",
 )
 @click.option("--dry-run", is_flag=True, help="Show the waves; touch no robot.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@json_option("Print the summary as JSON on stdout.")
 def rollout(
     version: str,
     fleet_file: Path,
@@ -202,21 +200,17 @@ def rollout(
 
 
 @click.command()
-@FLEET
+@fleet_option()
 @click.option("--to", "to", help="Release to go back to (default: each robot's previous release).")
-@click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
-@click.option("--group", help="Only robots of this inventory group.")
+@devices_option()
+@group_option()
 @click.option("--health-timeout", type=click.FloatRange(1), default=600, show_default=True)
-@click.option(
-    "--releases-dir",
-    type=click.Path(path_type=Path),
-    help="Where releases/<VERSION>.json live (a --to release no longer kept is deployed from it).",
+@releases_dir_option(
+    "Where release manifests (<VERSION>.json) live: a --to release no longer kept is deployed from its "
+    "manifest [default: `releases_dir:` in fleet.yaml, else ./releases]."
 )
-@click.option(
-    "--key",
-    "public_key",
-    type=click.Path(exists=True, path_type=Path),
-    help="cosign public key for a --to release that must be deployed (also `public_key:`).",
+@public_key_option(
+    "cosign public key for a --to release that must be deployed (also `public_key:`).", must_exist=True
 )
 @click.option(
     "--insecure-skip-signature-check",
@@ -224,7 +218,7 @@ def rollout(
     is_flag=True,
     help="Deploy a --to release no longer kept without verifying its image signature.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def rollback(
     fleet_file: Path,
     to: str | None,
@@ -261,10 +255,10 @@ def rollback(
 
 
 @click.command()
-@FLEET
-@click.option("--group", help="Only robots of this inventory group.")
-@click.option("--device", "devices", multiple=True, help="Only this robot (repeatable).")
-@click.option("--json", "as_json", is_flag=True)
+@fleet_option()
+@group_option()
+@devices_option()
+@json_option()
 def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json: bool) -> None:
     """Version, digest, health, engine state and last result of each robot."""
     from rich import box
@@ -313,10 +307,10 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
 
 
 @click.command()
-@FLEET
-@click.option("--device", required=True, help="Robot name from the inventory.")
+@fleet_option()
+@device_option()
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def history(fleet_file: Path, device: str, limit: int, as_json: bool) -> None:
     """Deploys and rollbacks recorded on one robot, oldest first."""
     from edge_deploy.rollout import device_history

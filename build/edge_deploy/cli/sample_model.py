@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edge_deploy.cli.options import json_option
+
 
 @click.command("sample-model")
 @click.option(
@@ -29,7 +31,7 @@ import click
     show_default=True,
     help="Number of calibration samples.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@json_option("Print what was written as JSON.")
 def sample_model(output: Path, calibration_out: Path | None, samples: int, as_json: bool) -> None:
     """Write a small image + robot-state policy as TorchScript, with deterministic weights; no downloads."""
     from edge_deploy.model.sample import write_sample_policy
