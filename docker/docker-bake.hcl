@@ -8,6 +8,8 @@ variable "IMAGE_PREFIX" { default = "edge-deploy" }
 variable "VERSION" { default = "dev" }
 # Extra tags, comma-separated tag names (the release tool computes them); VERSION is always a tag.
 variable "TAGS" { default = "" }
+# Copies of the JetPack table's default row (runtime/edge_runtime/jetpack.json); `edge-deploy image build`
+# passes the table's values, and tests/build/test_versions_drift.py fails when these defaults drift.
 variable "L4T_BASE" { default = "nvcr.io/nvidia/l4t-jetpack:r36.4.0" }
 variable "CONVERTER_BASE" { default = "python:3.11-slim-bookworm" }
 variable "TORCH_SPEC" { default = "torch==2.13.0" }

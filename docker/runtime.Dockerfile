@@ -1,6 +1,7 @@
 # Robot runtime image (L4T, arm64): edge_runtime + its backend, then the model bundle LAST in its own
 # layer, so a model-only release pushes and pulls one small layer. The model is converted natively on the
 # build platform in the `convert` stage (FROM the converter), never under QEMU.
+# Defaults copied from the JetPack table's default row (runtime/edge_runtime/jetpack.json; drift-tested).
 ARG L4T_BASE=nvcr.io/nvidia/l4t-jetpack:r36.4.0
 ARG CONVERTER_BASE=python:3.11-slim-bookworm
 

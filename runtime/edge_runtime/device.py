@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.jetpack import versions
 from edge_runtime.jetson import module_from_device_tree
 
 _L4T_RE = re.compile(r"#\s*R(?P<major>\d+)\s*\(release\),\s*REVISION:\s*(?P<rev>[\d.]+)(?P<rest>.*)")
@@ -34,8 +35,15 @@ class L4TRelease:
 
     @property
     def jetpack(self) -> str:
-        """JetPack generation this L4T belongs to (R35 → 5, R36 → 6); a hint for humans."""
-        return {32: "4", 34: "5", 35: "5", 36: "6", 38: "7"}.get(self.major, "?")
+        """JetPack generation this L4T belongs to (R35 → 5, R36 → 6, from the JetPack table); a hint for
+        humans, "?" for an L4T major the table does not know."""
+        return versions().generation_for_l4t_major(self.major) or "?"
+
+    @property
+    def jetpack_release(self) -> str | None:
+        """The exact JetPack release (36.4.0 → "6.1") where the table has this L4T release, else None."""
+        row = versions().for_l4t(self.version)
+        return row.jetpack if row else None
 
     @classmethod
     def parse(cls, text: str) -> L4TRelease | None:
@@ -100,7 +108,12 @@ class DeviceProbe:
             "identity": self.identity.key_parts(),
             "l4t": None
             if self.l4t is None
-            else {**asdict(self.l4t), "version": self.l4t.version, "jetpack": self.l4t.jetpack},
+            else {
+                **asdict(self.l4t),
+                "version": self.l4t.version,
+                "jetpack": self.l4t.jetpack,
+                "jetpack_release": self.l4t.jetpack_release,
+            },
             "model": self.model,
             "module": self.module,
             "tensorrt": self.tensorrt,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeError
+from edge_runtime.jetpack import versions
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,12 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 BAKE_FILE = REPO_ROOT / "docker" / "docker-bake.hcl"
 REQUIREMENTS_PY = REPO_ROOT / "docker" / "requirements.py"
 WHEELHOUSE_ROOT = REPO_ROOT / ".edge" / "wheelhouse"
-# Builds for our stand-in bases (Debian 12, Python 3.11); the real JetPack 6 base has Python 3.10.
-DEFAULT_RUNTIME_PYTHON = os.environ.get("EDGE_RUNTIME_PYTHON", "3.10")
+# Bases and Pythons come from the JetPack table's default row (the converter's from the table too); our
+# stand-in base has its own Python (the row's ``standin.python``), passed with --runtime-python.
+DEFAULT_L4T_BASE = str(versions().default.base_image)
+DEFAULT_CONVERTER_BASE = versions().converter_base
+DEFAULT_CONVERTER_PYTHON = versions().converter_python
+DEFAULT_RUNTIME_PYTHON = os.environ.get("EDGE_RUNTIME_PYTHON", versions().default.python)
 # pip for the builds themselves, from the wheelhouse: the runtime image must not rely on the base having
 # python3-pip or ensurepip (l4t-jetpack may ship neither). pip download picks the newest that runs on the
 # image's Python.
@@ -179,7 +184,7 @@ def prepare_wheelhouses(
     *,
     runtime_python: str,
     device: list[str],
-    converter_python: str = "3.11",
+    converter_python: str = DEFAULT_CONVERTER_PYTHON,
     root: Path = WHEELHOUSE_ROOT,
     torch_spec: str = "torch==2.13.0",
     pyproject: Path = REPO_ROOT / "pyproject.toml",
@@ -407,10 +412,9 @@ def build_images(
         "GIT_SHA": git_sha(context),
         "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if l4t_base:
-        variables["L4T_BASE"] = l4t_base
-    if converter_base:
-        variables["CONVERTER_BASE"] = converter_base
+    # the table's bases, passed explicitly: the bake file's own defaults are copies (checked for drift)
+    variables["L4T_BASE"] = l4t_base or DEFAULT_L4T_BASE
+    variables["CONVERTER_BASE"] = converter_base or DEFAULT_CONVERTER_BASE
     with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
         on_step("model stage → bundle")
         exported = Path(tmp) / "bundle"

@@ -30,10 +30,11 @@ import numpy as np
 
 from edge_deploy.errors import CalibrationError, PipelineOptionError, QuantizationError
 from edge_runtime.bundle import TensorSpec
+from edge_runtime.jetpack import default_release
 
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
-# JetPack 6 (L4T r36.4) ships TensorRT 10.3; JetPack 5.1 ships 8.5 (header 8502).
-DEFAULT_TRT_VERSION = "10.3.0"
+# The TensorRT of the default JetPack row (the one the robots' base image ships), from the versions table.
+DEFAULT_TRT_VERSION = default_release().tensorrt
 
 
 def load_calibration(

@@ -31,11 +31,13 @@ from edge_deploy.release.tags import (
     normalize_version,
     parse_version,
 )
+from edge_runtime.jetpack import default_release
 
 log = logging.getLogger(__name__)
 
 IMAGES = ("converter", "runtime")
-DEFAULT_L4T_BASE = "nvcr.io/nvidia/l4t-jetpack:r36.4.0"
+# The base a release records when none is given: the JetPack table's default row (what the build uses).
+DEFAULT_L4T_BASE = str(default_release().base_image)
 
 
 @dataclass
