@@ -9,6 +9,7 @@ import click
 
 from edge_deploy.cli.options import json_option
 from edge_runtime.bundle import PRECISIONS
+from edge_runtime.jetpack import default_release
 
 
 @click.command("convert")
@@ -49,9 +50,9 @@ from edge_runtime.bundle import PRECISIONS
 )
 @click.option(
     "--trt-version",
-    default="10.3.0",
+    default=default_release().tensorrt,
     show_default=True,
-    help="TensorRT version named in the int8 calibration cache header.",
+    help="TensorRT version named in the int8 calibration cache header (the default JetPack's TensorRT).",
 )
 @click.option(
     "--embed-calibration",

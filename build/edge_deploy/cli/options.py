@@ -11,11 +11,18 @@ from typing import Any, TypeVar
 
 import click
 
-from edge_deploy.images.build import DEFAULT_RUNTIME_PYTHON
+from edge_deploy.images.build import DEFAULT_CONVERTER_BASE, DEFAULT_L4T_BASE, DEFAULT_RUNTIME_PYTHON
+from edge_runtime.jetpack import default_release
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 PLATFORMS = ("linux/arm64", "linux/amd64", "linux/arm64,linux/amd64")
+
+
+def _standin_hint() -> str:
+    row = default_release()
+    hint = f"{row.python} on JetPack {row.jetpack}"
+    return hint + (f", {row.standin.python} on our stand-in" if row.standin else "")
 
 
 def image_options(f: F) -> F:
@@ -38,20 +45,20 @@ def image_options(f: F) -> F:
                 "--l4t-base",
                 envvar="EDGE_L4T_BASE",
                 default=None,
-                help="Runtime base image [env EDGE_L4T_BASE; default nvcr.io/nvidia/l4t-jetpack:r36.4.0].",
+                help=f"Runtime base image [env EDGE_L4T_BASE; default {DEFAULT_L4T_BASE}].",
             ),
             click.option(
                 "--converter-base",
                 envvar="EDGE_CONVERTER_BASE",
                 default=None,
-                help="Converter base image [env EDGE_CONVERTER_BASE; default python:3.11-slim-bookworm].",
+                help=f"Converter base image [env EDGE_CONVERTER_BASE; default {DEFAULT_CONVERTER_BASE}].",
             ),
             click.option(
                 "--runtime-python",
                 envvar="EDGE_RUNTIME_PYTHON",
                 default=DEFAULT_RUNTIME_PYTHON,
                 show_default=True,
-                help="Python version of the runtime base (3.10 on JetPack 6, 3.11 on our stand-in).",
+                help=f"Python version of the runtime base ({_standin_hint()}).",
             ),
             click.option(
                 "--platform",
