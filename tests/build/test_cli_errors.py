@@ -50,7 +50,7 @@ CASES = {
     "unknown precision": (["convert", "{policy}", "--precision", "int4"], "int4"),
     "int8 without calibration": (
         ["convert", "{policy}", "--precision", "int8"],
-        "INT8 needs calibration data",
+        "INT8 needs calibration data: pass --calibration, an .npz file",
     ),
     "calibration wrong shape": (
         ["convert", "{policy}", "--precision", "int8", "--calibration", "{small_calib}"],
@@ -68,6 +68,7 @@ CASES = {
     "bad batch profile": (["convert", "{policy}", "--batch", "8,1,1"], "MIN ≤ OPT ≤ MAX"),
     "output not writable": (["convert", "{policy}", "-o", "/proc/edge-bundle"], "not writable"),
     "output under a file": (["convert", "{policy}", "-o", "{text}/bundle"], "not a directory"),
+    "output not empty": (["convert", "{policy}", "-o", "{dir}"], "is not empty; pass --force to replace it"),
     "bench missing bundle": (["bench", "{missing}"], "does not exist"),
     "bench tampered bundle": (["bench", "{tampered}"], "Bundle file model.onnx does not match"),
     "bench bundle missing file": (["bench", "{gutted}"], "Bundle file calibration.cache is missing"),

@@ -23,7 +23,8 @@ def check_writable(target: Path, force: bool = False) -> None:
         raise OutputError(f"Output path {target} exists and is not a directory.")
     if target.is_dir() and any(target.iterdir()) and not force:
         raise OutputError(
-            f"Output directory {target} already exists and is not empty; pass --force to replace it."
+            f"Output directory {target} already exists and is not empty; pass `force` to replace it.",
+            option="force",
         )
     parent = target.parent
     while not parent.exists() and parent != parent.parent:

@@ -51,7 +51,10 @@ def bench_bundle(
 ) -> BenchResult:
     """Verify the bundle (a tampered or missing file is refused by name), build the engine, time ``runs`` calls."""
     if runs < 1 or warmup < 0:
-        raise InputError(f"--runs must be at least 1 and --warmup at least 0 (got {runs} and {warmup}).")
+        raise InputError(
+            f"`runs` must be at least 1 and `warmup` at least 0 (got {runs} and {warmup}).",
+            option=("runs", "warmup"),
+        )
     bundle = ModelBundle.load(path)
     m = bundle.manifest
     batch = m.batch.opt if batch is None else batch

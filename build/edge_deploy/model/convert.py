@@ -51,7 +51,8 @@ class ConvertOptions:
         export_mod.check_opset(self.opset)
         if self.precision == "int8" and self.calibration is None:
             raise CalibrationError(
-                "INT8 needs calibration data: pass --calibration FILE.npz with arrays named like the inputs."
+                "INT8 needs calibration data: pass `calibration`, an .npz file with arrays named like the inputs.",
+                option="calibration",
             )
         if self.calibration_method not in quantize.CALIBRATION_METHODS:
             raise PipelineOptionError(
@@ -313,7 +314,9 @@ def _delta(
     if not cmp.passed:
         raise ValidationError(
             f"The {precision} model differs from fp32 by {cmp.max_abs:.3g} (max abs), above the {precision} "
-            f"tolerance {tol:g}; try --calibration-method minmax, more calibration data, or --tolerance."
+            f"tolerance {tol:g}; try `calibration_method` minmax, more calibration data, or a larger "
+            "`tolerance`.",
+            option=("calibration_method", "tolerance"),
         )
     return result
 

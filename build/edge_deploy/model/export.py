@@ -61,7 +61,9 @@ def probe_torch(source: SourceModel, batch: int = 2) -> int:
     except Exception as exc:
         shapes = ", ".join(f"{s.name}:{'x'.join(map(str, s.concrete_shape(batch)))}" for s in source.inputs)
         raise InputError(
-            f"The model does not accept inputs {shapes} ({_first_line(exc)}); give the right shapes with --input NAME:SHAPE."
+            f"The model does not accept inputs {shapes} ({_first_line(exc)}); give the right shapes as `inputs` "
+            "overrides NAME:SHAPE.",
+            option="inputs",
         ) from None
     return len(outs)
 

@@ -141,7 +141,9 @@ def _load_onnx(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> S
             s = TensorSpec(s.name, s.dtype, (BATCH_AXIS, *fixed))
         if any(isinstance(d, str) for d in s.shape[1:]):
             raise InputError(
-                f"ONNX input {s.name!r} has a dynamic non-batch axis; fix it with --input {s.name}:SHAPE."
+                f"ONNX input {s.name!r} has a dynamic non-batch axis; fix it with an `inputs` override "
+                f"{s.name}:SHAPE.",
+                option="inputs",
             )
         out.append(s)
     return SourceModel(p, "onnx", digest, out, [o.name for o in model.graph.output], onnx_model=model)
@@ -181,7 +183,9 @@ def _load_torch(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> 
         shape = overrides.get(name, DEFAULT_INPUTS.get(name))
         if shape is None:
             raise InputError(
-                f"The model's input {name!r} has no known shape; give it with --input {name}:Bx<dims>."
+                f"The model's input {name!r} has no known shape; give it with an `inputs` override "
+                f"{name}:Bx<dims>.",
+                option="inputs",
             )
         specs.append(TensorSpec(name, "float32", (BATCH_AXIS, *shape)))
     return SourceModel(p, kind, digest, specs, list(DEFAULT_OUTPUTS), module=module)

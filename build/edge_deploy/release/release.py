@@ -157,19 +157,22 @@ class Release:
             if manifest_path(version, self.releases_dir).exists():
                 raise ReleaseError(
                     f"Version {version} is already released "
-                    f"({manifest_path(version, self.releases_dir)}); use --force to redo it."
+                    f"({manifest_path(version, self.releases_dir)}); use `force` to redo it.",
+                    option="force",
                 )
             target = self.git_tag_target(version)
             if target is not None and target != self.git_sha():
                 raise ReleaseError(
                     f"Git tag v{version} already exists on another commit ({target[:12]}); "
-                    "use --force to move it."
+                    "use `force` to move it.",
+                    option="force",
                 )
             dirty = self.dirty_paths()
             if dirty:
                 shown = ", ".join(dirty[:3]) + (" …" if len(dirty) > 3 else "")
                 raise ReleaseError(
-                    f"The git tree has uncommitted changes ({shown}); commit them or use --force."
+                    f"The git tree has uncommitted changes ({shown}); commit them or use `force`.",
+                    option="force",
                 )
         if opts.model_dir is None and set(opts.reuse) != set(IMAGES):
             raise ReleaseError("A release needs a model directory (or prebuilt digests of both images).")
