@@ -1,0 +1,51 @@
+"""``POST /v1/infer``: JSON (``{"inputs": {...}}``) or npz in, JSON or npz out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from edge_runtime.errors import RequestError
+from edge_runtime.service.decoding import NPZ, decode_json, decode_npz, encode_npz
+from edge_runtime.service.infer import AppState
+from edge_runtime.service.limits import INLINE_DECODE_BYTES
+from edge_runtime.service.replies import Reply, json_reply
+
+
+async def infer(state: AppState, headers: dict[bytes, bytes], receive: Any, params: dict[str, Any]) -> Reply:
+    body = await state.limits.read_body(headers, receive)
+    ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
+    ctype = ctype.split(";")[0].strip().lower()
+    if ctype == NPZ:
+        bundle = state.loaded_bundle()
+        args = (body, bundle.inputs, bundle.manifest.batch)
+        if len(body) <= INLINE_DECODE_BYTES:
+            feeds = decode_npz(*args)
+        else:  # zlib lets go of the GIL while it inflates
+            feeds = await run_in_threadpool(decode_npz, *args)
+    elif ctype in ("application/json", "text/json", ""):
+        specs = state.loaded_bundle().inputs
+        if len(body) <= INLINE_DECODE_BYTES:
+            feeds = decode_json(body, specs)
+        else:
+            feeds = await state.limits.decode_elsewhere("v1", body, specs)
+    else:
+        raise RequestError(
+            415,
+            "media_type",
+            f"Content-Type {ctype} is not supported; send application/json or {NPZ}.",
+        )
+    outputs, latency_ms = await state.run_engine(feeds)
+    if NPZ.encode() in headers.get(b"accept", b""):
+        return Reply(200, encode_npz(outputs), NPZ, [(b"x-latency-ms", f"{latency_ms:.3f}".encode())])
+    for name, arr in outputs.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise RequestError(
+                422,
+                "non_finite_output",
+                f"Output {name!r} has values that are not finite (NaN or Infinity), which JSON cannot "
+                f"carry; ask for npz (Accept: {NPZ}) to get them.",
+            )
+    return json_reply({"outputs": {k: v.tolist() for k, v in outputs.items()}, "latency_ms": latency_ms})
