@@ -20,6 +20,7 @@ from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
+from edge_runtime.ros2._compat import MatchCount
 from edge_runtime.ros2.msgs import (
     Float32MultiArray,
     Header,
@@ -100,19 +101,29 @@ def main() -> int:
     args = ap.parse_args()
 
     dp = DomainParticipant(args.domain)
-    image_writer = DataWriter(dp, Topic(dp, args.image_topic, Image), qos=SENSOR_DATA.to_dds())
-    state_writer = DataWriter(dp, Topic(dp, args.state_topic, Float32MultiArray), qos=RELIABLE.to_dds())
-    action_reader = DataReader(dp, Topic(dp, args.action_topic, Float32MultiArray), qos=RELIABLE.to_dds())
+    # matches counted through listeners: cyclonedds 0.10 (Humble's) has no matched-status getters
+    matches = [MatchCount(), MatchCount(), MatchCount()]
+    image_writer = DataWriter(
+        dp, Topic(dp, args.image_topic, Image), qos=SENSOR_DATA.to_dds(), listener=matches[0].listener()
+    )
+    state_writer = DataWriter(
+        dp,
+        Topic(dp, args.state_topic, Float32MultiArray),
+        qos=RELIABLE.to_dds(),
+        listener=matches[1].listener(),
+    )
+    action_reader = DataReader(
+        dp,
+        Topic(dp, args.action_topic, Float32MultiArray),
+        qos=RELIABLE.to_dds(),
+        listener=matches[2].listener(),
+    )
     waitset = WaitSet(dp)
     waitset.attach(ReadCondition(action_reader, SampleState.Any | ViewState.Any | InstanceState.Any))
 
     deadline = time.monotonic() + args.match_timeout
     while time.monotonic() < deadline:
-        if (
-            image_writer.get_publication_matched_status().current_count
-            and state_writer.get_publication_matched_status().current_count
-            and action_reader.get_subscription_matched_status().current_count
-        ):
+        if all(m.count for m in matches):
             break
         time.sleep(0.05)
     else:

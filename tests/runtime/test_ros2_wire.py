@@ -81,7 +81,6 @@ def test_large_image_round_trips_as_bytes() -> None:
 
 def test_only_plain_cdr_endpoints_match(monkeypatch: pytest.MonkeyPatch) -> None:
     """Our QoS pins XCDR1 as rmw_cyclonedds_cpp does; a writer offering only XCDR2 is not matched."""
-    import time
 
     from cyclonedds.core import Policy
     from cyclonedds.domain import DomainParticipant
@@ -90,6 +89,7 @@ def test_only_plain_cdr_endpoints_match(monkeypatch: pytest.MonkeyPatch) -> None
     from cyclonedds.sub import DataReader
     from cyclonedds.topic import Topic
 
+    from edge_runtime.ros2._compat import MatchCount
     from edge_runtime.ros2.qos import RELIABLE
     from tests.runtime.ros2_support import CYCLONEDDS_LOOPBACK, random_domain
 
@@ -100,11 +100,10 @@ def test_only_plain_cdr_endpoints_match(monkeypatch: pytest.MonkeyPatch) -> None
     xcdr2 = Qos(Policy.Reliability.Reliable(0), Policy.DataRepresentation(use_xcdrv2_representation=True))
 
     def matched(qos: object) -> int:
-        writer = DataWriter(dp, topic, qos=qos)
-        deadline = time.monotonic() + 1.0
-        while not writer.get_publication_matched_status().current_count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return int(writer.get_publication_matched_status().current_count)
+        count = MatchCount()
+        writer = DataWriter(dp, topic, qos=qos, listener=count.listener())  # noqa: F841  (held)
+        count.wait(1.0)
+        return count.count
 
     assert matched(RELIABLE.to_dds()) == 1
     assert matched(xcdr2) == 0

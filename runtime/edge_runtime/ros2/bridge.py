@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_runtime.bundle import TensorSpec
 from edge_runtime.errors import BackendUnavailable, EdgeError
+from edge_runtime.ros2._compat import cyclonedds_version
 from edge_runtime.ros2.config import Ros2Config
 from edge_runtime.ros2.convert import BadMessage, ImageInput, VectorInput, check_image, to_float32_multiarray
 from edge_runtime.ros2.qos import profile
@@ -236,7 +237,7 @@ class Ros2Bridge:
     # -- DDS -----------------------------------------------------------------------------------------------
 
     def _open_dds(self) -> None:
-        dds = load_cyclonedds()
+        load_cyclonedds()
         from cyclonedds.core import DDSException, ReadCondition, SampleState, WaitSet
         from cyclonedds.domain import DomainParticipant
         from cyclonedds.pub import DataWriter
@@ -267,7 +268,7 @@ class Ros2Bridge:
             ) from None
         log.info(
             "ROS 2 bridge (cyclonedds %s) on domain %d: %s + %s -> %s",
-            getattr(dds, "__version__", "?"),
+            cyclonedds_version(),
             cfg.domain_id,
             cfg.image_topic,
             cfg.state_topic,

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_runtime.bundle import TensorSpec
 from edge_runtime.errors import EdgeError
+from edge_runtime.ros2._compat import image_bytes
 
 
 class BadMessage(EdgeError):
@@ -88,7 +89,7 @@ def _stored_pixels(msg: Any) -> tuple[np.ndarray, Encoding]:
     """The checked pixels as H×W×C in stored channel order, without a copy where the layout allows."""
     enc, dtype, row = check_image(msg)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, :row]
+    rows = np.frombuffer(image_bytes(msg.data), dtype=np.uint8).reshape(height, step)[:, :row]
     if dtype.itemsize == 1:
         pixels = rows.view(dtype)
     else:  # rows may not be aligned for the wider type, and may need a byte swap
