@@ -76,10 +76,18 @@ def test_host_values_derive_from_the_table() -> None:
     assert os.environ.get("EDGE_RUNTIME_PYTHON", t.default.python) == images_build.DEFAULT_RUNTIME_PYTHON
     runner = CliRunner()
     help_text = " ".join(runner.invoke(cli, ["image", "build", "--help"]).output.split())
-    assert f"default {t.default.base_image}" in help_text and f"default {t.converter_base}" in help_text
+    assert t.default.base_image in help_text and t.converter_base in help_text
     assert f"{t.default.python} on JetPack {t.default.jetpack}" in help_text
     convert_help = " ".join(runner.invoke(cli, ["convert", "--help"]).output.split())
     assert f"[default: {t.default.tensorrt}]" in convert_help
+
+
+def test_docs_name_the_tables_defaults() -> None:
+    t = versions()
+    images = (ROOT / "docs" / "images.md").read_text()
+    assert re.findall(r"FROM \$\{L4T_BASE\}` \(default `([^`]+)`", images) == [t.default.base_image]
+    pipeline = " ".join((ROOT / "docs" / "model-pipeline.md").read_text().split())
+    assert re.findall(r"`--trt-version`, default ([\d.]+)", pipeline) == [t.default.tensorrt]
 
 
 def test_host_setup_builds_the_tables_stand_in() -> None:
