@@ -5,6 +5,10 @@ pairs the newest image with the newest state that arrived within the sync window
 stale, runs the model at most ``max_rate_hz`` times a second and publishes the action
 (``std_msgs/Float32MultiArray``). A bad message is counted and logged, never fatal. One thread does all of
 this, waking at least every 100 ms so ``stop()`` is prompt.
+
+It also answers probes (``edge_runtime.ros2.probe``, the rollout gate's DDS check) on topics of its own: a
+request on ``PROBE_TOPIC`` gets one inference on a zero observation, answered on ``PROBE_REPLY_TOPIC`` and
+never on the action topic, so a probe on a working robot moves nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ Infer = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 MAX_WAIT_S = 0.1  # longest the bridge thread blocks, so stop() returns within about this
 TAKE_BATCH = 32
 LOG_EVERY_S = 10.0  # a repeated bad-message reason is logged at most this often (all are counted)
+# The probe's topics (ROS names /edge_runtime/probe and /edge_runtime/probe_reply), reliable QoS.
+PROBE_TOPIC = "rt/edge_runtime/probe"
+PROBE_REPLY_TOPIC = "rt/edge_runtime/probe_reply"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -259,8 +266,17 @@ class Ros2Bridge:
                 self._participant, state_topic, qos=profile(cfg.state_qos).to_dds()
             )
             self._writer = DataWriter(self._participant, action_topic, qos=profile(cfg.action_qos).to_dds())
+            reliable = profile("reliable").to_dds()
+            self._probe_reader = DataReader(
+                self._participant, Topic(self._participant, PROBE_TOPIC, Float32MultiArray), qos=reliable
+            )
+            self._probe_writer = DataWriter(
+                self._participant,
+                Topic(self._participant, PROBE_REPLY_TOPIC, Float32MultiArray),
+                qos=reliable,
+            )
             self._waitset = WaitSet(self._participant)
-            for reader in (self._image_reader, self._state_reader):
+            for reader in (self._image_reader, self._state_reader, self._probe_reader):
                 self._waitset.attach(ReadCondition(reader, SampleState.NotRead))
         except DDSException as exc:
             raise EdgeError(
@@ -279,7 +295,14 @@ class Ros2Bridge:
         participant = getattr(self, "_participant", None)
         if participant is None:
             return
-        for name in ("_waitset", "_writer", "_image_reader", "_state_reader"):
+        for name in (
+            "_waitset",
+            "_writer",
+            "_image_reader",
+            "_state_reader",
+            "_probe_reader",
+            "_probe_writer",
+        ):
             setattr(self, name, None)
         self._participant = None
         participant.__del__()  # deletes the participant and every entity under it now, not at GC time
@@ -321,6 +344,7 @@ class Ros2Bridge:
                 self._waitset.wait(int(max(0.001, min(wait_s, MAX_WAIT_S)) * 1e9))  # ns; ≥ 1 ms, no busy loop
                 self._take_states()
                 self._take_images()
+                self._answer_probes()
                 wait_s = self._step()
             except Exception as exc:  # the bridge outlives any one message; the loop itself must not die
                 self._complaints.warning(
@@ -352,6 +376,29 @@ class Ros2Bridge:
                 self.sync.put_state(Frame(self.state_input(msg), now))
             except BadMessage as exc:
                 self._bad("state", exc)
+
+    def _answer_probes(self) -> None:
+        """One inference on a zero observation per probe request, answered on the probe's reply topic: the
+        request's first ``layout.dim`` label (its nonce) leads the reply's dimensions."""
+        from edge_runtime.ros2.msgs import MultiArrayDimension
+
+        for request in self._take(self._probe_reader, "probe"):
+            dims = list(request.layout.dim)
+            nonce = dims[0].label if dims else ""
+            feeds = {
+                spec.name: np.zeros(spec.concrete_shape(1), dtype=np.dtype(spec.dtype))
+                for spec in (self.image_input.spec, self.state_input.spec)
+            }
+            try:
+                outputs = self.infer(feeds)
+                name = self.config.action_output or next(iter(outputs))
+                reply = to_float32_multiarray(np.asarray(outputs[name]), name)
+            except Exception as exc:
+                self.metrics.errors.inc()
+                self._complaints.warning(("probe", type(exc).__name__), f"probe not answered: {exc}")
+                continue
+            reply.layout.dim.insert(0, MultiArrayDimension(label=nonce, size=0, stride=0))
+            self._probe_writer.write(reply)
 
     def _take_images(self) -> None:
         samples = self._take(self._image_reader, "image")
