@@ -105,14 +105,17 @@ def test_rollout_of_a_malformed_manifest_is_one_line(
     (tmp_path / "releases").mkdir()
     (tmp_path / "releases" / "0.1.0.json").write_bytes(content)
     code, _, err = run_cli(
-        capsys, "rollout", "0.1.0", "--fleet", fleet, "--releases-dir", tmp_path / "releases"
+        capsys, "fleet", "rollout", "0.1.0", "--fleet", fleet, "--releases-dir", tmp_path / "releases"
     )
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     code, _, err = run_cli(capsys, "release", "list", "--releases-dir", tmp_path / "releases")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "0.1.0.json" in err, err
 
 
-@pytest.mark.parametrize("command", [["rollback", "--to", "../.."], ["rollout", "../.."], ["rollout", "1.0"]])
+@pytest.mark.parametrize(
+    "command",
+    [["fleet", "rollback", "--to", "../.."], ["fleet", "rollout", "../.."], ["fleet", "rollout", "1.0"]],
+)
 def test_a_version_that_is_not_semver_is_refused_before_any_robot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
@@ -126,7 +129,7 @@ def test_a_version_that_is_not_semver_is_refused_before_any_robot(
 
 def test_a_non_utf8_fleet_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "fleet.yaml").write_bytes(b"robots:\n  - name: r\xe9\n    host: h\n")
-    code, _, err = run_cli(capsys, "status", "--fleet", tmp_path / "fleet.yaml")
+    code, _, err = run_cli(capsys, "fleet", "status", "--fleet", tmp_path / "fleet.yaml")
     assert code == 2 and err.startswith("error: ") and "UTF-8" in err and len(err.strip().splitlines()) == 1
 
 
