@@ -49,6 +49,36 @@ def test_topic_prefix() -> None:
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "/camera//image",
+        "/camera/image/",
+        "/1camera",
+        "/cam era",
+        "/camera/~image",
+        "/{ns}/image",
+        "rt/a//b",
+        "/é",
+    ],
+)
+def test_topic_names_ros_2_refuses_are_one_sentence(name: str) -> None:
+    with pytest.raises(Ros2ConfigError, match="is not valid") as err:
+        dds_topic(name)
+    assert "\n" not in str(err.value)
+
+
+def test_topic_name_length_limit() -> None:
+    assert dds_topic("/" + "a" * 246) == "rt/" + "a" * 246
+    with pytest.raises(Ros2ConfigError, match="longer than 247"):
+        dds_topic("/" + "a" * 247)
+
+
+def test_bad_topic_from_env_is_refused_at_start() -> None:
+    with pytest.raises(Ros2ConfigError, match="not valid"):
+        Ros2Config.from_env({"EDGE_ROS2_ACTION_TOPIC": "/policy/action/"})
+
+
+@pytest.mark.parametrize(
     ("env", "words"),
     [
         ({"ROS_DOMAIN_ID": "300"}, "out of range"),

@@ -61,3 +61,46 @@ def test_serve_ros2_round_trip_metrics_and_clean_stop(tiny_bundle: Path, tmp_pat
     assert metric(text, "edge_ros2_actions_total") >= 3
     assert metric(text, "edge_ros2_latency_seconds_count") >= 3
     assert metric(text, 'edge_ros2_bad_messages_total{reason="encoding",stream="image"}') == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "sentence"),
+    [
+        ({"ROS_DOMAIN_ID": "300"}, "error: ROS_DOMAIN_ID 300 is out of range; ROS 2 allows 0 to 232."),
+        (
+            {"EDGE_ROS2_IMAGE_QOS": "fast"},
+            "error: ROS 2 QoS profile 'fast' is unknown; use one of: reliable, sensor_data.",
+        ),
+        (
+            {"EDGE_ROS2_STATE_TOPIC": "/robot//state"},
+            "error: ROS 2 topic name '/robot//state' is not valid: use tokens of letters, digits and underscores, "
+            "not starting with a digit, separated by single '/' (e.g. /camera/image_raw).",
+        ),
+    ],
+)
+def test_bad_ros2_settings_end_serve_at_start_in_one_sentence(
+    tiny_bundle: Path, tmp_path: Path, env: dict[str, str], sentence: str
+) -> None:
+    import subprocess
+    import sys
+
+    need_cyclonedds()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "serve",
+            "--bundle",
+            str(tiny_bundle),
+            "--cache",
+            str(tmp_path),
+        ],
+        env={**dds_env(random_domain()), "EDGE_ROS2": "1", "EDGE_PORT": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == sentence
+    assert "Traceback" not in proc.stderr and "Uvicorn running" not in proc.stderr + proc.stdout

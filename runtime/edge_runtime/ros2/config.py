@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -14,15 +15,31 @@ class Ros2ConfigError(EdgeError):
     """A ROS 2 bridge setting is invalid."""
 
 
+# A fully qualified ROS 2 topic name (rcl's rules, without substitutions or ~): tokens of letters, digits and
+# underscores that do not start with a digit, separated by single slashes, no trailing slash.
+_TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
+_ROS_TOPIC = re.compile(rf"/?{_TOKEN}(?:/{_TOKEN})*")
+# rmw's limit on a DDS topic name (255) less the longest ROS prefix ("rq/" … "Request" for services): 247
+MAX_TOPIC_LEN = 247
+
+
 def dds_topic(name: str) -> str:
-    """The DDS topic of a ROS 2 topic: ``/camera/image_raw`` → ``rt/camera/image_raw`` (already ``rt/``: kept)."""
+    """The DDS topic of a ROS 2 topic: ``/camera/image_raw`` → ``rt/camera/image_raw`` (already ``rt/``: kept).
+
+    A name that ROS 2 would refuse (``rcl_validate_topic_name``) is refused here, at start, in one sentence.
+    """
     name = name.strip()
-    if name.startswith("rt/"):
-        return name
-    bare = name.lstrip("/")
-    if not bare:
+    bare = name[3:] if name.startswith("rt/") else name
+    if not bare.strip("/"):
         raise Ros2ConfigError(f"ROS 2 topic name {name!r} is empty.")
-    return "rt/" + bare
+    if not _ROS_TOPIC.fullmatch(bare):
+        raise Ros2ConfigError(
+            f"ROS 2 topic name {name!r} is not valid: use tokens of letters, digits and underscores, not starting "
+            "with a digit, separated by single '/' (e.g. /camera/image_raw)."
+        )
+    if len(bare.lstrip("/")) + 1 > MAX_TOPIC_LEN:
+        raise Ros2ConfigError(f"ROS 2 topic name {name[:40]!r}… is longer than {MAX_TOPIC_LEN} characters.")
+    return "rt/" + bare.lstrip("/")
 
 
 @dataclass(frozen=True)
