@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "images": "bench.images",
     "fleet": "bench.fleet",
     "plots": "bench.plots",
+    "ros2": "bench.ros2",
 }
 RESULTS = Path(__file__).parent / "results"
 
