@@ -81,6 +81,7 @@ def test_probe_round_trip_answers_on_its_own_topic(
         "robot_state": ((1, 48), 0.0),
     }
     assert registry.get_sample_value("edge_ros2_actions_total") == 0
+    assert registry.get_sample_value("edge_ros2_probes_total") == 1
 
 
 def test_probe_without_bridge_is_one_sentence() -> None:

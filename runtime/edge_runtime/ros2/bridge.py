@@ -157,6 +157,11 @@ class BridgeMetrics:
             registry=registry,
         )
         self.actions = Counter("edge_ros2_actions_total", "Actions published", registry=registry)
+        self.probes = Counter(
+            "edge_ros2_probes_total",
+            "Probes answered on the probe topic (the rollout gate's DDS check)",
+            registry=registry,
+        )
         self.errors = Counter(
             "edge_ros2_infer_errors_total", "Inferences that failed or were refused", registry=registry
         )
@@ -399,6 +404,7 @@ class Ros2Bridge:
                 continue
             reply.layout.dim.insert(0, MultiArrayDimension(label=nonce, size=0, stride=0))
             self._probe_writer.write(reply)
+            self.metrics.probes.inc()
 
     def _take_images(self) -> None:
         samples = self._take(self._image_reader, "image")
