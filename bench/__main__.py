@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "fleet": "bench.fleet",
     "plots": "bench.plots",
     "ros2": "bench.ros2",
+    "large_model": "bench.large_model",
 }
 RESULTS = Path(__file__).parent / "results"
 

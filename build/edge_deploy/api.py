@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_deploy.errors import CalibrationError, OutputError, PipelineOptionError
-from edge_deploy.model import ConvertOptions, ConvertResult, convert
+from edge_deploy.model import ConvertOptions, ConvertResult, convert, onnx_compat
 from edge_deploy.model.bench import bench_bundle
 from edge_deploy.model.export import DEFAULT_OPSET
 from edge_deploy.model.loading import SourceModel, load_model, source_from_module
@@ -81,7 +81,10 @@ def export_to_onnx(
     out = Path(output_path)
     with tempfile.TemporaryDirectory(prefix=".edge-export-", dir=_existing_parent(out)) as tmp:
         result = convert(_source(model, sample_input), Path(tmp) / "bundle", ConvertOptions(opset=opset))
-        result.bundle.model_path.replace(out)
+        if result.bundle.manifest.model_data:  # weights in external data: re-saved beside the new name
+            onnx_compat.save(onnx_compat.load(result.bundle.model_path), out, external=True)
+        else:
+            result.bundle.model_path.replace(out)
     return out
 
 
@@ -93,9 +96,12 @@ def convert_to_tensorrt(
     max_batch_size: int = 1,
     workspace_bytes: int = GIB,
     bundle_dir: str | Path | None = None,
+    inputs: Sequence[str] = (),
 ) -> TensorRTConversion:
     """ONNX → model bundle (next to the engine path, ``<stem>.bundle``) and, where TensorRT imports, the
-    engine at ``engine_path`` (FP16/INT8; INT8 with the entropy calibrator and its cache file)."""
+    engine at ``engine_path`` (FP16/INT8; INT8 with the entropy calibrator and its cache file).
+
+    ``inputs``: ``NAME:SHAPE[:DTYPE]`` specs, as ``convert --input`` takes them (e.g. ``obs:Bx64:float32``)."""
     onnx_file = Path(onnx_path)
     engine = Path(engine_path) if engine_path is not None else onnx_file.with_suffix(f".{precision}.engine")
     bundle_out = Path(bundle_dir) if bundle_dir is not None else engine.with_suffix(".bundle")
@@ -103,6 +109,7 @@ def convert_to_tensorrt(
         precision=precision,
         calibration=_calibration(calibration_data),
         batch=BatchProfile(1, 1, max(1, max_batch_size)),
+        inputs=tuple(inputs),
         force=True,
     )
     result = convert(onnx_file, bundle_out, opts)
@@ -236,8 +243,10 @@ class JetsonDeployment:
         max_batch_size: int = 1,
         calibration_data: Any = None,
         bundle_dir: str | Path | None = None,
+        inputs: Sequence[str] = (),
     ) -> TensorRTConversion:
-        """Build the model bundle (and a local engine where TensorRT imports); see ``convert_to_tensorrt``."""
+        """Build the model bundle (and a local engine where TensorRT imports); see ``convert_to_tensorrt``
+        (``inputs``: ``NAME:SHAPE[:DTYPE]`` specs)."""
         source = Path(onnx_path) if onnx_path is not None else (self.onnx_path or self.model_path)
         if source.suffix.lower() != ".onnx":
             source = self.export_onnx(output_path=self.workdir / f"{self.model_path.stem}.onnx")
@@ -248,7 +257,14 @@ class JetsonDeployment:
         )
         engine = out.with_suffix(f".{self.module.key}.engine")
         conversion = convert_to_tensorrt(
-            source, engine, precision, calibration_data, max_batch_size, self.workspace_bytes, bundle_dir=out
+            source,
+            engine,
+            precision,
+            calibration_data,
+            max_batch_size,
+            self.workspace_bytes,
+            bundle_dir=out,
+            inputs=inputs,
         )
         self.bundle, self.last_conversion = conversion.bundle, conversion
         return conversion

@@ -108,6 +108,8 @@ class BundleManifest:
     validation: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     calibration: dict[str, str] | None = None  # {"data": "calibration.npz", "cache": "calibration.cache"}
+    # The model's external data file (weights past the 2 GB protobuf limit), resolved beside model_file.
+    model_data: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -150,6 +152,7 @@ class BundleManifest:
                 validation=dict(d.get("validation") or {}),
                 quantization=d.get("quantization"),
                 calibration=d.get("calibration"),
+                model_data=str(d["model_data"]) if d.get("model_data") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"bundle.json is malformed: missing or invalid field {exc}.") from None
@@ -158,6 +161,10 @@ class BundleManifest:
         if manifest.model_file not in manifest.files:
             raise BundleError(
                 f"bundle.json does not list the hash of its model file {manifest.model_file!r}."
+            )
+        if manifest.model_data is not None and manifest.model_data not in manifest.files:
+            raise BundleError(
+                f"bundle.json does not list the hash of the model's external data {manifest.model_data!r}."
             )
         return manifest
 

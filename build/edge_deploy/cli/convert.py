@@ -38,8 +38,9 @@ from edge_runtime.jetpack import default_release
     "--input",
     "inputs",
     multiple=True,
-    metavar="NAME:SHAPE",
-    help="Input shape override, e.g. image:Bx3x224x224 (repeatable).",
+    metavar="NAME:SHAPE[:DTYPE]",
+    help="Input shape (and dtype) override, e.g. image:Bx3x224x224 or tokens:Bx16:int64 (repeatable); "
+    "fixes an ONNX model's dynamic non-batch axes.",
 )
 @click.option("--tolerance", type=float, default=None, help="Max abs error accepted (default per precision).")
 @click.option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -15,9 +16,9 @@ import numpy as np
 from edge_deploy.bundle.writer import BundleWriter, check_writable
 from edge_deploy.errors import CalibrationError, PipelineOptionError, ValidationError
 from edge_deploy.model import export as export_mod
-from edge_deploy.model import quantize, sanitize, validate
+from edge_deploy.model import onnx_compat, quantize, sanitize, validate
 from edge_deploy.model.loading import SourceModel, load_model
-from edge_runtime.bundle import PRECISIONS, BatchProfile, BundleManifest, ModelBundle, TensorSpec
+from edge_runtime.bundle import DTYPES, PRECISIONS, BatchProfile, BundleManifest, ModelBundle, TensorSpec
 
 MODEL = "model.onnx"
 FP32_MODEL = "model.fp32.onnx"
@@ -134,7 +135,16 @@ def convert(
 
     with run.step("load") as st:
         source = model_path if isinstance(model_path, SourceModel) else load_model(model_path, opts.inputs)
-        st.detail = f"{source.kind}, inputs " + ", ".join(f"{s.name}{_shape(s)}" for s in source.inputs)
+        if source.static_batch is not None:
+            n = source.static_batch
+            opts = dataclasses.replace(opts, batch=BatchProfile(n, n, n))
+        st.detail = f"{source.kind}, inputs " + ", ".join(
+            f"{s.name}{_shape(s)}{'' if s.dtype == 'float32' else ':' + s.dtype}" for s in source.inputs
+        )
+        if source.opset is not None:
+            st.detail += f"; IR {source.ir_version}, opset {source.opset}"
+        if source.notes:
+            st.detail += "; " + "; ".join(source.notes)
     calibration = None
     if opts.calibration is not None:
         with run.step("calibration data") as st:
@@ -147,7 +157,8 @@ def convert(
             st.detail = f"{len(next(iter(calibration.values())))} samples from {origin}"
 
     with BundleWriter(target, force=opts.force) as writer:
-        fp32_path = writer.path(FP32_MODEL if opts.precision != "fp32" else MODEL)
+        keeps_fp32 = opts.precision == "fp32" or (opts.precision == "fp16" and not opts.fp16_onnx)
+        fp32_path = writer.path(MODEL if keeps_fp32 else FP32_MODEL)
         raw_path = writer.path("export.onnx")
         export_info: dict[str, Any] = {"exporter": "none (source is ONNX)"}
         if source.is_torch:
@@ -157,16 +168,20 @@ def convert(
         with run.step("sanitize") as st:
             import onnx
 
-            raw = onnx.load(str(raw_path)) if source.is_torch else source.onnx_model
+            raw = onnx_compat.load(raw_path) if source.is_torch else source.onnx_model
             clean, report = sanitize.sanitize_model(raw, source.inputs, source.output_names)
-            sanitize.save_model(clean, fp32_path)
+            external = sanitize.save_model(clean, fp32_path, True if source.external_data else None)
             raw_path.unlink(missing_ok=True)
+            for leftover in raw_path.parent.glob(raw_path.name + "*"):
+                leftover.unlink()  # the exporter's external data, if it wrote any
             opset = next((o.version for o in clean.opset_import if o.domain in ("", "ai.onnx")), opts.opset)
             outputs = _output_specs(clean)
             source.output_names = [o.name for o in outputs]
             st.detail = (
                 f"{report['nodes_before']} → {report['nodes_after']} nodes, onnx.checker full check passed"
+                + (f", weights in {fp32_path.name}{onnx_compat.DATA_SUFFIX}" if external else "")
             )
+            del raw, clean
 
         with run.step("validate") as st:
             fp32_validation = _validate_fp32(source, fp32_path, calibration, opts)
@@ -178,13 +193,14 @@ def convert(
         if opts.precision == "fp16":
             with run.step("fp16") as st:
                 if opts.fp16_onnx:
-                    onnx.save_model(quantize.to_fp16(onnx.load(str(fp32_path))), str(writer.path(MODEL)))
+                    half = quantize.to_fp16(onnx_compat.load(fp32_path))
+                    onnx_compat.save(half, writer.path(MODEL), external or None)
+                    del half
                     delta = _delta(fp32_path, writer.path(MODEL), source, calibration, opts, "fp16")
                     validation["fp16_vs_fp32"] = delta
                     quant_info = {"format": "fp16 ONNX (float32 inputs/outputs)", "fp32_model": FP32_MODEL}
                     st.detail = "fp16 ONNX; " + _fmt_cmp(delta)
                 else:
-                    fp32_path.rename(writer.path(MODEL))
                     quant_info = {"format": "fp32 ONNX; the device engine is built with the FP16 flag"}
                     st.detail = "fp32 ONNX kept; precision recorded for the engine build"
         elif opts.precision == "int8":
@@ -196,8 +212,9 @@ def convert(
                     calibration,
                     opts.calibration_method,
                     batch=min(opts.batch.max, 16),
+                    external_data=external,
                 )
-                qdq = onnx.load(str(writer.path(MODEL)))
+                qdq = onnx.load(str(writer.path(MODEL)), load_external_data=False)
                 scales = quantize.activation_scales(qdq)
                 writer.path(CALIB_CACHE).write_text(quantize.format_trt_cache(scales, opts.trt_version))
                 calib_files = {"cache": CALIB_CACHE}
@@ -220,7 +237,9 @@ def convert(
                 st.detail = _fmt_cmp(delta)
 
         with run.step("write bundle") as st:
+            data = onnx_compat.data_file(writer.path(MODEL))
             manifest = BundleManifest(
+                model_data=data.name if data else None,
                 precision=opts.precision,
                 opset=int(opset),
                 inputs=source.inputs,
@@ -235,6 +254,8 @@ def convert(
                     "kind": source.kind,
                     "sha256": source.sha256,
                     **export_info,
+                    **({"ir_version": source.ir_version, "opset": source.opset} if source.opset else {}),
+                    **({"notes": source.notes} if source.notes else {}),
                 },
                 versions=_versions(),
                 validation=validation,
@@ -265,9 +286,10 @@ def _validate_fp32(
 
         labels = ("pytorch", "onnxruntime fp32")
     else:
-        # No PyTorch here: the source graph itself, so sanitizing is checked not to change the outputs.
-        reference = validate.ort_runner(source.onnx_model.SerializeToString(), source.output_names)
-        labels = ("onnxruntime (source ONNX; no PyTorch reference)", "onnxruntime fp32")
+        # No PyTorch here: the original file as the user gave it, so normalizing (IR, opset) and sanitizing
+        # are checked not to change the outputs.
+        reference = validate.ort_runner(str(source.path), source.output_names)
+        labels = ("onnxruntime (original ONNX file)", "onnxruntime fp32")
     try:
         cmp = validate.compare(
             reference,
@@ -283,7 +305,8 @@ def _validate_fp32(
         ) from None
     if not cmp.passed:
         raise ValidationError(
-            f"ONNX Runtime's output differs from PyTorch's by {cmp.max_abs:.3g} (max abs), above the fp32 tolerance {tol:g}."
+            f"ONNX Runtime's output differs from {'PyTorch' if source.is_torch else 'the original ONNX file'}'s "
+            f"by {cmp.max_abs:.3g} (max abs), above the fp32 tolerance {tol:g}."
         )
     return cmp.to_dict()
 
@@ -322,12 +345,19 @@ def _delta(
 
 
 def _output_specs(model: Any) -> list[TensorSpec]:
+    from onnx import helper
+
     specs = []
     for vi in model.graph.output:
+        tt = vi.type.tensor_type
         dims: list[int | str] = []
-        for i, d in enumerate(vi.type.tensor_type.shape.dim):
-            dims.append("batch" if i == 0 else (int(d.dim_value) if d.HasField("dim_value") else d.dim_param))
-        specs.append(TensorSpec(vi.name, "float32", tuple(dims)))
+        for i, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            else:
+                dims.append("batch" if i == 0 else (d.dim_param or f"dim{i}"))
+        dtype = str(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else "float32"
+        specs.append(TensorSpec(vi.name, dtype if dtype in DTYPES else "float32", tuple(dims)))
     return specs
 
 

@@ -14,10 +14,10 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_deploy.errors import InputError, ModelLoadError, PipelineOptionError
-from edge_runtime.bundle import TensorSpec, sha256_file
+from edge_runtime.bundle import DTYPES, TensorSpec, sha256_file
 
 BATCH_AXIS = "batch"
 # The product's policy interface (ARCHITECTURE.md): used where a TorchScript file names but cannot size inputs.
@@ -39,21 +39,39 @@ class SourceModel:
     module: Any = None  # torch.nn.Module / ScriptModule; None for ONNX
     onnx_model: Any = None  # onnx.ModelProto for kind == "onnx"
     notes: list[str] = field(default_factory=list)
+    static_batch: int | None = None  # the ONNX model fixes the batch axis to this size
+    opset: int | None = None  # the source ONNX file's default-domain opset, before any upgrade
+    ir_version: int | None = None
+    external_data: bool = False  # the source ONNX keeps its weights in external data
 
     @property
     def is_torch(self) -> bool:
         return self.kind in ("torchscript", "module")
 
 
-def parse_input_override(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:SHAPE`` where SHAPE is ``Bx3x224x224`` or ``B,3,224,224``; the first axis is the batch.
+class InputOverride(NamedTuple):
+    """``--input NAME:SHAPE[:DTYPE]``: per-sample dims (batch axis dropped) and an optional dtype."""
 
-    The batch axis may be written as ``B``/``batch``/``-1`` or any number; it is always dynamic in bundles.
+    name: str
+    dims: tuple[int, ...]
+    dtype: str | None = None
+
+
+def parse_input_override(text: str) -> InputOverride:
+    """Parse ``NAME:SHAPE[:DTYPE]`` where SHAPE is ``Bx3x224x224`` or ``B,3,224,224``; the first axis is the batch.
+
+    The batch axis may be written as ``B``/``batch``/``-1`` or any number; it stays dynamic unless the ONNX
+    model fixes it. DTYPE is one of the bundle dtypes (float32, float16, int64, int32, uint8, bool).
     """
-    name, sep, shape = text.partition(":")
+    name, sep, rest = text.partition(":")
+    shape, _, dtype = rest.partition(":")
     if not sep or not name or not shape:
         raise PipelineOptionError(
-            f"Input override {text!r} is not of the form NAME:SHAPE (e.g. image:Bx3x224x224)."
+            f"Input override {text!r} is not of the form NAME:SHAPE[:DTYPE] (e.g. image:Bx3x224x224:float32)."
+        )
+    if dtype and dtype not in DTYPES:
+        raise PipelineOptionError(
+            f"Input override {text!r} names dtype {dtype!r}; choose one of: {', '.join(DTYPES)}."
         )
     parts = [p.strip() for p in re.split(r"[x,]", shape) if p.strip()]
     if len(parts) < 1:
@@ -69,7 +87,7 @@ def parse_input_override(text: str) -> tuple[str, tuple[int, ...]]:
         if i == 0:
             continue  # a concrete batch size: the axis stays dynamic
         dims.append(int(p))
-    return name, tuple(dims)
+    return InputOverride(name, tuple(dims), dtype or None)
 
 
 def load_model(path: str | Path, overrides: Sequence[str] = ()) -> SourceModel:
@@ -86,7 +104,7 @@ def load_model(path: str | Path, overrides: Sequence[str] = ()) -> SourceModel:
         raise ModelLoadError(f"Model file {p} cannot be read ({exc.strerror or exc}).") from None
     if not head:
         raise ModelLoadError(f"Model file {p} is empty.")
-    parsed = dict(parse_input_override(o) for o in overrides)
+    parsed = {o.name: o for o in (parse_input_override(t) for t in overrides)}
     digest = sha256_file(p)
     if p.suffix.lower() == ".onnx":
         return _load_onnx(p, digest, parsed)
@@ -95,33 +113,44 @@ def load_model(path: str | Path, overrides: Sequence[str] = ()) -> SourceModel:
     return _load_onnx(p, digest, parsed)
 
 
-def _load_onnx(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> SourceModel:
+def _load_onnx(p: Path, digest: str, overrides: dict[str, InputOverride]) -> SourceModel:
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from edge_deploy.model import onnx_compat
 
     try:
-        model = onnx.load(str(p))
-        onnx.checker.check_model(model)
+        model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:
         if p.suffix.lower() != ".onnx":
             raise ModelLoadError(
                 f"{p} is not a model: expected TorchScript, a torch.save'd nn.Module, or an .onnx file."
             ) from None
         raise ModelLoadError(f"{p} is not a valid ONNX model: {_short(exc)}.") from None
-    initializers = {i.name for i in model.graph.initializer}
+    onnx_compat.check_ort_accepts(p)
+    opset, ir = onnx_compat.default_opset(model), int(model.ir_version)
+    external = onnx_compat.uses_external_data(model)
+    if external:
+        try:
+            load_external_data_for_model(model, str(p.parent))
+        except Exception as exc:
+            raise ModelLoadError(f"The external data of {p.name} cannot be read: {_short(exc)}.") from None
+    model, notes = onnx_compat.normalize(model)
     specs = []
     for vi in model.graph.input:
-        if vi.name in initializers:
-            continue
         tt = vi.type.tensor_type
         dtype = _ONNX_DTYPES.get(tt.elem_type)
         if dtype is None:
-            raise ModelLoadError(f"ONNX input {vi.name!r} has an element type this pipeline does not handle.")
+            raise ModelLoadError(
+                f"ONNX input {vi.name!r} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}, "
+                f"which model bundles do not carry ({', '.join(DTYPES)})."
+            )
         dims: list[int | str] = []
         for i, d in enumerate(tt.shape.dim):
-            if i == 0:
-                dims.append(BATCH_AXIS)
-            elif d.HasField("dim_value"):
+            if d.HasField("dim_value"):
                 dims.append(int(d.dim_value))
+            elif i == 0:
+                dims.append(BATCH_AXIS)
             else:
                 dims.append(d.dim_param or f"dim{i}")
         specs.append(TensorSpec(vi.name, dtype, tuple(dims)))
@@ -130,15 +159,19 @@ def _load_onnx(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> S
     out = []
     for s in specs:
         if s.name in overrides:
-            fixed = overrides[s.name]
+            ov = overrides[s.name]
             current = tuple(d for d in s.shape[1:])
-            if len(fixed) != len(current) or any(
-                isinstance(c, int) and c != f for c, f in zip(current, fixed, strict=True)
+            if len(ov.dims) != len(current) or any(
+                isinstance(c, int) and c != f for c, f in zip(current, ov.dims, strict=True)
             ):
                 raise InputError(
-                    f"Input override {s.name}:{_fmt(fixed)} does not match the ONNX model's shape {_fmt(current)}."
+                    f"Input override {s.name}:{_fmt(ov.dims)} does not match the ONNX model's shape {_fmt(current)}."
                 )
-            s = TensorSpec(s.name, s.dtype, (BATCH_AXIS, *fixed))
+            if ov.dtype and ov.dtype != s.dtype:
+                raise InputError(
+                    f"Input override {s.name} names dtype {ov.dtype}, but the ONNX model takes {s.dtype}."
+                )
+            s = TensorSpec(s.name, s.dtype, (s.shape[0], *ov.dims))
         if any(isinstance(d, str) for d in s.shape[1:]):
             raise InputError(
                 f"ONNX input {s.name!r} has a dynamic non-batch axis; fix it with an `inputs` override "
@@ -146,10 +179,25 @@ def _load_onnx(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> S
                 option="inputs",
             )
         out.append(s)
-    return SourceModel(p, "onnx", digest, out, [o.name for o in model.graph.output], onnx_model=model)
+    static = next((int(s.shape[0]) for s in out if s.shape and isinstance(s.shape[0], int)), None)
+    if static is not None:
+        notes.append(f"the model fixes the batch axis to {static}: batch profile {static},{static},{static}")
+    return SourceModel(
+        p,
+        "onnx",
+        digest,
+        out,
+        [o.name for o in model.graph.output],
+        onnx_model=model,
+        notes=notes,
+        static_batch=static,
+        opset=opset,
+        ir_version=ir,
+        external_data=external,
+    )
 
 
-def _load_torch(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> SourceModel:
+def _load_torch(p: Path, digest: str, overrides: dict[str, InputOverride]) -> SourceModel:
     import torch
 
     kind = "torchscript"
@@ -180,18 +228,19 @@ def _load_torch(p: Path, digest: str, overrides: dict[str, tuple[int, ...]]) -> 
     _check_override_names(overrides, arg_names)
     specs = []
     for name in arg_names:
-        shape = overrides.get(name, DEFAULT_INPUTS.get(name))
+        ov = overrides.get(name)
+        shape = ov.dims if ov else DEFAULT_INPUTS.get(name)
         if shape is None:
             raise InputError(
                 f"The model's input {name!r} has no known shape; give it with an `inputs` override "
                 f"{name}:Bx<dims>.",
                 option="inputs",
             )
-        specs.append(TensorSpec(name, "float32", (BATCH_AXIS, *shape)))
+        specs.append(TensorSpec(name, (ov.dtype if ov else None) or "float32", (BATCH_AXIS, *shape)))
     return SourceModel(p, kind, digest, specs, list(DEFAULT_OUTPUTS), module=module)
 
 
-def _check_override_names(overrides: dict[str, tuple[int, ...]], names: list[str]) -> None:
+def _check_override_names(overrides: dict[str, InputOverride], names: list[str]) -> None:
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise InputError(

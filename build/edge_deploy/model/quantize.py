@@ -33,6 +33,9 @@ from edge_runtime.bundle import TensorSpec
 from edge_runtime.jetpack import default_release
 
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
+# Q/DQ on the inputs of the weighted ops only (TensorRT's placement recommendation): elementwise ops, masks
+# and softmax stay float, so an attention mask's -inf does not flatten a whole tensor's int8 scale.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # The TensorRT of the default JetPack row (the one the robots' base image ships), from the versions table.
 DEFAULT_TRT_VERSION = default_release().tensorrt
 
@@ -75,7 +78,9 @@ def check_calibration(
             raise CalibrationError(
                 f"Calibration array {s.name!r} has shape {list(a.shape)}, expected [N, {', '.join(map(str, want))}]."
             )
-        if not np.issubdtype(a.dtype, np.floating):
+        if np.dtype(s.dtype).kind != a.dtype.kind and not (
+            np.dtype(s.dtype).kind in "iu" and a.dtype.kind in "iu"
+        ):
             raise CalibrationError(f"Calibration array {s.name!r} has dtype {a.dtype}, expected {s.dtype}.")
         counts.add(a.shape[0])
     if len(counts) != 1 or 0 in counts:
@@ -87,10 +92,17 @@ def check_calibration(
 
 def to_fp16(model: Any) -> Any:
     """fp16 weights and compute with float32 graph inputs/outputs."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    # LayerNormalization stays float32: it is where fp16 loses most accuracy, and ONNX Runtime 1.32's full
+    # graph optimizations crash on an fp16 LayerNormalization between Cast nodes (a transformer encoder).
     try:
-        return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+        return convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            disable_shape_infer=False,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, "LayerNormalization"],
+        )
     except Exception as exc:
         raise QuantizationError(f"fp16 conversion failed: {_first_line(exc)}.") from None
 
@@ -115,9 +127,17 @@ class _Reader:
 
 
 def to_int8(
-    fp32_path: Path, output: Path, calibration: dict[str, np.ndarray], method: str = "entropy", batch: int = 8
+    fp32_path: Path,
+    output: Path,
+    calibration: dict[str, np.ndarray],
+    method: str = "entropy",
+    batch: int = 8,
+    external_data: bool = False,
 ) -> dict[str, Any]:
-    """Static int8 QDQ quantization of ``fp32_path`` into ``output``; return the settings used."""
+    """Static int8 QDQ quantization of ``fp32_path`` into ``output``; return the settings used.
+
+    ``external_data``: the weights go to ``<output>.data`` (models past the 2 GB protobuf limit).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -139,7 +159,14 @@ def to_int8(
         warnings.simplefilter("ignore")
         pre = Path(tmp) / "pre.onnx"
         try:
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+            quant_pre_process(
+                str(fp32_path),
+                str(pre),
+                skip_symbolic_shape=False,
+                save_as_external_data=external_data,
+                all_tensors_to_one_file=True,
+                external_data_location="pre.onnx.data",
+            )
         except Exception as exc:
             raise QuantizationError(
                 f"INT8 pre-processing (shape inference) failed: {_first_line(exc)}."
@@ -155,6 +182,8 @@ def to_int8(
                 per_channel=True,
                 calibrate_method=methods[method],
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                use_external_data_format=external_data,
             )
         except Exception as exc:
             raise QuantizationError(f"INT8 calibration/quantization failed: {_first_line(exc)}.") from None

@@ -75,13 +75,38 @@ def sample_batches(
     """Random inputs at each batch size (so the dynamic axis is exercised), then the calibration samples."""
     rng = np.random.default_rng(seed)
     for b in batch_sizes:
-        yield {s.name: rng.standard_normal(s.concrete_shape(b)).astype(s.dtype) for s in specs}
+        yield {s.name: random_array(s.dtype, s.concrete_shape(b), rng) for s in specs}
     if calibration:
         n = len(next(iter(calibration.values())))
         for start in range(0, n, max_batch):
             yield {
                 s.name: np.ascontiguousarray(calibration[s.name][start : start + max_batch]) for s in specs
             }
+
+
+def random_array(dtype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random data of a declared dtype: normal floats, bools, and small non-negative integers
+    (integer inputs are mostly indices or token ids, which must stay inside a table)."""
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype in ("int64", "int32", "uint8"):
+        return rng.integers(0, 4, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def random_inputs(specs: list[TensorSpec], samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``samples`` random samples per input, stacked on the batch axis (calibration from random data)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in specs:
+        if s.shape and isinstance(s.shape[0], int):  # a static batch: whole batches, concatenated
+            reps = -(-samples // max(int(s.shape[0]), 1))
+            out[s.name] = np.concatenate(
+                [random_array(s.dtype, s.concrete_shape(1), rng) for _ in range(reps)]
+            )
+        else:
+            out[s.name] = random_array(s.dtype, s.concrete_shape(samples), rng)
+    return out
 
 
 def compare(

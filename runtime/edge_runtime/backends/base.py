@@ -123,7 +123,8 @@ def check_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], batch:
                 raise InputError(
                     f"Input {spec.name!r} has batch {n} but another input has batch {batch_size}."
                 )
-    batch_size = batch_size or 1
+    if batch_size is None:  # a model with static shapes: its batch is the first axis it fixes
+        batch_size = next((int(feeds[s.name].shape[0]) for s in specs if s.shape), 1)
     if not batch.min <= batch_size <= batch.max:
         raise InputError(f"Batch size {batch_size} is outside the engine's profile {batch.min}..{batch.max}.")
     return batch_size

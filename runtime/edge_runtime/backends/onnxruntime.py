@@ -27,6 +27,9 @@ def _ort() -> Any:
     return onnxruntime
 
 
+EXTERNAL_MARKER = b"edge-runtime onnxruntime: external-data model "
+
+
 class OnnxRuntimeEngine:
     def __init__(self, session: Any, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
         self.session = session
@@ -70,6 +73,11 @@ class OnnxRuntimeBackend:
 
     def build(self, bundle: ModelBundle, options: BuildOptions) -> bytes:
         ort = _ort()
+        if bundle.manifest.model_data:
+            # Weights in external data cannot travel inside one serialized model (2 GB protobuf limit):
+            # the "engine" names the bundle's model, and loading optimizes it from its path each start.
+            self._session(bundle, options, optimize=True)
+            return EXTERNAL_MARKER + bundle.manifest.model_file.encode()
         with tempfile.TemporaryDirectory(prefix="edge-ort-") as tmp:
             out = Path(tmp) / "optimized.onnx"
             so = self._options(options, optimize=True)
@@ -82,8 +90,22 @@ class OnnxRuntimeBackend:
                     f"ONNX Runtime could not optimize {bundle.model_path.name}: {exc}"
                 ) from None
 
+    def _session(self, bundle: ModelBundle, options: BuildOptions, optimize: bool) -> Any:
+        try:
+            return _ort().InferenceSession(
+                os.fspath(bundle.model_path),
+                sess_options=self._options(options, optimize=optimize),
+                providers=self.providers,
+            )
+        except Exception as exc:
+            raise EngineBuildError(f"ONNX Runtime could not load {bundle.model_path.name}: {exc}") from None
+
     def load(self, engine: bytes, bundle: ModelBundle, options: BuildOptions) -> OnnxRuntimeEngine:
         ort = _ort()
+        if engine.startswith(EXTERNAL_MARKER):
+            return OnnxRuntimeEngine(
+                self._session(bundle, options, optimize=True), bundle.inputs, bundle.outputs
+            )
         try:
             session = ort.InferenceSession(
                 engine, sess_options=self._options(options, optimize=False), providers=self.providers

@@ -1,0 +1,182 @@
+"""Bring your own ONNX: files other tools wrote convert, serve through ``edge-runtime serve`` and match
+ONNX Runtime on the original file; external data travels end to end; bad files end in one sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from bench._serve import ServiceProcess
+
+from edge_deploy.errors import InputError, ModelLoadError, PipelineOptionError
+from edge_deploy.model import ConvertOptions, convert
+from edge_deploy.model.loading import load_model, parse_input_override
+from edge_deploy.model.validate import random_inputs
+from edge_runtime.bundle import ModelBundle
+from tests.build.cli_helpers import run_cli
+from tests.build.onnx_corpus import ONNX_DATA
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)]),
+    "PYTHONUNBUFFERED": "1",
+}
+SQUEEZENET = ONNX_DATA / "light" / "light_squeezenet.onnx"  # model zoo file: IR 3, opset 9, batch fixed to 1
+CONV2D = ONNX_DATA / "pytorch-converted" / "test_Conv2d" / "model.onnx"  # IR 3, opset 6, batch fixed to 2
+
+
+def _infer(url: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    data = json.dumps({"inputs": {k: v.tolist() for k, v in feeds.items()}}).encode()
+    req = urllib.request.Request(url + "/v1/infer", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        body = json.loads(r.read())
+    return {k: np.asarray(v, np.float32) for k, v in body["outputs"].items()}
+
+
+def _serve_matches_original(bundle: Path, original: Path, cache: Path, atol: float) -> None:
+    b = ModelBundle.load(bundle)
+    feeds = random_inputs(b.inputs, b.manifest.batch.opt, seed=21)
+    session = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    expected = dict(zip(names, session.run(names, feeds), strict=True))
+    with ServiceProcess(bundle, cache, "onnxruntime", [], env=ENV, merge_output=True) as svc:
+        svc.wait_ready(timeout_s=90)
+        got = _infer(svc.url, feeds)
+    assert set(got) == set(expected)
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, atol=atol, rtol=1e-4)
+
+
+def test_old_ir_opset9_zoo_classifier_converts_and_serves(tmp_path: Path) -> None:
+    result = convert(SQUEEZENET, tmp_path / "b", ConvertOptions(precision="fp32"))
+    m = result.bundle.manifest
+    assert str(m.batch) == "1,1,1"  # the batch the model fixes, not the default 1,1,8
+    assert m.opset == 13 and m.source["opset"] == 9 and m.source["ir_version"] == 3
+    assert any("initializer" in n for n in m.source["notes"])
+    assert result.validation["fp32"]["reference"] == "onnxruntime (original ONNX file)"
+    _serve_matches_original(result.bundle.path, SQUEEZENET, tmp_path / "cache", atol=1e-5)
+
+
+def test_static_batch_model_converts_at_its_batch_and_serves(tmp_path: Path) -> None:
+    result = convert(CONV2D, tmp_path / "b", ConvertOptions(precision="fp16"))
+    assert str(result.bundle.manifest.batch) == "2,2,2"
+    assert result.bundle.inputs[0].shape == (2, 3, 7, 5)
+    assert result.validation["fp32"]["batches"] == [2]
+    _serve_matches_original(result.bundle.path, CONV2D, tmp_path / "cache", atol=2e-2)
+
+
+def _external_mlp(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8)).eval()
+    raw = tmp / "raw.onnx"
+    torch.onnx.export(
+        net,
+        (torch.randn(2, 32),),
+        str(raw),
+        input_names=["obs"],
+        output_names=["act"],
+        dynamic_axes={"obs": {0: "batch"}, "act": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    src = tmp / "src" / "policy.onnx"
+    src.parent.mkdir()
+    onnx.save_model(
+        onnx.load(str(raw)),
+        str(src),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="policy.weights",
+        size_threshold=0,
+    )
+    return src
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_external_data_model_end_to_end(tmp_path: Path, precision: str) -> None:
+    src = _external_mlp(tmp_path)
+    assert (src.parent / "policy.weights").stat().st_size > 30_000
+    calib = random_inputs(load_model(src).inputs, 16, seed=2) if precision == "int8" else None
+    result = convert(src, tmp_path / "b", ConvertOptions(precision=precision, calibration=calib))
+    m = result.bundle.manifest
+    assert m.model_data == "model.onnx.data" and "model.onnx.data" in m.files
+    # The model file holds no weights: they live in the data file, found beside it by ONNX Runtime.
+    assert os.path.getsize(result.bundle.model_path) < 20_000
+    assert (result.bundle.path / "model.onnx.data").stat().st_size > 10_000
+    atol = {"fp32": 1e-5, "fp16": 2e-2, "int8": 0.15}[precision]
+    _serve_matches_original(result.bundle.path, src, tmp_path / "cache", atol=atol)
+
+
+def test_external_data_file_is_hashed_like_every_bundle_file(tmp_path: Path) -> None:
+    result = convert(_external_mlp(tmp_path), tmp_path / "b", ConvertOptions())
+    data = result.bundle.path / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(Exception, match=r"Bundle file model.onnx.data does not match bundle.json"):
+        ModelBundle.load(result.bundle.path)
+
+
+def test_model_onnx_runtime_rejects_ends_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = onnx.load(str(CONV2D))
+    model.graph.node[0].op_type = "NoSuchOperator"
+    bad = tmp_path / "bad.onnx"
+    onnx.save_model(model, str(bad))
+    with pytest.raises(ModelLoadError, match=r"^ONNX Runtime rejects bad.onnx: .*NoSuchOperator.*\.$"):
+        load_model(bad)
+    code, _out, err = run_cli(capsys, "convert", bad, "-o", tmp_path / "out")
+    assert code != 0 and "Traceback" not in err
+    assert "error: ONNX Runtime rejects bad.onnx" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_opset6_file_onnx_runtime_no_longer_runs_is_refused_in_one_sentence() -> None:
+    # A PyTorch-converted file from ONNX's own test data: BatchNormalization-6 has no kernel in ONNX Runtime.
+    path = ONNX_DATA / "pytorch-converted" / "test_BatchNorm2d_eval" / "model.onnx"
+    with pytest.raises(
+        ModelLoadError, match=r"^ONNX Runtime rejects model.onnx: .*BatchNormalization\(6\).*\.$"
+    ):
+        load_model(path)
+
+
+def _dynamic_seq_model(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    net = torch.nn.GRU(8, 16, batch_first=True).eval()
+    path = tmp / "gru.onnx"
+    torch.onnx.export(
+        net,
+        (torch.randn(2, 5, 8),),
+        str(path),
+        input_names=["x"],
+        output_names=["y", "h"],
+        dynamic_axes={"x": {0: "batch", 1: "steps"}, "y": {0: "batch", 1: "steps"}},
+        opset_version=14,
+        dynamo=False,
+    )
+    return path
+
+
+def test_dynamic_non_batch_axis_is_fixed_with_input_override(tmp_path: Path) -> None:
+    path = _dynamic_seq_model(tmp_path)
+    with pytest.raises(InputError, match=r"dynamic non-batch axis; fix it with an `inputs` override x:SHAPE"):
+        load_model(path)
+    result = convert(path, tmp_path / "b", ConvertOptions(inputs=("x:Bx7x8:float32",)))
+    assert result.bundle.inputs[0].shape == ("batch", 7, 8)
+    assert [o.name for o in result.bundle.outputs] == ["y", "h"]  # several outputs kept by name
+
+
+def test_input_override_dtype() -> None:
+    assert parse_input_override("tokens:Bx16:int64") == ("tokens", (16,), "int64")
+    assert parse_input_override("image:Bx3x8x8") == ("image", (3, 8, 8), None)
+    with pytest.raises(PipelineOptionError, match=r"names dtype 'complex64'; choose one of"):
+        parse_input_override("x:Bx4:complex64")
+    with pytest.raises(InputError, match=r"names dtype float32, but the ONNX model takes int64"):
+        load_model(ONNX_DATA / "pytorch-converted" / "test_Embedding" / "model.onnx", ["0:1x4:float32"])
