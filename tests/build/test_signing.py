@@ -328,3 +328,21 @@ def test_digest_required_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -
         sign_image("localhost:5000/edge/runtime:1.0.0", KEYLESS)
     with pytest.raises(SigningError, match="cosign is not installed"):
         sign_image(REF, "awskms:///alias/edge")
+
+
+def test_the_cli_key_option_keeps_references_whole() -> None:
+    """`release create --key awskms:///…`: the option hands the reference over unfolded (a Path would make
+    it awskms:/…, another key)."""
+    import click
+    from click.testing import CliRunner
+
+    from edge_deploy.cli.options import signing_key_option
+
+    @click.command()
+    @signing_key_option()
+    def show(key: str | None) -> None:
+        click.echo(key_reference(key) if key and key != KEYLESS else key)
+
+    for ref in ("awskms:///arn:aws:kms:us-east-1:111122223333:key/k", "hashivault://edge", KEYLESS):
+        result = CliRunner().invoke(show, ["--key", ref])
+        assert (result.exit_code, result.output.strip()) == (0, ref)

@@ -151,14 +151,17 @@ def public_key_option(
 
 
 def signing_key_option() -> Callable[[F], F]:
-    """--key (parameter ``key``): the cosign private key a release is signed with."""
+    """--key (parameter ``key``): the cosign private key a release is signed with: a file, a reference
+    cosign resolves (kept a string: a Path would fold ``awskms:///…``), or ``keyless``."""
     return click.option(
         "--key",
-        type=click.Path(path_type=Path),
+        type=click.Path(path_type=str),
         envvar="EDGE_COSIGN_KEY",
         show_envvar=True,
         default=None,
-        help="cosign private key; its password comes from COSIGN_PASSWORD.",
+        help="cosign private key: a file or env://VAR (password from COSIGN_PASSWORD), a KMS reference "
+        "(awskms://, gcpkms://, azurekms://, hashivault://, k8s://, pkcs11:), or `keyless` (the CI job's "
+        "OIDC identity).",
     )
 
 

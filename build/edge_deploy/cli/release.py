@@ -133,7 +133,7 @@ def create(
     converter_base: str | None,
     runtime_python: str,
     platforms: str,
-    key: Path | None,
+    key: Path | str | None,
     no_sign: bool,
     provenance: bool,
     sbom: bool,
@@ -229,7 +229,12 @@ def show(version: str, releases_dir: Path | None) -> None:
 
 @release.command("verify")
 @click.argument("version")
-@public_key_option("cosign public key.", default=Path("cosign.pub"), envvar="EDGE_COSIGN_PUB")
+@public_key_option(
+    "cosign public key (a file or env://VAR), or `keyless`: the signer's certificate identity and issuer "
+    "then come from EDGE_COSIGN_IDENTITY (or EDGE_COSIGN_IDENTITY_REGEXP) and EDGE_COSIGN_OIDC_ISSUER.",
+    default=Path("cosign.pub"),
+    envvar="EDGE_COSIGN_PUB",
+)
 @REPO_RELEASES
 @json_option()
 def verify(version: str, public_key: Path, releases_dir: Path | None, as_json: bool) -> None:

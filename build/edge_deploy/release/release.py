@@ -58,7 +58,7 @@ class ReleaseOptions:
     converter_base: str | None = None
     runtime_python: str | None = None
     runtime_platforms: str = "linux/arm64"
-    key: Path | None = None  # cosign private key; None: do not sign
+    key: Path | str | None = None  # cosign key file or reference, or "keyless"; None: do not sign
     provenance: bool = True  # buildx provenance attestation (mode=max)
     sbom: bool = False  # needs docker/buildkit-syft-scanner, which our offline builders cannot pull
     reuse: dict[str, str] = field(default_factory=dict)  # image name → repository@digest (skip building)

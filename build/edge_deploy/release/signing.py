@@ -166,7 +166,9 @@ def _major_from_flags(path: str, reported: str) -> tuple[int, str]:
         return 3, f"{reported} (cosign 3 flags)"
     if "--tlog-upload" in text:
         return 2, f"{reported} (cosign 2 flags)"
-    raise SigningError(f"{path} does not look like cosign 2 or 3 (its sign --help lists neither flag set).")
+    raise SigningError(
+        f"{path} does not look like cosign 2 or 3 (its help for signing lists neither set of flags)."
+    )
 
 
 def key_reference(key: Path | str) -> str:
