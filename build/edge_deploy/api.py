@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from edge_deploy.model.loading import SourceModel, load_model, source_from_modul
 from edge_runtime.bundle import BatchProfile, ModelBundle
 from edge_runtime.errors import BackendUnavailable, EdgeError
 from edge_runtime.jetson import GIB, JetsonModule, jetson_module
+
+if TYPE_CHECKING:
+    from edge_deploy.fleet import RolloutResult
 
 log = logging.getLogger(__name__)
 
@@ -181,18 +184,16 @@ def profile_performance(
         return bench_bundle(bundle.path, runs=num_iterations, warmup=warmup, batch=batch).to_dict()
 
 
-def deploy_to_device(package: str, target_ip: str, config: Mapping[str, Any] | None = None) -> Any:
+def deploy_to_device(package: str, target_ip: str, config: Mapping[str, Any] | None = None) -> RolloutResult:
     """Roll release ``package`` (a version from ``edge-deploy release``) out to the robot at ``target_ip``.
 
-    ``config`` may hold ``jetson_model``, ``user``, ``port``, ``ssh_key``, ``known_hosts`` and any keyword of
-    ``edge_deploy.rollout.deploy_release`` (``include_ros2``, ``auto_start``, ``health_timeout`` …)."""
-    try:
-        from edge_deploy.fleet.inventory import Fleet, Robot
-        from edge_deploy.rollout import deploy_release
-    except ImportError as exc:
-        raise EdgeError(
-            f"Deploying needs the fleet rollout (edge_deploy.rollout), which is not available: {exc}."
-        ) from None
+    ``config`` may hold ``jetson_model``, ``user``, ``port``, ``ssh_key``, ``known_hosts`` (any inventory
+    field of the robot) and any field of ``edge_deploy.fleet.RolloutOptions`` (``include_ros2``,
+    ``auto_start``, ``health_timeout_s`` …)."""
+    from edge_deploy.fleet import RolloutOptions, deploy_release
+    from edge_deploy.fleet.inventory import Fleet, Robot
+    from edge_deploy.fleet.options import options_from_keywords
+
     cfg = dict(config or {})
     robot_keys = {f.name for f in fields(Robot)} - {"name", "host"}  # every inventory field
     robot_kw: dict[str, Any] = {
@@ -201,7 +202,8 @@ def deploy_to_device(package: str, target_ip: str, config: Mapping[str, Any] | N
     robot = Robot(name=str(cfg.pop("name", target_ip)), host=target_ip, **robot_kw)
     for k in robot_keys:
         cfg.pop(k, None)
-    return deploy_release(package, Fleet(name=f"robot-{target_ip}", robots=(robot,)), **cfg)
+    options = options_from_keywords(RolloutOptions, version=package, **cfg)
+    return deploy_release(Fleet(name=f"robot-{target_ip}", robots=(robot,)), options)
 
 
 class JetsonDeployment:

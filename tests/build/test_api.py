@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +9,9 @@ import onnx
 import pytest
 import torch
 
-import edge_deploy
 from edge_deploy import (
     JetsonDeployment,
     convert_to_tensorrt,
-    deploy_to_device,
     export_to_onnx,
     profile_performance,
     quantize_model,
@@ -88,37 +85,20 @@ def test_profile_performance(make_bundle, sample_files: tuple[Path, Path]) -> No
         profile_performance(sample_files[0], "cuda")
 
 
-def test_deploy_to_device_names_missing_rollout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "edge_deploy.rollout", None)
-    with pytest.raises(EdgeError, match=r"edge_deploy\.rollout"):
-        deploy_to_device("1.0.0", "192.0.2.10", {})
-
-
-def test_api_names_are_exported() -> None:
-    for name in (
-        "JetsonDeployment",
-        "export_to_onnx",
-        "convert_to_tensorrt",
-        "quantize_model",
-        "profile_performance",
-        "deploy_to_device",
-    ):
-        assert callable(getattr(edge_deploy, name))
-
-
 def test_deploy_to_device_maps_every_inventory_field_to_the_robot(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import edge_deploy.rollout as rollout
+    import edge_deploy.fleet.operations as operations
     from edge_deploy.api import deploy_to_device
+    from edge_deploy.fleet import RolloutOptions
 
     seen: dict[str, Any] = {}
 
-    def fake_deploy_release(version: str, fleet: Any, **kw: Any) -> str:
-        seen.update(version=version, fleet=fleet, kw=kw)
+    def fake_deploy_release(fleet: Any, options: RolloutOptions) -> str:
+        seen.update(fleet=fleet, options=options)
         return "ok"
 
-    monkeypatch.setattr(rollout, "deploy_release", fake_deploy_release)
+    monkeypatch.setattr(operations, "deploy_release", fake_deploy_release)
     out = deploy_to_device(
         "0.1.0",
         "10.0.0.7",
@@ -136,7 +116,7 @@ def test_deploy_to_device_maps_every_inventory_field_to_the_robot(
         },
     )
     robot = seen["fleet"].robots[0]
-    assert out == "ok" and seen["version"] == "0.1.0"
+    assert out == "ok"
     assert (robot.host, robot.port, robot.user, robot.platform, robot.gpu) == (
         "10.0.0.7",
         2201,
@@ -145,4 +125,7 @@ def test_deploy_to_device_maps_every_inventory_field_to_the_robot(
         False,
     )
     assert robot.ssh_key == tmp_path / "k" and robot.jetson_model == "orin_nx"
-    assert seen["kw"] == {"include_ros2": False, "health_timeout": 30.0}
+    # The rest of the config is the rollout's options (health_timeout: the name of one release ago).
+    assert seen["options"] == RolloutOptions(version="0.1.0", include_ros2=False, health_timeout_s=30.0)
+    with pytest.raises(EdgeError, match="RolloutOptions has no option 'canary_size'"):
+        deploy_to_device("0.1.0", "10.0.0.7", {"canary_size": 1})

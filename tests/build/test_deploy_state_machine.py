@@ -19,9 +19,12 @@ from typing import Any
 
 import pytest
 
-import edge_deploy.fleet.robot as robot_mod
+import edge_deploy.fleet.store as store_mod
+import edge_deploy.fleet.switch as switch_mod
 from edge_deploy.fleet import FleetError
-from edge_deploy.fleet.robot import DeployRequest, RobotReleases, RobotResult
+from edge_deploy.fleet.deploy import RobotReleases
+from edge_deploy.fleet.options import DeployRequest
+from edge_deploy.fleet.outcome import RobotResult
 from edge_deploy.fleet.ssh import RobotUnreachable
 from tests.build.local_robot import (
     OLD,
@@ -46,8 +49,8 @@ LOST = RobotUnreachable("Robot arm-1: the SSH connection broke (Connection reset
 @pytest.fixture(autouse=True)
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same steps in the same order, without seconds of backoff and polling between them."""
-    monkeypatch.setattr(robot_mod, "RETRY_WAIT_S", 0.0, raising=False)
-    monkeypatch.setattr(robot_mod, "POLL_S", 0.1, raising=False)
+    monkeypatch.setattr(store_mod, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(switch_mod, "POLL_S", 0.1)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_deploy.fleet.deploy import RobotReleases
 from edge_deploy.fleet.inventory import Robot
-from edge_deploy.fleet.robot import RobotReleases
 from edge_runtime.cache import EngineCache
 from tests.build.local_robot import LocalRobot
 from tests.runtime.conftest import write_tiny_bundle

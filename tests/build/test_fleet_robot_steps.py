@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-import edge_deploy.fleet.robot as robot_mod
+import edge_deploy.fleet.store as store_mod
 from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.deploy import RobotReleases
 from edge_deploy.fleet.inventory import Robot
-from edge_deploy.fleet.robot import DeployRequest, RobotReleases, RobotResult
+from edge_deploy.fleet.options import DeployRequest
+from edge_deploy.fleet.outcome import RobotResult
 from edge_deploy.fleet.ssh import CommandResult, RobotUnreachable
 from tests.build.local_robot import LocalRobot
 
@@ -37,7 +39,7 @@ BUILD_FAILED = [
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries keep their count and order, without the seconds of backoff between them."""
-    monkeypatch.setattr(robot_mod, "RETRY_WAIT_S", 0.0, raising=False)
+    monkeypatch.setattr(store_mod, "RETRY_WAIT_S", 0.0)
 
 
 def local(tmp_path: Path, **config: Any) -> LocalRobot:
@@ -153,7 +155,7 @@ def test_pull_retries_are_bounded(tmp_path: Path) -> None:
     res = deploy(lr)
     assert (res.outcome, res.stage) == ("failed", "pull"), res
     pulls = len([c for c in lr.calls() if c[0] == "pull"])
-    assert pulls == robot_mod.PULL_ATTEMPTS and f"after {pulls} attempts" in res.reason
+    assert pulls == store_mod.PULL_ATTEMPTS and f"after {pulls} attempts" in res.reason
     assert res.retries == {"pull": pulls - 1}
 
 
@@ -231,7 +233,7 @@ class HangUp:
 
 def test_ssh_connect_is_retried_bounded_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import edge_deploy.fleet.ssh as ssh
-    from edge_deploy.fleet.rollout import deploy_one
+    from edge_deploy.fleet.deploy import deploy_one
 
     monkeypatch.setattr(ssh, "RETRY_WAIT_S", 0.0, raising=False)
     server = HangUp()
@@ -248,7 +250,7 @@ def test_ssh_connect_is_retried_bounded_and_counted(tmp_path: Path, monkeypatch:
 
 
 def test_a_refused_host_key_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_deploy.fleet.rollout import deploy_one
+    from edge_deploy.fleet.deploy import deploy_one
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts
     r = Robot(name="r0", host="127.0.0.1", port=HangUp().port, connect_timeout_s=5)

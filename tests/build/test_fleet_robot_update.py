@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 
-import edge_deploy.fleet.robot as robot_mod
+import edge_deploy.fleet.store as store_mod
+import edge_deploy.fleet.switch as switch_mod
+from edge_deploy.fleet.deploy import RobotReleases
 from edge_deploy.fleet.inventory import Robot
-from edge_deploy.fleet.robot import DeployRequest, RobotReleases, RobotResult
+from edge_deploy.fleet.options import DeployRequest
+from edge_deploy.fleet.outcome import RobotResult
 from edge_deploy.fleet.ssh import RobotUnreachable
 from tests.build.local_robot import LocalRobot
 
@@ -31,8 +34,8 @@ BIG = {"*": 50 * 1024 * 1024}
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(robot_mod, "RETRY_WAIT_S", 0.0, raising=False)
-    monkeypatch.setattr(robot_mod, "POLL_S", 0.2, raising=False)
+    monkeypatch.setattr(store_mod, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(switch_mod, "POLL_S", 0.2)
 
 
 @pytest.fixture(scope="module")

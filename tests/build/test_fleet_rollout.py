@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.compose import bundle_files, env_file
 from edge_deploy.fleet.inventory import Fleet, Robot
-from edge_deploy.fleet.robot import DeployRequest, bundle_files, env_file
-from edge_deploy.fleet.rollout import Rollout, plan_waves
+from edge_deploy.fleet.options import DeployRequest, RolloutOptions
+from edge_deploy.fleet.plan import plan_waves
+from edge_deploy.fleet.rollout import Rollout
 
 
 def robots(n: int, tmp_path: Path | None = None, port: int = 22) -> list[Robot]:
@@ -70,6 +72,10 @@ def run(rollout: Rollout) -> dict:
     return asyncio.run(rollout.run()).to_dict()
 
 
+def opts(**kw: Any) -> RolloutOptions:
+    return RolloutOptions(version="0.1.0", **kw)
+
+
 def unreachable_robots(tmp_path: Path, n: int) -> list[Robot]:
     """Robots on closed loopback ports: every connection is refused at once."""
     (tmp_path / "kh").write_text("")
@@ -87,7 +93,7 @@ def unreachable_robots(tmp_path: Path, n: int) -> list[Robot]:
 
 def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
     rs = unreachable_robots(tmp_path, 4)
-    out = run(Rollout(rs, req(), canary=1, max_failures=5))
+    out = run(Rollout(rs, req(), opts(canary=1, max_failures=5)))
     outcomes = [r["outcome"] for r in out["robots"]]
     assert outcomes == ["unreachable", "not_reached", "not_reached", "not_reached"]
     assert out["stopped"] and "canary" in out["stop_reason"] and not out["ok"]
@@ -95,7 +101,7 @@ def test_canary_failure_stops_the_fleet(tmp_path: Path) -> None:
 
 def test_max_failures_budget(tmp_path: Path) -> None:
     rs = unreachable_robots(tmp_path, 4)
-    out = run(Rollout(rs, req(), wave_size=1, max_failures=1))
+    out = run(Rollout(rs, req(), opts(wave_size=1, max_failures=1)))
     assert [r["outcome"] for r in out["robots"]] == [
         "unreachable",
         "unreachable",
@@ -108,7 +114,7 @@ def test_max_failures_budget(tmp_path: Path) -> None:
 
 def test_dry_run_touches_nothing(tmp_path: Path) -> None:
     rs = robots(3, tmp_path, port=closed_port())
-    out = run(Rollout(rs, req(), canary=1, wave_size=1, dry_run=True))
+    out = run(Rollout(rs, req(), opts(canary=1, wave_size=1, dry_run=True)))
     assert [r["outcome"] for r in out["robots"]] == ["planned"] * 3
     assert out["waves"] == [["r0"], ["r1"], ["r2"]]
     assert all(r["timings"] == {} for r in out["robots"])
@@ -116,13 +122,47 @@ def test_dry_run_touches_nothing(tmp_path: Path) -> None:
 
 def test_missing_known_hosts_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     r = Robot(name="r0", host="127.0.0.1", port=closed_port(), known_hosts=None)
-    import edge_deploy.fleet.ssh as ssh
-
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts to fall back on
-    out = run(Rollout([r], req()))
+    out = run(Rollout([r], req(), opts()))
     assert out["robots"][0]["outcome"] == "refused"
     assert "known_hosts" in out["robots"][0]["reason"]
-    assert ssh.HostKeyRefused
+
+
+@contextlib.asynccontextmanager
+async def sshd_on_loopback(host_key: Any) -> AsyncIterator[int]:
+    """An SSH server on 127.0.0.1 (asyncssh, in this process) with ``host_key``; its port. No login ever
+    succeeds: the host key check comes first, and that is what is under test."""
+    import asyncssh
+
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[host_key], password_auth=False)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("known", ["another key", "another host"])
+def test_an_unknown_or_changed_host_key_is_refused_before_login(tmp_path: Path, known: str) -> None:
+    """A robot whose SSH host key differs from its known_hosts entry (a changed key), or that known_hosts
+    does not list (an unknown host), is refused at once, never retried, and the rollout names it."""
+    import asyncssh
+
+    served, other = asyncssh.generate_private_key("ssh-ed25519"), asyncssh.generate_private_key("ssh-ed25519")
+    kh = tmp_path / "known_hosts"
+
+    async def go() -> dict:
+        async with sshd_on_loopback(served) as port:
+            listed = f"[127.0.0.1]:{port}" if known == "another key" else "[192.0.2.1]:22"
+            entry_key = other if known == "another key" else served
+            kh.write_text(f"{listed} {entry_key.export_public_key().decode().strip()}\n")
+            robot = Robot(name="r0", host="127.0.0.1", port=port, known_hosts=kh, connect_timeout_s=5)
+            return (await Rollout([robot], req(), opts()).run()).to_dict()
+
+    (res,) = asyncio.run(go())["robots"]
+    assert (res["outcome"], res["stage"]) == ("refused", "connect"), res
+    assert "host key" in res["reason"] and "unknown or has changed" in res["reason"], res
+    assert res["retries"] == {}  # a refused key is final, not a hiccup to retry
 
 
 def test_env_and_bundle_for_simulated_and_jetson_robots() -> None:
@@ -148,7 +188,7 @@ def test_env_and_bundle_for_simulated_and_jetson_robots() -> None:
 def test_compose_file_is_hardened() -> None:
     import yaml
 
-    from edge_deploy.fleet.robot import compose_bundle_dir
+    from edge_deploy.fleet.compose import compose_bundle_dir
 
     doc = yaml.safe_load((compose_bundle_dir() / "compose.yaml").read_text())
     svc = doc["services"]["edge-runtime"]
@@ -212,7 +252,7 @@ def test_health_gate_smoke_inference_works_for_any_model(tmp_path: Path) -> None
     policy that is not the sample one passes on a real service; the old fixed sample input is refused."""
     import httpx
 
-    from edge_deploy.fleet.robot import ready_check, served_model, smoke_check
+    from edge_deploy.fleet.gate import ready_check, served_model, smoke_check
     from edge_runtime.service import InferenceService, ServiceConfig, create_app
 
     service = InferenceService(
@@ -246,7 +286,7 @@ def test_health_gate_smoke_inference_works_for_any_model(tmp_path: Path) -> None
 def test_smoke_inputs_are_made_from_metadata() -> None:
     import numpy as np
 
-    from edge_deploy.fleet.robot import GateFailed, smoke_inputs
+    from edge_deploy.fleet.gate import GateFailed, smoke_inputs
 
     meta = {
         "inputs": [
@@ -292,7 +332,7 @@ META = {"outputs": [{"name": "cmd", "datatype": "FP32", "shape": [-1, 2]}]}
     ],
 )
 def test_smoke_answer_is_checked_against_the_metadata(answer: object, problem: str | None) -> None:
-    from edge_deploy.fleet.robot import GateFailed, check_smoke_answer
+    from edge_deploy.fleet.gate import GateFailed, check_smoke_answer
 
     if problem is None:
         assert check_smoke_answer(META, answer)["cmd"]["shape"] == [1, 2]
@@ -302,23 +342,26 @@ def test_smoke_answer_is_checked_against_the_metadata(answer: object, problem: s
 
 
 def test_ros2_rollout_of_an_image_without_ros2_is_refused_before_any_robot(tmp_path: Path) -> None:
+    from edge_deploy.fleet import deploy_release
     from edge_deploy.release.manifest import ReleaseManifest, save_release
-    from edge_deploy.rollout import deploy_release
 
     fleet = Fleet("f", tuple(robots(2, tmp_path, port=closed_port())))
     no_ros2 = ReleaseManifest.for_runtime_image("0.1.0", "reg/rt@sha256:" + "b" * 64)
-    no_ros2.extra["ros2"] = False
+    no_ros2.ros2 = False
     save_release(no_ros2, tmp_path / "releases")
     save_release(
         ReleaseManifest.for_runtime_image("0.1.1", "reg/rt@sha256:" + "c" * 64), tmp_path / "releases"
     )
     with pytest.raises(FleetError, match=r"Release 0\.1\.0's runtime image cannot serve ROS 2"):
-        deploy_release("0.1.0", fleet, include_ros2=True, releases_dir=tmp_path / "releases")
+        deploy_release(
+            fleet, RolloutOptions(version="0.1.0", include_ros2=True, releases_dir=tmp_path / "releases")
+        )
     # Without ROS 2 it goes ahead; a release that does not record the capability is not second-guessed.
     for version, ros2 in (("0.1.0", False), ("0.1.1", True)):
-        out = deploy_release(
-            version, fleet, include_ros2=ros2, dry_run=True, releases_dir=tmp_path / "releases"
+        options = RolloutOptions(
+            version=version, include_ros2=ros2, dry_run=True, releases_dir=tmp_path / "releases"
         )
+        out = deploy_release(fleet, options)
         assert [r["outcome"] for r in out.to_dict()["robots"]] == ["planned", "planned"]
 
 
@@ -336,7 +379,7 @@ def test_ros2_rollout_of_an_image_without_ros2_is_refused_before_any_robot(tmp_p
 def test_a_refused_pull_says_how_to_log_the_robot_in(stderr: str, says: str) -> None:
     """What `docker pull` prints on the robot decides the sentence (the robot's engine, not this tool,
     holds the registry credentials)."""
-    from edge_deploy.fleet.robot import RobotReleases
+    from edge_deploy.fleet.deploy import RobotReleases
     from edge_deploy.fleet.ssh import CommandResult
 
     class Conn:  # the one call pull() makes, answered as the robot's shell would
@@ -438,7 +481,7 @@ class ScriptedRobot:
 def test_expected_backend_follows_the_inventory_and_the_release(
     gpu: bool, allow: bool, required: str | None, expected: str | None, because: str
 ) -> None:
-    from edge_deploy.fleet.robot import expected_backend
+    from edge_deploy.fleet.gate import expected_backend
 
     robot = Robot(name="r", host="h", gpu=gpu, allow_cpu_fallback=allow)
     got, why = expected_backend(robot, required)
@@ -448,7 +491,8 @@ def test_expected_backend_follows_the_inventory_and_the_release(
 def test_gate_refuses_a_cpu_fallback_on_a_gpu_robot_naming_both_backends_and_why(auto_service: int) -> None:
     """The gate against a real ``auto`` service that fell back: refused on a gpu robot, with the expected
     and served backends and the service's own sentence; passed where the inventory or release allows it."""
-    from edge_deploy.fleet.robot import GateFailed, RobotReleases
+    from edge_deploy.fleet.deploy import RobotReleases
+    from edge_deploy.fleet.gate import GateFailed
 
     def gate(robot: Robot, required: str | None = None) -> dict[str, Any]:
         releases = RobotReleases(ScriptedRobot(robot, auto_service))  # type: ignore[arg-type]
@@ -482,7 +526,7 @@ def test_gate_refuses_a_cpu_fallback_on_a_gpu_robot_naming_both_backends_and_why
 def test_a_service_started_on_onnxruntime_fails_a_gpu_robots_gate(tmp_path: Path) -> None:
     """Not a fallback, an explicit EDGE_BACKEND=onnxruntime: a gpu robot still fails, and the reason says
     the backend was asked for."""
-    from edge_deploy.fleet.robot import GateFailed, backend_check, expected_backend
+    from edge_deploy.fleet.gate import GateFailed, backend_check, expected_backend
     from edge_runtime.service import InferenceService, ServiceConfig
 
     service = InferenceService(
@@ -536,7 +580,8 @@ def test_a_cpu_fallback_rolls_a_gpu_robot_back_to_its_previous_release(
     """The whole update after the lock: the new release comes up healthy in Docker's eyes but serves ONNX
     Runtime on the CPU; the gate refuses, the version is marked bad and edge-update.sh on the robot (a real
     sh) restores the previous release."""
-    from edge_deploy.fleet.robot import ROLLED_BACK, RobotReleases, RobotResult
+    from edge_deploy.fleet.deploy import RobotReleases
+    from edge_deploy.fleet.outcome import ROLLED_BACK, RobotResult
 
     robot = Robot(name="jet", host="h", gpu=True, compose_dir="edge")
     lr = _robot_serving(tmp_path, robot, auto_service, IMG_B)
@@ -562,7 +607,8 @@ def test_a_manual_rollback_gates_on_the_backend_its_release_required(
 ) -> None:
     """``fleet rollback`` reads the target's release.json: a release made with --required-backend any comes
     back on a gpu robot serving ONNX Runtime; one without it is refused and the current one restored."""
-    from edge_deploy.fleet.robot import FAILED, UPDATED, RobotReleases
+    from edge_deploy.fleet.deploy import RobotReleases
+    from edge_deploy.fleet.outcome import FAILED, UPDATED
 
     robot = Robot(name="jet", host="h", gpu=True, compose_dir="edge")
     outcomes = {}

@@ -140,11 +140,13 @@ def test_an_image_reference_outside_the_reference_grammar_never_reaches_a_robot(
     tmp_path: Path, repository: str
 ) -> None:
     """The reference goes into each robot's .env, where compose expands "$" and "#" starts a comment."""
-    from edge_deploy.fleet import FleetError
-    from edge_deploy.rollout import deploy_release
+    from edge_deploy.fleet import FleetError, RolloutOptions, deploy_release
 
     fleet = unreachable_fleet(tmp_path)
     m = ReleaseManifest.for_runtime_image("0.1.0", f"{repository}@{DIGEST}")
     save_release(m, tmp_path / "releases")
     with pytest.raises(FleetError, match="does not pin its runtime image by digest"):
-        deploy_release("0.1.0", fleet, releases_dir=tmp_path / "releases", insecure_skip_signature_check=True)
+        options = RolloutOptions(
+            version="0.1.0", releases_dir=tmp_path / "releases", insecure_skip_signature_check=True
+        )
+        deploy_release(fleet, options)

@@ -168,7 +168,7 @@ def test_release_records_digests_moves_tags_and_tags_git(repo: Path, reg: FakeRe
     assert saved.pushed_bytes == 2 * (1000 + 10)
     assert git(repo, "cat-file", "-t", "v0.1.0") == "tag"  # annotated
     assert git(repo, "rev-parse", "v0.1.0^{commit}") == sha
-    assert saved.extra["ros2"] is False  # what rollout --ros2 checks
+    assert saved.ros2 is False and "ros2" not in saved.extra  # what a rollout with ROS 2 checks
 
 
 def test_prerelease_leaves_latest_on_last_stable(repo: Path, reg: FakeRegistry) -> None:

@@ -1,6 +1,6 @@
 """Signatures by default: a rollout verifies the image signature with the configured public key, and
 without one it is refused before any robot is touched, unless the operator opts out with
-``--insecure-skip-signature-check``. Robots here refuse connections, so "touched" is visible as an
+``insecure_skip_signature_check`` (``--insecure-skip-signature-check`` on the CLI). Robots here refuse connections, so "touched" is visible as an
 ``unreachable`` result."""
 
 from __future__ import annotations
@@ -8,18 +8,22 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-import edge_deploy.rollout as rollout_mod
-from edge_deploy.fleet import FleetError
+import edge_deploy.fleet.operations as operations
+from edge_deploy.fleet import FleetError, RolloutOptions, RolloutResult
 from edge_deploy.fleet.inventory import Fleet, Robot
 from edge_deploy.release.manifest import ReleaseManifest, save_release
-from edge_deploy.rollout import deploy_release
 from tests.build.cli_helpers import run_cli
 
 REF = "localhost:5000/edge/runtime@sha256:" + "d" * 64
 OPT_OUT = "--insecure-skip-signature-check"
+
+
+def deploy_release(version: str, fleet: Fleet, **options: Any) -> RolloutResult:
+    return operations.deploy_release(fleet, RolloutOptions(version=version, **options))
 
 
 def closed_port() -> int:
@@ -52,8 +56,12 @@ def test_no_public_key_is_refused_before_any_robot(
 ) -> None:
     with pytest.raises(FleetError) as info:
         deploy_release(version, fleet(tmp_path), releases_dir=releases)
-    msg = str(info.value)
-    assert says in msg and "public key" in msg and OPT_OUT in msg and "\n" not in msg, msg
+    msg, err = str(info.value), info.value
+    # The sentence names the options (the library's words; the CLI spells them as its flags).
+    assert says in msg and "public key" in msg and "`insecure_skip_signature_check`" in msg, msg
+    assert "--" not in msg and "\n" not in msg, msg
+    assert set(err.options) == {"public_key", "insecure_skip_signature_check"}
+    assert OPT_OUT in err.spelled({"insecure_skip_signature_check": OPT_OUT})
 
 
 def test_the_opt_out_deploys_unverified_and_says_so(tmp_path: Path, releases: Path) -> None:
@@ -67,7 +75,7 @@ def test_a_configured_key_verifies_the_pinned_digest(
     tmp_path: Path, releases: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[str, Path]] = []
-    monkeypatch.setattr(rollout_mod, "verify_signature", lambda ref, key: calls.append((ref, key)))
+    monkeypatch.setattr(operations, "verify_signature", lambda ref, key: calls.append((ref, key)))
     key = tmp_path / "cosign.pub"
     key.write_text("-----BEGIN PUBLIC KEY-----\n")
     for version in ("0.1.0", "0.2.0"):  # an unsigned release is verified too (and cosign refuses it)
@@ -86,7 +94,8 @@ def test_cli_refuses_without_a_key_and_opts_out_by_name(
     )
     args = ["rollout", "0.1.0", "--fleet", tmp_path / "fleet.yaml", "--releases-dir", releases, "--json"]
     code, out, err = run_cli(capsys, *args)
-    assert code == 2 and out == "" and OPT_OUT in err and len(err.strip().splitlines()) == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and out == "" and len(errors) == 1 and OPT_OUT in errors[0], err  # the CLI's flag
     code, out, err = run_cli(capsys, *args, OPT_OUT)
     assert code == 1, err  # the robot is unreachable: the rollout went ahead
     summary = json.loads(out)

@@ -171,7 +171,7 @@ def infer(env: Env, robot: str) -> list[int]:
     """The action shape of one inference on the robot, with the health gate's own smoke check."""
     import httpx
 
-    from edge_deploy.fleet.robot import ready_check, served_model, smoke_check
+    from edge_deploy.fleet.gate import ready_check, served_model, smoke_check
 
     async def one() -> list[int]:
         port = env.sim.robot(robot).service_port  # robots share the host's network namespace

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_deploy.fleet.deploy import RobotReleases, deploy_one
 from edge_deploy.fleet.inventory import Fleet, Robot, load_fleet
-from edge_deploy.fleet.robot import DeployRequest, RobotReleases
-from edge_deploy.fleet.rollout import deploy_one
+from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.fleet.ssh import connected
 from tests.support import need
 

@@ -281,7 +281,7 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
             col, no_wrap=col in ("robot", "version", "health"), min_width={"engine": 11, "last": 11}.get(col)
         )
     for r in rows:
-        engine = r.get("engine")
+        engine: Any = r.get("engine")  # /readyz (a dict), shown as a short word
         if isinstance(engine, dict):
             startup = engine.get("startup") or {}
             cache = "" if "cache_hit" not in startup else (" cache hit" if startup["cache_hit"] else " built")

@@ -9,14 +9,17 @@ the library's words: the CLI decides how a flag spells them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from edge_deploy.release.manifest import ReleaseManifest
 
 HistoryAction = Literal["deploy", "rollback"]
+Opts = TypeVar("Opts", "RolloutOptions", "RollbackOptions")
+# Keyword names of the API before these objects (``deploy_to_device``'s config, ``edge_deploy.rollout``).
+RENAMED = {"health_timeout": "health_timeout_s", "confirm_timeout": "confirm_timeout_s"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +72,25 @@ class RollbackOptions(FleetOptions):
     ``to`` release a robot no longer keeps is deployed there from its manifest, signature checked first."""
 
     to: str | None = None
+
+
+def options_from_keywords(cls: type[Opts], **kw: Any) -> Opts:
+    """``cls`` from loose keywords (a config mapping, the keyword form of one release ago): old names are
+    mapped, a list of devices becomes a tuple, and a name no option has is one sentence."""
+    from edge_deploy.fleet import FleetError
+
+    values = {RENAMED.get(k, k): v for k, v in kw.items()}
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        raise FleetError(
+            f"{cls.__name__} has no option {unknown[0]!r}; the options are {', '.join(sorted(known))}."
+        )
+    if values.get("devices") is not None:
+        values["devices"] = tuple(values["devices"])
+    else:
+        values.pop("devices", None)
+    return cls(**values)
 
 
 @dataclass

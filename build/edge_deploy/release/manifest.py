@@ -59,8 +59,16 @@ class ReleaseManifest:
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     required_backend: str | None = None  # see REQUIRED_BACKENDS; the fleet's health gate enforces it
+    # Whether the runtime image can serve ROS 2 (its DDS binding is installed); a rollout with ROS 2 is
+    # refused when False. None: not recorded (a manifest of a runtime image built elsewhere).
+    ros2: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.ros2 is None and isinstance(self.extra.get("ros2"), bool):
+            # Manifests written before ros2 was a field kept it in extra: read it from there, write it here.
+            extra = dict(self.extra)
+            self.ros2 = bool(extra.pop("ros2"))
+            self.extra = extra
         if self.required_backend is not None and self.required_backend not in REQUIRED_BACKENDS:
             raise ReleaseError(
                 f"Release {self.version} has required_backend {self.required_backend!r}; expected one of "
@@ -192,6 +200,8 @@ def _checked_manifest(d: Any) -> dict[str, Any]:
         _expect(_is_int(d["pushed_bytes"]), "pushed_bytes", "a whole number or null", d["pushed_bytes"])
     if "extra" in d:
         _expect(isinstance(d["extra"], dict), "extra", "a mapping", d["extra"])
+    if d.get("ros2") is not None:
+        _expect(isinstance(d["ros2"], bool), "ros2", "true, false or null", d["ros2"])
     return d
 
 

@@ -1,0 +1,240 @@
+"""The health gate, as a client of the robot's service (HTTP, Open Inference Protocol): ``/readyz`` must
+say ready with the backend the robot should serve, and one inference on an input made from the served
+model's own metadata must answer every declared output; reached through an SSH port forward."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypedDict
+
+from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.inventory import Robot
+from edge_deploy.fleet.outcome import InferAnswer
+from edge_deploy.fleet.ssh import RobotConnection
+
+
+class GateFailed(FleetError):
+    """The new release did not pass the health gate."""
+
+
+class GateReport(TypedDict, total=False):
+    """What a passed gate saw: /readyz's body, and with the smoke inference its round trip and the shape
+    of each output."""
+
+    readyz: dict[str, Any]
+    smoke_s: float
+    outputs: dict[str, Any]
+    ros2: dict[str, Any]  # with ROS 2 on: the DDS probe's answer (round trip, action size, cyclonedds)
+
+
+def smoke_inputs(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 input arrays for whatever model the robot serves, made from that model's own metadata
+    (``GET /v2/models/NAME``): dynamic dimensions are 1, floating-point inputs get deterministic values in
+    [0, 1), integer and boolean inputs zeros."""
+    import numpy as np
+
+    from edge_runtime import oip
+
+    rng = np.random.default_rng(0)
+    feeds: dict[str, Any] = {}
+    for spec in metadata.get("inputs") or []:
+        shape = tuple(1 if d < 0 else int(d) for d in spec["shape"])
+        try:
+            dtype = oip.numpy_dtype(spec["datatype"])
+        except KeyError:
+            raise GateFailed(
+                f"the model's input {spec['name']!r} has datatype {spec['datatype']}, which the smoke "
+                "inference cannot fill"
+            ) from None
+        feeds[spec["name"]] = (
+            rng.random(shape).round(3).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+        )
+    return feeds
+
+
+def check_smoke_answer(metadata: dict[str, Any], answer: Any) -> dict[str, dict[str, Any]]:
+    """The answer's outputs by name (``shape``, ``datatype``, ``data``); raises GateFailed unless every
+    output the model declares came back with its declared shape (dynamic dimensions 1) and finite values."""
+    import numpy as np
+
+    got = {o.get("name"): o for o in (answer.get("outputs") or [])} if isinstance(answer, dict) else {}
+    for spec in metadata.get("outputs") or []:
+        out = got.get(spec["name"])
+        if not isinstance(out, dict):
+            raise GateFailed(f"smoke inference returned no output {spec['name']!r}")
+        expected = [1 if d < 0 else int(d) for d in spec["shape"]]
+        if list(out.get("shape") or []) != expected:
+            raise GateFailed(
+                f"smoke inference returned {spec['name']} of shape {out.get('shape')}, expected {expected}"
+            )
+        values = np.asarray(out.get("data") or [], dtype=np.float64)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise GateFailed(f"smoke inference returned non-finite values in {spec['name']}")
+    return got
+
+
+async def smoke_check(http: Any, model: str) -> tuple[dict[str, dict[str, Any]], float]:
+    """One inference through ``http`` (an httpx.AsyncClient on the service) with an input made from the
+    served model's own metadata; its checked outputs and the round trip in seconds."""
+    from edge_runtime import oip
+
+    meta = await http.get(f"/v2/models/{model}")
+    if meta.status_code != 200:
+        raise GateFailed(f"model metadata answered {meta.status_code}: {meta.text[:150]}")
+    metadata = meta.json()
+    # Binary tensors in (no JSON for a camera frame), JSON out (small, and checked value by value).
+    body, header_length = oip.encode_request(smoke_inputs(metadata), binary=True, binary_output=False)
+    headers = {} if header_length is None else {oip.HEADER_LENGTH: str(header_length)}
+    t0 = time.monotonic()
+    resp = await http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+    seconds = time.monotonic() - t0
+    if resp.status_code != 200:
+        raise GateFailed(f"smoke inference answered {resp.status_code}: {resp.text[:150]}")
+    return check_smoke_answer(metadata, resp.json()), seconds
+
+
+async def ready_check(http: Any) -> dict[str, Any]:
+    """``GET /readyz`` must answer 200 with ``ready: true``; returns its body."""
+    ready = await http.get("/readyz")
+    try:
+        body = ready.json()
+    except ValueError:
+        body = {"text": ready.text[:200]}
+    if ready.status_code != 200 or not (isinstance(body, dict) and body.get("ready")):
+        raise GateFailed(f"/readyz answered {ready.status_code}: {str(body)[:150]}")
+    return body
+
+
+def expected_backend(robot: Robot, required: str | None) -> tuple[str | None, str]:
+    """The backend ``robot`` must serve a release with (None: any will do) and why, from the release's
+    ``required_backend`` and the robot's inventory: a robot that should run TensorRT must not pass its gate
+    while serving ONNX Runtime on the CPU, unless that is allowed on purpose."""
+    if required == "tensorrt":
+        return "tensorrt", "the release requires TensorRT"
+    if required == "any":
+        return None, "the release accepts ONNX Runtime on the CPU"
+    if robot.gpu and not robot.allow_cpu_fallback:
+        return "tensorrt", "the robot has gpu: true in fleet.yaml"
+    if robot.gpu:
+        return None, "the robot has allow_cpu_fallback: true in fleet.yaml"
+    return None, "the robot has gpu: false in fleet.yaml"
+
+
+def backend_check(ready: dict[str, Any], expected: str | None, because: str) -> None:
+    """Raise GateFailed unless the service reports ``expected`` as its backend; the reason names both
+    backends and the service's own sentence for why it did not serve the expected one."""
+    if expected is None:
+        return
+    served = ready.get("backend")
+    if served == expected:
+        return
+    if not served:
+        raise GateFailed(
+            f"expected backend {expected} ({because}), but /readyz does not say which backend serves "
+            "(an edge-runtime older than this tool)"
+        )
+    served, requested = str(served)[:40], str(ready.get("backend_requested") or "")[:40]  # the robot's text
+    where = " on the CPU" if served == "onnxruntime" else ""
+    if ready.get("fallback"):
+        said = f"the service says: {str(ready['fallback'])[:300].rstrip('.')}"
+    elif requested and requested != "auto":
+        said = f"the service was started with --backend {requested} (EDGE_BACKEND)"
+    else:
+        said = "the service did not say why (an edge-runtime older than this tool)"
+    allow = (
+        "no inventory setting allows it (the release was made with --required-backend tensorrt)"
+        if because.startswith("the release")
+        else "to allow it on purpose, set allow_cpu_fallback: true for the robot in fleet.yaml or release "
+        "with --required-backend any"
+    )
+    raise GateFailed(f"expected backend {expected} ({because}), served {served}{where}: {said}; {allow}")
+
+
+def served_model(ready: dict[str, Any]) -> str:
+    """The model name a ready service reports (its path under /v2/models/)."""
+    if not ready.get("model"):
+        raise GateFailed("/readyz does not name the model it serves (an edge-runtime older than this tool)")
+    return str(ready["model"])
+
+
+@contextlib.asynccontextmanager
+async def service_client(conn: RobotConnection, timeout_s: float) -> AsyncIterator[Any]:
+    """An httpx client on the robot's service, through an SSH port forward (it listens on the robot's
+    loopback)."""
+    import httpx
+
+    async with (
+        conn.forward(conn.robot.service_port) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as http,
+    ):
+        yield http
+
+
+async def service_check(
+    conn: RobotConnection,
+    smoke: bool = True,
+    timeout_s: float = 120,
+    backend: tuple[str | None, str] | None = None,
+) -> GateReport:
+    """Through an SSH port forward: /readyz must say the engine is ready (and, with ``backend``, served by
+    the expected backend: see ``backend_check``), and with ``smoke`` one inference on an input built from
+    the model's own metadata must return every declared output with its declared shape and finite values
+    (whatever the model: nothing here assumes the sample policy)."""
+    async with service_client(conn, timeout_s) as http:
+        ready = await ready_check(http)
+        if backend is not None:
+            backend_check(ready, *backend)
+        result: GateReport = {"readyz": ready}
+        if smoke:
+            outputs, seconds = await smoke_check(http, served_model(ready))
+            result["smoke_s"] = round(seconds, 3)
+            result["outputs"] = {name: o.get("shape") for name, o in outputs.items()}
+        return result
+
+
+async def ros2_check(conn: RobotConnection, timeout_s: float = 60) -> dict[str, Any]:
+    """One DDS round trip to the release's ROS 2 bridge: ``edge_runtime.ros2.probe`` run inside the running
+    container (host networking, the container's ROS_DOMAIN_ID and CYCLONEDDS_URI: what a ROS 2 node on the
+    robot sees), answered on the probe's own topics, never on the action topic."""
+    import json
+
+    from edge_deploy.fleet.compose import PROJECT, SERVICE
+
+    r = await conn.run(
+        f"cid=$(docker ps -q --filter label=com.docker.compose.project={PROJECT} "
+        f"--filter label=com.docker.compose.service={SERVICE} | head -n1); "
+        '[ -n "$cid" ] || { echo "error: no running container" >&2; exit 1; }; '
+        f'docker exec "$cid" python3 -m edge_runtime.ros2.probe --timeout {int(timeout_s)}',
+        timeout=timeout_s + 60,
+    )
+    if not r.ok:
+        raise GateFailed(f"the ROS 2 bridge did not answer over DDS: {r.tail(300).strip() or 'no output'}")
+    try:
+        return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        raise GateFailed(f"the ROS 2 probe answered {r.stdout[:150]!r}, not its JSON line") from None
+
+
+async def infer(
+    conn: RobotConnection, payload: dict[str, Any] | None = None, timeout_s: float = 120
+) -> InferAnswer:
+    """One inference on the robot's service, through an SSH port forward (it listens on the robot's
+    loopback): ``payload`` as a ``POST /v1/infer`` body, or by default the smoke input made from the
+    served model's metadata. Returns the outputs by name and the round-trip time."""
+    async with service_client(conn, timeout_s) as http:
+        if payload is None:
+            outputs, seconds = await smoke_check(http, served_model(await ready_check(http)))
+            return {"outputs": outputs, "service_ms": None, "round_trip_ms": round(seconds * 1000, 2)}
+        t0 = time.monotonic()
+        resp = await http.post("/v1/infer", json=payload)
+        round_trip_ms = (time.monotonic() - t0) * 1000
+    if resp.status_code != 200:
+        raise GateFailed(f"inference answered {resp.status_code}: {resp.text[:150]}")
+    body = resp.json()
+    return {
+        "outputs": body.get("outputs", {}),
+        "service_ms": body.get("latency_ms"),
+        "round_trip_ms": round(round_trip_ms, 2),
+    }
