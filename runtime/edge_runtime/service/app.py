@@ -19,7 +19,7 @@ from edge_runtime.errors import EdgeError
 from edge_runtime.service.inference import InferenceService
 
 if TYPE_CHECKING:
-    from edge_runtime.service.infer import AppState
+    from edge_runtime.service.infer import AppState, InferHandler
 
 log = logging.getLogger("edge_runtime.service")
 
@@ -44,7 +44,7 @@ def create_app(
     def get(path: str, handler: Callable[..., Any]) -> Route:
         return Route(path, functools.partial(handler, state), methods=["GET"])
 
-    def post(path: str, handler: Any) -> Route:
+    def post(path: str, handler: InferHandler) -> Route:
         return Route(path, InferRoute(state, handler), methods=["POST"])
 
     rest = Starlette(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -19,6 +20,4 @@ async def readyz(state: AppState, request: Request) -> Response:
 
 
 async def metrics(state: AppState, request: Request) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
     return Response(generate_latest(state.service.registry), media_type=CONTENT_TYPE_LATEST)

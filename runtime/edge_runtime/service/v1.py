@@ -15,6 +15,7 @@ from edge_runtime.service.replies import Reply, json_reply
 
 
 async def infer(state: AppState, headers: dict[bytes, bytes], receive: Any, params: dict[str, Any]) -> Reply:
+    """Small bodies decode on the event loop; large npz on a worker thread, large JSON in the decoder process."""
     body = await state.limits.read_body(headers, receive)
     ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
     ctype = ctype.split(";")[0].strip().lower()

@@ -35,6 +35,7 @@ def served_model(state: AppState, name: str, version: str | None) -> ModelBundle
 
 
 async def infer(state: AppState, headers: dict[bytes, bytes], receive: Any, params: dict[str, Any]) -> Reply:
+    """Binary tensors (Triton's extension) or JSON ``data``; the answer mirrors what the request asked for."""
     bundle = served_model(state, params["name"], params.get("version"))
     encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
     if encoding != "identity":
