@@ -96,3 +96,63 @@ def test_no_credentials_outside_secrets(name: str) -> None:
     ):
         for m in re.finditer(rf"^\s*{key}\s*:\s*(.+)$", text, flags=re.M | re.I):
             assert "secrets." in m.group(1), f"{name}: {key} is not taken from secrets: {m.group(0).strip()}"
+
+
+PINNED = re.compile(r"^(?P<action>[\w.-]+/[\w./-]+)@(?P<sha>[0-9a-f]{40})$")
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "release.yml"])
+def test_actions_are_pinned_to_commit_shas_with_a_version_comment(name: str) -> None:
+    """A tag can be moved by whoever controls the action's repository; a commit SHA cannot. The comment
+    names the release the SHA is (Dependabot keeps both in step)."""
+    lines = (WORKFLOWS / name).read_text().splitlines()
+    uses = [line for line in lines if re.match(r"^\s*-?\s*uses:", line)]
+    assert uses, f"{name} uses no action"
+    for line in uses:
+        ref, _, comment = line.split("uses:", 1)[1].partition("#")
+        assert PINNED.match(ref.strip()), f"{name}: not pinned to a full commit SHA: {line.strip()}"
+        assert re.fullmatch(r"\s*v\d+\.\d+\.\d+\s*", comment), f"{name}: no vX.Y.Z comment: {line.strip()}"
+
+
+def test_dependabot_updates_actions_and_pip() -> None:
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    assert config["version"] == 2
+    ecosystems = {u["package-ecosystem"]: u for u in config["updates"]}
+    assert set(ecosystems) >= {"github-actions", "pip"}
+    assert all(u["directory"] == "/" and u["schedule"]["interval"] for u in ecosystems.values())
+
+
+def test_ci_uses_the_runners_docker_and_bakes_with_the_actions_cache() -> None:
+    wf = _load("ci.yml")
+    test = wf["jobs"]["test"]
+    uses = [s.get("uses", "").split("@")[0] for s in test["steps"]]
+    for action in ("docker/setup-qemu-action", "docker/setup-buildx-action", "sigstore/cosign-installer"):
+        assert action in uses, f"ci.yml's test job lacks {action}"
+    assert test["env"]["BAKE_CACHE_FROM"].startswith("type=gha")
+    assert test["env"]["BAKE_CACHE_TO"].startswith("type=gha")
+    runs = [s.get("run", "") for s in test["steps"]]
+    detect = next(i for i, r in enumerate(runs) if "host-setup --present" in r)
+    suite = next(i for i, r in enumerate(runs) if ".ci/run" in r)
+    assert detect < suite
+    # the bake file turns the variables into cache-from/cache-to of every target
+    bake = (ROOT / "docker" / "docker-bake.hcl").read_text()
+    assert "cache-from = compact([BAKE_CACHE_FROM])" in bake and "cache-to = compact([BAKE_CACHE_TO])" in bake
+
+
+def test_release_signs_keyless_and_attests_provenance() -> None:
+    wf = _load("release.yml")
+    job = wf["jobs"]["release"]
+    assert job["permissions"]["id-token"] == "write" and job["permissions"]["attestations"] == "write"
+    assert wf["permissions"] == {"contents": "read"}  # the workflow default stays read-only
+    steps = job["steps"]
+    attests = [s for s in steps if s.get("uses", "").startswith("actions/attest-build-provenance@")]
+    assert {a["with"]["subject-digest"] for a in attests} == {
+        "${{ steps.digests.outputs.runtime-digest }}",
+        "${{ steps.digests.outputs.converter-digest }}",
+    }
+    release = next(s for s in steps if "edge-deploy release" in s.get("run", ""))
+    assert '--key "$SIGNING_KEY"' in release["run"]
+    mode = next(s for s in steps if s.get("id") == "signing")["run"]
+    assert "env://COSIGN_PRIVATE_KEY" in mode and "key=keyless" in mode  # no key file is written
+    keyless = next(s for s in steps if "cosign sign --yes" in s.get("run", ""))
+    assert keyless["if"] == "steps.signing.outputs.key != 'keyless'"
