@@ -123,7 +123,7 @@ def _model_only_image(runtime_ref: str, work: Path, platform: str) -> str:
 
 def _engine(fleet_file: Path, devices: list[str]) -> dict[str, Any]:
     """Engine start-up as each robot's service reports it (/readyz ``startup``)."""
-    from edge_deploy.rollout import fleet_status
+    from edge_deploy.fleet import fleet_status
 
     out = {}
     for row in fleet_status(fleet_file, devices=devices):
@@ -147,8 +147,8 @@ def _bound(timings: dict[str, float]) -> str:
 
 
 def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[dict[str, Any]]:
+    from edge_deploy.fleet import RollbackOptions, RolloutOptions, deploy_release, rollback
     from edge_deploy.release.manifest import ReleaseManifest, save_release
-    from edge_deploy.rollout import deploy_release, rollback
     from edge_deploy.simulation import simulate as sim
 
     releases = root / f"releases-{n}"
@@ -167,16 +167,18 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
         for op, version in ops:
             t0 = time.monotonic()
             if version:
-                res = deploy_release(  # unsigned bench images: the rollout's cost, not cosign's, is measured
-                    version,
-                    s.fleet_file,
+                # unsigned bench images: the rollout's cost, not cosign's, is measured
+                options = RolloutOptions(
+                    version=version,
                     releases_dir=releases,
-                    health_timeout=HEALTH_TIMEOUT,
+                    health_timeout_s=HEALTH_TIMEOUT,
                     insecure_skip_signature_check=True,
                 )
+                res = deploy_release(s.fleet_file, options)
                 per_robot = [r.to_dict() for r in res.results]
             else:
-                per_robot = [r.to_dict() for r in rollback(s.fleet_file, health_timeout=HEALTH_TIMEOUT)]
+                back = rollback(s.fleet_file, RollbackOptions(health_timeout_s=HEALTH_TIMEOUT))
+                per_robot = [r.to_dict() for r in back]
             wall = time.monotonic() - t0
             engine = _engine(s.fleet_file, names)
             ok = all(r["outcome"] == "updated" for r in per_robot)

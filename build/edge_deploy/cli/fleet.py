@@ -48,7 +48,7 @@ def infer(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json
     own metadata) and print its outputs."""
     import numpy as np
 
-    from edge_deploy.rollout import fleet_infer
+    from edge_deploy.fleet import fleet_infer
 
     rows = fleet_infer(fleet_file, group=group, devices=list(devices) or None)
     if as_json:

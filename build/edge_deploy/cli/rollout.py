@@ -1,4 +1,5 @@
-"""``edge-deploy fleet rollout | rollback | status | history``: thin wrappers over ``edge_deploy.rollout``."""
+"""``edge-deploy fleet rollout | rollback | status | history``: thin wrappers over ``edge_deploy.fleet``
+(each command builds its operation's options object once and passes it down)."""
 
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ def rollout(
     as_json: bool,
 ) -> None:
     """Roll release VERSION out to the fleet in waves, with health gates and automatic rollback."""
-    from edge_deploy.rollout import deploy_release
+    from edge_deploy.fleet import RolloutOptions, deploy_release
 
     if skip_signature and not dry_run:
         click.echo(
@@ -164,27 +165,26 @@ def rollout(
             "(--insecure-skip-signature-check).",
             err=True,
         )
-    result = deploy_release(
-        version,
-        fleet_file,
+    options = RolloutOptions(
+        version=version,
         group=group,
-        devices=list(devices) or None,
+        devices=devices,
         include_ros2=include_ros2,
         auto_start=auto_start,
         canary=canary,
         wave_size=wave_size,
         wave_percent=wave_percent,
         max_failures=max_failures,
-        health_timeout=health_timeout,
-        confirm_timeout=confirm_timeout,
+        health_timeout_s=health_timeout,
+        confirm_timeout_s=confirm_timeout,
         dry_run=dry_run,
         releases_dir=releases_dir,
         public_key=public_key,
         force=force,
         prebuild=prebuild,
-        progress=None if dry_run else _progress_printer(),
         insecure_skip_signature_check=skip_signature,
     )
+    result = deploy_release(fleet_file, options, progress=None if dry_run else _progress_printer())
     summary = result.to_dict()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -233,18 +233,19 @@ def rollback(
     """Go back to a release kept on the robot (its previous one, or --to VERSION): nothing is downloaded.
     A --to release a robot no longer keeps is deployed there from its manifest, pulled and gated like a
     rollout."""
-    from edge_deploy.rollout import rollback as do_rollback
+    from edge_deploy.fleet import RollbackOptions
+    from edge_deploy.fleet import rollback as do_rollback
 
-    results = do_rollback(
-        fleet_file,
+    options = RollbackOptions(
         to=to,
-        devices=list(devices) or None,
+        devices=devices,
         group=group,
-        health_timeout=health_timeout,
+        health_timeout_s=health_timeout,
         releases_dir=releases_dir,
         public_key=public_key,
         insecure_skip_signature_check=skip_signature,
     )
+    results = do_rollback(fleet_file, options)
     rows = [r.to_dict() for r in results]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -264,7 +265,7 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
     from rich import box
     from rich.table import Table
 
-    from edge_deploy.rollout import fleet_status
+    from edge_deploy.fleet import fleet_status
 
     rows = fleet_status(fleet_file, group=group, devices=list(devices) or None)
     if as_json:
@@ -313,7 +314,7 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
 @json_option()
 def history(fleet_file: Path, device: str, limit: int, as_json: bool) -> None:
     """Deploys and rollbacks recorded on one robot, oldest first."""
-    from edge_deploy.rollout import device_history
+    from edge_deploy.fleet import device_history
 
     entries = device_history(fleet_file, device, limit)
     if as_json:
