@@ -86,8 +86,7 @@ def _runtime_image(platform: str, work: Path) -> str:
         push=True,
         progress="quiet",
     )
-    rt = out["images"]["runtime"]
-    return f"{rt['tags'][0].rsplit(':', 1)[0]}@{rt['digest']}"
+    return f"{out.runtime.repository}@{out.runtime.digest}"
 
 
 def _model_only_image(runtime_ref: str, work: Path, platform: str) -> str:

@@ -174,8 +174,7 @@ def run(args: Any = None) -> dict[str, Any]:
             bundle_out=work / f"bundle-{label}",
         )
         seconds = time.monotonic() - t0
-        rt = out["images"]["runtime"]
-        ref = f"{rt['tags'][0].rsplit(':', 1)[0]}@{rt['digest']}"
+        ref = f"{out.runtime.repository}@{out.runtime.digest}"
         builds[label] = {
             "seconds": round(seconds, 1),
             "ref": ref,

@@ -8,24 +8,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import edge_deploy.fleet as _fleet
 from edge_deploy.fleet import operations
 from edge_deploy.fleet.inventory import Fleet
-from edge_deploy.fleet.operations import device_history, fleet_infer, fleet_status, verify_signature
 from edge_deploy.fleet.options import RollbackOptions, RolloutOptions, options_from_keywords
 from edge_deploy.fleet.outcome import RobotResult
-from edge_deploy.fleet.plan import plan_waves
 from edge_deploy.fleet.rollout import RolloutResult
 
-__all__ = [
-    "RolloutResult",
-    "deploy_release",
-    "device_history",
-    "fleet_infer",
-    "fleet_status",
-    "plan_waves",
-    "rollback",
-    "verify_signature",
-]
+_SAME = {"device_history", "fleet_infer", "fleet_status", "plan_waves", "verify_signature", "RolloutResult"}
 
 warnings.warn(
     "edge_deploy.rollout is deprecated: import from edge_deploy.fleet (deploy_release and rollback take "
@@ -45,3 +35,10 @@ def deploy_release(version: str, fleet: Path | Fleet, *, progress: Any = None, *
 def rollback(fleet: Path | Fleet, **kw: Any) -> list[RobotResult]:
     """``edge_deploy.fleet.rollback`` in the keyword form of one release ago."""
     return operations.rollback(fleet, options_from_keywords(RollbackOptions, **kw))
+
+
+def __getattr__(name: str) -> Any:
+    """The names whose form did not change, from ``edge_deploy.fleet``."""
+    if name in _SAME:
+        return getattr(_fleet, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -365,6 +365,27 @@ def test_ros2_rollout_of_an_image_without_ros2_is_refused_before_any_robot(tmp_p
         assert [r["outcome"] for r in out.to_dict()["robots"]] == ["planned", "planned"]
 
 
+def test_the_old_import_path_warns_and_keeps_its_keyword_form(tmp_path: Path) -> None:
+    """``edge_deploy.rollout`` still works for one version: a DeprecationWarning, the old keyword names."""
+    import importlib
+    import sys
+
+    from edge_deploy.release.manifest import ReleaseManifest, save_release
+
+    sys.modules.pop("edge_deploy.rollout", None)
+    with pytest.warns(DeprecationWarning, match="import from edge_deploy.fleet"):
+        old = importlib.import_module("edge_deploy.rollout")
+    save_release(ReleaseManifest.for_runtime_image("0.1.0", "reg/rt@sha256:" + "b" * 64), tmp_path / "r")
+    fleet = Fleet("f", tuple(robots(2, tmp_path, port=closed_port())))
+    out = old.deploy_release(
+        "0.1.0", fleet, devices=["r1"], health_timeout=30, dry_run=True, releases_dir=tmp_path / "r"
+    )
+    assert [(r.robot, r.outcome) for r in out.results] == [("r1", "planned")]
+    assert old.plan_waves is plan_waves
+    with pytest.raises(FleetError, match="RolloutOptions has no option 'canary_size'"):
+        old.deploy_release("0.1.0", fleet, canary_size=1)
+
+
 @pytest.mark.parametrize(
     ("stderr", "says"),
     [

@@ -1,4 +1,5 @@
-"""Static checks of the image definitions: hadolint, bake resolution, requirements from pyproject."""
+"""The image build without building: what the wheelhouses get, what pip and bake are asked for, where the
+tool's files are found (checkout or installed wheel) and how the build context is staged from them."""
 
 from __future__ import annotations
 
@@ -7,23 +8,43 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 
-from edge_deploy.images.build import (
-    BAKE_FILE,
-    REPO_ROOT,
-    ImageError,
+from edge_deploy.images import ImageError, build_images
+from edge_deploy.images.bake import bake
+from edge_deploy.images.files import (
+    SHIPPED,
+    SOURCES,
+    FilesError,
+    ToolFiles,
+    stage_context,
+    tool_files,
+    work_dir,
+)
+from edge_deploy.images.wheelhouse import (
+    fill_wheelhouse,
     pip_platforms,
     requirements_for,
     runtime_extras,
     runtime_wheelhouse,
 )
+from tests.installed import tool_wheel
 from tests.support import need
 
-DOCKERFILES = sorted((REPO_ROOT / "docker").glob("*.Dockerfile"))
+__all__ = ["tool_wheel"]  # the session fixture, used below
+
+FILES = tool_files()
+DOCKERFILES = sorted(FILES.path("docker").glob("*.Dockerfile"))
+
+
+def _requirements(extra: str) -> list[Requirement]:
+    reqs = requirements_for(extra, FILES.path("pyproject.toml"), FILES.path("docker/requirements.py"))
+    return [Requirement(r) for r in reqs]
 
 
 def test_dockerfiles_pass_hadolint() -> None:
@@ -34,57 +55,98 @@ def test_dockerfiles_pass_hadolint() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_device_requirements_have_no_torch_and_include_the_backend() -> None:
-    reqs = requirements_for("device")
-    names = {r.split("<")[0].split(">")[0].split("=")[0] for r in reqs}
-    assert "onnxruntime" in names and "numpy" in names
-    assert "torch" not in names and "docker" not in names
-    host = requirements_for("host")
-    assert any(r.startswith("torch") for r in host) and any(r.startswith("onnxruntime") for r in host)
+def test_the_converter_wheelhouse_gets_torch_and_the_device_one_does_not() -> None:
+    device = {r.name for r in _requirements("device")}
+    assert {"onnxruntime", "numpy"} <= device and "torch" not in device
+    host = {r.name for r in _requirements("host")}
+    assert {
+        "torch",
+        "onnxruntime",
+        "onnx",
+    } <= host  # host pulls the device extra in through edge-deploy[device]
 
 
-def test_runtime_image_installs_the_device_side_and_cuda_python_once() -> None:
-    from packaging.requirements import Requirement
-
-    assert runtime_extras() == "device,jetson"  # from the runtime Dockerfile's ARG
-    reqs = [Requirement(r) for r in requirements_for(runtime_extras())]
+def test_the_runtime_image_gets_the_device_side_and_cuda_python_once() -> None:
+    reqs = _requirements(runtime_extras(FILES.path("docker/runtime.Dockerfile")))
     names = [r.name for r in reqs]
     assert len(names) == len(set(names)), names
     assert {"onnxruntime", "numpy", "cuda-python"} <= set(names) and "torch" not in names
     cuda = next(r for r in reqs if r.name == "cuda-python")
     # JetPack 6 has CUDA 12.6: cuda-python 12.x, never 13 (needs a CUDA 13 driver)
     assert cuda.specifier.contains("12.9.0") and not cuda.specifier.contains("13.0.0")
-    assert not any(r.name == "tensorrt" or r.name.startswith("tensorrt-") for r in reqs), (
-        "the base provides it"
-    )
+    assert not any(n == "tensorrt" or n.startswith("tensorrt-") for n in names), "the base provides it"
 
 
-def test_pip_platforms_are_manylinux_for_the_arch() -> None:
-    assert all(p.endswith("_aarch64") for p in pip_platforms("arm64"))
-    assert all(p.endswith("_x86_64") for p in pip_platforms("amd64"))
+def test_an_unknown_extra_is_one_sentence() -> None:
+    with pytest.raises(ImageError, match="has no extra 'nope'"):
+        requirements_for("device,nope", FILES.path("pyproject.toml"), FILES.path("docker/requirements.py"))
 
 
-def test_bake_file_resolves_tags_from_variables() -> None:
+def test_runtime_extras_follow_the_dockerfile_built(tmp_path: Path) -> None:
+    """A context with an older runtime Dockerfile fills its wheelhouse with what that Dockerfile installs."""
+    dockerfile = tmp_path / "runtime.Dockerfile"
+    assert runtime_extras(dockerfile) == "device"  # none at all
+    dockerfile.write_text("FROM base AS device-reqs\nRUN python3 requirements.py pyproject.toml device\n")
+    assert runtime_extras(dockerfile) == "device"
+    dockerfile.write_text("FROM base AS device-reqs\nARG RUNTIME_EXTRAS=device,jetson,ros2\n")
+    assert runtime_extras(dockerfile) == "device,jetson,ros2"
+
+
+def test_pip_is_asked_for_the_image_s_platform_and_python_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+
+    def fake_pip(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        (dest / "numpy-2.0.0-cp310-cp310-manylinux_2_17_aarch64.whl").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr("edge_deploy.images.wheelhouse.run_tool", fake_pip)
+    house = tmp_path / "runtime"
+    assert fill_wheelhouse(house, ["numpy>=1.24"], arch="arm64", python="3.10") == house
+    (cmd,) = calls
+    platforms = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--platform"]
+    assert platforms == [*pip_platforms("arm64"), "any"]
+    assert all(p.endswith("_aarch64") for p in platforms[:-1]) and "manylinux_2_28_aarch64" in platforms
+    abis = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--abi"]
+    assert cmd[cmd.index("--python-version") + 1] == "3.10" and abis == ["cp310", "abi3", "none"]
+    assert "--only-binary=:all:" in cmd and cmd[-1] == "numpy>=1.24"
+    fill_wheelhouse(house, ["numpy>=1.24"], arch="arm64", python="3.10")
+    assert len(calls) == 1  # same requirements: the wheelhouse is kept
+    fill_wheelhouse(house, ["numpy>=1.24", "psutil>=5.9"], arch="arm64", python="3.10")
+    assert len(calls) == 2  # changed requirements: pip is asked again
+    with pytest.raises(ImageError, match="Architecture 'riscv64' is not supported"):
+        pip_platforms("riscv64")
+
+
+def test_runtime_wheelhouse_per_platform(tmp_path: Path) -> None:
+    houses = {"runtime": tmp_path / "arm", "runtime_amd64": tmp_path / "amd"}
+    pick = runtime_wheelhouse
+    assert pick("linux/arm64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "arm"
+    assert pick("linux/amd64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "amd"
+    with pytest.raises(ImageError, match="not supported"):
+        pick("linux/riscv64", houses, python="3.11", device=[], root=tmp_path)
+
+
+def test_bake_resolves_tags_and_platforms_from_variables(tmp_path: Path) -> None:
     need(
         shutil.which("docker") is not None
         and subprocess.run(["docker", "buildx", "version"], capture_output=True, timeout=30).returncode == 0,
         "docker buildx",
     )
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "VERSION": "1.2.3",
-        "TAGS": "1.2,latest",
-        "REGISTRY": "reg.example:5000",
-        "RUNTIME_PLATFORMS": "linux/arm64,linux/amd64",
-        "HOME": "/root",
-    }
+    context = stage_context(tmp_path / "context")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
+    env |= {"VERSION": "1.2.3", "TAGS": "1.2,latest", "REGISTRY": "reg.example:5000"}
+    env["RUNTIME_PLATFORMS"] = "linux/arm64,linux/amd64"
     out = subprocess.run(
-        ["docker", "buildx", "bake", "-f", str(BAKE_FILE), "--print"],
+        ["docker", "buildx", "bake", "-f", "docker/docker-bake.hcl", "--print"],
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
-        cwd=REPO_ROOT,
+        cwd=context,
     )
     assert out.returncode == 0, out.stderr
     targets = json.loads(out.stdout)["target"]
@@ -94,60 +156,75 @@ def test_bake_file_resolves_tags_from_variables() -> None:
     assert targets["runtime"]["platforms"] == ["linux/arm64", "linux/amd64"]
     assert targets["converter"]["platforms"] == ["linux/amd64"]
     assert targets["runtime"]["contexts"]["converter"] == "target:converter"
-    assert targets["runtime"]["args"]["L4T_BASE"].startswith("nvcr.io/nvidia/l4t-jetpack:r36")
-    assert targets["runtime"]["args"]["BASE_TENSORRT"] == "required"
 
 
-def _instructions(dockerfile: Path, stage: str) -> list[str]:
-    """Instructions of one stage (continuation lines joined), from its FROM to the next FROM."""
-    text = dockerfile.read_text().replace("\\\n", " ")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("FROM ") and ln.endswith(f" AS {stage}"))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("FROM ")), len(lines))
-    return lines[start:end]
+def test_a_context_without_the_bake_file_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=r"has no docker/docker-bake\.hcl\.$"):
+        bake(["runtime"], context=tmp_path)
 
 
-def test_runtime_stage_labels_user_and_bundle_last() -> None:
-    steps = _instructions(REPO_ROOT / "docker" / "runtime.Dockerfile", "runtime")
-    labels = " ".join(s for s in steps if s.startswith("LABEL "))
-    for key in ("version", "revision", "source", "created", "base.name"):
-        assert f"org.opencontainers.image.{key}=" in labels
-    assert 'io.edge-deploy.bundle.sha256="${BUNDLE_SHA256}"' in labels
-    assert 'io.edge-deploy.precision="${PRECISION}"' in labels
-    assert 'org.opencontainers.image.base.name="${L4T_BASE}"' in labels
-    user = [s.split()[1] for s in steps if s.startswith("USER ")]
-    assert user and user[-1] not in ("0", "root")
-    assert 'ENTRYPOINT ["edge-runtime", "serve"]' in steps
-    assert any(s.startswith("HEALTHCHECK ") and '"edge_runtime.healthcheck"' in s for s in steps)
-    # the bundle is the last instruction, its own layer, independent of the layers below (--link)
-    assert steps[-1].startswith("COPY --link --from=convert ") and steps[-1].endswith(" /opt/edge/bundle")
-    assert 'VOLUME ["/var/cache/edge"]' in steps
+def test_a_missing_model_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=r"policy\.pt does not exist\.$"):
+        build_images(model_dir=tmp_path, model="policy.pt")
 
 
-def test_no_secret_in_args_or_env() -> None:
-    for dockerfile in DOCKERFILES:
-        for line in dockerfile.read_text().splitlines():
-            if line.startswith(("ARG ", "ENV ")):
-                assert not any(w in line.upper() for w in ("CERT", "TOKEN", "PASSWORD", "SECRET", "KEY")), (
-                    line
-                )
+def test_the_checkout_holds_every_file_the_tool_ships() -> None:
+    assert FILES.checkout is not None  # the tests run from an editable install
+    for rel in [*SHIPPED, *SOURCES]:
+        assert FILES.require(rel).exists(), rel
+    with pytest.raises(FilesError, match="is not one of the files edge-deploy ships"):
+        FILES.path("tests/support.py")
 
 
-def test_runtime_wheelhouse_per_platform(tmp_path: Path) -> None:
-    houses = {"runtime": tmp_path / "arm", "runtime_amd64": tmp_path / "amd"}
-    assert (
-        runtime_wheelhouse("linux/arm64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "arm"
-    )
-    assert (
-        runtime_wheelhouse("linux/amd64", houses, python="3.11", device=[], root=tmp_path) == tmp_path / "amd"
-    )
-    with pytest.raises(ImageError, match="not supported"):
-        runtime_wheelhouse("linux/riscv64", houses, python="3.11", device=[], root=tmp_path)
+def test_an_install_without_its_data_names_what_is_missing(tmp_path: Path) -> None:
+    broken = ToolFiles(package=tmp_path / "edge_deploy", runtime=tmp_path / "edge_runtime", checkout=None)
+    expected = tmp_path / "edge_deploy" / "_data" / "docker" / "runtime.Dockerfile"
+    with pytest.raises(FilesError, match=f"{expected} is missing: .* lacks its docker/runtime.Dockerfile"):
+        broken.require("docker/runtime.Dockerfile")
+
+
+def test_working_files_go_to_edge_deploy_home_else_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGE_DEPLOY_HOME", raising=False)
+    assert work_dir() == tmp_path.resolve() / ".edge"
+    monkeypatch.setenv("EDGE_DEPLOY_HOME", str(tmp_path / "home"))
+    assert work_dir() == (tmp_path / "home").resolve()
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_wheel_ships_what_image_build_needs_and_stages_the_checkout_s_context(
+    tool_wheel: Path, tmp_path: Path
+) -> None:
+    """An installed wheel lays out the same build context as the checkout it was built from."""
+    with zipfile.ZipFile(tool_wheel) as whl:
+        names = set(whl.namelist())
+        whl.extractall(tmp_path / "site")
+    for rel in ("docker/docker-bake.hcl", "docker/runtime.Dockerfile", "docker/converter.Dockerfile"):
+        assert f"edge_deploy/_data/{rel}" in names
+    assert {"edge_deploy/_data/pyproject.toml", "edge_deploy/_data/scripts/host-setup"} <= names
+    assert not any(n.startswith(("tests/", "edge_deploy/_data/tests")) for n in names)
+    site = tmp_path / "site"
+    installed = ToolFiles(package=site / "edge_deploy", runtime=site / "edge_runtime", checkout=None)
+    from_wheel = _tree(stage_context(tmp_path / "from-wheel", installed))
+    from_checkout = _tree(stage_context(tmp_path / "from-checkout", FILES))
+    # the sources are the wheel's (others may edit the checkout meanwhile); the file set and data are the same
+    shipped = [k for k in from_checkout if not k.startswith(SOURCES)]
+    assert sorted(k for k in from_wheel if not k.startswith(SOURCES)) == sorted(shipped)
+    for key in shipped:
+        if key.startswith("docker/"):
+            assert from_wheel[key] == from_checkout[key], key
+    assert "build/edge_deploy/images/files.py" in from_wheel and "runtime/edge_runtime/__init__.py" in from_wheel
+    assert not any("_data" in k or "__pycache__" in k or "compose_bundle" in k for k in from_wheel)
 
 
 def _link_module() -> Any:
     spec = importlib.util.spec_from_file_location(
-        "link_base_package", REPO_ROOT / "docker" / "link_base_package.py"
+        "link_base_package", FILES.path("docker/link_base_package.py")
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -189,7 +266,7 @@ def test_base_tensorrt_is_linked_where_the_base_python_keeps_it(tmp_path: Path) 
 
 def test_base_tensorrt_missing_fails_the_build_unless_optional(tmp_path: Path) -> None:
     venv = _venv(tmp_path)
-    script = str(REPO_ROOT / "docker" / "link_base_package.py")
+    script = str(FILES.path("docker/link_base_package.py"))
     py = str(venv / "bin" / "python")
     required = subprocess.run(
         [py, "-I", script, str(venv), "tensorrt", "--required"], capture_output=True, text=True, timeout=60
@@ -209,26 +286,3 @@ def test_base_tensorrt_missing_fails_the_build_unless_optional(tmp_path: Path) -
     assert not list(_link_module().venv_site_packages(venv).glob("tensorrt*"))
     bad = subprocess.run([py, "-I", script, str(venv)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("usage: link_base_package.py")
-
-
-def test_runtime_and_converter_need_no_pip_or_ensurepip_in_their_base() -> None:
-    """l4t-jetpack may ship neither python3-venv (ensurepip) nor python3-pip: the venvs are made without
-    pip and pip runs from its wheel in the wheelhouse (the stand-in base has neither, so e2e proves it)."""
-    for dockerfile, stage in (("runtime.Dockerfile", "runtime"), ("converter.Dockerfile", "deps")):
-        run = " ".join(
-            s for s in _instructions(REPO_ROOT / "docker" / dockerfile, stage) if s.startswith("RUN ")
-        )
-        assert "python3 -m venv --without-pip /opt/edge/venv" in run, dockerfile
-        assert '/opt/edge/venv/bin/python "${pip_whl}/pip" install --no-index' in run, dockerfile
-        assert "/opt/edge/venv/bin/pip " not in run and "ensurepip" not in run and "get-pip" not in run
-
-
-def test_runtime_extras_follow_the_checkout_s_dockerfile(tmp_path: Path) -> None:
-    """A release built from an older checkout fills its wheelhouse with what that checkout's image installs."""
-    assert runtime_extras(tmp_path) == "device"  # no docker/runtime.Dockerfile
-    (tmp_path / "docker").mkdir()
-    dockerfile = tmp_path / "docker" / "runtime.Dockerfile"
-    dockerfile.write_text("FROM base AS device-reqs\nRUN python3 requirements.py pyproject.toml device\n")
-    assert runtime_extras(tmp_path) == "device"
-    dockerfile.write_text("FROM base AS device-reqs\nARG RUNTIME_EXTRAS=device,jetson,ros2\n")
-    assert runtime_extras(tmp_path) == "device,jetson,ros2"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from edge_deploy.images import BuildResult, ImageResult
 from edge_deploy.release.manifest import ReleaseError, ReleaseManifest, load_release, save_release
 from edge_deploy.release.registry import Manifest, RegistryError, pushed_bytes, split_ref, split_repository
 from edge_deploy.release.release import Release, ReleaseOptions
@@ -102,7 +103,7 @@ class FakeBuilder:
     def __init__(self, reg: FakeRegistry, fail_on: str | None = None) -> None:
         self.reg, self.fail_on, self.calls = reg, fail_on, []  # type: ignore[var-annotated]
 
-    def __call__(self, **kw: Any) -> dict[str, Any]:
+    def __call__(self, **kw: Any) -> BuildResult:
         self.calls.append(kw)
         images = {}
         for override in kw["overrides"]:
@@ -114,8 +115,10 @@ class FakeBuilder:
                 raise ReleaseError(f"docker buildx bake failed: pushing {repo} was refused.")
             layer = hashlib.sha256(f"{target}{kw['model']}{kw['version']}".encode()).hexdigest()
             digest = self.reg.push_image(split_repository(repo)[1], tag, layer, 1000)
-            images[target] = {"digest": digest, "tags": [value], "platforms": {}, "size_bytes": 1000}
-        return {"images": images, "bundle_sha256": "ab" * 32, "precision": kw["precision"], "ros2": False}
+            images[target] = ImageResult(target, tags=[value], digest=digest, size_bytes=1000)
+        return BuildResult(
+            images, bundle_sha256="ab" * 32, precision=kw["precision"], ros2=False, variables={}
+        )
 
 
 def git(repo: Path, *args: str) -> str:
@@ -314,7 +317,8 @@ def test_a_release_of_an_image_built_elsewhere_is_pinned_by_digest(tmp_path: Pat
 
 
 def test_runtime_ros2_support_follows_the_device_extra(tmp_path: Path) -> None:
-    from edge_deploy.images.build import REPO_ROOT, runtime_has_ros2
+    from edge_deploy.images import tool_files
+    from edge_deploy.images.wheelhouse import runtime_has_ros2
 
     def pyproject(device: str) -> Path:
         path = tmp_path / f"{len(list(tmp_path.iterdir()))}.toml"
@@ -326,7 +330,8 @@ def test_runtime_ros2_support_follows_the_device_extra(tmp_path: Path) -> None:
 
     assert runtime_has_ros2(pyproject('"onnxruntime>=1.17"')) is False
     assert runtime_has_ros2(pyproject('"onnxruntime>=1.17", "edge-deploy[ros2]"')) is True
-    assert runtime_has_ros2(REPO_ROOT / "pyproject.toml") is False  # today's image: no arm64 cyclonedds wheel
+    # today's image: no arm64 cyclonedds wheel
+    assert runtime_has_ros2(tool_files().path("pyproject.toml")) is False
 
 
 def test_release_records_the_backend_robots_must_serve_it_with(repo: Path, reg: FakeRegistry) -> None:

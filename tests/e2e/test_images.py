@@ -314,8 +314,8 @@ def test_model_only_change_pushes_one_small_layer(
         progress="quiet",
         bundle_out=tmp_path / "bundle",
     )
-    new = result["images"]["runtime"]
-    assert new["digest"] != built_images.runtime.digest
+    new = result.runtime
+    assert new.digest is not None and new.digest != built_images.runtime.digest
     # On a shared working tree the device code may be edited between the two builds; then its layer
     # changes too and this is not a model-only change (never the case in CI's clean checkout).
     need(
@@ -323,7 +323,7 @@ def test_model_only_change_pushes_one_small_layer(
         "runtime/edge_runtime unchanged between the two builds (it was edited during the test)",
     )
     old_layers = platform_manifest(built_images.runtime, "linux/arm64")["layers"]
-    new_image = BuiltImage(built_images.runtime.repository, new["digest"], new["tags"], new["platforms"], 0)
+    new_image = BuiltImage(built_images.runtime.repository, new.digest, new.tags, new.platforms, 0)
     new_layers = platform_manifest(new_image, "linux/arm64")["layers"]
     old_digests = {layer["digest"] for layer in old_layers}
     added = [layer for layer in new_layers if layer["digest"] not in old_digests]

@@ -7,15 +7,13 @@ import sys
 
 import click
 
-from edge_deploy.images.build import REPO_ROOT
-from edge_runtime.errors import EdgeError
+from edge_deploy.images.files import tool_files
 
 
 def _script(name: str, *args: str) -> int:
-    path = REPO_ROOT / "scripts" / name
-    if not path.exists():
-        raise EdgeError(f"{path} is missing; host set-up runs from a checkout of edge-deploy.")
-    return subprocess.run([str(path), *args], check=False).returncode
+    """Run one of the tool's shipped host scripts (bash: a wheel may not keep their executable bit)."""
+    path = tool_files().require(f"scripts/{name}")
+    return subprocess.run(["bash", str(path), *args], check=False).returncode
 
 
 @click.group()

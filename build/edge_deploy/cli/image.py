@@ -61,12 +61,11 @@ def build(
         progress="quiet" if as_json else "auto",
         on_step=lambda s: click.echo(f"image build: {s}", err=True),
     )
-    result.pop("results")
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
         return
-    click.echo(f"bundle sha256 {result['bundle_sha256']} ({result['precision']})")
-    for name, img in result["images"].items():
-        digest = img["digest"] or "(not pushed)"
-        size = f"{img['size_bytes'] / 1e6:.1f} MB" if img["size_bytes"] else ""
-        click.echo(f"{name:10} {img['tags'][0] if img['tags'] else ''}  {digest}  {size}")
+    click.echo(f"bundle sha256 {result.bundle_sha256} ({result.precision})")
+    for name, img in result.images.items():
+        digest = img.digest or "(not pushed)"
+        size = f"{img.size_bytes / 1e6:.1f} MB" if img.size_bytes else ""
+        click.echo(f"{name:10} {img.tags[0] if img.tags else ''}  {digest}  {size}")

@@ -1,7 +1,14 @@
-"""The converter and runtime images: wheelhouses, ``docker buildx bake``, digests and sizes."""
+"""The converter and runtime images: the tool's files, wheelhouses, ``docker buildx bake``, digests and sizes.
+
+One job per module: ``files`` (where the tool's files are; the staged build context), ``wheelhouse``
+(offline wheels), ``bake`` (buildx bake), ``inspect`` (pushed images read back), ``result`` (typed
+results), ``build`` (the orchestration of one build).
+"""
 
 from __future__ import annotations
 
-from edge_deploy.images.build import ImageError, ImageResult, build_images
+from edge_deploy.images.build import build_images
+from edge_deploy.images.files import ToolFiles, tool_files, work_dir
+from edge_deploy.images.result import BuildResult, ImageError, ImageResult
 
-__all__ = ["ImageError", "ImageResult", "build_images"]
+__all__ = ["BuildResult", "ImageError", "ImageResult", "ToolFiles", "build_images", "tool_files", "work_dir"]

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from edge_deploy.images import BuildResult
 from edge_deploy.release.manifest import (
     ReleaseError,
     ReleaseImage,
@@ -66,10 +68,10 @@ class ReleaseOptions:
     required_backend: str | None = None  # manifest.REQUIRED_BACKENDS; None: the robots' inventory decides
 
 
-BuildFn = Callable[..., dict[str, Any]]
+BuildFn = Callable[..., "BuildResult"]
 
 
-def _default_builder(**kwargs: Any) -> dict[str, Any]:
+def _default_builder(**kwargs: Any) -> BuildResult:
     from edge_deploy.images import build_images
 
     return build_images(**kwargs)
@@ -297,27 +299,26 @@ class Release:
             overrides=overrides,
             progress="quiet",
             on_step=self.on_step,
-            context=self.repo_root,  # this checkout is what gets built
+            revision=self.git_sha(),  # the images are built from the tool's files, labelled with this commit
         )
         for name in IMAGES:
-            r = result["images"][name]
-            if opts.push and not r.get("digest"):
+            r = result.images[name]
+            if opts.push and not r.digest:
                 raise ReleaseError(f"The {name} image was built but bake reported no pushed digest.")
             repository = f"{opts.registry}/{opts.image_prefix}/{name}"
-            digest = r.get("digest") or ""
-            platforms = dict(r.get("platforms") or {})
+            digest = r.digest or ""
+            platforms = dict(r.platforms)
             if digest and not platforms:
                 platforms = self._platforms(registry, repository, digest)
             images[name] = ReleaseImage(
                 repository=repository,
                 digest=digest,
                 platforms=platforms,
-                size_bytes=int(r.get("size_bytes") or 0),
+                size_bytes=r.size_bytes,
             )
-        extra["bundle_sha256"] = result.get("bundle_sha256", "")
-        extra["precision"] = result.get("precision", opts.precision)
-        if "ros2" in result:  # whether the runtime image can serve ROS 2 (rollout --ros2 checks it)
-            extra["ros2"] = bool(result["ros2"])
+        extra["bundle_sha256"] = result.bundle_sha256
+        extra["precision"] = result.precision or opts.precision
+        extra["ros2"] = result.ros2  # whether the runtime image can serve ROS 2 (rollout --ros2 checks it)
         return images, extra
 
     @staticmethod

@@ -1,0 +1,161 @@
+"""Offline builds' wheels: ``pip download`` for each image's platform and Python, into wheelhouses kept
+between builds (the builder's default network has no outside route, and the Dockerfiles install with
+``--no-index``). What goes in comes from pyproject.toml's extras, read by the same docker/requirements.py
+the images run."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from filelock import FileLock
+
+from edge_deploy.images.process import run_tool
+from edge_deploy.images.result import ImageError
+
+# pip for the builds themselves, from the wheelhouse: the runtime image must not rely on the base having
+# python3-pip or ensurepip (l4t-jetpack may ship neither). pip download picks the newest that runs on the
+# image's Python.
+BUILD_PIP = "pip>=23,<27"
+MANYLINUX = (
+    "manylinux_2_17",
+    "manylinux2014",
+    "manylinux_2_24",
+    "manylinux_2_27",
+    "manylinux_2_28",
+    "manylinux_2_31",
+    "manylinux_2_34",
+    "manylinux_2_35",
+)
+
+
+def pip_platforms(arch: str) -> list[str]:
+    """The ``pip download --platform`` tags for a Docker arch (amd64, arm64)."""
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(arch)
+    if machine is None:
+        raise ImageError(f"Architecture {arch!r} is not supported (amd64 or arm64).")
+    return [f"{tag}_{machine}" for tag in MANYLINUX]
+
+
+def runtime_extras(runtime_dockerfile: Path) -> str:
+    """The extras the runtime image installs: its Dockerfile's ``RUNTIME_EXTRAS`` default (the one place
+    they are named; "device" for a Dockerfile from before the image installed cuda-python)."""
+    try:
+        text = runtime_dockerfile.read_text()
+    except OSError:
+        return "device"
+    found = re.search(r"^ARG RUNTIME_EXTRAS=([\w,-]+)[ \t]*$", text, re.M)
+    return found.group(1) if found else "device"
+
+
+def requirements_for(extra: str, pyproject: Path, requirements_py: Path) -> list[str]:
+    """Requirements of ``extra`` (comma-separated extras) plus the base dependencies, from ``pyproject``."""
+    proc = run_tool(
+        [sys.executable, str(requirements_py), str(pyproject), extra], what=f"Reading {pyproject}"
+    )
+    return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def has_ros2(device_requirements: list[str]) -> bool:
+    """Whether requirements include the ROS 2 DDS binding (the runtime can then serve ROS 2)."""
+    from packaging.requirements import Requirement
+
+    return any(Requirement(r).name == "cyclonedds" for r in device_requirements)
+
+
+def dockerfile_builds_ros2(runtime_dockerfile: Path) -> bool:
+    """Whether a runtime Dockerfile compiles the ROS 2 DDS binding in its ``ros2`` stage (Cyclone DDS 0.10,
+    docs/ros2.md) and installs it: PyPI has no arm64 wheel, so the image builds it rather than its extras."""
+    try:
+        text = runtime_dockerfile.read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"^FROM \S+ AS ros2[ \t]*$", text, re.M)) and "from=ros2," in text
+
+
+def fill_wheelhouse(
+    dest: Path, requirements: list[str], *, arch: str, python: str, stamp_name: str = ".requirements"
+) -> Path:
+    """``pip download`` binary wheels for ``arch``/``python`` into ``dest`` (kept between builds).
+
+    One directory may hold several architectures (one ``stamp_name`` per arch); pip picks by wheel tag.
+    A lock beside ``dest`` keeps two builds from filling it at once.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / f".{dest.name}.lock")):
+        stamp = dest / stamp_name
+        wanted = "\n".join([arch, python, *requirements])
+        if stamp.exists() and stamp.read_text() == wanted and any(dest.glob("*.whl")):
+            return dest
+        ver = python.replace(".", "")
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest)]
+        cmd += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
+        cmd += ["--abi", f"cp{ver}", "--abi", "abi3", "--abi", "none"]
+        for plat in pip_platforms(arch):
+            cmd += ["--platform", plat]
+        cmd += ["--platform", "any", *requirements]
+        run_tool(cmd, what=f"Downloading wheels for linux/{arch} Python {python}")
+        stamp.write_text(wanted)
+    return dest
+
+
+def prepare_wheelhouses(
+    *,
+    root: Path,
+    runtime_python: str,
+    device: list[str],
+    host: list[str],
+    converter_python: str,
+    torch_spec: str,
+) -> dict[str, Path]:
+    """Fill the converter's (``host`` requirements, torch apart) and the runtime's (``device``) wheelhouses
+    under ``root``. Each also holds a pip wheel, which the builds run from the wheelhouse."""
+    host = [r for r in host if not r.startswith("torch")]
+    converter = fill_wheelhouse(
+        root / "converter",
+        [torch_spec, *host, "hatchling>=1.21,<2", BUILD_PIP],
+        arch="amd64",
+        python=converter_python,
+    )
+    runtime = fill_wheelhouse(
+        root / f"runtime-py{runtime_python}", [*device, BUILD_PIP], arch="arm64", python=runtime_python
+    )
+    runtime_amd64 = fill_wheelhouse(
+        root / f"runtime-amd64-py{runtime_python}", [*device, BUILD_PIP], arch="amd64", python=runtime_python
+    )
+    return {"converter": converter, "runtime": runtime, "runtime_amd64": runtime_amd64}
+
+
+def runtime_wheelhouse(
+    platforms: str, houses: dict[str, Path], *, python: str, device: list[str], root: Path
+) -> Path:
+    """The wheelhouse for the runtime's platforms: per-arch directories, or one holding both arches."""
+    plats = [p.strip() for p in platforms.split(",") if p.strip()]
+    if plats == ["linux/arm64"]:
+        return houses["runtime"]
+    if plats == ["linux/amd64"]:
+        return houses["runtime_amd64"]
+    if not plats or not set(plats) <= {"linux/arm64", "linux/amd64"}:
+        raise ImageError(
+            f"Runtime platforms {platforms!r} are not supported (linux/arm64 and/or linux/amd64)."
+        )
+    both = root / f"runtime-multi-py{python}"
+    for arch in ("arm64", "amd64"):
+        fill_wheelhouse(
+            both, [*device, BUILD_PIP], arch=arch, python=python, stamp_name=f".requirements-{arch}"
+        )
+    return both
+
+
+def runtime_has_ros2(pyproject: Path) -> bool:
+    """Whether the runtime image built from ``pyproject`` (and the runtime.Dockerfile of the checkout around
+    it) can serve ROS 2: its extras (what the image installs) include the DDS binding, or its Dockerfile
+    builds it."""
+    from edge_deploy.images.files import tool_files
+
+    dockerfile = pyproject.parent / "docker" / "runtime.Dockerfile"
+    reqs = requirements_for(
+        runtime_extras(dockerfile), pyproject, tool_files().require("docker/requirements.py")
+    )
+    return has_ros2(reqs) or dockerfile_builds_ros2(dockerfile)
