@@ -41,9 +41,8 @@ def _cosigns() -> dict[str, str | None]:
     """The cosign binaries host-setup provides: cosign 2 on PATH, cosign 3 beside it as cosign3."""
     import shutil
 
-    three = os.environ.get("EDGE_COSIGN3") or (
-        str(HOST_BIN / "cosign3") if (HOST_BIN / "cosign3").is_file() else None
-    )
+    candidates = [os.environ.get("EDGE_COSIGN3", ""), str(HOST_BIN / "cosign3")]
+    three = next((c for c in candidates if c and Path(c).is_file()), None)
     return {"cosign2": shutil.which("cosign"), "cosign3": three}
 
 
