@@ -62,7 +62,6 @@ HOST_MODULES = {
         "torch",
         "onnx",
         "onnxscript",
-        "polygraphy",
         "onnx_graphsurgeon",
         "yaml",
         "semver",

@@ -29,7 +29,6 @@ DEVICE_MODULES = {
     "uvicorn": "device",
     "httptools": "device",
     "prometheus_client": "device",
-    "psutil": "device",
     "cyclonedds": "ros2",
 }
 
