@@ -218,7 +218,9 @@ def test_the_wheel_ships_what_image_build_needs_and_stages_the_checkout_s_contex
     for key in shipped:
         if key.startswith("docker/"):
             assert from_wheel[key] == from_checkout[key], key
-    assert "build/edge_deploy/images/files.py" in from_wheel and "runtime/edge_runtime/__init__.py" in from_wheel
+    assert (
+        "build/edge_deploy/images/files.py" in from_wheel and "runtime/edge_runtime/__init__.py" in from_wheel
+    )
     assert not any("_data" in k or "__pycache__" in k or "compose_bundle" in k for k in from_wheel)
 
 
