@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -90,3 +93,18 @@ def test_the_exceptions_are_still_declared() -> None:
     declared = _declared()
     stale = [d for d in (*NOT_IMPORTED, *IMPORT_NAMES_ELSEWHERE) if d not in declared]
     assert not stale, stale
+
+
+@pytest.mark.slow
+def test_runtime_type_checks_against_python_310() -> None:
+    """The robot's Python is 3.10 (JetPack 6) and no CPython 3.10 can be installed here: mypy with 3.10's
+    standard library stubs catches a 3.11-only API (tomllib, enum.StrEnum, datetime.UTC...) in edge_runtime."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--python-version", "3.10", "-p", "edge_runtime"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
