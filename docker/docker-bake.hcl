@@ -68,6 +68,8 @@ target "converter" {
     "org.opencontainers.image.created" = CREATED
     "org.opencontainers.image.source" = SOURCE
     "org.opencontainers.image.base.name" = CONVERTER_BASE
+    "org.opencontainers.image.licenses" = "Apache-2.0"
+    "org.opencontainers.image.description" = "edge-deploy converter: PyTorch policy to a TensorRT-ready ONNX bundle (CPU)"
   }
 }
 
@@ -95,4 +97,8 @@ target "runtime" {
   target = "runtime"
   platforms = split(",", RUNTIME_PLATFORMS)
   tags = tags_for("runtime")
+  labels = {
+    "org.opencontainers.image.licenses" = "Apache-2.0"
+    "org.opencontainers.image.description" = "edge-runtime: builds the TensorRT engine on the robot and serves the policy over HTTP"
+  }
 }

@@ -3,6 +3,7 @@ login and signing only from secrets, a command line the tool accepts, the manife
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -163,6 +164,8 @@ def test_release_signs_keyless_and_attests_provenance() -> None:
     assert '--key "$SIGNING_KEY"' in release["run"]
     mode = next(s for s in steps if s.get("id") == "signing")["run"]
     assert "env://COSIGN_PRIVATE_KEY" in mode and "key=keyless" in mode  # no key file is written
+    assert release["env"]["SOURCE"] == "${{ github.server_url }}/${{ github.repository }}"
+    assert 'SOURCE_DATE_EPOCH="$(git log -1 --format=%ct)"' in release["run"]
     keyless = next(s for s in steps if "cosign sign --yes" in s.get("run", ""))
     assert keyless["if"] == "steps.signing.outputs.key != 'keyless'"
 
@@ -232,3 +235,23 @@ def test_ci_simulate_runs_run_steps_in_order(tmp_path: Path) -> None:
 def test_ci_simulate_refuses_an_unknown_job() -> None:
     sim = _simulate("--job", "nope")
     assert sim.returncode == 2 and "has no job 'nope'" in sim.stderr
+
+
+def test_images_carry_license_and_description_labels() -> None:
+    """What GHCR shows beside a package: the license (LICENSE, Apache-2.0 as pyproject says) and a line."""
+    need(shutil.which("docker") is not None, "docker with buildx (scripts/host-setup)")
+    proc = subprocess.run(
+        ["docker", "buildx", "bake", "-f", "docker/docker-bake.hcl", "--print", "converter", "runtime"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    targets = json.loads(proc.stdout)["target"]
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    for name in ("converter", "runtime"):
+        labels = targets[name]["labels"]
+        assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+        assert labels["org.opencontainers.image.description"]

@@ -50,6 +50,12 @@ def git_sha(root: Path) -> str:
         return "unknown"
 
 
+def _source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH as seconds, or None (now) when unset or not a number."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(value) if value.isdigit() else None
+
+
 @contextmanager
 def _context(source: Path | None) -> Iterator[tuple[Path, str]]:
     """The bake context and the revision it was made from: ``source`` as it is, or the running tool's
@@ -132,7 +138,8 @@ def build_images(
             "RUNTIME_WHEELHOUSE": str(runtime_house),
             "RUNTIME_PLATFORMS": runtime_platforms,
             "GIT_SHA": revision or context_revision,
-            "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # SOURCE_DATE_EPOCH (the commit time, set by release.yml) makes the label reproducible
+            "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_source_date_epoch())),
             # the table's bases, passed explicitly: the bake file's own defaults are copies (checked for drift)
             "L4T_BASE": l4t_base or DEFAULT_L4T_BASE,
             "CONVERTER_BASE": converter_base or DEFAULT_CONVERTER_BASE,
