@@ -42,17 +42,17 @@ group "default" {
   targets = ["converter", "runtime"]
 }
 
-target "_common" {
-  context = "."
 # Build cache, e.g. "type=gha" and "type=gha,mode=max" in GitHub Actions (the workflows set these); empty
 # locally, where the engine's own cache serves.
 variable "BAKE_CACHE_FROM" { default = "" }
 variable "BAKE_CACHE_TO" { default = "" }
 
-}
-
+target "_common" {
+  context = "."
   cache-from = compact([BAKE_CACHE_FROM])
   cache-to = compact([BAKE_CACHE_TO])
+}
+
 target "converter" {
   inherits = ["_common"]
   dockerfile = "docker/converter.Dockerfile"
