@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -106,19 +105,22 @@ def _convert(model: Path, out: Path, precision: str, calib: Path | None) -> dict
     cmd += ["--batch", "1,1,4", "--json"]
     if calib is not None:
         cmd += ["--calibration", str(calib), "--calibration-method", "minmax"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1800)
-    seconds = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=_env())
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, not the largest child's so far
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t0
+        out_f.seek(0)
+        err_f.seek(0)
+        stdout, stderr = out_f.read(), err_f.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"convert {precision} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    summary = json.loads(proc.stdout)
+        raise RuntimeError(f"convert {precision} failed: {stderr.strip().splitlines()[-1:]}")
+    summary = json.loads(stdout)
     return {
         "precision": precision,
         "convert_s": round(seconds, 1),
-        # ru_maxrss of children is the largest of any child so far; each precision runs after a smaller one
-        "peak_rss_gib": round(peak_kib / (1 << 20), 2) if peak_kib > before else None,
+        "peak_rss_gib": round(usage.ru_maxrss / (1 << 20), 2),
         "steps": {s["name"]: s["seconds"] for s in summary["steps"]},
         "bundle_gib": round(_du(out) / (1 << 30), 3),
         "model_onnx_kib": round((out / "model.onnx").stat().st_size / 1024, 1),
@@ -146,7 +148,8 @@ def _layer_size(bundle: Path, tmp: Path) -> tuple[int | None, str]:
         size = subprocess.run(
             ["docker", "image", "inspect", "-f", "{{.Size}}", tag], capture_output=True, text=True
         )
-        return int(size.stdout.strip()), f"docker build {seconds:.0f} s"
+        # the containerd image store reports the layer's stored (compressed) content size
+        return int(size.stdout.strip()), f"docker build {seconds:.0f} s; image Size"
     finally:
         subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
         shutil.move(str(ctx / "bundle"), bundle)

@@ -180,3 +180,65 @@ def test_input_override_dtype() -> None:
         parse_input_override("x:Bx4:complex64")
     with pytest.raises(InputError, match=r"names dtype float32, but the ONNX model takes int64"):
         load_model(ONNX_DATA / "pytorch-converted" / "test_Embedding" / "model.onnx", ["0:1x4:float32"])
+
+
+class DictPolicy(torch.nn.Module):
+    """A policy whose forward takes a dict observation and returns a dict of several outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4 + 6, 5)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        feat = self.conv(obs["image"]).mean(dim=(2, 3))
+        h = self.fc(torch.cat([feat, obs["state"]], dim=1))
+        return {"action": torch.tanh(h[:, :4]), "value": h[:, 4:]}
+
+
+class TuplePolicy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = pair
+        return self.fc(a + b), (a * b).sum(dim=1, keepdim=True)
+
+
+class Untraceable(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor([len(str(v)) for v in x.flatten().tolist()], dtype=torch.float32)
+
+
+def test_dict_inputs_and_several_named_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(DictPolicy().eval(), tmp_path / "dict_policy.pt")
+    result = convert(
+        tmp_path / "dict_policy.pt",
+        tmp_path / "b",
+        ConvertOptions(inputs=("obs.image:Bx3x16x16", "obs.state:Bx6")),
+    )
+    m = result.bundle.manifest
+    assert [s.name for s in m.inputs] == ["obs.image", "obs.state"]
+    assert [o.name for o in m.outputs] == ["action", "value"]
+    assert result.validation["fp32"]["reference"] == "pytorch" and result.validation["fp32"]["passed"]
+
+
+def test_tuple_input_and_tuple_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(TuplePolicy().eval(), tmp_path / "tuple_policy.pt")
+    result = convert(
+        tmp_path / "tuple_policy.pt", tmp_path / "b", ConvertOptions(inputs=("pair.0:Bx8", "pair.1:Bx8"))
+    )
+    assert [s.name for s in result.bundle.inputs] == ["pair.0", "pair.1"]
+    assert len(result.bundle.outputs) == 2 and result.validation["fp32"]["passed"]
+
+
+def test_untraceable_model_ends_in_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save(Untraceable(), tmp_path / "untraceable.pt")
+    code, _out, err = run_cli(
+        capsys, "convert", tmp_path / "untraceable.pt", "-o", tmp_path / "b", "--input", "x:Bx4"
+    )
+    assert code != 0 and "Traceback" not in err
+    assert "error: untraceable.pt is not traceable for ONNX export" in err, err

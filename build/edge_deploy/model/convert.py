@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_deploy.bundle.writer import BundleWriter, check_writable
-from edge_deploy.errors import CalibrationError, PipelineOptionError, ValidationError
+from edge_deploy.errors import CalibrationError, ExportError, PipelineOptionError, ValidationError
 from edge_deploy.model import export as export_mod
 from edge_deploy.model import onnx_compat, quantize, sanitize, validate
 from edge_deploy.model.loading import SourceModel, load_model
@@ -170,6 +170,13 @@ def convert(
 
             raw = onnx_compat.load(raw_path) if source.is_torch else source.onnx_model
             clean, report = sanitize.sanitize_model(raw, source.inputs, source.output_names)
+            lost = sorted({i.name for i in source.inputs} - {i.name for i in clean.graph.input})
+            if source.is_torch and lost:
+                raise ExportError(
+                    f"{source.path.name} is not traceable for ONNX export: its outputs do not depend on input "
+                    f"{lost[0]!r} through tensor ops (Python-side computation was recorded as constants); "
+                    "rewrite that part of its forward with tensor ops, or export it to ONNX yourself."
+                )
             external = sanitize.save_model(clean, fp32_path, True if source.external_data else None)
             raw_path.unlink(missing_ok=True)
             for leftover in raw_path.parent.glob(raw_path.name + "*"):
@@ -193,7 +200,7 @@ def convert(
         if opts.precision == "fp16":
             with run.step("fp16") as st:
                 if opts.fp16_onnx:
-                    half = quantize.to_fp16(onnx_compat.load(fp32_path))
+                    half = quantize.to_fp16(str(fp32_path))  # a path: shape inference past 2 GB
                     onnx_compat.save(half, writer.path(MODEL), external or None)
                     del half
                     delta = _delta(fp32_path, writer.path(MODEL), source, calibration, opts, "fp16")

@@ -38,26 +38,35 @@ def example_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[s
     """Deterministic float32 inputs of the given batch size, as numpy arrays."""
     import numpy as np
 
+    from edge_deploy.model.validate import random_array
+
     rng = np.random.default_rng(seed)
-    return {s.name: rng.standard_normal(s.concrete_shape(batch)).astype(s.dtype) for s in specs}
+    return {s.name: random_array(s.dtype, s.concrete_shape(batch), rng) for s in specs}
 
 
-def run_torch(module: Any, specs: list[TensorSpec], feeds: dict[str, Any]) -> list[Any]:
-    """Run a torch model on numpy feeds; return its outputs as numpy arrays (a single tensor → one output)."""
+def _torch_outputs(module: Any, specs: list[TensorSpec], feeds: dict[str, Any]) -> tuple[Any, list[Any]]:
     import torch
+
+    from edge_deploy.model.loading import flat_outputs
 
     args = [torch.from_numpy(feeds[s.name]) for s in specs]
     with torch.inference_mode():
         out = module(*args)
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return [o.detach().cpu().numpy() for o in outs]
+    return out, [t.detach().cpu().numpy() for _, t in flat_outputs(out)]
+
+
+def run_torch(module: Any, specs: list[TensorSpec], feeds: dict[str, Any]) -> list[Any]:
+    """Run a torch model on numpy feeds; return its outputs as numpy arrays, nested dicts/tuples flattened."""
+    return _torch_outputs(module, specs, feeds)[1]
 
 
 def probe_torch(source: SourceModel, batch: int = 2) -> int:
     """Run the model once on inputs of the planned shapes; wrong names/shapes fail here with one sentence."""
+    from edge_deploy.model.loading import flat_outputs
+
     feeds = example_inputs(source.inputs, batch)
     try:
-        outs = run_torch(source.module, source.inputs, feeds)
+        raw, outs = _torch_outputs(source.module, source.inputs, feeds)
     except Exception as exc:
         shapes = ", ".join(f"{s.name}:{'x'.join(map(str, s.concrete_shape(batch)))}" for s in source.inputs)
         raise InputError(
@@ -65,6 +74,11 @@ def probe_torch(source: SourceModel, batch: int = 2) -> int:
             "overrides NAME:SHAPE.",
             option="inputs",
         ) from None
+    if isinstance(raw, dict) and len(outs) > 1:  # several outputs, named by the model's own keys
+        source.output_names = [n.replace(".", "_") for n, _ in flat_outputs(raw)]
+    keys = getattr(source.module, "output_keys", None)
+    if keys and len(keys) == len(outs):
+        source.output_names = list(keys)
     return len(outs)
 
 
@@ -99,7 +113,7 @@ def export_onnx(source: SourceModel, output: Path, opset: int = DEFAULT_OPSET) -
         )
         if dynamo:
             dim = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
-            kwargs["dynamic_shapes"] = {n: {0: dim} for n in names}
+            kwargs["dynamic_shapes"] = tuple({0: dim} for _ in names)  # positional: also fits forward(*flat)
         else:
             kwargs["dynamic_axes"] = dynamic_axes
         try:
@@ -113,7 +127,11 @@ def export_onnx(source: SourceModel, output: Path, opset: int = DEFAULT_OPSET) -
             }
         except Exception as exc:
             errors.append(_first_line(exc))
-    raise ExportError(f"torch.onnx.export could not export {source.path.name}: {errors[-1]}.")
+    tried = "the TorchScript exporter" if len(errors) == 1 else "the TorchScript and torch.export exporters"
+    raise ExportError(
+        f"{source.path.name} is not traceable for ONNX export ({tried} failed: {errors[-1]}); "
+        "rewrite the data-dependent Python in its forward with tensor ops, or export it to ONNX yourself."
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -225,9 +225,24 @@ def _load_torch(p: Path, digest: str, overrides: dict[str, InputOverride]) -> So
         params = inspect.signature(module.forward).parameters.values()
         arg_names = [a.name for a in params if a.kind in (a.POSITIONAL_ONLY, a.POSITIONAL_OR_KEYWORD)]
     module.eval()
-    _check_override_names(overrides, arg_names)
+    structure = {
+        a: [k.split(".", 1)[1] for k in overrides if k.startswith(a + ".")]
+        for a in arg_names
+        if any(k.startswith(a + ".") for k in overrides)
+    }
+    flat_names = [
+        n for a in arg_names for n in ([f"{a}.{m}" for m in structure[a]] if a in structure else [a])
+    ]
+    _check_override_names(overrides, flat_names)
+    if structure and kind == "torchscript":
+        raise InputError(
+            f"{p.name} is TorchScript; dict or tuple inputs ({', '.join(structure)}) need a torch.save'd module.",
+            option="inputs",
+        )
+    if structure:
+        module = flat_module(module, arg_names, structure)
     specs = []
-    for name in arg_names:
+    for name in flat_names:
         ov = overrides.get(name)
         shape = ov.dims if ov else DEFAULT_INPUTS.get(name)
         if shape is None:
@@ -238,6 +253,61 @@ def _load_torch(p: Path, digest: str, overrides: dict[str, InputOverride]) -> So
             )
         specs.append(TensorSpec(name, (ov.dtype if ov else None) or "float32", (BATCH_AXIS, *shape)))
     return SourceModel(p, kind, digest, specs, list(DEFAULT_OUTPUTS), module=module)
+
+
+def flat_outputs(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Tensors of a (nested) dict/tuple/list output in order, each with a name from its dict keys."""
+    if isinstance(out, dict):
+        return [item for k, v in out.items() for item in flat_outputs(v, f"{prefix}{k}.")]
+    if isinstance(out, (tuple, list)):
+        return [item for i, v in enumerate(out) for item in flat_outputs(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), out)]
+
+
+def _flat_module_class() -> type:
+    import torch
+
+    class _FlatModule(torch.nn.Module):
+        """Flat tensors in, flat tensors out, around a module whose forward takes or returns dicts/tuples.
+
+        Input ``obs.image`` is member ``image`` of a dict argument ``obs`` (``pair.0``: item 0 of a tuple);
+        output names come from the dict keys the model returns (``output_keys``), so the exporters,
+        validation and the bundle all see plain named tensors.
+        """
+
+        def __init__(self, inner: Any, args: list[str], structure: dict[str, list[str]]) -> None:
+            super().__init__()
+            self.inner = inner
+            self.arg_names = list(args)
+            self.structure = dict(structure)
+            self.output_keys: list[str] | None = None
+
+        def forward(self, *flat: Any) -> Any:
+            it = iter(flat)
+            args: list[Any] = []
+            for a in self.arg_names:
+                members = self.structure.get(a)
+                if not members:
+                    args.append(next(it))
+                    continue
+                values = {m: next(it) for m in members}
+                if all(m.isdigit() for m in members):
+                    args.append(tuple(values[m] for m in sorted(members, key=int)))
+                else:
+                    args.append(values)
+            raw = self.inner(*args)
+            named = flat_outputs(raw)
+            if self.output_keys is None and isinstance(raw, dict) and len(named) > 1:
+                self.output_keys = [n.replace(".", "_") for n, _ in named]
+            tensors = tuple(t for _, t in named)
+            return tensors[0] if len(tensors) == 1 else tensors
+
+    return _FlatModule
+
+
+def flat_module(inner: Any, args: list[str], structure: dict[str, list[str]]) -> Any:
+    """Wrap ``inner`` so it takes and returns flat tensors (see ``_FlatModule``)."""
+    return _flat_module_class()(inner, args, structure).eval()
 
 
 def _check_override_names(overrides: dict[str, InputOverride], names: list[str]) -> None:

@@ -91,7 +91,8 @@ def check_calibration(
 
 
 def to_fp16(model: Any) -> Any:
-    """fp16 weights and compute with float32 graph inputs/outputs."""
+    """fp16 weights and compute with float32 graph inputs/outputs; ``model`` is a ModelProto or a path
+    (a path lets the converter run shape inference on models past the 2 GB protobuf limit)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     # LayerNormalization stays float32: it is where fp16 loses most accuracy, and ONNX Runtime 1.32's full
