@@ -163,8 +163,41 @@ SWITCHED = ("0.2.0", "0.1.0")
 RESTORED = ("0.1.0", None)  # edge-update.sh's state after putting 0.1.0 back
 NOT_SWITCHED = ("compose -p edge up",)  # no release was brought up
 
+
+def stays(id: str, outcome: str, stage: str, history: tuple[str, str] | None, **kw: Any) -> Case:
+    """A failure before the switch: the robot is left on 0.1.0 as it was (only a pulled-for release's
+    files may have arrived)."""
+    kw.setdefault("releases", KEPT)
+    return Case(id, outcome, stage, AT_010, "releases/0.1.0", history, **kw)
+
+
+def updated(id: str, **kw: Any) -> Case:
+    """Switched to 0.2.0, gated and confirmed; 0.0.9 pruned."""
+    return Case(
+        id, "updated", "health", SWITCHED, "releases/0.2.0", ("deploy", "ok"), ("0.1.0", "0.2.0"), **kw
+    )
+
+
+def restored(id: str, *reason: str, **kw: Any) -> Case:
+    """0.2.0 failed once up (its start or the gate): edge-update.sh put 0.1.0 back, 0.2.0 is marked bad."""
+    kw.setdefault("bad", ("0.2.0",))
+    kw.setdefault("history", ("auto-rollback", "rolled_back"))
+    kw.setdefault("outcome", "rolled_back")
+    return Case(
+        id,
+        stage="health",
+        state=RESTORED,
+        link="releases/0.1.0",
+        releases=(*KEPT, "0.2.0"),
+        reason=reason,
+        **kw,
+    )
+
+
+CRASHED = "container edge-edge-runtime-1 exited (3)"
+
 DEPLOY = [
-    Case("switch", "updated", "health", SWITCHED, "releases/0.2.0", ("deploy", "ok"), ("0.1.0", "0.2.0")),
+    updated("switch"),
     Case(
         "already-on-version",
         "unchanged",
@@ -187,140 +220,98 @@ DEPLOY = [
         version="0.1.0",
         image=NEW,
     ),
-    Case(
+    stays(
         "bad-version-skipped",
         "skipped",
         "bad-version",
-        AT_010,
-        "releases/0.1.0",
         None,
-        KEPT,
         fault=mark_bad,
         bad=("0.2.0",),
-        reason=("failed here before", "--force"),
+        reason=("failed here before", "force"),
         docker_never=("pull",),
     ),
-    Case(
-        "bad-version-forced",
-        "updated",
-        "health",
-        SWITCHED,
-        "releases/0.2.0",
-        ("deploy", "ok"),
-        ("0.1.0", "0.2.0"),
-        fault=mark_bad,
-        request={"force": True},
-        bad=("0.2.0",),
-    ),
-    Case(
+    updated("bad-version-forced", fault=mark_bad, request={"force": True}, bad=("0.2.0",)),
+    stays(
         "update-lock-held",
         "skipped",
         "lock",
-        AT_010,
-        "releases/0.1.0",
         ("deploy", "skipped"),
-        KEPT,
         fault=hold_update_lock,
         robot={"lock_wait_s": 0.5},
         reason=("update.lock",),
         docker_never=("pull",),
     ),
-    Case(
+    stays(
         "disk-too-full",
         "refused",
         "disk",
-        AT_010,
-        "releases/0.1.0",
         ("deploy", "refused"),
-        KEPT,
         fault=stub(df={"*": 100 * 1024}),
         reason=("only 100 MB free", "below the"),
         docker_never=("pull",),
     ),
-    Case(
+    stays(
         "upload-broken",
         "failed",
         "upload",
-        AT_010,
-        "releases/0.1.0",
         None,
-        KEPT,
         fault=broken_upload,
         reason=("uploading",),
         docker_never=("pull",),
     ),
-    Case(
+    stays(
         "pull-refused-final",
         "failed",
         "pull",
-        AT_010,
-        "releases/0.1.0",
         ("deploy", "failed"),
-        (*KEPT, "0.2.0"),
+        releases=(*KEPT, "0.2.0"),
         fault=stub(pull=[[1, "", "Error response from daemon: manifest unknown"]]),
         reason=("manifest unknown", "stays on 0.1.0"),
         docker_never=NOT_SWITCHED,
     ),
-    Case(
+    updated(
         "pull-retried-then-pulled",
-        "updated",
-        "health",
-        SWITCHED,
-        "releases/0.2.0",
-        ("deploy", "ok"),
-        ("0.1.0", "0.2.0"),
         fault=stub(pull=[[1, "", "net/http: TLS handshake timeout"], [0, "", ""]]),
         retries={"pull": 1},
     ),
-    Case(
+    stays(
         "pull-retried-out",
         "failed",
         "pull",
-        AT_010,
-        "releases/0.1.0",
         ("deploy", "failed"),
-        (*KEPT, "0.2.0"),
+        releases=(*KEPT, "0.2.0"),
         fault=stub(pull=[[1, "", "received unexpected HTTP status: 502 Bad Gateway"]]),
         reason=("after 3 attempts", "stays on 0.1.0"),
         retries={"pull": 2},
         docker_never=NOT_SWITCHED,
     ),
-    Case(
+    stays(
         "engine-build-failed",
         "failed",
         "engine",
-        AT_010,
-        "releases/0.1.0",
         ("deploy", "failed"),
-        (*KEPT, "0.2.0"),
+        releases=(*KEPT, "0.2.0"),
         fault=stub(prebuild=[BUILD_FAILED]),
         bad=("0.2.0",),
         reason=("TensorRT found no tactic", "stays on 0.1.0"),
-        docker_never=(*NOT_SWITCHED, "engine prune", "volume rm"),  # the engine cache is left as it was
-    ),
-    Case(
+        docker_never=(*NOT_SWITCHED, "engine prune", "volume rm"),
+    ),  # the engine cache is left as it was
+    stays(
         "engine-build-connection-lost",
         "failed",
         "engine",
-        AT_010,
-        "releases/0.1.0",
         ("deploy", "failed"),
-        (*KEPT, "0.2.0"),
+        releases=(*KEPT, "0.2.0"),
         fault=transport("run --rm", LOST),
         reason=("SSH connection broke", "stays on 0.1.0"),
         docker_never=(*NOT_SWITCHED, "engine prune", "volume rm"),
     ),
-    Case(
+    restored(
         "start-failed-rolled-back",
-        "rolled_back",
-        "health",
-        RESTORED,
-        "releases/0.1.0",
-        ("auto-rollback", "rolled_back"),
-        (*KEPT, "0.2.0"),
-        fault=stub(up=[[1, "", "container edge-edge-runtime-1 is unhealthy"], [0, "", ""]], logs=CRASH_LOG),
-        bad=("0.2.0",),
-        reason=("exit code 3", "model.onnx is missing", "restored 0.1.0"),
+        "exit code 3",
+        "model.onnx is missing",
+        "restored 0.1.0",
+        fault=stub(up=[[1, "", CRASHED], [0, "", ""]], logs=CRASH_LOG),
     ),
     Case(
         "start-failed-nothing-to-restore",
@@ -331,86 +322,28 @@ DEPLOY = [
         ("auto-rollback", "failed"),
         ("0.2.0",),
         robot={"version": None},
-        fault=stub(up=[[1, "", "container edge-edge-runtime-1 exited (3)"]], logs=CRASH_LOG),
+        fault=stub(up=[[1, "", CRASHED]], logs=CRASH_LOG),
         bad=("0.2.0",),
         reason=("no previous release to restore, service stopped",),
     ),
-    Case(
+    restored(
         "start-failed-restore-failed",
-        "failed",
-        "health",
-        RESTORED,
-        "releases/0.1.0",
-        ("auto-rollback", "failed"),
-        (*KEPT, "0.2.0"),
-        fault=stub(up=[[1, "", "container edge-edge-runtime-1 exited (3)"]], logs=CRASH_LOG),
-        bad=("0.2.0",),
-        reason=("restoring 0.1.0 also failed",),
+        "restoring 0.1.0 also failed",
+        outcome="failed",
+        history=("auto-rollback", "failed"),
+        fault=stub(up=[[1, "", CRASHED]], logs=CRASH_LOG),
     ),
-    Case(
-        "gate-not-healthy",
-        "rolled_back",
-        "health",
-        RESTORED,
-        "releases/0.1.0",
-        ("auto-rollback", "rolled_back"),
-        (*KEPT, "0.2.0"),
-        fault=unhealthy,
-        bad=("0.2.0",),
-        reason=("the container is not healthy", "restored 0.1.0"),
-    ),
-    Case(
-        "gate-readiness",
-        "rolled_back",
-        "health",
-        RESTORED,
-        "releases/0.1.0",
-        ("auto-rollback", "rolled_back"),
-        (*KEPT, "0.2.0"),
-        fault=not_ready,
-        bad=("0.2.0",),
-        reason=("/readyz answered 503", "restored 0.1.0"),
-    ),
-    Case(
-        "gate-smoke-error",
-        "rolled_back",
-        "health",
-        RESTORED,
-        "releases/0.1.0",
-        ("auto-rollback", "rolled_back"),
-        (*KEPT, "0.2.0"),
-        fault=smoke_error,
-        bad=("0.2.0",),
-        reason=("smoke inference answered 500", "illegal memory access", "restored 0.1.0"),
-    ),
-    Case(
-        "gate-smoke-shape",
-        "rolled_back",
-        "health",
-        RESTORED,
-        "releases/0.1.0",
-        ("auto-rollback", "rolled_back"),
-        (*KEPT, "0.2.0"),
-        fault=smoke_wrong_shape,
-        bad=("0.2.0",),
-        reason=("returned action of shape [1, 3], expected [1, 2]",),
-    ),
-    Case(
+    restored("gate-not-healthy", "the container is not healthy", "restored 0.1.0", fault=unhealthy),
+    restored("gate-readiness", "/readyz answered 503", "restored 0.1.0", fault=not_ready),
+    restored("gate-smoke-error", "smoke inference answered 500", "illegal memory access", fault=smoke_error),
+    restored("gate-smoke-shape", "returned action of shape [1, 3], expected [1, 2]", fault=smoke_wrong_shape),
+    restored(
         "gate-backend",
-        "rolled_back",
-        "health",
-        RESTORED,
-        "releases/0.1.0",
-        ("auto-rollback", "rolled_back"),
-        (*KEPT, "0.2.0"),
+        "expected backend tensorrt (the robot has gpu: true in fleet.yaml), served onnxruntime on the CPU",
+        "TensorRT found no CUDA device",
+        "restored 0.1.0",
         robot={"gpu": True},
         fault=cpu_fallback,
-        bad=("0.2.0",),
-        reason=(
-            "expected backend tensorrt (the robot has gpu: true in fleet.yaml), served onnxruntime on the CPU",
-            "TensorRT found no CUDA device",
-            "restored 0.1.0",
-        ),
     ),
 ]
 

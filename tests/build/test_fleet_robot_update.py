@@ -8,10 +8,7 @@ import asyncio
 import json
 import os
 import signal
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +17,21 @@ import pytest
 import edge_deploy.fleet.store as store_mod
 import edge_deploy.fleet.switch as switch_mod
 from edge_deploy.fleet.deploy import RobotReleases
-from edge_deploy.fleet.inventory import Robot
 from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.fleet.outcome import RobotResult
 from edge_deploy.fleet.ssh import RobotUnreachable
-from tests.build.local_robot import LocalRobot
+from tests.build.local_robot import (
+    OLD,
+    GateService,
+    LocalRobot,
+    robot_history,
+    robot_on,
+    robot_state,
+    wait_for_state,
+)
 
-OLD = "reg.example/team/runtime@sha256:" + "a" * 64
 NEW = "reg.example/team/runtime@sha256:" + "b" * 64
 GONE = "reg.example/team/runtime@sha256:" + "9" * 64
-BIG = {"*": 50 * 1024 * 1024}
 
 
 @pytest.fixture(autouse=True)
@@ -40,76 +42,9 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[int]:
-    """A service that answers /readyz as a ready edge-runtime does (the gate's HTTP side)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps({"ready": True, "model": "policy", "backend": "onnxruntime"}).encode()
-            self.send_response(200 if self.path == "/readyz" else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-
-
-def robot_on(tmp_path: Path, port: int, running: str = "{RUNNING}", **config: Any) -> LocalRobot:
-    """A robot on release 0.1.0 (OLD) whose container runs ``running`` (by default what current/.env
-    names, as after `docker compose up`) and reports healthy."""
-    lr = LocalRobot(
-        Robot(name="arm-1", host="127.0.0.1", compose_dir="edge", lock_wait_s=5, gpu=False),
-        tmp_path,
-        {
-            "df": BIG,
-            "ps": {"": [0, "c0ffee\n", ""]},
-            "inspect": {
-                "State.Status}} {{.State.ExitCode": [0, "restarting 3 4 none\n", ""],
-                "State.Status": [0, f"running healthy {running}\n", ""],
-                "-f {{.Config.Image}}": [0, running + "\n", ""],
-                "-f {{.Image}}": [
-                    0,
-                    ("{RUNNING_DIGEST}" if running == "{RUNNING}" else running.split("@")[-1]) + "\n",
-                    "",
-                ],
-            },
-            "image": {
-                "RepoDigests": [0, (running if "@" in running or running == "{RUNNING}" else "") + " \n", ""]
-            },
-            **config,
-        },
-    )
-    lr.service_port = port
-    d = lr.file("edge/releases/0.1.0")
-    d.mkdir(parents=True)
-    (d / ".env").write_text(f"EDGE_IMAGE={OLD}\n")
-    os.symlink("releases/0.1.0", lr.file("edge/current"))
-    lr.file("edge/state.json").write_text(json.dumps({"current": "0.1.0", "previous": None, "image": OLD}))
-    return lr
-
-
-def state(lr: LocalRobot) -> dict[str, Any]:
-    return dict(json.loads(lr.file("edge/state.json").read_text()))
-
-
-def history(lr: LocalRobot) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in lr.file("edge/history.jsonl").read_text().splitlines()]
-
-
-def wait_for(lr: LocalRobot, results: set[str], timeout: float = 30) -> dict[str, Any]:
-    """The robot's own state, read from its disk while no operator is connected."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with_state = state(lr)
-        if with_state.get("last_result") in results:
-            return with_state
-        time.sleep(0.2)
-    raise AssertionError(f"the robot did not reach {results}: {state(lr)}")
+    """A service that answers as a ready edge-runtime does (the gate's HTTP side)."""
+    with GateService().serving() as gate:
+        yield gate.port
 
 
 def deploy(lr: LocalRobot, **kw: Any) -> RobotResult:
@@ -123,11 +58,11 @@ def test_a_connection_lost_after_the_switch_is_reverted_by_the_robot(service: in
     lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
     with pytest.raises(RobotUnreachable):
         deploy(lr, confirm_timeout_s=20)  # the operator reaches its gate well within this, even loaded
-    st = wait_for(lr, {"reverted", "rolled_back", "failed"}, timeout=60)
+    st = wait_for_state(lr, {"reverted", "rolled_back", "failed"}, timeout=60)
     assert (st["current"], st["last_result"]) == ("0.1.0", "reverted"), st
     assert os.readlink(lr.file("edge/current")) == "releases/0.1.0"
     assert "no confirmation from the operator" in st["reason"]
-    last = history(lr)[-1]
+    last = robot_history(lr)[-1]
     assert (last["action"], last["by"], last["result"], last["version"]) == (
         "auto-rollback",
         "robot",
@@ -144,11 +79,11 @@ def test_a_re_run_confirms_a_switch_its_lost_connection_left_waiting(service: in
     lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
     with pytest.raises(RobotUnreachable):
         deploy(lr, confirm_timeout_s=120)
-    assert wait_for(lr, {"awaiting_confirm"})["current"] == "0.2.0"
+    assert wait_for_state(lr, {"awaiting_confirm"})["current"] == "0.2.0"
     lr.transport_faults.clear()
     res = deploy(lr, confirm_timeout_s=120)
     assert res.outcome in ("updated", "unchanged"), res.reason
-    st = state(lr)
+    st = robot_state(lr)
     assert (st["current"], st["image"]) == ("0.2.0", NEW) and os.readlink(
         lr.file("edge/current")
     ) == "releases/0.2.0"
@@ -163,7 +98,7 @@ def test_a_switch_whose_script_was_killed_is_undone_before_the_next_update(
     lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
     with pytest.raises(RobotUnreachable):
         deploy(lr, confirm_timeout_s=120)
-    st = wait_for(lr, {"awaiting_confirm"})
+    st = wait_for_state(lr, {"awaiting_confirm"})
     os.kill(st["pid"], signal.SIGKILL)
     lr.transport_faults.clear()
     after = asyncio.run(RobotReleases(lr).settle_pending())
@@ -204,7 +139,7 @@ def test_a_release_pinned_by_hand_is_shown_and_the_next_rollout_starts_from_it(
     """state.json says 0.2.0, but a person pinned 0.1.0's image in current/.env and ran compose up: status
     names 0.1.0 and "pinned by hand", and the next rollout records it and does not call 0.2.0 unchanged."""
     pinned = "reg.example/team/runtime:0.1.0"
-    lr = robot_on(tmp_path, service, pinned)
+    lr = robot_on(tmp_path, service, running=pinned)
     lr.config["inspect"]["-f {{.Image}}"] = [0, OLD.split("@")[1] + "\n", ""]
     lr.config["image"]["RepoDigests"] = [0, f"{OLD} \n", ""]
     lr.save_config()
@@ -223,12 +158,12 @@ def test_a_release_pinned_by_hand_is_shown_and_the_next_rollout_starts_from_it(
         RobotReleases(lr).deploy(DeployRequest("0.2.0", NEW, smoke=False, known_images=known), {})
     )
     assert res.outcome == "updated" and res.previous == "0.1.0", res
-    manual = [h for h in history(lr) if h["action"] == "manual-change"]
-    assert manual and manual[0]["version"] == "0.1.0" and manual[0]["from"] == "0.2.0", history(lr)
+    manual = [h for h in robot_history(lr) if h["action"] == "manual-change"]
+    assert manual and manual[0]["version"] == "0.1.0" and manual[0]["from"] == "0.2.0", robot_history(lr)
 
 
 def test_a_release_pinned_by_hand_to_an_unknown_image_is_named_so(service: int, tmp_path: Path) -> None:
-    lr = robot_on(tmp_path, service, "someone/else:latest")
+    lr = robot_on(tmp_path, service, running="someone/else:latest")
     lr.config["inspect"]["-f {{.Image}}"] = [0, "sha256:" + "e" * 64 + "\n", ""]
     lr.save_config()
     info = asyncio.run(RobotReleases(lr).status({}))
@@ -242,8 +177,8 @@ def test_rollback_to_a_release_no_longer_kept_deploys_it(service: int, tmp_path:
     req = DeployRequest("0.0.9", GONE, smoke=False, force=True, action="rollback")
     res = asyncio.run(RobotReleases(lr).rollback("0.0.9", 60, smoke=False, deploy=req))
     assert res.outcome == "updated", res.reason
-    assert state(lr)["current"] == "0.0.9" and os.readlink(lr.file("edge/current")) == "releases/0.0.9"
-    assert any(h["action"] == "rollback" and h["result"] == "ok" for h in history(lr))
+    assert robot_state(lr)["current"] == "0.0.9" and os.readlink(lr.file("edge/current")) == "releases/0.0.9"
+    assert any(h["action"] == "rollback" and h["result"] == "ok" for h in robot_history(lr))
     assert ["pull", "-q", "--platform", "linux/arm64", GONE] in lr.calls()
 
 
