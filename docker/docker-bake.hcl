@@ -16,6 +16,8 @@ variable "TORCH_SPEC" { default = "torch==2.13.0" }
 # Wheel directories the offline builds install from (`edge-deploy image build` fills them with pip download).
 variable "WHEELHOUSE" { default = ".edge/wheelhouse/converter" }
 variable "RUNTIME_WHEELHOUSE" { default = ".edge/wheelhouse/runtime" }
+# What the runtime's `ros2` stage compiles Cyclone DDS and its Python binding from (scripts/host-setup fills it).
+variable "ROS2_SOURCES" { default = "/var/cache/edge-deploy/ros2" }
 # Directory holding the model (MODEL is a path inside it: a .pt/.onnx file or a prebuilt bundle directory).
 variable "MODEL_DIR" { default = "." }
 variable "MODEL" { default = "policy.pt" }
@@ -76,7 +78,7 @@ target "converter" {
 target "_model" {
   inherits = ["_common"]
   dockerfile = "docker/runtime.Dockerfile"
-  contexts = { converter = "target:converter", model = MODEL_DIR, wheelhouse = RUNTIME_WHEELHOUSE }
+  contexts = { converter = "target:converter", model = MODEL_DIR, wheelhouse = RUNTIME_WHEELHOUSE, ros2-sources = ROS2_SOURCES }
   args = {
     L4T_BASE = L4T_BASE, CONVERTER_BASE = CONVERTER_BASE, MODEL = MODEL, PRECISION = PRECISION, CALIBRATION = CALIBRATION, BATCH = BATCH,
     VERSION = VERSION, GIT_SHA = GIT_SHA, CREATED = CREATED, SOURCE = SOURCE, BUNDLE_SHA256 = BUNDLE_SHA256,

@@ -43,6 +43,51 @@ FROM ${L4T_BASE} AS code
 COPY runtime/edge_runtime /opt/edge/lib/edge_runtime
 RUN --network=none python3 -m compileall -q --invalidation-mode unchecked-hash /opt/edge/lib >/dev/null
 
+# ROS 2: Cyclone DDS 0.10 (the C library of ROS 2 Humble's rmw_cyclonedds) and its Python binding, compiled
+# for the target platform by the base's own Python (the binding's ABI must match it), so the compilers stay in
+# this stage. No network: the `ros2-sources` context (scripts/host-setup fills it) holds the `cyclonedds` sdist
+# and its build tools (src/), and per arch the Debian packages the base lacks to compile it (debs-ARCH/:
+# gcc, libc6-dev, python3-dev, cyclonedds-dev 0.10.2, resolved against the stand-in base). A base that has
+# ROS 2 (/opt/ros/DISTRO with its Cyclone DDS) builds against that Cyclone instead, and ships no library of its
+# own. Out: /out/wheels (the binding) and /out/root (libddsc and the libraries it needs that the base lacks).
+FROM ${L4T_BASE} AS ros2
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG TARGETARCH
+ARG CYCLONEDDS_PY=0.10.5
+# (1) what to build against: ROS 2's Cyclone DDS in the base, else the Debian packages; /tmp/dds-home is the
+# prefix setup.py looks for (include/, bin/, lib/libddsc.so), /out/root what the runtime image needs of it.
+RUN --network=none --mount=type=bind,from=ros2-sources,target=/ros2 <<'SH'
+set -e
+mkdir -p /out/root
+for d in /opt/ros/*/; do
+  if [ -e "${d}lib/libddsc.so" ]; then ln -s "${d%/}" /tmp/dds-home; echo "ros2 stage: ROS 2's Cyclone DDS in $d"; exit 0; fi
+done
+compgen -G "/ros2/debs-${TARGETARCH}/*.deb" >/dev/null \
+  || { echo "ros2 stage: no Cyclone DDS in the base and no packages in ros2-sources/debs-${TARGETARCH} (run scripts/host-setup)" >&2; exit 1; }
+find / -xdev -name '*.so*' \( -type f -o -type l \) 2>/dev/null | sort >/tmp/libs-before
+dpkg -i /ros2/debs-"${TARGETARCH}"/*.deb >/tmp/dpkg.log 2>&1 || { tail -n 20 /tmp/dpkg.log >&2; exit 1; }
+lib=$(dirname "$(readlink -f "$(find /usr/lib -name libddsc.so | head -n 1)")")
+mkdir /tmp/dds-home && ln -s /usr/include /tmp/dds-home/include && ln -s /usr/bin /tmp/dds-home/bin && ln -s "$lib" /tmp/dds-home/lib
+# libddsc (with the unversioned name the binding's loader opens) and what it links that the base lacks, by
+# canonical path (/lib is /usr/lib on a merged-/usr base): the link's own name and its target
+for f in $( (ls "$lib"/libddsc.so*; ldd "$(readlink -f "$lib/libddsc.so")" | awk '$3 ~ /^\// {print $3}') | sort -u); do
+  for g in "$(readlink -f "$(dirname "$f")")/$(basename "$f")" "$(readlink -f "$f")"; do
+    grep -qxF "$g" /tmp/libs-before || { mkdir -p "/out/root$(dirname "$g")"; cp -a "$g" "/out/root$g"; }
+  done
+done
+echo "ros2 stage: Debian's Cyclone DDS $(dpkg-query -W -f '${Version}' libddsc0debian); shipping:" $(cd /out/root && find . -name '*.so*')
+SH
+# (2) the binding, compiled by the base's own Python against it
+RUN --network=none --mount=type=bind,from=ros2-sources,target=/ros2 <<'SH'
+set -e
+python3 -m venv --without-pip /tmp/bv
+pip_whl=$(printf '%s\n' /ros2/src/pip-*.whl | sort -V | tail -n 1)
+/tmp/bv/bin/python "$pip_whl/pip" install -q --no-index --find-links /ros2/src setuptools wheel
+CYCLONEDDS_HOME=/tmp/dds-home /tmp/bv/bin/python "$pip_whl/pip" wheel -q --no-index --no-deps --no-build-isolation \
+  -w /out/wheels "/ros2/src/cyclonedds-${CYCLONEDDS_PY}.tar.gz"
+ls -l /out/wheels
+SH
+
 FROM ${L4T_BASE} AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
@@ -60,10 +105,12 @@ ARG BASE_TENSORRT=required
 RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
     --mount=type=bind,from=device-reqs,source=/tmp/requirements-runtime.txt,target=/tmp/requirements-runtime.txt \
     --mount=type=bind,source=docker/link_base_package.py,target=/tmp/link_base_package.py \
+    --mount=type=bind,from=ros2,source=/out/wheels,target=/tmp/ros2-wheels \
     python3 -m venv --without-pip /opt/edge/venv \
  && pip_whl=$(printf '%s\n' /wheelhouse/pip-*.whl | sort -V | tail -n 1) \
  && /opt/edge/venv/bin/python "${pip_whl}/pip" install --no-index --find-links /wheelhouse --no-compile \
       -r /tmp/requirements-runtime.txt \
+ && /opt/edge/venv/bin/python "${pip_whl}/pip" install --no-index --no-deps --no-compile /tmp/ros2-wheels/cyclonedds-*.whl \
  && find /opt/edge/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && find /opt/edge/venv/lib -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.pyx.in' \
       -o -name '*.pxd.in' -o -name '*.pxi.in' \) -delete \
@@ -99,5 +146,7 @@ LABEL org.opencontainers.image.title="edge-runtime" \
       org.opencontainers.image.base.name="${L4T_BASE}" \
       io.edge-deploy.bundle.sha256="${BUNDLE_SHA256}" \
       io.edge-deploy.precision="${PRECISION}"
+# Cyclone DDS's C library for the ROS 2 binding (nothing when the base has ROS 2's own)
+COPY --link --from=ros2 /out/root/ /
 COPY --link --from=code /opt/edge/lib /opt/edge/lib
 COPY --link --from=convert /tmp/out/bundle /opt/edge/bundle

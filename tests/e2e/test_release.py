@@ -191,7 +191,7 @@ def test_manifests_are_written_and_git_tags_annotated(released: Released) -> Non
         cfg = registry_get(m.runtime.repository, child["config"]["digest"], "blobs")
         assert cfg["config"]["Labels"]["org.opencontainers.image.revision"] == saved.git_sha
         assert cfg["config"]["Labels"]["org.opencontainers.image.version"] == version
-        assert saved.extra["ros2"] is False  # the device extra has no cyclonedds: rollout --ros2 refuses it
+        assert saved.ros2 is True  # the runtime Dockerfile builds Cyclone DDS 0.10: rollout --ros2 accepts it
 
 
 def test_signatures_verify(released: Released) -> None:

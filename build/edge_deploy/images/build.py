@@ -113,6 +113,8 @@ def build_images(
         pyproject, requirements_py = context / "pyproject.toml", context / "docker" / "requirements.py"
         extras = runtime_extras(context / "docker" / "runtime.Dockerfile")
         device = requirements_for(extras, pyproject, requirements_py)
+        # read while the staged context exists (it is removed when the with block ends)
+        ros2 = has_ros2(device) or dockerfile_builds_ros2(context / "docker" / "runtime.Dockerfile")
         root = work_dir() / "wheelhouse"
         houses = prepare_wheelhouses(
             root=root,
@@ -170,7 +172,7 @@ def build_images(
         images=images,
         bundle_sha256=variables["BUNDLE_SHA256"],
         precision=variables["PRECISION"],
-        ros2=has_ros2(device) or dockerfile_builds_ros2(context / "docker" / "runtime.Dockerfile"),
+        ros2=ros2,
         variables=variables,
         timings=timings,
     )
