@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.e2e.fleet_fixtures import REPO_NAME, FleetImages
 from tests.support import need
 
 if TYPE_CHECKING:
@@ -177,3 +178,23 @@ def delete_tags(registry: str, repository: str, prefix: str | None) -> None:
 def runtime_image(built_images: BuiltImages) -> BuiltImage:
     """The pushed arm64 runtime image (repository@digest via ``.ref``); used by fleet and release tests."""
     return built_images.runtime
+
+
+@pytest.fixture(scope="session")
+def runtime_ref(request: pytest.FixtureRequest) -> str:
+    """The runtime image the fleet tests deploy: the one ``built_images`` pushed, or EDGE_TEST_RUNTIME_IMAGE."""
+    need(host_ready(), f"host Docker engine, buildx and the registry at {REGISTRY} (scripts/host-setup)")
+    return os.environ.get("EDGE_TEST_RUNTIME_IMAGE") or str(request.getfixturevalue("runtime_image").ref)
+
+
+@pytest.fixture(scope="session")
+def fleet_images(runtime_ref: str) -> Iterator[FleetImages]:
+    """Small images on the runtime's layers, each built once per session when a test first asks for it;
+    their tags are deleted from the registry at the end."""
+    images = FleetImages(runtime_ref)
+    try:
+        yield images
+    finally:
+        if images.refs:
+            print(f"\nfleet test images: {len(images.refs)} built in {images.seconds:.1f} s")
+        delete_tags(REGISTRY, REPO_NAME, images.session)

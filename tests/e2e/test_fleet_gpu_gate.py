@@ -2,93 +2,55 @@
 compose.jetson.yaml on the engine's ``nvidia`` runtime (the simulator's stand-in: plain runc, no GPU), so
 ``auto`` falls back to ONNX Runtime on the CPU. A release that allows that on purpose goes on; one that does
 not is refused by the health gate, which names both backends and the service's own reason, and the robot
-rolls back to its previous release; the inventory's ``allow_cpu_fallback`` lets it through."""
+rolls back to its previous release; the inventory's ``allow_cpu_fallback`` lets it through. Each test
+brings the robot to the release it starts from (tests/e2e/fleet_fixtures.py), so any one runs alone."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from edge_deploy.release.manifest import ReleaseManifest, save_release
-from tests.e2e.test_fleet_docker import PLATFORM, REGISTRY, runtime_ref
-from tests.support import need
+from tests.e2e.fleet_fixtures import FleetImages, SimFleet, sim_fleet, why
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# A test run alone pays for the session's images and its fleet's first rollout (QEMU) as well.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-__all__ = ["runtime_ref"]  # the shared fixture: the runtime image the images fixtures pushed
-
-HEALTH_TIMEOUT = 600.0  # the first start builds the engine under QEMU
-NUMBERS: dict[str, Any] = {}
-
-
-@dataclass
-class GpuRobot:
-    fleet: Path
-    releases: Path
-    sim: Any
-
-    @property
-    def robot(self) -> Any:
-        return self.sim.robots[0]
-
-    def docker(self, *args: str) -> str:
-        """``docker`` on the robot's own engine."""
-        p = subprocess.run(
-            ["docker", "-H", f"unix://{self.robot.socket}", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert p.returncode == 0, p.stderr
-        return p.stdout + p.stderr
+ALLOWED, NOT_SAID = "1.0.0", "1.0.1"  # the same runtime image; 1.0.0 accepts ONNX Runtime on the CPU
 
 
 @pytest.fixture(scope="module")
-def gpu_robot(runtime_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuRobot]:
-    from edge_deploy.simulation import simulate as sim
-
-    need(sim.host_bin() is not None, "dockerd from scripts/host-setup (EDGE_HOST_BIN)")
+def gpu_robot(
+    fleet_images: FleetImages, runtime_ref: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimFleet]:
+    """One ``gpu: true`` robot; its first rollout puts 1.0.0 on it."""
     work = tmp_path_factory.mktemp("fleet-gpu")
-    releases = work / "releases"
-    # The same runtime image twice: 1.0.0 accepts ONNX Runtime on the CPU on purpose, 1.0.1 does not say.
-    save_release(
-        ReleaseManifest.for_runtime_image("1.0.0", runtime_ref, "test", required_backend="any"), releases
-    )
-    save_release(ReleaseManifest.for_runtime_image("1.0.1", runtime_ref, "test"), releases)
-    try:
-        with sim.simulated(
-            1,
-            "gpu",
-            ssh_port_base=2461,
-            service_port_base=18261,
-            registry=REGISTRY,
-            platform=PLATFORM,
-            gpu=True,
-        ) as s:
-            yield GpuRobot(s.fleet_file, releases, s)
-    finally:
-        if NUMBERS:
-            print("\nfleet gpu-gate numbers:", json.dumps(NUMBERS, indent=2))
+    with sim_fleet(
+        fleet_images,
+        work,
+        1,
+        "gpu",
+        base=ALLOWED,
+        base_ref=runtime_ref,
+        title="fleet gpu-gate",
+        ssh_port_base=2481,
+        service_port_base=18261,
+        gpu=True,
+    ) as f:
+        f.release(ALLOWED, runtime_ref, required_backend="any")
+        f.release(NOT_SAID, runtime_ref)
+        yield f
 
 
-def deploy(env: GpuRobot, version: str, what: str, **kw: Any) -> dict[str, Any]:
-    """Roll ``version`` out; its wall time goes into NUMBERS as ``what``."""
-    from edge_deploy.rollout import deploy_release
-
+def deploy(f: SimFleet, version: str, what: str, **kw: Any) -> dict[str, Any]:
+    """Roll ``version`` out; its wall time goes into the numbers as ``what``."""
     t0 = time.monotonic()
-    kw.setdefault("insecure_skip_signature_check", True)  # signatures: test_fleet_docker.py
-    out = deploy_release(
-        version, env.fleet, releases_dir=env.releases, health_timeout=HEALTH_TIMEOUT, **kw
-    ).to_dict()
-    NUMBERS[what] = round(time.monotonic() - t0, 1)
+    out = f.deploy(version, **kw)
+    f.numbers[what] = round(time.monotonic() - t0, 1)
     return out
 
 
@@ -97,41 +59,41 @@ def only(summary: dict[str, Any]) -> dict[str, Any]:
     return dict(robot)
 
 
-def status(env: GpuRobot) -> dict[str, Any]:
-    from edge_deploy.rollout import fleet_status
-
-    (st,) = fleet_status(env.fleet)
-    return st
+def status(f: SimFleet) -> dict[str, Any]:
+    return f.status()[f.names[0]]
 
 
-def served(env: GpuRobot, path: str) -> str:
+def served(f: SimFleet, path: str) -> str:
     """GET a path of the robot's service (robots share the host's network namespace here)."""
     import httpx
 
-    return httpx.get(f"http://127.0.0.1:{env.robot.service_port}{path}", timeout=30).text
+    return httpx.get(f"http://127.0.0.1:{f.robot().service_port}{path}", timeout=30).text
 
 
-def test_simulated_robot_is_gpu_and_runs_the_jetson_compose_file(gpu_robot: GpuRobot) -> None:
+def test_simulated_robot_is_gpu_and_runs_the_jetson_compose_file(gpu_robot: SimFleet) -> None:
     (robot,) = yaml.safe_load(gpu_robot.fleet.read_text())["robots"]
     assert (robot["gpu"], robot["allow_cpu_fallback"]) == (True, False)
-    runtimes = json.loads(gpu_robot.docker("info", "--format", "{{json .Runtimes}}"))
+    runtimes = json.loads(gpu_robot.docker(None, "info", "--format", "{{json .Runtimes}}"))
     assert "nvidia" in runtimes  # the stand-in the simulator registers
 
 
-def test_a_release_that_allows_the_cpu_on_purpose_goes_on(gpu_robot: GpuRobot) -> None:
-    out = deploy(gpu_robot, "1.0.0", "rollout_1.0.0_cpu_allowed_by_release_s")
-    assert out["ok"] and only(out)["outcome"] == "updated", json.dumps(out, indent=1)
+def test_a_release_that_allows_the_cpu_on_purpose_goes_on(gpu_robot: SimFleet) -> None:
+    out = gpu_robot.first_rollout()  # a fresh robot: the whole image, the engine built before the switch
+    assert out["ok"] and only(out)["outcome"] == "updated", why(out)
+    gpu_robot.at_base()
     st = status(gpu_robot)
-    assert (st["version"], st["health"]) == ("1.0.0", "healthy")
+    assert (st["version"], st["health"]) == (ALLOWED, "healthy")
     ready = st["engine"]
     assert (ready["backend"], ready["backend_requested"]) == ("onnxruntime", "auto") and ready["fallback"]
     # compose.jetson.yaml applied for real: the container runs on the engine's nvidia runtime.
-    cid = gpu_robot.docker("ps", "-q", "--filter", "label=com.docker.compose.service=edge-runtime").split()[0]
-    inspect = json.loads(gpu_robot.docker("inspect", cid))[0]
+    cid = gpu_robot.docker(
+        None, "ps", "-q", "--filter", "label=com.docker.compose.service=edge-runtime"
+    ).split()[0]
+    inspect = json.loads(gpu_robot.docker(None, "inspect", cid))[0]
     assert inspect["HostConfig"]["Runtime"] == "nvidia"
     assert "NVIDIA_VISIBLE_DEVICES=all" in inspect["Config"]["Env"]
     # The service says why in its log and its metrics too.
-    log = gpu_robot.docker("logs", cid)
+    log = gpu_robot.docker(None, "logs", cid)
     assert (
         f"backend auto fell back to onnxruntime on the CPU, TensorRT is not used: {ready['fallback']}" in log
     )
@@ -152,30 +114,34 @@ def test_a_release_that_allows_the_cpu_on_purpose_goes_on(gpu_robot: GpuRobot) -
     assert reason and ready["fallback"].startswith(reason) and len(reason) <= REASON_LABEL_CHARS
 
 
-def test_a_cpu_fallback_fails_the_gate_and_the_robot_rolls_back(gpu_robot: GpuRobot) -> None:
-    why = status(gpu_robot)["engine"]["fallback"]  # the service's own sentence, from its /readyz
-    out = deploy(gpu_robot, "1.0.1", "rollout_1.0.1_refused_and_rolled_back_s")
+def test_a_cpu_fallback_fails_the_gate_and_the_robot_rolls_back(gpu_robot: SimFleet) -> None:
+    gpu_robot.at_base()
+    said = status(gpu_robot)["engine"]["fallback"]  # the service's own sentence, from its /readyz
+    out = deploy(gpu_robot, NOT_SAID, "rollout_1.0.1_refused_and_rolled_back_s")
     r = only(out)
-    NUMBERS["automatic_rollback_s"] = r["timings"].get("rollback")
-    NUMBERS["gate_reason"] = r["reason"]
-    assert not out["ok"] and (r["outcome"], r["stage"]) == ("rolled_back", "health"), json.dumps(r, indent=1)
+    gpu_robot.numbers["automatic_rollback_s"] = r["timings"].get("rollback")
+    gpu_robot.numbers["gate_reason"] = r["reason"]
+    assert not out["ok"] and (r["outcome"], r["stage"]) == ("rolled_back", "health"), why(out)
     assert r["reason"].startswith(
         "expected backend tensorrt (the robot has gpu: true in fleet.yaml), served onnxruntime on the CPU: "
-        f"the service says: {why.rstrip('.')}; "
+        f"the service says: {said.rstrip('.')}; "
     ), r["reason"]
-    assert r["reason"].endswith("; restored 1.0.0")
+    assert r["reason"].endswith(f"; restored {ALLOWED}")
     st = status(gpu_robot)
-    assert (st["version"], st["health"], st["bad_versions"]) == ("1.0.0", "healthy", ["1.0.1"])
+    assert (st["version"], st["health"], st["bad_versions"]) == (ALLOWED, "healthy", [NOT_SAID])
     assert st["engine"]["ready"] is True
 
 
-def test_allow_cpu_fallback_in_the_inventory_lets_it_through(gpu_robot: GpuRobot) -> None:
-    doc = yaml.safe_load(gpu_robot.fleet.read_text())
+def test_allow_cpu_fallback_in_the_inventory_lets_it_through(gpu_robot: SimFleet) -> None:
+    gpu_robot.at_base()
+    inventory = gpu_robot.fleet.read_text()
+    doc = yaml.safe_load(inventory)
     doc["robots"][0]["allow_cpu_fallback"] = True
     gpu_robot.fleet.write_text(yaml.safe_dump(doc, sort_keys=False))
-    out = deploy(
-        gpu_robot, "1.0.1", "rollout_1.0.1_cpu_allowed_by_inventory_s", force=True
-    )  # marked bad before
-    assert out["ok"] and only(out)["outcome"] == "updated", json.dumps(out, indent=1)
+    try:  # forced: the release may be marked bad here by the test above
+        out = deploy(gpu_robot, NOT_SAID, "rollout_1.0.1_cpu_allowed_by_inventory_s", force=True)
+    finally:
+        gpu_robot.fleet.write_text(inventory)
+    assert out["ok"] and only(out)["outcome"] == "updated", why(out)
     st = status(gpu_robot)
-    assert (st["version"], st["health"], st["engine"]["backend"]) == ("1.0.1", "healthy", "onnxruntime")
+    assert (st["version"], st["health"], st["engine"]["backend"]) == (NOT_SAID, "healthy", "onnxruntime")

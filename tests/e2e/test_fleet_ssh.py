@@ -1,6 +1,7 @@
 """The SSH side of a rollout against real sshd robots (from the simulator, without Docker engines): host
 keys are enforced, and every refusal (disk, update lock, bad version, pull failure) leaves the robot's
-current release untouched."""
+current release untouched. Every test starts from robots with nothing deployed (``fresh``), so any one
+runs alone."""
 
 from __future__ import annotations
 
@@ -29,6 +30,18 @@ def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
     with sim.simulated(2, "pyssh", engines=False, ssh_port_base=2301) as s:
         yield load_fleet(s.fleet_file)
+
+
+@pytest.fixture(autouse=True)
+def fresh(ssh_fleet: Fleet) -> None:
+    """Each test starts from robots with nothing deployed: no compose directory, no state, no history."""
+
+    async def wipe() -> None:
+        for r in ssh_fleet.robots:
+            async with connected(r) as c:
+                await c.check("rm -rf edge", "removing the compose directory")
+
+    asyncio.run(wipe())
 
 
 def deploy(robot: Robot, version: str = "0.1.0", **kw: object) -> dict:
@@ -134,7 +147,7 @@ def test_rollback_without_previous_is_refused(ssh_fleet: Fleet) -> None:
     async def go() -> dict:
         async with connected(r) as c:
             await c.run("rm -f edge/state.json")
-            return (await RobotReleases(c).rollback(None, 10, None)).to_dict()
+            return (await RobotReleases(c).rollback(None, 10, smoke=False)).to_dict()
 
     out = asyncio.run(go())
     assert out["outcome"] == "refused" and "no previous release" in out["reason"]
