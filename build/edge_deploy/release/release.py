@@ -228,6 +228,7 @@ class Release:
             channels=[channel] if channel else [],
             pushed_bytes=total_pushed,
             required_backend=opts.required_backend,
+            ros2=extra.pop("ros2", None),  # None: images reused from another build say nothing about it
             extra={
                 **extra,
                 "pushed_bytes_per_image": pushed,
@@ -318,7 +319,7 @@ class Release:
             )
         extra["bundle_sha256"] = result.bundle_sha256
         extra["precision"] = result.precision or opts.precision
-        extra["ros2"] = result.ros2  # whether the runtime image can serve ROS 2 (rollout --ros2 checks it)
+        extra["ros2"] = result.ros2  # the manifest's ros2: whether the runtime image can serve ROS 2
         return images, extra
 
     @staticmethod
