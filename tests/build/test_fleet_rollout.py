@@ -528,7 +528,7 @@ def test_gate_refuses_a_cpu_fallback_on_a_gpu_robot_naming_both_backends_and_why
         "expected backend tensorrt (the robot has gpu: true in fleet.yaml), served onnxruntime on the CPU: "
         f"the service says: {why.rstrip('.')}; "
     ), reason
-    assert "allow_cpu_fallback: true" in reason and "--required-backend any" in reason
+    assert "allow_cpu_fallback: true" in reason and "release with required_backend any" in reason
     for allowed in (
         Robot(name="jet", host="h", allow_cpu_fallback=True),
         Robot(name="sim", host="h", gpu=False),

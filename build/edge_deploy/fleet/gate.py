@@ -144,10 +144,10 @@ def backend_check(ready: dict[str, Any], expected: str | None, because: str) -> 
     else:
         said = "the service did not say why (an edge-runtime older than this tool)"
     allow = (
-        "no inventory setting allows it (the release was made with --required-backend tensorrt)"
+        "no inventory setting allows it (the release manifest has required_backend: tensorrt)"
         if because.startswith("the release")
         else "to allow it on purpose, set allow_cpu_fallback: true for the robot in fleet.yaml or release "
-        "with --required-backend any"
+        "with required_backend any"
     )
     raise GateFailed(f"expected backend {expected} ({because}), served {served}{where}: {said}; {allow}")
 

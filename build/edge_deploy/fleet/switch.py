@@ -22,7 +22,7 @@ from edge_deploy.fleet.store import RobotStore
 PENDING = ("switching", "awaiting_confirm", "reverting")
 SETTLED = ("updated", "rolled_back", "reverted", "failed", "skipped")
 POLL_S = 1.0  # how often the operator reads the robot's state while edge-update.sh runs
-# Putting the previous release back must not give up as early as a short --health-timeout for the new one:
+# Putting the previous release back must not give up as early as a short health timeout for the new one:
 # its engine is cached, but a loaded robot (or QEMU) can still take minutes to report healthy.
 RESTORE_TIMEOUT_S = 300.0
 
