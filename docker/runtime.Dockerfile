@@ -51,42 +51,13 @@ RUN --network=none python3 -m compileall -q --invalidation-mode unchecked-hash /
 # ROS 2 (/opt/ros/DISTRO with its Cyclone DDS) builds against that Cyclone instead, and ships no library of its
 # own. Out: /out/wheels (the binding) and /out/root (libddsc and the libraries it needs that the base lacks).
 FROM ${L4T_BASE} AS ros2
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# docker/ros2-stage.sh: what to build against and what the runtime image needs of it, then the binding
 ARG TARGETARCH
 ARG CYCLONEDDS_PY=0.10.5
-# (1) what to build against: ROS 2's Cyclone DDS in the base, else the Debian packages; /tmp/dds-home is the
-# prefix setup.py looks for (include/, bin/, lib/libddsc.so), /out/root what the runtime image needs of it.
-RUN --network=none --mount=type=bind,from=ros2-sources,target=/ros2 <<'SH'
-set -e
-mkdir -p /out/root
-for d in /opt/ros/*/; do
-  if [ -e "${d}lib/libddsc.so" ]; then ln -s "${d%/}" /tmp/dds-home; echo "ros2 stage: ROS 2's Cyclone DDS in $d"; exit 0; fi
-done
-compgen -G "/ros2/debs-${TARGETARCH}/*.deb" >/dev/null \
-  || { echo "ros2 stage: no Cyclone DDS in the base and no packages in ros2-sources/debs-${TARGETARCH} (run scripts/host-setup)" >&2; exit 1; }
-find / -xdev -name '*.so*' \( -type f -o -type l \) 2>/dev/null | sort >/tmp/libs-before
-dpkg -i /ros2/debs-"${TARGETARCH}"/*.deb >/tmp/dpkg.log 2>&1 || { tail -n 20 /tmp/dpkg.log >&2; exit 1; }
-lib=$(dirname "$(readlink -f "$(find /usr/lib -name libddsc.so | head -n 1)")")
-mkdir /tmp/dds-home && ln -s /usr/include /tmp/dds-home/include && ln -s /usr/bin /tmp/dds-home/bin && ln -s "$lib" /tmp/dds-home/lib
-# libddsc (with the unversioned name the binding's loader opens) and what it links that the base lacks, by
-# canonical path (/lib is /usr/lib on a merged-/usr base): the link's own name and its target
-for f in $( (ls "$lib"/libddsc.so*; ldd "$(readlink -f "$lib/libddsc.so")" | awk '$3 ~ /^\// {print $3}') | sort -u); do
-  for g in "$(readlink -f "$(dirname "$f")")/$(basename "$f")" "$(readlink -f "$f")"; do
-    grep -qxF "$g" /tmp/libs-before || { mkdir -p "/out/root$(dirname "$g")"; cp -a "$g" "/out/root$g"; }
-  done
-done
-echo "ros2 stage: Debian's Cyclone DDS $(dpkg-query -W -f '${Version}' libddsc0debian); shipping:" $(cd /out/root && find . -name '*.so*')
-SH
-# (2) the binding, compiled by the base's own Python against it
-RUN --network=none --mount=type=bind,from=ros2-sources,target=/ros2 <<'SH'
-set -e
-python3 -m venv --without-pip /tmp/bv
-pip_whl=$(printf '%s\n' /ros2/src/pip-*.whl | sort -V | tail -n 1)
-/tmp/bv/bin/python "$pip_whl/pip" install -q --no-index --find-links /ros2/src setuptools wheel
-CYCLONEDDS_HOME=/tmp/dds-home /tmp/bv/bin/python "$pip_whl/pip" wheel -q --no-index --no-deps --no-build-isolation \
-  -w /out/wheels "/ros2/src/cyclonedds-${CYCLONEDDS_PY}.tar.gz"
-ls -l /out/wheels
-SH
+RUN --network=none --mount=type=bind,from=ros2-sources,target=/ros2 \
+    --mount=type=bind,source=docker/ros2-stage.sh,target=/tmp/ros2-stage.sh \
+    TARGETARCH="${TARGETARCH}" bash /tmp/ros2-stage.sh prepare \
+ && CYCLONEDDS_PY="${CYCLONEDDS_PY}" bash /tmp/ros2-stage.sh wheel
 
 FROM ${L4T_BASE} AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
