@@ -59,6 +59,17 @@ def test_unrecognised_layout_keeps_lists_on_the_same_wire(monkeypatch: pytest.Mo
     assert _compat.image_bytes(b"ab") == b"ab"
 
 
+def test_type_information_dropped_on_010_only() -> None:
+    """0.10 endpoints carry none (as rmw_cyclonedds_cpp's; 0.10 cannot resolve 11's nested type objects);
+    11 refuses a topic type without it, so there it stays. Either way endpoints of one line match (the other
+    tests) and a 0.10 bridge meets an 11 node (the arm64 image's e2e: 11 on the host, 0.10 in the image)."""
+    on_010 = _compat.cyclonedds_version().startswith("0.")
+    assert msgs.NAME_MATCHED is on_010
+    for cls in (msgs.Image, msgs.Float32MultiArray):
+        cls.__idl__.fill_type_data()  # what creating a Topic does
+        assert (cls.__idl__._xt_bytedata == (None, None)) is on_010
+
+
 def test_unknown_member_is_not_patched() -> None:
     assert _compat.use_bytes_for(Other, "pixels") is False
 

@@ -1,4 +1,5 @@
-"""The one place the bridge reaches below cyclonedds's public API: ``uint8[]`` as one ``bytes`` block.
+"""The one place the bridge reaches below cyclonedds's public API: ``uint8[]`` as one ``bytes`` block, and
+no XTypes type information on our endpoints (``without_type_information``, as ROS 2's rmw does).
 
 cyclonedds has no public switch for this, and its serializer internals differ between the two lines we
 support: 0.10.x (what ROS 2 Humble ships, built from source for the arm64 image) keeps the plain-CDR machine
@@ -60,6 +61,32 @@ def use_bytes_for(cls: Any, member: str) -> bool:
         machines.append(found[0])
     for machine in machines:
         machine.members_machines[member] = bytes_machine()
+    return True
+
+
+def without_type_information(cls: Any) -> bool:
+    """On cyclonedds 0.10, make endpoints of ``cls`` carry no XTypes type information, as the endpoints of
+    ``rmw_cyclonedds_cpp`` on Humble do: Cyclone DDS then matches them by type name and data representation.
+
+    Needed beyond fidelity: 0.10 cannot resolve the type objects 11 sends for nested structs (``Image`` holds
+    a ``Header`` holding a ``Time``; 0.10 logs "invalid type object" and never matches), so a 0.10 bridge and
+    an 11 node would not meet. An endpoint without type information is matched by name on both lines. 11
+    refuses to create a topic whose type has none, so there the types keep theirs (0.10 and 11 peers then
+    still meet through the 0.10 side). Both lines create the type data once (``fill_type_data``) and hand
+    ``_xt_bytedata`` to the C layer at topic creation; with ``(None, None)`` it attaches none. Returns
+    whether it applied.
+    """
+    idl = getattr(cls, "__idl__", None)
+    if (
+        not cyclonedds_version().startswith("0.")  # 11 refuses to create a topic whose type has none
+        or idl is None
+        or not hasattr(idl, "fill_type_data")
+        or not hasattr(idl, "_xt_bytedata")
+    ):
+        log.debug("cyclonedds %s: type information of %s left as is", cyclonedds_version(), cls.__name__)
+        return False
+    idl.fill_type_data()  # once: later topic creations keep what is set below
+    idl._xt_bytedata = (None, None)
     return True
 
 

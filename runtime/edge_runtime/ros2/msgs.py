@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cyclonedds.idl import IdlStruct
 from cyclonedds.idl.types import float32, int32, sequence, uint8, uint32
 
-from edge_runtime.ros2._compat import use_bytes_for
+from edge_runtime.ros2._compat import use_bytes_for, without_type_information
 
 
 @dataclass
@@ -75,3 +75,5 @@ class Float32MultiArray(IdlStruct, typename="std_msgs::msg::dds_::Float32MultiAr
 BYTES_FAST_PATH = use_bytes_for(Image, "data")
 
 TYPES = (Time, Header, Image, MultiArrayDimension, MultiArrayLayout, Float32MultiArray)
+# On 0.10, topic types match by name, without XTypes type information, as rmw_cyclonedds_cpp's (see _compat).
+NAME_MATCHED = all([without_type_information(t) for t in (Image, Float32MultiArray)])
