@@ -20,7 +20,7 @@ from edge_deploy.errors import CalibrationError, OutputError, PipelineOptionErro
 from edge_deploy.model import ConvertOptions, ConvertResult, convert, onnx_compat
 from edge_deploy.model.bench import bench_bundle
 from edge_deploy.model.export import DEFAULT_OPSET
-from edge_deploy.model.loading import SourceModel, load_model, source_from_module
+from edge_deploy.model.loading import SourceModel, load_model, shape_range_overrides, source_from_module
 from edge_runtime.bundle import BatchProfile, ModelBundle
 from edge_runtime.errors import BackendUnavailable, EdgeError
 from edge_runtime.jetson import GIB, JetsonModule, jetson_module
@@ -100,11 +100,15 @@ def convert_to_tensorrt(
     workspace_bytes: int = GIB,
     bundle_dir: str | Path | None = None,
     inputs: Sequence[str] = (),
+    shape_ranges: Mapping[str, Sequence[Sequence[int]]] | None = None,
 ) -> TensorRTConversion:
     """ONNX → model bundle (next to the engine path, ``<stem>.bundle``) and, where TensorRT imports, the
     engine at ``engine_path`` (FP16/INT8; INT8 with the entropy calibrator and its cache file).
 
-    ``inputs``: ``NAME:SHAPE[:DTYPE]`` specs, as ``convert --input`` takes them (e.g. ``obs:Bx64:float32``)."""
+    ``inputs``: ``NAME:SHAPE[:DTYPE]`` specs, as ``convert --input`` takes them (e.g. ``obs:Bx64:float32``,
+    ``obs:Bx3x96..224x96..224`` for ranged axes). ``shape_ranges``: ``{name: (min_shape, opt_shape,
+    max_shape)}``, full shapes as TensorRT's ``set_shape`` takes them, for dynamic non-batch axes (the batch
+    axis follows ``max_batch_size``)."""
     onnx_file = Path(onnx_path)
     engine = Path(engine_path) if engine_path is not None else onnx_file.with_suffix(f".{precision}.engine")
     bundle_out = Path(bundle_dir) if bundle_dir is not None else engine.with_suffix(".bundle")
@@ -112,13 +116,14 @@ def convert_to_tensorrt(
         precision=precision,
         calibration=_calibration(calibration_data),
         batch=BatchProfile(1, 1, max(1, max_batch_size)),
-        inputs=tuple(inputs),
+        inputs=(*inputs, *shape_range_overrides(shape_ranges or {})),
         force=True,
     )
     result = convert(onnx_file, bundle_out, opts)
     conversion = TensorRTConversion(result.bundle, result, workspace_bytes=workspace_bytes)
     try:
         from edge_runtime.backends import BuildOptions, get_backend
+        from edge_runtime.backends.base import shape_ranges as shape_ranges_of
 
         backend = get_backend("tensorrt")
     except BackendUnavailable as exc:
@@ -127,7 +132,10 @@ def convert_to_tensorrt(
         return conversion
     # Not exercised here: TensorRT is not installable on our machines.
     options = BuildOptions(
-        precision=precision, batch=result.bundle.manifest.batch, workspace_bytes=workspace_bytes
+        precision=precision,
+        batch=result.bundle.manifest.batch,
+        workspace_bytes=workspace_bytes,
+        shape_ranges=shape_ranges_of(result.bundle.inputs, result.bundle.manifest.batch),
     )
     plan = backend.build(result.bundle, options)
     tmp = engine.with_name(f".{engine.name}.partial")
@@ -246,9 +254,10 @@ class JetsonDeployment:
         calibration_data: Any = None,
         bundle_dir: str | Path | None = None,
         inputs: Sequence[str] = (),
+        shape_ranges: Mapping[str, Sequence[Sequence[int]]] | None = None,
     ) -> TensorRTConversion:
         """Build the model bundle (and a local engine where TensorRT imports); see ``convert_to_tensorrt``
-        (``inputs``: ``NAME:SHAPE[:DTYPE]`` specs)."""
+        (``inputs``: ``NAME:SHAPE[:DTYPE]`` specs; ``shape_ranges``: ``{name: (min, opt, max)}`` shapes)."""
         source = Path(onnx_path) if onnx_path is not None else (self.onnx_path or self.model_path)
         if source.suffix.lower() != ".onnx":
             source = self.export_onnx(output_path=self.workdir / f"{self.model_path.stem}.onnx")
@@ -267,6 +276,7 @@ class JetsonDeployment:
             self.workspace_bytes,
             bundle_dir=out,
             inputs=inputs,
+            shape_ranges=shape_ranges,
         )
         self.bundle, self.last_conversion = conversion.bundle, conversion
         return conversion

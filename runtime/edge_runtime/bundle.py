@@ -14,12 +14,16 @@ from typing import Any
 
 from edge_runtime.errors import BundleError
 
-SCHEMA_VERSION = 1
+# 2 adds per-axis shape ranges (``TensorSpec.ranges``); a bundle without ranges is still written as 1 so
+# runtimes that read only version 1 keep loading it. Both versions load here.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "bundle.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 
 Dim = int | str  # a fixed size, or the name of a dynamic axis ("batch")
+POINTS = ("min", "opt", "max")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -31,33 +35,94 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @dataclass(frozen=True)
+class AxisRange:
+    """The sizes a dynamic non-batch axis takes (TensorRT's optimization profile: MIN ≤ OPT ≤ MAX)."""
+
+    axis: int
+    min: int
+    opt: int
+    max: int
+
+    def at(self, point: str) -> int:
+        return {"min": self.min, "opt": self.opt, "max": self.max}[point]
+
+    def __str__(self) -> str:
+        return f"{self.min}..{self.max}" if self.opt == self.max else f"{self.min}..{self.opt}..{self.max}"
+
+
+@dataclass(frozen=True)
 class TensorSpec:
+    """One model input or output. A ``str`` dim is dynamic: the batch axis, or (with an entry in ``ranges``)
+    a non-batch axis whose sizes the bundle's optimization profile bounds."""
+
     name: str
     dtype: str
     shape: tuple[Dim, ...]
+    ranges: tuple[AxisRange, ...] = ()
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
-    def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        """The shape with every dynamic axis set to ``batch`` (only the batch axis is dynamic in bundles)."""
-        return tuple(batch if isinstance(d, str) else d for d in self.shape)
+    @property
+    def batch_axes(self) -> list[int]:
+        """Dynamic axes that follow the batch profile (every dynamic axis without a range)."""
+        ranged = {r.axis for r in self.ranges}
+        return [i for i in self.dynamic_axes if i not in ranged]
+
+    def range_of(self, axis: int) -> AxisRange | None:
+        return next((r for r in self.ranges if r.axis == axis), None)
+
+    def concrete_shape(self, batch: int, point: str = "opt") -> tuple[int, ...]:
+        """The shape with the batch axis set to ``batch`` and each ranged axis to its ``point`` (min/opt/max)."""
+        out = []
+        for i, d in enumerate(self.shape):
+            r = self.range_of(i) if isinstance(d, str) else None
+            out.append(r.at(point) if r else batch if isinstance(d, str) else d)
+        return tuple(out)
+
+    def profile_shapes(self, batch: BatchProfile) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """MIN, OPT and MAX shapes of this input for an optimization profile."""
+        lo, opt, hi = (
+            self.concrete_shape(b, p) for b, p in zip((batch.min, batch.opt, batch.max), POINTS, strict=True)
+        )
+        return lo, opt, hi
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "dtype": self.dtype,
             "shape": list(self.shape),
             "dynamic_axes": {str(k): v for k, v in self.dynamic_axes.items()},
         }
+        if self.ranges:
+            d["ranges"] = {str(r.axis): {"min": r.min, "opt": r.opt, "max": r.max} for r in self.ranges}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
         shape = tuple(x if isinstance(x, str) else int(x) for x in d["shape"])
         if d["dtype"] not in DTYPES:
             raise BundleError(f"Tensor {d['name']!r} has unsupported dtype {d['dtype']!r}.")
-        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=shape)
+        ranges = []
+        for axis, r in (d.get("ranges") or {}).items():
+            rng = AxisRange(int(axis), int(r["min"]), int(r["opt"]), int(r["max"]))
+            if not 0 < rng.axis < len(shape) or not isinstance(shape[rng.axis], str):
+                raise BundleError(
+                    f"Tensor {d['name']!r} has a size range for axis {axis}, which is not a dynamic non-batch axis."
+                )
+            if not 1 <= rng.min <= rng.opt <= rng.max:
+                raise BundleError(
+                    f"Tensor {d['name']!r} axis {axis} has range {rng.min},{rng.opt},{rng.max}; it needs "
+                    "1 ≤ MIN ≤ OPT ≤ MAX."
+                )
+            ranges.append(rng)
+        return cls(
+            name=str(d["name"]),
+            dtype=str(d["dtype"]),
+            shape=shape,
+            ranges=tuple(sorted(ranges, key=lambda r: r.axis)),
+        )
 
 
 @dataclass(frozen=True)
@@ -124,7 +189,21 @@ class BundleManifest:
         d["outputs"] = [t.to_dict() for t in self.outputs]
         d["batch"] = asdict(self.batch)
         d["bundle_sha256"] = self.sha256
+        # Version 1 where nothing needs 2, so runtimes that read only 1 still load the bundle.
+        d["schema_version"] = SCHEMA_VERSION if self.has_ranges else 1
         return d
+
+    @property
+    def has_ranges(self) -> bool:
+        return any(t.ranges for t in self.inputs)
+
+    def shape_ranges(self) -> dict[str, dict[str, list[int]]]:
+        """Per ranged input, its MIN/OPT/MAX shapes under the batch profile (what the engine's profile holds)."""
+        return {
+            t.name: dict(zip(POINTS, (list(s) for s in t.profile_shapes(self.batch)), strict=True))
+            for t in self.inputs
+            if t.ranges
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -132,9 +211,10 @@ class BundleManifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BundleManifest:
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise BundleError(
-                f"bundle.json has schema version {version!r}; this edge-runtime reads version {SCHEMA_VERSION}."
+                f"bundle.json has schema version {version!r}; this edge-runtime reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}."
             )
         try:
             manifest = cls(

@@ -95,6 +95,8 @@ def engine_key(
         "batch": [options.batch.min, options.batch.opt, options.batch.max],
         "workspace_bytes": options.workspace_bytes,  # TensorRT tactics depend on it
     }
+    if options.shape_ranges:  # non-batch axis ranges shape the optimization profile (absent: keys unchanged)
+        parts["shape_ranges"] = [[name, [list(s) for s in shapes]] for name, shapes in options.shape_ranges]
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return CacheKey(hashlib.sha256(canonical.encode()).hexdigest(), parts)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import pytest
 import torch
 from bench._serve import ServiceProcess
 
+from edge_deploy.api import convert_to_tensorrt
 from edge_deploy.errors import InputError, ModelLoadError, PipelineOptionError
 from edge_deploy.model import ConvertOptions, convert
 from edge_deploy.model.loading import load_model, parse_input_override
 from edge_deploy.model.validate import random_inputs
-from edge_runtime.bundle import ModelBundle
+from edge_runtime.bundle import AxisRange, ModelBundle
 from tests.build.cli_helpers import run_cli
 from tests.build.onnx_corpus import ONNX_DATA
 
@@ -166,7 +168,11 @@ def _dynamic_seq_model(tmp: Path) -> Path:
 
 def test_dynamic_non_batch_axis_is_fixed_with_input_override(tmp_path: Path) -> None:
     path = _dynamic_seq_model(tmp_path)
-    with pytest.raises(InputError, match=r"dynamic non-batch axis; fix it with an `inputs` override x:SHAPE"):
+    with pytest.raises(
+        InputError,
+        match=r"Input 'x' has a dynamic axis 1 \('steps'\) with no size range; give one with "
+        r"`--input x:B,MIN..MAX,8`",
+    ):
         load_model(path)
     result = convert(path, tmp_path / "b", ConvertOptions(inputs=("x:Bx7x8:float32",)))
     assert result.bundle.inputs[0].shape == ("batch", 7, 8)
@@ -174,12 +180,119 @@ def test_dynamic_non_batch_axis_is_fixed_with_input_override(tmp_path: Path) -> 
 
 
 def test_input_override_dtype() -> None:
-    assert parse_input_override("tokens:Bx16:int64") == ("tokens", (16,), "int64")
-    assert parse_input_override("image:Bx3x8x8") == ("image", (3, 8, 8), None)
+    assert parse_input_override("tokens:Bx16:int64") == ("tokens", (16,), "int64", ())
+    assert parse_input_override("image:Bx3x8x8") == ("image", (3, 8, 8), None, ())
     with pytest.raises(PipelineOptionError, match=r"names dtype 'complex64'; choose one of"):
         parse_input_override("x:Bx4:complex64")
     with pytest.raises(InputError, match=r"names dtype float32, but the ONNX model takes int64"):
         load_model(ONNX_DATA / "pytorch-converted" / "test_Embedding" / "model.onnx", ["0:1x4:float32"])
+
+
+class SpatialNet(torch.nn.Module):
+    """A conv net over images of any size: obs [N, 3, H, W] and a mask [N, 1, H, W] sharing H and W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (self.conv(obs) * mask).mean(dim=(2, 3))
+
+
+def _spatial_model(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp / "spatial.onnx"
+    torch.onnx.export(
+        SpatialNet().eval(),
+        (torch.randn(2, 3, 40, 40), torch.rand(2, 1, 40, 40)),
+        str(path),
+        input_names=["obs", "mask"],
+        output_names=["feat"],
+        dynamic_axes={"obs": {0: "batch", 2: "H", 3: "W"}, "mask": {0: "batch", 2: "H", 3: "W"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def test_shape_range_syntax() -> None:
+    ov = parse_input_override("obs:Bx3x96..224x96..160..224:float32")
+    assert ov.dims == (3, "obs_2", "obs_3") and ov.dtype == "float32"
+    assert ov.ranges == (AxisRange(2, 96, 224, 224), AxisRange(3, 96, 160, 224))  # OPT defaults to MAX
+    assert parse_input_override("obs:B,3,8..16,8").ranges == (AxisRange(2, 8, 16, 16),)
+    with pytest.raises(PipelineOptionError, match=r"range '224..96' that is not MIN..MAX or MIN..OPT..MAX"):
+        parse_input_override("obs:Bx3x224..96x8")
+    with pytest.raises(PipelineOptionError, match=r"the batch axis takes its range from `batch`"):
+        parse_input_override("obs:1..8x3x8x8")
+
+
+def test_dynamic_spatial_axes_convert_with_a_range_and_serve_inside_it(tmp_path: Path) -> None:
+    """A range given for one input covers the other input that shares its axis names (H, W); validation ran
+    at the profile's MIN, OPT and MAX shapes; the service answers at two shapes inside the range, matching
+    ONNX Runtime on the original file, and refuses one outside it in one sentence."""
+    path = _spatial_model(tmp_path)
+    with pytest.raises(InputError, match=r"Input 'obs' has a dynamic axis 2 \('H'\) with no size range"):
+        load_model(path)
+    result = convert(path, tmp_path / "b", ConvertOptions(inputs=("obs:Bx3x32..48..64x32..64",)))
+    raw = json.loads((result.bundle.path / "bundle.json").read_text())
+    assert raw["schema_version"] == 2
+    assert raw["inputs"][1]["ranges"] == {
+        "2": {"min": 32, "opt": 48, "max": 64},
+        "3": {"min": 32, "opt": 64, "max": 64},
+    }
+    m = ModelBundle.load(result.bundle.path).manifest
+    assert m.shape_ranges()["obs"] == {"min": [1, 3, 32, 32], "opt": [1, 3, 48, 64], "max": [8, 3, 64, 64]}
+    assert result.validation["fp32"]["shapes"]["mask"]["max"] == [8, 1, 64, 64]
+    assert result.validation["fp32"]["batches"] == [1, 1, 8]  # one run per profile point
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    with ServiceProcess(
+        result.bundle.path, tmp_path / "cache", "onnxruntime", [], env=ENV, merge_output=True
+    ) as svc:
+        svc.wait_ready(timeout_s=90)
+        for batch, h, w in ((1, 32, 40), (3, 64, 56)):
+            feeds = {
+                "obs": rng.standard_normal((batch, 3, h, w)).astype(np.float32),
+                "mask": rng.random((batch, 1, h, w)).astype(np.float32),
+            }
+            (want,) = session.run(["feat"], feeds)
+            np.testing.assert_allclose(_infer(svc.url, feeds)["feat"], want, atol=1e-5, rtol=1e-4)
+        outside = {"obs": np.zeros((1, 3, 80, 40), np.float32), "mask": np.zeros((1, 1, 80, 40), np.float32)}
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _infer(svc.url, outside)
+        assert err.value.code == 400
+        body = json.loads(err.value.read())
+    assert "Input 'obs' has size 80 on axis 2, outside the model's range 32..64 for that axis." in json.dumps(
+        body
+    )
+
+
+def test_range_errors_are_one_sentence(tmp_path: Path) -> None:
+    path = _spatial_model(tmp_path)
+    with pytest.raises(
+        InputError, match=r"share dynamic axis 'H' but are given different ranges \(32..64 and 16..64\)"
+    ):
+        load_model(path, ["obs:Bx3x32..64x32..64", "mask:Bx1x16..64x32..64"])
+    with pytest.raises(InputError, match=r"gives axis 2 a range, but the ONNX model fixes that axis to 7"):
+        load_model(ONNX_DATA / "pytorch-converted" / "test_Conv2d" / "model.onnx", ["0:Bx3x5..10x5"])
+
+
+def test_python_api_takes_shape_ranges_as_min_opt_max_shapes(tmp_path: Path) -> None:
+    path = _spatial_model(tmp_path)
+    conversion = convert_to_tensorrt(
+        path,
+        tmp_path / "spatial.engine",
+        precision="fp16",
+        max_batch_size=4,
+        bundle_dir=tmp_path / "b",
+        shape_ranges={"obs": [(1, 3, 32, 32), (1, 3, 48, 48), (4, 3, 64, 64)]},
+    )
+    assert conversion.bundle.manifest.shape_ranges()["mask"] == {
+        "min": [1, 1, 32, 32],
+        "opt": [1, 1, 48, 48],
+        "max": [4, 1, 64, 64],
+    }
 
 
 class DictPolicy(torch.nn.Module):

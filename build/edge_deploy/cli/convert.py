@@ -39,8 +39,9 @@ from edge_runtime.jetpack import default_release
     "inputs",
     multiple=True,
     metavar="NAME:SHAPE[:DTYPE]",
-    help="Input shape (and dtype) override, e.g. image:Bx3x224x224 or tokens:Bx16:int64 (repeatable); "
-    "fixes an ONNX model's dynamic non-batch axes.",
+    help="Input shape (and dtype) override, e.g. image:Bx3x224x224 or tokens:Bx16:int64 (repeatable). "
+    "A dynamic non-batch axis takes a number (fixed) or a range MIN..MAX or MIN..OPT..MAX (OPT defaults to "
+    "MAX), e.g. obs:Bx3x96..224x96..160..224; the range becomes the TensorRT optimization profile.",
 )
 @click.option("--tolerance", type=float, default=None, help="Max abs error accepted (default per precision).")
 @click.option(

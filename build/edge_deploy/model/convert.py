@@ -282,7 +282,7 @@ def _validate_fp32(
         if opts.tolerance is not None and opts.precision == "fp32"
         else validate.TOLERANCES["fp32"]
     )
-    sizes = sorted({opts.batch.min, opts.batch.opt, opts.batch.max})
+    sizes, points = _profile_points(source, opts, ("min", "opt", "max"))
     calib = {k: v[:VALIDATION_SAMPLES] for k, v in calibration.items()} if calibration else None
     candidate = validate.ort_runner(str(fp32_path), source.output_names)
     reference: validate.Runner
@@ -302,20 +302,32 @@ def _validate_fp32(
             reference,
             candidate,
             source.output_names,
-            validate.sample_batches(source.inputs, sizes, calib, opts.batch.max),
+            validate.sample_batches(source.inputs, sizes, calib, opts.batch.max, points=points),
             tol,
             labels,
         )
     except Exception as exc:
+        at = f"batch sizes {sizes}" + (
+            f" and shapes {_ranged_shapes(source, opts)}" if any(s.ranges for s in source.inputs) else ""
+        )
         raise ValidationError(
-            f"The exported model fails to run at batch sizes {sizes}: {str(exc).splitlines()[0][:200]}."
+            f"The exported model fails to run at {at}: {str(exc).splitlines()[0][:200]}."
         ) from None
     if not cmp.passed:
         raise ValidationError(
             f"ONNX Runtime's output differs from {'PyTorch' if source.is_torch else 'the original ONNX file'}'s "
             f"by {cmp.max_abs:.3g} (max abs), above the fp32 tolerance {tol:g}."
         )
-    return cmp.to_dict()
+    result = cmp.to_dict()
+    if any(s.ranges for s in source.inputs):  # which MIN/OPT/MAX shapes the runs covered
+        result["shapes"] = {
+            s.name: dict(
+                zip(("min", "opt", "max"), (list(x) for x in s.profile_shapes(opts.batch)), strict=True)
+            )
+            for s in source.inputs
+            if s.ranges
+        }
+    return result
 
 
 def _delta(
@@ -330,12 +342,12 @@ def _delta(
     tol = opts.tolerance if opts.tolerance is not None else validate.TOLERANCES[precision]
     ref = validate.ort_runner(str(fp32_path), source.output_names)
     cand = validate.ort_runner(str(candidate_path), source.output_names)
-    sizes = [] if calibration else sorted({opts.batch.min, opts.batch.max})
+    sizes, points = ([], []) if calibration else _profile_points(source, opts, ("min", "max"))
     cmp = validate.compare(
         ref,
         cand,
         source.output_names,
-        validate.sample_batches(source.inputs, sizes, calibration, opts.batch.max),
+        validate.sample_batches(source.inputs, sizes, calibration, opts.batch.max, points=points),
         tol,
         ("onnxruntime fp32", f"onnxruntime {precision}"),
     )
@@ -349,6 +361,29 @@ def _delta(
             option=("calibration_method", "tolerance"),
         )
     return result
+
+
+def _profile_points(
+    source: SourceModel, opts: ConvertOptions, wanted: tuple[str, ...]
+) -> tuple[list[int], list[str]]:
+    """Batch sizes and range points to validate at: each profile point once (MIN, OPT, MAX). Without ranged
+    axes, points that share a batch size are one run."""
+    ranged = any(s.ranges for s in source.inputs)
+    pairs: list[tuple[int, str]] = []
+    for point in wanted:
+        b = {"min": opts.batch.min, "opt": opts.batch.opt, "max": opts.batch.max}[point]
+        if ranged or b not in [p[0] for p in pairs]:
+            pairs.append((b, point))
+    pairs.sort(key=lambda p: (p[0], ("min", "opt", "max").index(p[1])))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _ranged_shapes(source: SourceModel, opts: ConvertOptions) -> str:
+    return "; ".join(
+        f"{s.name} " + " / ".join("x".join(map(str, shape)) for shape in s.profile_shapes(opts.batch))
+        for s in source.inputs
+        if s.ranges
+    )
 
 
 def _output_specs(model: Any) -> list[TensorSpec]:
@@ -381,7 +416,8 @@ def _versions() -> dict[str, str]:
 
 
 def _shape(spec: TensorSpec) -> str:
-    return "[" + ",".join(str(d) for d in spec.shape) + "]"
+    dims = (str(spec.range_of(i) or d) if isinstance(d, str) else str(d) for i, d in enumerate(spec.shape))
+    return "[" + ",".join(dims) + "]"
 
 
 def _fmt_cmp(cmp: dict[str, Any]) -> str:

@@ -99,7 +99,9 @@ def export_onnx(source: SourceModel, output: Path, opset: int = DEFAULT_OPSET) -
     feeds = example_inputs(source.inputs, 2)
     args = tuple(torch.from_numpy(feeds[s.name]) for s in source.inputs)
     names = [s.name for s in source.inputs]
-    dynamic_axes = {n: {0: BATCH_AXIS} for n in [*names, *outputs]}
+    dynamic_axes: dict[str, dict[int, str]] = {n: {0: BATCH_AXIS} for n in [*names, *outputs]}
+    for s in source.inputs:  # ranged non-batch axes stay dynamic in the graph, under their own names
+        dynamic_axes[s.name].update({r.axis: str(s.shape[r.axis]) for r in s.ranges})
     errors: list[str] = []
     for dynamo in (False, True):
         if dynamo and source.kind == "torchscript":
@@ -113,7 +115,14 @@ def export_onnx(source: SourceModel, output: Path, opset: int = DEFAULT_OPSET) -
         )
         if dynamo:
             dim = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
-            kwargs["dynamic_shapes"] = tuple({0: dim} for _ in names)  # positional: also fits forward(*flat)
+            symbols = {
+                str(s.shape[r.axis]): torch.export.Dim(str(s.shape[r.axis]), min=r.min, max=r.max)
+                for s in source.inputs
+                for r in s.ranges
+            }
+            kwargs["dynamic_shapes"] = tuple(  # positional: also fits forward(*flat)
+                {0: dim, **{r.axis: symbols[str(s.shape[r.axis])] for r in s.ranges}} for s in source.inputs
+            )
         else:
             kwargs["dynamic_axes"] = dynamic_axes
         try:

@@ -11,13 +11,13 @@ import inspect
 import re
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_deploy.errors import InputError, ModelLoadError, PipelineOptionError
-from edge_runtime.bundle import DTYPES, TensorSpec, sha256_file
+from edge_runtime.bundle import DTYPES, AxisRange, Dim, TensorSpec, sha256_file
 
 BATCH_AXIS = "batch"
 # The product's policy interface (ARCHITECTURE.md): used where a TorchScript file names but cannot size inputs.
@@ -50,18 +50,25 @@ class SourceModel:
 
 
 class InputOverride(NamedTuple):
-    """``--input NAME:SHAPE[:DTYPE]``: per-sample dims (batch axis dropped) and an optional dtype."""
+    """``--input NAME:SHAPE[:DTYPE]``: per-sample dims (batch axis dropped), an optional dtype, and the size
+    ranges of the axes written ``MIN..MAX`` or ``MIN..OPT..MAX`` (their dims hold a placeholder name)."""
 
     name: str
-    dims: tuple[int, ...]
+    dims: tuple[Dim, ...]
     dtype: str | None = None
+    ranges: tuple[AxisRange, ...] = ()
+
+
+_RANGE = re.compile(r"^(\d+)\.\.(?:(\d+)\.\.)?(\d+)$")
 
 
 def parse_input_override(text: str) -> InputOverride:
     """Parse ``NAME:SHAPE[:DTYPE]`` where SHAPE is ``Bx3x224x224`` or ``B,3,224,224``; the first axis is the batch.
 
     The batch axis may be written as ``B``/``batch``/``-1`` or any number; it stays dynamic unless the ONNX
-    model fixes it. DTYPE is one of the bundle dtypes (float32, float16, int64, int32, uint8, bool).
+    model fixes it. Any other axis may be a range, ``MIN..MAX`` or ``MIN..OPT..MAX`` (OPT defaults to MAX):
+    ``obs:Bx3x96..224x96..160..224``. DTYPE is one of the bundle dtypes (float32, float16, int64, int32, uint8,
+    bool).
     """
     name, sep, rest = text.partition(":")
     shape, _, dtype = rest.partition(":")
@@ -76,18 +83,53 @@ def parse_input_override(text: str) -> InputOverride:
     parts = [p.strip() for p in re.split(r"[x,]", shape) if p.strip()]
     if len(parts) < 1:
         raise PipelineOptionError(f"Input override {text!r} has an empty shape.")
-    dims: list[int] = []
+    dims: list[Dim] = []
+    ranges: list[AxisRange] = []
     for i, p in enumerate(parts):
         if i == 0 and p.lower() in ("b", "batch", "-1", "n"):
             continue
+        m = _RANGE.match(p)
+        if m and i > 0:
+            lo, hi = int(m.group(1)), int(m.group(3))
+            opt = int(m.group(2)) if m.group(2) else hi
+            if not 1 <= lo <= opt <= hi:
+                raise PipelineOptionError(
+                    f"Input override {text!r} has a range {p!r} that is not MIN..MAX or MIN..OPT..MAX with "
+                    "1 ≤ MIN ≤ OPT ≤ MAX."
+                )
+            ranges.append(AxisRange(i, lo, opt, hi))
+            dims.append(f"{name}_{i}")
+            continue
         if not p.isdigit() or int(p) < 1:
             raise PipelineOptionError(
-                f"Input override {text!r} has a dimension {p!r} that is not a positive number."
+                f"Input override {text!r} has a dimension {p!r} that is not a positive number"
+                + (" (the batch axis takes its range from `batch`)." if m else " or a MIN..MAX range.")
             )
         if i == 0:
             continue  # a concrete batch size: the axis stays dynamic
         dims.append(int(p))
-    return InputOverride(name, tuple(dims), dtype or None)
+    return InputOverride(name, tuple(dims), dtype or None, tuple(ranges))
+
+
+def shape_range_overrides(ranges: Mapping[str, Sequence[Sequence[int]]]) -> list[str]:
+    """``{name: (min_shape, opt_shape, max_shape)}`` (full shapes, batch axis first) → ``--input`` specs.
+
+    The Python API's form of a range: an axis whose three sizes differ becomes ``MIN..OPT..MAX``; the batch
+    axis is left to the batch profile.
+    """
+    specs = []
+    for name, shapes in ranges.items():
+        if len(shapes) != 3 or len({len(s) for s in shapes}) != 1:
+            raise PipelineOptionError(
+                f"Shape range for {name!r} must be three shapes of one rank (min, opt, max), got {shapes!r}."
+            )
+        lo, opt, hi = ([int(d) for d in s] for s in shapes)
+        dims = ["B"] + [
+            str(a) if a == b == c else f"{a}..{b}..{c}"
+            for a, b, c in zip(lo[1:], opt[1:], hi[1:], strict=True)
+        ]
+        specs.append(f"{name}:{'x'.join(dims)}")
+    return specs
 
 
 def load_model(path: str | Path, overrides: Sequence[str] = ()) -> SourceModel:
@@ -152,7 +194,7 @@ def _load_onnx(p: Path, digest: str, overrides: dict[str, InputOverride]) -> Sou
             elif i == 0:
                 dims.append(BATCH_AXIS)
             else:
-                dims.append(d.dim_param or f"dim{i}")
+                dims.append(d.dim_param or f"{vi.name}_{i}")
         specs.append(TensorSpec(vi.name, dtype, tuple(dims)))
     names = [s.name for s in specs]
     _check_override_names(overrides, names)
@@ -161,6 +203,19 @@ def _load_onnx(p: Path, digest: str, overrides: dict[str, InputOverride]) -> Sou
         if s.name in overrides:
             ov = overrides[s.name]
             current = tuple(d for d in s.shape[1:])
+            fixed = next(
+                (
+                    (i + 1, c)
+                    for i, (c, f) in enumerate(zip(current, ov.dims, strict=False))
+                    if isinstance(c, int) and isinstance(f, str)
+                ),
+                None,
+            )
+            if len(ov.dims) == len(current) and fixed:
+                raise InputError(
+                    f"Input override {s.name} gives axis {fixed[0]} a range, but the ONNX model fixes that axis "
+                    f"to {fixed[1]}; a range needs a dynamic axis."
+                )
             if len(ov.dims) != len(current) or any(
                 isinstance(c, int) and c != f for c, f in zip(current, ov.dims, strict=True)
             ):
@@ -171,14 +226,11 @@ def _load_onnx(p: Path, digest: str, overrides: dict[str, InputOverride]) -> Sou
                 raise InputError(
                     f"Input override {s.name} names dtype {ov.dtype}, but the ONNX model takes {s.dtype}."
                 )
-            s = TensorSpec(s.name, s.dtype, (s.shape[0], *ov.dims))
-        if any(isinstance(d, str) for d in s.shape[1:]):
-            raise InputError(
-                f"ONNX input {s.name!r} has a dynamic non-batch axis; fix it with an `inputs` override "
-                f"{s.name}:SHAPE.",
-                option="inputs",
-            )
+            # A ranged axis keeps the model's name for it (shared names stay shared); a size fixes it.
+            dims = [c if isinstance(f, str) else f for c, f in zip(current, ov.dims, strict=True)]
+            s = TensorSpec(s.name, s.dtype, (s.shape[0], *dims), ov.ranges)
         out.append(s)
+    out = share_ranges(out)
     static = next((int(s.shape[0]) for s in out if s.shape and isinstance(s.shape[0], int)), None)
     if static is not None:
         notes.append(f"the model fixes the batch axis to {static}: batch profile {static},{static},{static}")
@@ -195,6 +247,42 @@ def _load_onnx(p: Path, digest: str, overrides: dict[str, InputOverride]) -> Sou
         ir_version=ir,
         external_data=external,
     )
+
+
+def share_ranges(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """Give every dynamic non-batch axis its range: its own, or the one of an axis of the same name on another
+    input (one range per name). An axis with none is refused with the sentence that asks for one."""
+    by_symbol: dict[str, tuple[str, AxisRange]] = {}
+    for s in specs:
+        for r in s.ranges:
+            symbol = str(s.shape[r.axis])
+            seen = by_symbol.setdefault(symbol, (s.name, r))
+            if (seen[1].min, seen[1].opt, seen[1].max) != (r.min, r.opt, r.max):
+                raise InputError(
+                    f"Inputs {seen[0]!r} and {s.name!r} share dynamic axis {symbol!r} but are given different "
+                    f"ranges ({seen[1]} and {r}); give it one range.",
+                    option="inputs",
+                )
+    out = []
+    for s in specs:
+        ranges = list(s.ranges)
+        for axis, symbol in s.dynamic_axes.items():
+            if axis == 0 or s.range_of(axis) is not None:
+                continue
+            if symbol not in by_symbol:
+                example = ",".join(
+                    "B" if i == 0 else ("MIN..MAX" if isinstance(d, str) else str(d))
+                    for i, d in enumerate(s.shape)
+                )
+                raise InputError(
+                    f"Input {s.name!r} has a dynamic axis {axis} ({symbol!r}) with no size range; give one with "
+                    f"`--input {s.name}:{example}` (MIN..OPT..MAX also works), or fix its size with a number.",
+                    option="inputs",
+                )
+            r = by_symbol[symbol][1]
+            ranges.append(AxisRange(axis, r.min, r.opt, r.max))
+        out.append(TensorSpec(s.name, s.dtype, s.shape, tuple(sorted(ranges, key=lambda r: r.axis))))
+    return out
 
 
 def _load_torch(p: Path, digest: str, overrides: dict[str, InputOverride]) -> SourceModel:
@@ -251,7 +339,11 @@ def _load_torch(p: Path, digest: str, overrides: dict[str, InputOverride]) -> So
                 f"{name}:Bx<dims>.",
                 option="inputs",
             )
-        specs.append(TensorSpec(name, (ov.dtype if ov else None) or "float32", (BATCH_AXIS, *shape)))
+        specs.append(
+            TensorSpec(
+                name, (ov.dtype if ov else None) or "float32", (BATCH_AXIS, *shape), ov.ranges if ov else ()
+            )
+        )
     return SourceModel(p, kind, digest, specs, list(DEFAULT_OUTPUTS), module=module)
 
 

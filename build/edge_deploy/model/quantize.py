@@ -74,7 +74,12 @@ def check_calibration(
     for s in specs:
         a = np.asarray(arrays[s.name])
         want = tuple(s.shape[1:])
-        if a.ndim != len(s.shape) or tuple(a.shape[1:]) != want:
+        ranges = {r.axis: r for r in s.ranges}  # a ranged axis takes any size in its range
+        if a.ndim != len(s.shape) or any(
+            (not ranges[i].min <= n <= ranges[i].max) if i in ranges else n != d
+            for i, (n, d) in enumerate(zip(a.shape[1:], want, strict=True), start=1)
+        ):
+            want = tuple(str(ranges[i]) if i in ranges else d for i, d in enumerate(want, start=1))
             raise CalibrationError(
                 f"Calibration array {s.name!r} has shape {list(a.shape)}, expected [N, {', '.join(map(str, want))}]."
             )

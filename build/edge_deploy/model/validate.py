@@ -71,11 +71,16 @@ def sample_batches(
     calibration: dict[str, np.ndarray] | None,
     max_batch: int,
     seed: int = 1234,
+    points: list[str] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Random inputs at each batch size (so the dynamic axis is exercised), then the calibration samples."""
+    """Random inputs at each batch size (so the dynamic axis is exercised), then the calibration samples.
+
+    ``points`` (min/opt/max, one per batch size) sets each ranged non-batch axis with it: validation runs the
+    model at the profile's MIN, OPT and MAX shapes; without it ranged axes take their OPT size.
+    """
     rng = np.random.default_rng(seed)
-    for b in batch_sizes:
-        yield {s.name: random_array(s.dtype, s.concrete_shape(b), rng) for s in specs}
+    for b, point in zip(batch_sizes, points or ["opt"] * len(batch_sizes), strict=True):
+        yield {s.name: random_array(s.dtype, s.concrete_shape(b, point), rng) for s in specs}
     if calibration:
         n = len(next(iter(calibration.values())))
         for start in range(0, n, max_batch):

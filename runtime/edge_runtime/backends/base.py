@@ -30,6 +30,9 @@ class BuildOptions:
     # service's p99 (bench/service_overhead).
     spin_wait: bool = False
     cuda_graph: bool = False  # TensorRT runtime: capture the enqueue in a CUDA graph
+    # Per ranged input, its MIN/OPT/MAX shapes (the bundle's non-batch axis ranges): they shape the TensorRT
+    # optimization profile, so they are part of the cache key. Empty for bundles without ranges.
+    shape_ranges: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
 
     @classmethod
     def for_bundle(
@@ -54,7 +57,15 @@ class BuildOptions:
             intra_op_threads=intra_op_threads,
             spin_wait=spin_wait,
             cuda_graph=cuda_graph,
+            shape_ranges=shape_ranges(bundle.inputs, bundle.manifest.batch),
         )
+
+
+def shape_ranges(
+    inputs: list[TensorSpec], batch: BatchProfile
+) -> tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]:
+    """``(name, (min, opt, max))`` for each input with a ranged non-batch axis, in input order."""
+    return tuple((s.name, s.profile_shapes(batch)) for s in inputs if s.ranges)
 
 
 @runtime_checkable
@@ -102,6 +113,7 @@ def check_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], batch:
     if missing:
         raise InputError(f"Missing input {missing[0]!r}; the model takes {', '.join(sorted(expected))}.")
     batch_size: int | None = None
+    symbols: dict[str, tuple[str, int, int]] = {}  # a ranged axis's name → (input, axis, size) first seen
     for spec in specs:
         arr = feeds[spec.name]
         if arr.dtype != np.dtype(spec.dtype):
@@ -117,6 +129,21 @@ def check_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], batch:
                 )
         for axis in spec.dynamic_axes:
             n = int(arr.shape[axis])
+            rng = spec.range_of(axis)
+            if rng is not None:
+                if not rng.min <= n <= rng.max:
+                    raise InputError(
+                        f"Input {spec.name!r} has size {n} on axis {axis}, outside the model's range "
+                        f"{rng.min}..{rng.max} for that axis."
+                    )
+                symbol = str(spec.shape[axis])
+                seen = symbols.setdefault(symbol, (spec.name, axis, n))
+                if seen[2] != n:
+                    raise InputError(
+                        f"Input {spec.name!r} has size {n} on axis {axis} but input {seen[0]!r} has size "
+                        f"{seen[2]} on axis {seen[1]}; the model needs them equal ({symbol})."
+                    )
+                continue
             if batch_size is None:
                 batch_size = n
             elif n != batch_size:

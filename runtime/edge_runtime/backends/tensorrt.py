@@ -36,7 +36,7 @@ import threading
 import types
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,7 +46,7 @@ from packaging.version import Version
 from edge_runtime.backends.base import BuildOptions
 from edge_runtime.backends.trt_cuda import CudaMemory, CudaStreamRunner, cuda_error_name
 from edge_runtime.backends.trt_recipe import BuildRecipe, plan_build
-from edge_runtime.bundle import BatchProfile, ModelBundle, TensorSpec
+from edge_runtime.bundle import AxisRange, BatchProfile, ModelBundle, TensorSpec
 from edge_runtime.errors import (
     BackendUnavailable,
     EdgeError,
@@ -236,7 +236,11 @@ def attach_calibrator(
     """Implicit INT8 (TensorRT ≤ 10): the calibrator, with its own MIN=OPT=MAX profile at the calibration batch
     size, as trtexec does (the build profile's range would make TensorRT calibrate at an arbitrary shape)."""
     size = calibrator.samples
-    profile = optimization_profile(builder, inputs, BatchProfile(size, size, size))
+    # Ranged non-batch axes are pinned to their OPT size too: calibration runs at one shape.
+    pinned = [
+        replace(s, ranges=tuple(AxisRange(r.axis, r.opt, r.opt, r.opt) for r in s.ranges)) for s in inputs
+    ]
+    profile = optimization_profile(builder, pinned, BatchProfile(size, size, size))
     set_profile = _pre11(config, "set_calibration_profile")
     if not callable(set_profile) or not set_profile(profile):
         raise EngineBuildError(f"TensorRT refused the calibration profile (batch {size}).")
@@ -399,13 +403,20 @@ def entropy_calibrator(
     return calibrator
 
 
+def _ranges_note(inputs: Sequence[TensorSpec]) -> str:
+    ranged = [f"{s.name} axis {r.axis} {r}" for s in inputs for r in s.ranges]
+    return f" and ranges {', '.join(ranged)}" if ranged else ""
+
+
 # -- engines: build --------------------------------------------------------------------------------------
 def optimization_profile(
     builder: trt.Builder, inputs: Sequence[TensorSpec], batch: BatchProfile
 ) -> trt.IOptimizationProfile:
+    """One profile for every input: the batch axis from the batch profile, each ranged non-batch axis from the
+    bundle's MIN/OPT/MAX for it (``TensorSpec.profile_shapes``)."""
     profile = builder.create_optimization_profile()
     for spec in inputs:
-        lo, opt, hi = (trt.Dims(list(spec.concrete_shape(b))) for b in (batch.min, batch.opt, batch.max))
+        lo, opt, hi = (trt.Dims(list(shape)) for shape in spec.profile_shapes(batch))
         profile.set_shape(spec.name, lo, opt, hi)
     return profile
 
@@ -693,7 +704,8 @@ class TensorRTBackend:
                 < 0
             ):
                 raise EngineBuildError(
-                    f"TensorRT refused the optimization profile for batch {options.batch}{TENSORRT_ERRORS.suffix(mark)}."
+                    f"TensorRT refused the optimization profile for batch {options.batch}"
+                    f"{_ranges_note(bundle.inputs)}{TENSORRT_ERRORS.suffix(mark)}."
                 )
             for flag in recipe.flags:
                 config.set_flag(weak_typing_flag(flag))
