@@ -16,6 +16,16 @@ from edge_deploy.simulation.processes import alive, run, terminate, wait_port
 from edge_deploy.simulation.state import SimRobot, Simulation
 
 
+# A simulated robot keeps ROS 2's DDS traffic on loopback (no multicast): its sessions, and so the docker compose
+# of edge-update.sh, hand this to a ROS 2 release's container (compose.ros2.yaml), as a robot's own setting would.
+CYCLONEDDS_LOOPBACK = (
+    "<CycloneDDS><Domain id='any'><General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
+    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto</ParticipantIndex>"
+    "<MaxAutoParticipantIndex>20</MaxAutoParticipantIndex><Peers><Peer address='127.0.0.1'/></Peers>"
+    "</Discovery></Domain></CycloneDDS>"
+)
+
+
 def _sshd() -> str:
     path = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").is_file() else None)
     if path is None:
@@ -56,7 +66,7 @@ def write_sshd_config(rdir: Path, robot: SimRobot) -> Path:
                 "AllowTcpForwarding local",
                 "X11Forwarding no",
                 "Subsystem sftp internal-sftp",
-                f"SetEnv DOCKER_HOST=unix://{robot.socket}",
+                f'SetEnv DOCKER_HOST=unix://{robot.socket} "CYCLONEDDS_URI={CYCLONEDDS_LOOPBACK}"',
                 "",
             ]
         )
