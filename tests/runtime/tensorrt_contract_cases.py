@@ -17,6 +17,7 @@ import ast
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,6 +280,53 @@ def test_build_drives_the_builder_api(
         assert host_cuda.memory == {}  # calibration buffers freed after the build
     else:
         assert config.int8_calibrator is None and config.calibration_profile is None
+
+
+def ranged_bundle(tmp: Path) -> ModelBundle:
+    """The fp32 bundle with its image's H and W declared dynamic with recorded ranges (bundle.json only: the
+    parser is a double, and bundle.json is not among the hashed files)."""
+    src = bundle("fp32")
+    dst = tmp / "ranged"
+    shutil.copytree(src.path, dst)
+    raw = json.loads((dst / "bundle.json").read_text())
+    image = next(t for t in raw["inputs"] if t["name"] == "image")
+    image["shape"] = ["batch", 3, "H", "W"]
+    image["ranges"] = {"2": {"min": 96, "opt": 160, "max": 224}, "3": {"min": 128, "opt": 224, "max": 224}}
+    raw["schema_version"] = 2
+    (dst / "bundle.json").write_text(json.dumps(raw))
+    return ModelBundle.load(dst)
+
+
+def test_optimization_profile_takes_the_bundles_recorded_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle with ranged non-batch axes: ``profile.set_shape`` gets trt.Dims of the recorded MIN/OPT/MAX on
+    those axes and the batch profile on the batch axis; the engine cache key carries the ranges."""
+    from edge_runtime.cache import engine_key
+    from edge_runtime.device import DeviceIdentity
+
+    b = ranged_bundle(tmp_path)
+    builder = FakeBuilder(b.inputs)
+    monkeypatch.setattr(backend_mod, "_create_builder", lambda logger: builder)
+    monkeypatch.setattr(backend_mod.trt, "OnnxParser", FakeParser)
+    opts = BuildOptions.for_bundle(b, None, "fp32")
+    assert TensorRTBackend().build(b, opts) == b"serialized plan"
+    assert builder.config is not None
+    (profile,) = builder.config.profiles
+    batch = b.manifest.batch
+    assert profile.shapes["image"] == (
+        (batch.min, 3, 96, 128),
+        (batch.opt, 3, 160, 224),
+        (batch.max, 3, 224, 224),
+    )
+    assert profile.shapes["robot_state"] == ((batch.min, 48), (batch.opt, 48), (batch.max, 48))
+    device = DeviceIdentity("aarch64", "36.4.0", "jetson-orin-nano", "Orin", "8.7", "cortex-a78ae")
+    ranged_key = engine_key(b.sha256, "tensorrt", VERSION, device, opts)
+    plain_key = engine_key(b.sha256, "tensorrt", VERSION, device, options("fp32"))
+    assert ranged_key.parts["shape_ranges"] == [
+        ["image", [[1, 3, 96, 128], [1, 3, 160, 224], [8, 3, 224, 224]]]
+    ]
+    assert ranged_key.digest != plain_key.digest and "shape_ranges" not in plain_key.parts
 
 
 def test_build_failure_sentence_carries_tensorrt_errors(monkeypatch: pytest.MonkeyPatch) -> None:
