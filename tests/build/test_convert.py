@@ -224,3 +224,66 @@ def test_int8_bundle_can_embed_a_calibration_subset(make_bundle: Any) -> None:
     assert data is not None and data.name == "calibration.npz"
     with np.load(data) as npz:
         assert npz["image"].shape == (4, 3, 224, 224) and npz["robot_state"].shape == (4, 48)
+
+
+class SpatialPolicy(torch.nn.Module):
+    """A policy over camera images of any size (conv, then a mean over H and W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(image).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_pytorch_policy_with_ranged_image_axes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: str
+) -> None:
+    """Both exporters keep the ranged axes dynamic; validation ran PyTorch against ONNX Runtime at the
+    profile's MIN, OPT and MAX shapes."""
+    if exporter == "dynamo":
+        real_export = torch.onnx.export
+
+        def legacy_fails(*args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("dynamo", True):
+                raise RuntimeError("legacy exporter cannot trace this module")
+            return real_export(*args, **kwargs)
+
+        monkeypatch.setattr(torch.onnx, "export", legacy_fails)
+    torch.manual_seed(0)
+    full = tmp_path / "spatial.pt"
+    torch.save(SpatialPolicy().eval(), full)
+    r = convert(full, tmp_path / "b", ConvertOptions(inputs=("image:Bx3x32..48..64x40..64",)))
+    m = r.bundle.manifest
+    assert m.source["exporter"] == exporter
+    assert m.shape_ranges() == {
+        "image": {"min": [1, 3, 32, 40], "opt": [1, 3, 48, 64], "max": [8, 3, 64, 64]}
+    }
+    assert r.validation["fp32"]["passed"] and r.validation["fp32"]["shapes"] == m.shape_ranges()
+    model = onnx.load(str(r.bundle.model_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert all(not d.HasField("dim_value") for d in (dims[0], dims[2], dims[3])) and dims[1].dim_value == 3
+    session = ort.InferenceSession(str(r.bundle.model_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((2, 3, 37, 61)).astype(np.float32)
+    with torch.no_grad():
+        want = SpatialPolicy.forward(torch.load(full, weights_only=False), torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {"image": x})[0], want, atol=1e-5)
+
+
+def test_cli_convert_takes_a_range_and_refuses_a_bad_one(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tests.build.cli_helpers import run_cli
+
+    full = tmp_path / "spatial.pt"
+    torch.save(SpatialPolicy().eval(), full)
+    rc, out, err = run_cli(
+        capsys, "convert", full, "-o", tmp_path / "b", "--input", "image:Bx3x32..64x32..64", "--json"
+    )
+    assert rc == 0, err
+    assert "image[batch,3,32..64,32..64]" in err  # the load step shows the ranges
+    assert ModelBundle.load(tmp_path / "b").inputs[0].ranges
+    assert json.loads(out)["validation"]["fp32"]["shapes"]["image"]["max"] == [8, 3, 64, 64]
+    rc, _out, err = run_cli(capsys, "convert", full, "-o", tmp_path / "c", "--input", "image:Bx3x64..32x32")
+    assert rc != 0 and "Traceback" not in err
+    assert "range '64..32' that is not MIN..MAX or MIN..OPT..MAX with 1 ≤ MIN ≤ OPT ≤ MAX" in err
