@@ -15,7 +15,6 @@ from edge_deploy.fleet import FleetError
 from edge_deploy.simulation.processes import alive, run, terminate, wait_port
 from edge_deploy.simulation.state import SimRobot, Simulation
 
-
 # A simulated robot keeps ROS 2's DDS traffic on loopback (no multicast): its sessions, and so the docker compose
 # of edge-update.sh, hand this to a ROS 2 release's container (compose.ros2.yaml), as a robot's own setting would.
 CYCLONEDDS_LOOPBACK = (
