@@ -338,6 +338,33 @@ def test_dict_inputs_and_several_named_outputs(tmp_path: Path) -> None:
     assert result.validation["fp32"]["reference"] == "pytorch" and result.validation["fp32"]["passed"]
 
 
+def test_dict_input_with_a_ranged_axis_through_the_dynamo_exporter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forward(*flat) around a dict input: torch.export gets the ranged axes as Dims of the one varargs
+    parameter; validation against PyTorch ran at MIN/OPT/MAX."""
+    real_export = torch.onnx.export
+
+    def legacy_fails(*args: object, **kwargs: object) -> object:
+        if not kwargs.get("dynamo", True):
+            raise RuntimeError("legacy exporter cannot trace this module")
+        return real_export(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.onnx, "export", legacy_fails)
+    torch.manual_seed(0)
+    torch.save(DictPolicy().eval(), tmp_path / "dict_policy.pt")
+    result = convert(
+        tmp_path / "dict_policy.pt",
+        tmp_path / "b",
+        ConvertOptions(inputs=("obs.image:Bx3x8..16x8..12..16", "obs.state:Bx6")),
+    )
+    m = result.bundle.manifest
+    assert m.source["exporter"] == "dynamo" and result.validation["fp32"]["passed"]
+    assert m.shape_ranges() == {
+        "obs.image": {"min": [1, 3, 8, 8], "opt": [1, 3, 16, 12], "max": [8, 3, 16, 16]}
+    }
+
+
 def test_tuple_input_and_tuple_outputs(tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.save(TuplePolicy().eval(), tmp_path / "tuple_policy.pt")

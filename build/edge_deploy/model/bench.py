@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.backends import BuildOptions, check_feeds, get_backend
+from edge_runtime.backends.base import shape_ranges
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.errors import InputError
 from edge_runtime.profiling import LatencyStats, peak_rss_mb, time_calls
@@ -61,7 +62,12 @@ def bench_bundle(
     if not m.batch.min <= batch <= m.batch.max:
         raise InputError(f"Batch size {batch} is outside the bundle's profile {m.batch.min}..{m.batch.max}.")
     backend = get_backend("onnxruntime")
-    options = BuildOptions(precision=m.precision, batch=m.batch, intra_op_threads=threads)
+    options = BuildOptions(
+        precision=m.precision,
+        batch=m.batch,
+        intra_op_threads=threads,
+        shape_ranges=shape_ranges(bundle.inputs, m.batch),
+    )
     t0 = time.perf_counter()
     engine = backend.load(backend.build(bundle, options), bundle, options)
     build_seconds = time.perf_counter() - t0

@@ -8,7 +8,9 @@ and honours ``opset_version``, so it is used first; plain modules fall back to d
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,14 @@ def output_names(count: int, preferred: list[str]) -> list[str]:
     return [preferred[0] if i == 0 and preferred else f"output_{i}" for i in range(count)]
 
 
+def _takes_varargs(module: Any) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
 def export_onnx(source: SourceModel, output: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Export ``source`` to ``output``; return what the exporter did (exporter used, output names)."""
     import torch
@@ -116,13 +126,18 @@ def export_onnx(source: SourceModel, output: Path, opset: int = DEFAULT_OPSET) -
         if dynamo:
             dim = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
             symbols = {
-                str(s.shape[r.axis]): torch.export.Dim(str(s.shape[r.axis]), min=r.min, max=r.max)
+                # Dim names must be identifiers (an input named obs.image gives axis obs.image_2)
+                str(s.shape[r.axis]): torch.export.Dim(
+                    re.sub(r"\W", "_", str(s.shape[r.axis])), min=r.min, max=r.max
+                )
                 for s in source.inputs
                 for r in s.ranges
             }
-            kwargs["dynamic_shapes"] = tuple(  # positional: also fits forward(*flat)
+            shapes = tuple(
                 {0: dim, **{r.axis: symbols[str(s.shape[r.axis])] for r in s.ranges}} for s in source.inputs
             )
+            # One entry per parameter of forward: a forward(*flat) (dict/tuple inputs) has one, the tuple.
+            kwargs["dynamic_shapes"] = (shapes,) if _takes_varargs(source.module) else shapes
         else:
             kwargs["dynamic_axes"] = dynamic_axes
         try:
