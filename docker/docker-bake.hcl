@@ -29,6 +29,9 @@ variable "RUNTIME_PLATFORMS" { default = "linux/arm64" }
 # "required": the runtime build fails unless the base's Python provides TensorRT; "optional" for other bases.
 variable "BASE_TENSORRT" { default = "required" }
 variable "GIT_SHA" { default = "unknown" }
+# The bases' digests at build time (`edge-deploy image build` looks them up), for the base.digest labels.
+variable "L4T_BASE_DIGEST" { default = "" }
+variable "CONVERTER_BASE_DIGEST" { default = "" }
 variable "CREATED" { default = "" }
 variable "SOURCE" { default = "" }
 
@@ -70,6 +73,7 @@ target "converter" {
     "org.opencontainers.image.created" = CREATED
     "org.opencontainers.image.source" = SOURCE
     "org.opencontainers.image.base.name" = CONVERTER_BASE
+    "org.opencontainers.image.base.digest" = CONVERTER_BASE_DIGEST
     "org.opencontainers.image.licenses" = "Apache-2.0"
     "org.opencontainers.image.description" = "edge-deploy converter: PyTorch policy to a TensorRT-ready ONNX bundle (CPU)"
   }
@@ -82,7 +86,7 @@ target "_model" {
   args = {
     L4T_BASE = L4T_BASE, CONVERTER_BASE = CONVERTER_BASE, MODEL = MODEL, PRECISION = PRECISION, CALIBRATION = CALIBRATION, BATCH = BATCH,
     VERSION = VERSION, GIT_SHA = GIT_SHA, CREATED = CREATED, SOURCE = SOURCE, BUNDLE_SHA256 = BUNDLE_SHA256,
-    BASE_TENSORRT = BASE_TENSORRT
+    BASE_TENSORRT = BASE_TENSORRT, L4T_BASE_DIGEST = L4T_BASE_DIGEST
   }
 }
 

@@ -107,6 +107,7 @@ ARG GIT_SHA=unknown
 ARG CREATED=
 ARG SOURCE=
 ARG L4T_BASE
+ARG L4T_BASE_DIGEST=
 ARG BUNDLE_SHA256=
 ARG PRECISION=fp16
 LABEL org.opencontainers.image.title="edge-runtime" \
@@ -115,6 +116,7 @@ LABEL org.opencontainers.image.title="edge-runtime" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.base.name="${L4T_BASE}" \
+      org.opencontainers.image.base.digest="${L4T_BASE_DIGEST}" \
       io.edge-deploy.bundle.sha256="${BUNDLE_SHA256}" \
       io.edge-deploy.precision="${PRECISION}"
 # Cyclone DDS's C library for the ROS 2 binding (nothing when the base has ROS 2's own)

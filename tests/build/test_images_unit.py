@@ -26,8 +26,10 @@ from edge_deploy.images.files import (
     tool_files,
     work_dir,
 )
+from edge_deploy.images.lock import LOCK_DIR, read_lock, runtime_pythons
 from edge_deploy.images.wheelhouse import (
     fill_wheelhouse,
+    lock_sets,
     pip_platforms,
     requirements_for,
     runtime_extras,
@@ -119,6 +121,77 @@ def test_pip_is_asked_for_the_image_s_platform_and_python_once(
     assert len(calls) == 2  # changed requirements: pip is asked again
     with pytest.raises(ImageError, match="Architecture 'riscv64' is not supported"):
         pip_platforms("riscv64")
+
+
+def test_every_lock_is_in_sync_with_pyproject_s_extras_and_pins_each_requirement() -> None:
+    from edge_deploy.images.build import DEFAULT_CONVERTER_PYTHON, TORCH_SPEC
+
+    names = set()
+    for python in runtime_pythons():
+        sets = lock_sets(
+            FILES.path("pyproject.toml"),
+            FILES.path("docker/requirements.py"),
+            runtime_python=python,
+            converter_python=DEFAULT_CONVERTER_PYTHON,
+            torch_spec=TORCH_SPEC,
+        )
+        for name, (requirements, _, _) in sets.items():
+            names.add(name)
+            lock = read_lock(FILES.path(LOCK_DIR) / name)
+            lock.check(requirements)  # an extra edited without scripts/lock fails here
+            for req in map(Requirement, requirements):
+                pinned = lock.pins.get(req.name.lower().replace("_", "-"))
+                assert pinned is not None, f"{name} does not pin {req.name}"
+                assert req.specifier.contains(pinned, prereleases=True), f"{name}: {req} vs {pinned}"
+            text = lock.path.read_text()
+            assert text.count("--hash=sha256:") == len(lock.pins) >= len(requirements)
+    assert {"converter-amd64-py3.11.txt", "runtime-arm64-py3.10.txt", "runtime-amd64-py3.10.txt"} <= names
+    assert sorted(p.name for p in FILES.path(LOCK_DIR).glob("*.txt")) == sorted(names)
+
+
+def _lock(path: Path, requires: list[str], pins: dict[str, str]) -> Path:
+    lines = [f"# requires: {r}" for r in requires]
+    for name, version in pins.items():
+        lines += [f"{name}=={version} \\", "    --hash=sha256:" + "0" * 64]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_lock_made_from_other_requirements_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    lock = _lock(tmp_path / "runtime-arm64-py3.10.txt", ["numpy>=1.24"], {"numpy": "2.0.0"})
+    with pytest.raises(
+        ImageError, match=r"out of date with pyproject.toml \(added \['psutil>=5.9'\].*scripts/lock"
+    ):
+        fill_wheelhouse(
+            tmp_path / "h", ["numpy>=1.24", "psutil>=5.9"], arch="arm64", python="3.10", lock=lock
+        )
+
+
+def test_a_locked_wheelhouse_holds_exactly_the_lock_s_wheels_checked_by_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+
+    def fake_pip(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        (dest / "numpy-2.0.0-cp310-cp310-manylinux_2_17_aarch64.whl").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr("edge_deploy.images.wheelhouse.run_tool", fake_pip)
+    house = tmp_path / "runtime"
+    house.mkdir()
+    (house / "numpy-1.26.0-cp310-cp310-manylinux_2_17_aarch64.whl").write_bytes(b"")  # an earlier lock's
+    lock = _lock(tmp_path / "runtime-arm64-py3.10.txt", ["numpy>=1.24"], {"numpy": "2.0.0"})
+    fill_wheelhouse(house, ["numpy>=1.24"], arch="arm64", python="3.10", lock=lock)
+    (cmd,) = calls
+    assert cmd[-4:] == ["--require-hashes", "--no-deps", "-r", str(lock)]
+    assert cmd[cmd.index("--find-links") + 1] == str(house)  # wheels already here are reused
+    assert sorted(p.name for p in house.glob("*.whl")) == [
+        "numpy-2.0.0-cp310-cp310-manylinux_2_17_aarch64.whl"
+    ]
+    fill_wheelhouse(house, ["numpy>=1.24"], arch="arm64", python="3.10", lock=lock)
+    assert len(calls) == 1  # same lock: kept
 
 
 def test_runtime_wheelhouse_per_platform(tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ run targets, read back their tags and digests, export the converted bundle."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +17,61 @@ from edge_deploy.images.inspect import inspect_pushed
 from edge_deploy.images.process import run_tool
 from edge_deploy.images.result import ImageError, ImageResult
 
+log = logging.getLogger(__name__)
+
 BAKE_FILE = "docker/docker-bake.hcl"  # in the context
+# Targets that make images; their pushed output rewrites every file's and layer's time to
+# SOURCE_DATE_EPOCH (BuildKit ≥ 0.13), so two builds of one commit give one digest. The engine's own
+# builder ("docker" driver) always unpacks the image into the engine, which BuildKit refuses with
+# rewrite-timestamp: there the push is plain (docs/images.md, reproducible images).
+IMAGE_TARGETS = ("converter", "runtime")
+PUSH_OUTPUT = "type=image,push=true,rewrite-timestamp=true"
+
+
+def builder_driver() -> str:
+    """The current buildx builder's driver (docker, docker-container, ...); "" when buildx cannot say."""
+    proc = subprocess.run(["docker", "buildx", "inspect"], text=True, capture_output=True, check=False)
+    found = re.search(r"^Driver:\s*(\S+)", proc.stdout, re.M) if proc.returncode == 0 else None
+    return found.group(1) if found else ""
+
+
+def push_args(targets: list[str]) -> list[str]:
+    """How bake pushes ``targets``: with rewrite-timestamp where the builder can, else bake's --push
+    (which would replace an output, so it is not combined with one)."""
+    if builder_driver() in ("", "docker"):
+        return ["--push"]
+    return [arg for t in targets if t in IMAGE_TARGETS for arg in ("--set", f"{t}.output={PUSH_OUTPUT}")]
+
+
+def base_digest(ref: str) -> str:
+    """The digest of base image ``ref`` as its registry (else the local engine) has it now, for the
+    images' ``org.opencontainers.image.base.digest`` label; "" when neither knows it (one log line)."""
+    proc = subprocess.run(
+        ["docker", "buildx", "imagetools", "inspect", ref, "--format", "{{json .Manifest}}"],
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode == 0:
+        try:
+            return str(json.loads(proc.stdout)["digest"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    proc = subprocess.run(
+        ["docker", "image", "inspect", ref, "--format", "{{json .RepoDigests}}"],
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode == 0:
+        try:
+            digests = json.loads(proc.stdout) or []
+        except ValueError:
+            digests = []
+        if digests:
+            return str(digests[0]).rpartition("@")[2]
+    log.warning("base image %s: no digest in the registry or the engine; its label stays empty", ref)
+    return ""
 
 
 def _variables_env(variables: dict[str, str]) -> dict[str, str]:
@@ -46,7 +103,14 @@ def bake(
     with tempfile.TemporaryDirectory(prefix="edge-bake-") as tmp:
         meta = Path(tmp) / "metadata.json"
         cmd = ["docker", "buildx", "bake", "-f", str(bake_file), "--metadata-file", str(meta)]
-        cmd += ["--progress", progress, *(["--push"] if push else [])]
+        cmd += ["--progress", progress]
+        if push:  # bake's --push would replace the output, dropping rewrite-timestamp
+            cmd += [
+                arg for t in targets if t in IMAGE_TARGETS for arg in ("--set", f"{t}.output={PUSH_OUTPUT}")
+            ]
+        epoch = variables.get("SOURCE_DATE_EPOCH", "")
+        if epoch:  # the build arg BuildKit dates files, layers and the image config with
+            cmd += [arg for t in targets for arg in ("--set", f"{t}.args.SOURCE_DATE_EPOCH={epoch}")]
         for o in overrides or []:
             cmd += ["--set", o]
         cmd += targets

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from edge_deploy.images.bake import bake, export_bundle
+from edge_deploy.images.bake import bake, base_digest, export_bundle
 from edge_deploy.images.files import stage_context, tool_files, work_dir
+from edge_deploy.images.lock import LOCK_DIR
 from edge_deploy.images.result import BuildResult, ImageError
 from edge_deploy.images.wheelhouse import (
     dockerfile_builds_ros2,
@@ -50,18 +51,44 @@ def git_sha(root: Path) -> str:
         return "unknown"
 
 
-def _source_date_epoch() -> int | None:
-    """SOURCE_DATE_EPOCH as seconds, or None (now) when unset or not a number."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "")
-    return int(value) if value.isdigit() else None
+# The time of a build made outside a git checkout (an installed tool): fixed, so such builds are
+# reproducible too (the zip epoch, as wheels use).
+NO_GIT_EPOCH = 315532800  # 1980-01-01T00:00:00Z
+
+
+def commit_time(root: Path) -> int | None:
+    """The commit time of the checkout at ``root`` (seconds), or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "log", "-1", "--format=%ct"],
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return int(out) if out.isdigit() else None
+
+
+def source_date_epoch(root: Path | None) -> int:
+    """SOURCE_DATE_EPOCH for a build: the environment's when set (release.yml sets the commit time), else
+    the commit time of the checkout built, else the fixed NO_GIT_EPOCH. It dates the ``created`` label and
+    every file and layer BuildKit writes (rewrite-timestamp), so one commit gives one digest."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if value:
+        if not value.isdigit():
+            raise ImageError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds.")
+        return int(value)
+    found = commit_time(root) if root is not None else None
+    return found if found is not None else NO_GIT_EPOCH
 
 
 @contextmanager
-def _context(source: Path | None) -> Iterator[tuple[Path, str]]:
-    """The bake context and the revision it was made from: ``source`` as it is, or the running tool's
-    files staged under the work directory (removed afterwards)."""
+def _context(source: Path | None) -> Iterator[tuple[Path, str, int]]:
+    """The bake context, the revision it was made from and its SOURCE_DATE_EPOCH: ``source`` as it is, or
+    the running tool's files staged under the work directory (removed afterwards)."""
     if source is not None:
-        yield source, git_sha(source)
+        yield source, git_sha(source), source_date_epoch(source)
         return
     files = tool_files()
     tmp_root = work_dir() / "tmp"
@@ -70,6 +97,7 @@ def _context(source: Path | None) -> Iterator[tuple[Path, str]]:
         yield (
             stage_context(Path(tmp) / "context", files),
             git_sha(files.checkout) if files.checkout else "unknown",
+            source_date_epoch(files.checkout),
         )
 
 
@@ -106,7 +134,7 @@ def build_images(
     python = runtime_python or DEFAULT_RUNTIME_PYTHON
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    with _context(source) as (context, context_revision):
+    with _context(source) as (context, context_revision, epoch):
         timings["stage"] = time.monotonic() - t0
         on_step(f"wheelhouses (runtime Python {python})")
         t0 = time.monotonic()
@@ -123,6 +151,7 @@ def build_images(
             host=requirements_for("host", pyproject, requirements_py),
             converter_python=DEFAULT_CONVERTER_PYTHON,
             torch_spec=TORCH_SPEC,
+            locks=context / LOCK_DIR,
         )
         runtime_house = runtime_wheelhouse(runtime_platforms, houses, python=python, device=device, root=root)
         timings["wheelhouses"] = time.monotonic() - t0
@@ -140,12 +169,16 @@ def build_images(
             "RUNTIME_WHEELHOUSE": str(runtime_house),
             "RUNTIME_PLATFORMS": runtime_platforms,
             "GIT_SHA": revision or context_revision,
-            # SOURCE_DATE_EPOCH (the commit time, set by release.yml) makes the label reproducible
-            "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_source_date_epoch())),
+            # the commit time: the created label, and BuildKit's file and layer times (bake.py rewrites them)
+            "SOURCE_DATE_EPOCH": str(epoch),
+            "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)),
             # the table's bases, passed explicitly: the bake file's own defaults are copies (checked for drift)
             "L4T_BASE": l4t_base or DEFAULT_L4T_BASE,
             "CONVERTER_BASE": converter_base or DEFAULT_CONVERTER_BASE,
         }
+        # the bases' digests as the registry has them now (org.opencontainers.image.base.digest)
+        variables["L4T_BASE_DIGEST"] = base_digest(variables["L4T_BASE"])
+        variables["CONVERTER_BASE_DIGEST"] = base_digest(variables["CONVERTER_BASE"])
         with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
             on_step("model stage → bundle")
             t0 = time.monotonic()

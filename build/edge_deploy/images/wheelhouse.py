@@ -5,12 +5,16 @@ the images run."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 from filelock import FileLock
 
+from edge_deploy.images.lock import lock_name, pip_download_cmd, read_lock
 from edge_deploy.images.process import run_tool
 from edge_deploy.images.result import ImageError
 
@@ -18,6 +22,8 @@ from edge_deploy.images.result import ImageError
 # python3-pip or ensurepip (l4t-jetpack may ship neither). pip download picks the newest that runs on the
 # image's Python.
 BUILD_PIP = "pip>=23,<27"
+BUILD_HATCHLING = "hatchling>=1.21,<2"  # the converter installs the project from source
+log = logging.getLogger(__name__)
 MANYLINUX = (
     "manylinux_2_17",
     "manylinux2014",
@@ -75,29 +81,73 @@ def dockerfile_builds_ros2(runtime_dockerfile: Path) -> bool:
 
 
 def fill_wheelhouse(
-    dest: Path, requirements: list[str], *, arch: str, python: str, stamp_name: str = ".requirements"
+    dest: Path,
+    requirements: list[str],
+    *,
+    arch: str,
+    python: str,
+    stamp_name: str = ".requirements",
+    lock: Path | None = None,
 ) -> Path:
     """``pip download`` binary wheels for ``arch``/``python`` into ``dest`` (kept between builds).
 
-    One directory may hold several architectures (one ``stamp_name`` per arch); pip picks by wheel tag.
+    With a ``lock`` (images/lock.py) that exists, exactly its wheels are downloaded, each checked against
+    its hash (``--require-hashes``), into a fresh directory that then replaces ``dest``, so no wheel of an
+    earlier lock stays for pip to pick; a lock made from other requirements is refused. Without one (a
+    platform or Python no lock covers), the ranges are resolved as they stand, into ``dest``.
     A lock beside ``dest`` keeps two builds from filling it at once.
     """
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.parent / f".{dest.name}.lock")):
+        locked = lock is not None and lock.is_file()
+        if locked:
+            assert lock is not None
+            read_lock(lock).check(requirements)
         stamp = dest / stamp_name
-        wanted = "\n".join([arch, python, *requirements])
+        wanted = "\n".join([arch, python, *requirements, lock.read_text() if locked and lock else ""])
         if stamp.exists() and stamp.read_text() == wanted and any(dest.glob("*.whl")):
             return dest
-        ver = python.replace(".", "")
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest)]
-        cmd += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
-        cmd += ["--abi", f"cp{ver}", "--abi", "abi3", "--abi", "none"]
-        for plat in pip_platforms(arch):
-            cmd += ["--platform", plat]
-        cmd += ["--platform", "any", *requirements]
-        run_tool(cmd, what=f"Downloading wheels for linux/{arch} Python {python}")
-        stamp.write_text(wanted)
+        if not locked:
+            if lock is not None:
+                log.warning("no lock %s: resolving the requirements' ranges for %s", lock.name, dest.name)
+            dest.mkdir(parents=True, exist_ok=True)
+            cmd = pip_download_cmd(dest, arch=arch, python=python)
+            run_tool([*cmd, *requirements], what=f"Downloading wheels for linux/{arch} Python {python}")
+            stamp.write_text(wanted)
+            return dest
+        assert lock is not None
+        fresh = dest.parent / f".{dest.name}.new"
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir()
+        cmd = pip_download_cmd(fresh, arch=arch, python=python)
+        if dest.is_dir():  # wheels already here are reused (pip still checks their hashes)
+            cmd += ["--find-links", str(dest)]
+        cmd += ["--require-hashes", "--no-deps", "-r", str(lock)]
+        run_tool(cmd, what=f"Downloading the locked wheels of {lock.name}")
+        (fresh / stamp_name).write_text(wanted)
+        shutil.rmtree(dest, ignore_errors=True)
+        fresh.rename(dest)
     return dest
+
+
+def lock_sets(
+    pyproject: Path, requirements_py: Path, *, runtime_python: str, converter_python: str, torch_spec: str
+) -> dict[str, tuple[list[str], str, str]]:
+    """Each lock's name → (requirements, arch, Python): the converter's (amd64) and the runtime's per
+    platform for ``runtime_python``. The same lists the build downloads, so a lock checks against them."""
+    host = [r for r in requirements_for("host", pyproject, requirements_py) if not r.startswith("torch")]
+    extras = runtime_extras(requirements_py.parent / "runtime.Dockerfile")
+    device = requirements_for(extras, pyproject, requirements_py)
+    sets = {
+        lock_name("converter", "amd64", converter_python): (
+            [torch_spec, *host, BUILD_HATCHLING, BUILD_PIP],
+            "amd64",
+            converter_python,
+        )
+    }
+    for arch in ("arm64", "amd64"):
+        sets[lock_name("runtime", arch, runtime_python)] = ([*device, BUILD_PIP], arch, runtime_python)
+    return sets
 
 
 def prepare_wheelhouses(
@@ -108,21 +158,36 @@ def prepare_wheelhouses(
     host: list[str],
     converter_python: str,
     torch_spec: str,
+    locks: Path | None = None,
 ) -> dict[str, Path]:
     """Fill the converter's (``host`` requirements, torch apart) and the runtime's (``device``) wheelhouses
-    under ``root``. Each also holds a pip wheel, which the builds run from the wheelhouse."""
+    under ``root``, from the locks in ``locks`` (docker/requirements) where given. Each also holds a pip
+    wheel, which the builds run from the wheelhouse."""
     host = [r for r in host if not r.startswith("torch")]
+
+    def lock(image: str, arch: str, python: str) -> Path | None:
+        return locks / lock_name(image, arch, python) if locks is not None else None
+
     converter = fill_wheelhouse(
         root / "converter",
-        [torch_spec, *host, "hatchling>=1.21,<2", BUILD_PIP],
+        [torch_spec, *host, BUILD_HATCHLING, BUILD_PIP],
         arch="amd64",
         python=converter_python,
+        lock=lock("converter", "amd64", converter_python),
     )
     runtime = fill_wheelhouse(
-        root / f"runtime-py{runtime_python}", [*device, BUILD_PIP], arch="arm64", python=runtime_python
+        root / f"runtime-py{runtime_python}",
+        [*device, BUILD_PIP],
+        arch="arm64",
+        python=runtime_python,
+        lock=lock("runtime", "arm64", runtime_python),
     )
     runtime_amd64 = fill_wheelhouse(
-        root / f"runtime-amd64-py{runtime_python}", [*device, BUILD_PIP], arch="amd64", python=runtime_python
+        root / f"runtime-amd64-py{runtime_python}",
+        [*device, BUILD_PIP],
+        arch="amd64",
+        python=runtime_python,
+        lock=lock("runtime", "amd64", runtime_python),
     )
     return {"converter": converter, "runtime": runtime, "runtime_amd64": runtime_amd64}
 
@@ -130,7 +195,8 @@ def prepare_wheelhouses(
 def runtime_wheelhouse(
     platforms: str, houses: dict[str, Path], *, python: str, device: list[str], root: Path
 ) -> Path:
-    """The wheelhouse for the runtime's platforms: per-arch directories, or one holding both arches."""
+    """The wheelhouse for the runtime's platforms: per-arch directories, or one holding both arches'
+    wheels (linked from the per-arch ones; pip picks by wheel tag)."""
     plats = [p.strip() for p in platforms.split(",") if p.strip()]
     if plats == ["linux/arm64"]:
         return houses["runtime"]
@@ -141,10 +207,13 @@ def runtime_wheelhouse(
             f"Runtime platforms {platforms!r} are not supported (linux/arm64 and/or linux/amd64)."
         )
     both = root / f"runtime-multi-py{python}"
-    for arch in ("arm64", "amd64"):
-        fill_wheelhouse(
-            both, [*device, BUILD_PIP], arch=arch, python=python, stamp_name=f".requirements-{arch}"
-        )
+    with FileLock(str(root / f".{both.name}.lock")):
+        shutil.rmtree(both, ignore_errors=True)
+        both.mkdir(parents=True)
+        for house in (houses["runtime"], houses["runtime_amd64"]):
+            for wheel in house.glob("*.whl"):
+                if not (both / wheel.name).exists():
+                    os.link(wheel, both / wheel.name)
     return both
 
 
