@@ -361,3 +361,40 @@ def test_base_tensorrt_missing_fails_the_build_unless_optional(tmp_path: Path) -
     assert not list(_link_module().venv_site_packages(venv).glob("tensorrt*"))
     bad = subprocess.run([py, "-I", script, str(venv)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("usage: link_base_package.py")
+
+
+def test_source_date_epoch_is_the_environment_s_else_the_commit_time_else_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_deploy.images.build import NO_GIT_EPOCH, commit_time, source_date_epoch
+
+    checkout = FILES.checkout
+    need(checkout is not None and (checkout / ".git").exists(), "a git checkout of the project")
+    assert checkout is not None
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    git = subprocess.run(
+        ["git", "-C", str(checkout), "log", "-1", "--format=%ct"], capture_output=True, text=True
+    )
+    assert source_date_epoch(checkout) == commit_time(checkout) == int(git.stdout)
+    assert source_date_epoch(tmp_path) == NO_GIT_EPOCH == 315532800  # not a checkout
+    assert source_date_epoch(None) == NO_GIT_EPOCH
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert source_date_epoch(checkout) == 1700000000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ImageError, match=r"SOURCE_DATE_EPOCH='yesterday' is not a number of seconds"):
+        source_date_epoch(checkout)
+
+
+def test_push_rewrites_timestamps_where_the_builder_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_deploy.images import bake as bake_module
+
+    monkeypatch.setattr(bake_module, "builder_driver", lambda: "docker-container")
+    assert bake_module.push_args(["converter", "runtime", "bundle"]) == [
+        "--set",
+        "converter.output=type=image,push=true,rewrite-timestamp=true",
+        "--set",
+        "runtime.output=type=image,push=true,rewrite-timestamp=true",
+    ]
+    # the engine's own builder unpacks into the engine, which BuildKit refuses with rewrite-timestamp
+    monkeypatch.setattr(bake_module, "builder_driver", lambda: "docker")
+    assert bake_module.push_args(["converter", "runtime"]) == ["--push"]
