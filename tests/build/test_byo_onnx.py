@@ -170,10 +170,12 @@ def test_dynamic_non_batch_axis_is_fixed_with_input_override(tmp_path: Path) -> 
     path = _dynamic_seq_model(tmp_path)
     with pytest.raises(
         InputError,
-        match=r"Input 'x' has a dynamic axis 1 \('steps'\) with no size range; give one with "
-        r"`--input x:B,MIN..MAX,8`",
-    ):
+        match=r"Input 'x' has a dynamic axis 1 \('steps'\) with no size range; give `inputs` one, "
+        r"e.g. x:B,MIN..MAX,8",
+    ) as refused:
         load_model(path)
+    assert refused.value.spelled({"inputs": "--input"}).startswith("Input 'x'")
+    assert "give --input one, e.g. x:B,MIN..MAX,8" in refused.value.spelled({"inputs": "--input"})
     result = convert(path, tmp_path / "b", ConvertOptions(inputs=("x:Bx7x8:float32",)))
     assert result.bundle.inputs[0].shape == ("batch", 7, 8)
     assert [o.name for o in result.bundle.outputs] == ["y", "h"]  # several outputs kept by name

@@ -275,8 +275,8 @@ def share_ranges(specs: list[TensorSpec]) -> list[TensorSpec]:
                     for i, d in enumerate(s.shape)
                 )
                 raise InputError(
-                    f"Input {s.name!r} has a dynamic axis {axis} ({symbol!r}) with no size range; give one with "
-                    f"`--input {s.name}:{example}` (MIN..OPT..MAX also works), or fix its size with a number.",
+                    f"Input {s.name!r} has a dynamic axis {axis} ({symbol!r}) with no size range; give `inputs` one, "
+                    f"e.g. {s.name}:{example} (MIN..OPT..MAX also works), or fix its size with a number.",
                     option="inputs",
                 )
             r = by_symbol[symbol][1]
