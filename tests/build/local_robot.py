@@ -22,6 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import edge_deploy.fleet.store as store_mod
+import edge_deploy.fleet.switch as switch_mod
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Robot
 from edge_deploy.fleet.ssh import CommandResult, RobotConnection
@@ -414,3 +418,10 @@ def wait_script_done(lr: LocalRobot, timeout: float = 30) -> None:
         if stat.rpartition(")")[2].split()[0] == "Z":  # exited, not reaped yet
             return
         time.sleep(0.1)
+
+
+def no_waits(monkeypatch: pytest.MonkeyPatch, poll_s: float) -> None:
+    """The same steps in the same order, without the seconds of backoff between retries, and reading the
+    robot's state every ``poll_s`` while edge-update.sh runs."""
+    monkeypatch.setattr(store_mod, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(switch_mod, "POLL_S", poll_s)

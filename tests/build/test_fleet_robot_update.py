@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-import edge_deploy.fleet.store as store_mod
-import edge_deploy.fleet.switch as switch_mod
 from edge_deploy.fleet.deploy import RobotReleases
 from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.fleet.outcome import RobotResult
@@ -24,6 +22,7 @@ from tests.build.local_robot import (
     OLD,
     GateService,
     LocalRobot,
+    no_waits,
     robot_history,
     robot_on,
     robot_state,
@@ -36,8 +35,7 @@ GONE = "reg.example/team/runtime@sha256:" + "9" * 64
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "RETRY_WAIT_S", 0.0)
-    monkeypatch.setattr(switch_mod, "POLL_S", 0.2)
+    no_waits(monkeypatch, poll_s=0.2)
 
 
 @pytest.fixture(scope="module")
