@@ -1,8 +1,9 @@
 """Releases against the real local registry, real buildx bake and real cosign (issue 6 "Done when"):
 0.1.0, then 0.1.1 with only the model changed, then 0.2.0-rc.1; tags resolve to the recorded digests,
-``latest`` stays on 0.1.1, signatures verify, a moved tag is detected. Everything happens in a temporary
-git repository (a copy of what the build needs) and under a per-session image prefix, so /work/main is
-never tagged or dirtied and reruns do not see each other's tags."""
+``latest`` stays on 0.1.1, signatures verify, a moved tag is detected (and put back: no test depends on
+the order). Everything happens in a temporary git repository (a copy of what the build needs) and under a
+per-session image prefix, so /work/main is never tagged or dirtied and reruns do not see each other's
+tags."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,7 +90,7 @@ def released(
     _changed_model(sample_model_dir, model2)
     prefix = f"edge-deploy-e2e-{uuid.uuid4().hex[:8]}"
     rel = Release(repo)
-    common = dict(
+    common: dict[str, Any] = dict(
         registry=docker_host,
         image_prefix=prefix,
         l4t_base=STANDIN,
@@ -107,6 +109,7 @@ def released(
         [
             str(ROOT / ".venv/bin/edge-deploy"),
             "release",
+            "create",
             "0.2.0-rc.1",
             "--model",
             str(model2 / "policy.pt"),
@@ -243,16 +246,26 @@ def test_promote_retags_by_digest(released: Released) -> None:
     assert len(released.registry.tags(f"{released.prefix}/runtime")) == tag_count
 
 
-def test_moved_tag_is_refused_naming_both_digests(released: Released) -> None:
-    """Runs last in this module: it moves 0.1.0's tag."""
+@pytest.fixture
+def moved_tag(released: Released) -> Iterator[None]:
+    """0.1.0's runtime tag moved onto 0.1.1's image for one test, put back afterwards."""
     a, b = released.manifests["0.1.0"].runtime, released.manifests["0.1.1"].runtime
     released.registry.tag(f"{released.prefix}/runtime", b.digest, "0.1.0")
+    try:
+        yield
+    finally:
+        released.registry.tag(f"{released.prefix}/runtime", a.digest, "0.1.0")
+
+
+@pytest.mark.usefixtures("moved_tag")
+def test_moved_tag_is_refused_naming_both_digests(released: Released) -> None:
+    a, b = released.manifests["0.1.0"].runtime, released.manifests["0.1.1"].runtime
     with pytest.raises(ReleaseError) as exc:
         released.release.verify("0.1.0", released.pub)
     assert a.digest in str(exc.value) and b.digest in str(exc.value)
     verify_image(a.ref, released.pub)  # the recorded digest itself is still signed
     show = subprocess.run(
-        [str(ROOT / ".venv/bin/edge-deploy"), "verify", "0.1.0", "--key", str(released.pub)],
+        [str(ROOT / ".venv/bin/edge-deploy"), "release", "verify", "0.1.0", "--key", str(released.pub)],
         cwd=released.repo,
         capture_output=True,
         text=True,
