@@ -13,6 +13,8 @@ ARG MODEL=policy.pt
 ARG PRECISION=fp16
 ARG CALIBRATION=
 ARG BATCH=1,1,8
+# the bundle's `created` time in a reproducible build (the commit time, from `edge-deploy image build`)
+ARG SOURCE_DATE_EPOCH
 # hadolint ignore=DL3022
 COPY --from=model --chown=1001 . /in
 # A prebuilt bundle (a directory with bundle.json) is taken as it is; a model file is converted.
@@ -85,7 +87,7 @@ RUN --network=none --mount=type=bind,from=wheelhouse,target=/wheelhouse \
  && find /opt/edge/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && find /opt/edge/venv/lib -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.pyx.in' \
       -o -name '*.pxd.in' -o -name '*.pxi.in' \) -delete \
- && /opt/edge/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash -x '/(tests?|testing)/' \
+ && /opt/edge/venv/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash -x '/(tests?|testing)/' \
       /opt/edge/venv/lib >/dev/null \
  && python3 -I /tmp/link_base_package.py /opt/edge/venv tensorrt "--${BASE_TENSORRT}" \
  && printf '#!/opt/edge/venv/bin/python\nimport sys\nfrom edge_runtime.cli import main\nsys.exit(main())\n' \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -25,6 +26,13 @@ FP32_MODEL = "model.fp32.onnx"
 CALIB_DATA = "calibration.npz"
 CALIB_CACHE = "calibration.cache"
 VALIDATION_SAMPLES = 32  # calibration samples used for PyTorch-vs-ORT validation (keeps convert fast)
+
+
+def _created() -> str:
+    """The bundle's creation time: SOURCE_DATE_EPOCH where a reproducible build sets it, else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch.isdigit() else datetime.now(timezone.utc)
+    return when.isoformat(timespec="seconds")
 
 
 @dataclass
@@ -255,7 +263,7 @@ def convert(
                 files={},
                 model_file=MODEL,
                 name=opts.name,
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                created=_created(),
                 source={
                     "path": source.path.name,
                     "kind": source.kind,
