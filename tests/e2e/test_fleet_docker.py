@@ -152,26 +152,6 @@ def test_same_release_is_unchanged_but_a_re_released_version_is_an_update(
     assert fleet.status()[robot]["image"] == fleet.base_ref
 
 
-def test_rollback_by_pin_needs_no_download(fleet: SimFleet) -> None:
-    from edge_deploy.fleet import RollbackOptions, rollback
-
-    r2 = fleet.names[1]
-    fleet.at_base([r2])
-    fleet.release("0.4.0", fleet.images.label("a"))
-    out = fleet.deploy("0.4.0", devices=[r2])
-    assert outcomes(out) == {r2: "updated"}, why(out)
-    before = content_bytes(fleet, r2)
-    t0 = time.monotonic()
-    res = rollback(fleet.fleet, RollbackOptions(to=BASE, devices=(r2,), health_timeout_s=HEALTH_TIMEOUT))
-    fleet.numbers["rollback_one_robot_s"] = round(time.monotonic() - t0, 1)
-    assert [r.outcome for r in res] == ["updated"], res
-    assert content_bytes(fleet, r2) == before  # nothing was pulled
-    assert fleet.status()[r2]["version"] == BASE and fleet.infer(r2) == [1, 7]
-    # Forward again: 0.4.0 is still kept on the robot, so this is a switch, not a download.
-    out = fleet.deploy("0.4.0", devices=[r2])
-    assert out["ok"] and content_bytes(fleet, r2) == before, why(out)
-
-
 def test_robot_offline_mid_rollout_is_reported(fleet: SimFleet) -> None:
     from edge_deploy.simulation import simulate as sim
 
@@ -264,6 +244,30 @@ def test_model_only_release_one_then_three_robots(fleet: SimFleet) -> None:
     assert st[r1]["previous"] == "0.1.1"
     assert all(st[n]["previous"] == was[n] for n in fleet.names[1:])
     assert fleet.infer(r1) == [1, 7]
+
+
+def test_rollback_by_pin_needs_no_download(fleet: SimFleet) -> None:
+    """Back to the previous release kept on the robot, then forward again: switches, no download."""
+    from edge_deploy.fleet import RollbackOptions, rollback
+
+    r2 = fleet.names[1]
+    fleet.serving([r2])
+    if fleet.status()[r2]["previous"] is None:  # a fresh fleet: one more release to go back from
+        fleet.release("0.4.0", fleet.images.label("a"))
+        out = fleet.deploy("0.4.0", devices=[r2])
+        assert outcomes(out) == {r2: "updated"}, why(out)
+    st = fleet.status()[r2]
+    current, previous = str(st["version"]), str(st["previous"])
+    before = content_bytes(fleet, r2)
+    t0 = time.monotonic()
+    res = rollback(fleet.fleet, RollbackOptions(to=previous, devices=(r2,), health_timeout_s=HEALTH_TIMEOUT))
+    fleet.numbers["rollback_one_robot_s"] = round(time.monotonic() - t0, 1)
+    assert [r.outcome for r in res] == ["updated"], res
+    assert content_bytes(fleet, r2) == before  # nothing was pulled
+    assert fleet.status()[r2]["version"] == previous and fleet.infer(r2) == [1, 7]
+    # Forward again: the release it left is still kept on the robot, so this is a switch, not a download.
+    out = fleet.deploy(current, devices=[r2])
+    assert out["ok"] and content_bytes(fleet, r2) == before, why(out)
 
 
 def test_unsigned_image_is_refused_before_any_robot(fleet: SimFleet, tmp_path: Path) -> None:
