@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from edge_deploy.model.sample import write_linear_bundle, write_onnx_bundle
+from tests.runtime.bundles import write_linear_bundle, write_onnx_bundle
 
 
 def write_conv_policy_bundle(root: Path, seed: int = 0) -> Path:

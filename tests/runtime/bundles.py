@@ -1,4 +1,4 @@
-"""Tiny model bundles for runtime tests, written with onnx.helper and ``edge_runtime.bundle`` alone.
+"""Tiny model bundles for runtime tests and benchmarks, written with onnx.helper and ``edge_runtime.bundle`` alone.
 
 The runtime side must test without the host side (and so without torch): these graphs have the sample
 policy's interface (image [B,3,H,W] + robot_state [B,48] → action [B,7]) so every runtime test can use them.
