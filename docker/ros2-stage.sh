@@ -48,8 +48,12 @@ wheel() {
   python3 -m venv --without-pip /tmp/bv
   pip_whl=$(printf '%s\n' /ros2/src/pip-*.whl | sort -V | tail -n 1)
   /tmp/bv/bin/python "$pip_whl/pip" install -q --no-index --find-links /ros2/src setuptools wheel
+  # Built in a fixed folder: pip's own build folder has a random name, which the compiled modules record
+  # (their debug paths), and so two builds of one commit would give two wheels.
+  mkdir -p /tmp/cyclonedds-src
+  tar -xzf "/ros2/src/cyclonedds-${CYCLONEDDS_PY}.tar.gz" -C /tmp/cyclonedds-src --strip-components=1
   CYCLONEDDS_HOME=/tmp/dds-home /tmp/bv/bin/python "$pip_whl/pip" wheel -q --no-index --no-deps --no-build-isolation \
-    -w /out/wheels "/ros2/src/cyclonedds-${CYCLONEDDS_PY}.tar.gz"
+    -w /out/wheels /tmp/cyclonedds-src
   ls -l /out/wheels
 }
 

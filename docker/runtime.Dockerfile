@@ -56,6 +56,8 @@ FROM ${L4T_BASE} AS ros2
 # docker/ros2-stage.sh: what to build against and what the runtime image needs of it, then the binding
 ARG TARGETARCH
 ARG CYCLONEDDS_PY=0.10.5
+# the wheel's zip entry times (reproducible images: docs/images.md)
+ARG SOURCE_DATE_EPOCH
 RUN --network=none --mount=type=bind,from=ros2-sources,target=/ros2 \
     --mount=type=bind,source=docker/ros2-stage.sh,target=/tmp/ros2-stage.sh \
     TARGETARCH="${TARGETARCH}" bash /tmp/ros2-stage.sh prepare \
