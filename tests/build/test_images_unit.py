@@ -398,3 +398,29 @@ def test_push_rewrites_timestamps_where_the_builder_can(monkeypatch: pytest.Monk
     # the engine's own builder unpacks into the engine, which BuildKit refuses with rewrite-timestamp
     monkeypatch.setattr(bake_module, "builder_driver", lambda: "docker")
     assert bake_module.push_args(["converter", "runtime"]) == ["--push"]
+
+
+def test_bake_pushes_with_the_builder_s_own_push_args(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The engine's own builder gets bake's --push (no rewrite-timestamp output, which BuildKit refuses
+    with its unpack); a docker-container builder gets the rewriting image outputs."""
+    from edge_deploy.images import bake as bake_module
+
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "docker-bake.hcl").write_text('target "runtime" {}\n')
+    commands: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kw: Any) -> None:
+        commands.append(cmd)
+        raise ImageError("stop here")
+
+    monkeypatch.setattr(bake_module, "run_tool", fake_run)
+    for driver in ("docker", "docker-container"):
+        monkeypatch.setattr(bake_module, "builder_driver", lambda d=driver: d)
+        with pytest.raises(ImageError, match="stop here"):
+            bake_module.bake(["runtime"], context=tmp_path, push=True, variables={"SOURCE_DATE_EPOCH": "1"})
+    plain, rewriting = commands
+    assert "--push" in plain and not any("rewrite-timestamp" in a for a in plain)
+    assert "--push" not in rewriting
+    assert "runtime.output=type=image,push=true,rewrite-timestamp=true" in rewriting

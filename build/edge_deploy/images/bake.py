@@ -104,10 +104,8 @@ def bake(
         meta = Path(tmp) / "metadata.json"
         cmd = ["docker", "buildx", "bake", "-f", str(bake_file), "--metadata-file", str(meta)]
         cmd += ["--progress", progress]
-        if push:  # bake's --push would replace the output, dropping rewrite-timestamp
-            cmd += [
-                arg for t in targets if t in IMAGE_TARGETS for arg in ("--set", f"{t}.output={PUSH_OUTPUT}")
-            ]
+        if push:
+            cmd += push_args(targets)
         epoch = variables.get("SOURCE_DATE_EPOCH", "")
         if epoch:  # the build arg BuildKit dates files, layers and the image config with
             cmd += [arg for t in targets for arg in ("--set", f"{t}.args.SOURCE_DATE_EPOCH={epoch}")]
