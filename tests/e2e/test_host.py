@@ -91,7 +91,8 @@ def test_setup_installs_into_a_fresh_prefix_from_the_package_mirror(docker_host:
     engine and registry are only checked."""
     need(os.geteuid() == 0, "root (host-setup installs packages)")
     where = {k: str(tmp_path / k.lower()) for k in ("PREFIX", "STATE", "CACHE", "PLUGINS")}
-    env = _clean_env(**{f"EDGE_HOST_{k}": v for k, v in where.items()})
+    # the install path even though this machine's engine and tools are present (they are used otherwise)
+    env = _clean_env(**{f"EDGE_HOST_{k}": v for k, v in where.items()}, EDGE_HOST_USE_PRESENT="0")
     out = subprocess.run([str(SETUP), "--no-bases"], capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr
     assert "downloading" in out.stderr and "already running" in out.stderr
