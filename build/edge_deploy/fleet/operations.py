@@ -152,8 +152,8 @@ def rollback(fleet: Path | Fleet, options: RollbackOptions) -> list[RobotResult]
     if to is not None:
         if not manifest_path(to, rdir).is_file():
             hint = (
-                f"; no releases/{to}.json in {rdir} to deploy it from: `edge-deploy rollout {to} --fleet FLEET "
-                "--device NAME` with that release's manifest does"
+                f"; no releases/{to}.json in {rdir} to deploy it from: a rollout of {to} to this robot, with "
+                "that release's manifest, does"
             )
         else:
             manifest = load_release(to, rdir)
