@@ -204,6 +204,22 @@ def test_dirty_tree_is_refused_but_release_manifests_do_not_count(repo: Path, re
     assert not (repo / "releases" / "0.1.1.json").exists()
 
 
+def test_the_tool_s_own_working_directory_does_not_make_the_tree_dirty(
+    repo: Path, reg: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release run in the project leaves its working files in ./.edge (EDGE_DEPLOY_HOME unset): the next
+    release must not see them as uncommitted changes; anything else still counts."""
+    monkeypatch.delenv("EDGE_DEPLOY_HOME", raising=False)
+    monkeypatch.chdir(repo)
+    rel = make(repo, reg)
+    (repo / ".edge" / "wheelhouse").mkdir(parents=True)
+    (repo / ".edge" / "wheelhouse" / "x.whl").write_bytes(b"")
+    rel.create(opts(repo, "0.1.0"))
+    (repo / "notes.txt").write_text("draft\n")
+    with pytest.raises(ReleaseError, match=r"uncommitted changes \(notes.txt\)"):
+        rel.create(opts(repo, "0.1.1"))
+
+
 def test_non_semver_is_refused_before_anything_happens(repo: Path, reg: FakeRegistry) -> None:
     builder = FakeBuilder(reg)
     with pytest.raises(VersionError, match="not a semantic version"):

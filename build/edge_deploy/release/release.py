@@ -109,14 +109,19 @@ class Release:
         return self._git("rev-parse", "HEAD")
 
     def dirty_paths(self) -> list[str]:
-        """Changed or untracked paths, except the release manifests this tool writes."""
+        """Changed or untracked paths, except what this tool writes: the release manifests and its working
+        directory (``EDGE_DEPLOY_HOME``, by default ``.edge`` where it runs)."""
+        from edge_deploy.images.files import work_dir
+
         out = self._git("status", "--porcelain", "--untracked-files=normal", strip=False)
-        try:
-            ignored = self.releases_dir.resolve().relative_to(self.repo_root).as_posix() + "/"
-        except ValueError:
-            ignored = None
+        ignored = []
+        for own in (self.releases_dir, work_dir()):
+            try:
+                ignored.append(own.resolve().relative_to(self.repo_root.resolve()).as_posix() + "/")
+            except ValueError:
+                pass
         paths = [line[3:] for line in out.splitlines() if line.strip()]
-        return [p for p in paths if not (ignored and (p + "/").startswith(ignored))]
+        return [p for p in paths if not any((p + "/").startswith(i) for i in ignored)]
 
     def git_tag_target(self, version: str) -> str | None:
         out = self._git("rev-parse", "-q", "--verify", f"refs/tags/v{version}^{{commit}}", check=False)
