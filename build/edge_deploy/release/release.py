@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edge_deploy.images import BuildResult
+import contextlib
+
 from edge_deploy.release.manifest import (
     ReleaseError,
     ReleaseImage,
@@ -116,10 +118,8 @@ class Release:
         out = self._git("status", "--porcelain", "--untracked-files=normal", strip=False)
         ignored = []
         for own in (self.releases_dir, work_dir()):
-            try:
+            with contextlib.suppress(ValueError):
                 ignored.append(own.resolve().relative_to(self.repo_root.resolve()).as_posix() + "/")
-            except ValueError:
-                pass
         paths = [line[3:] for line in out.splitlines() if line.strip()]
         return [p for p in paths if not any((p + "/").startswith(i) for i in ignored)]
 
