@@ -215,9 +215,11 @@ def test_the_tool_s_own_working_directory_does_not_make_the_tree_dirty(
     (repo / ".edge" / "wheelhouse").mkdir(parents=True)
     (repo / ".edge" / "wheelhouse" / "x.whl").write_bytes(b"")
     rel.create(opts(repo, "0.1.0"))
+    monkeypatch.chdir(repo.parent)  # a later run from elsewhere: the project's .edge still is the tool's
+    rel.create(opts(repo, "0.1.1"))
     (repo / "notes.txt").write_text("draft\n")
     with pytest.raises(ReleaseError, match=r"uncommitted changes \(notes.txt\)"):
-        rel.create(opts(repo, "0.1.1"))
+        rel.create(opts(repo, "0.1.2"))
 
 
 def test_non_semver_is_refused_before_anything_happens(repo: Path, reg: FakeRegistry) -> None:

@@ -112,12 +112,12 @@ class Release:
 
     def dirty_paths(self) -> list[str]:
         """Changed or untracked paths, except what this tool writes: the release manifests and its working
-        directory (``EDGE_DEPLOY_HOME``, by default ``.edge`` where it runs)."""
+        directory (``EDGE_DEPLOY_HOME``, by default ``.edge`` where it runs, as in the project's root)."""
         from edge_deploy.images.files import work_dir
 
         out = self._git("status", "--porcelain", "--untracked-files=normal", strip=False)
         ignored = []
-        for own in (self.releases_dir, work_dir()):
+        for own in (self.releases_dir, work_dir(), self.repo_root / ".edge"):
             with contextlib.suppress(ValueError):
                 ignored.append(own.resolve().relative_to(self.repo_root.resolve()).as_posix() + "/")
         paths = [line[3:] for line in out.splitlines() if line.strip()]
