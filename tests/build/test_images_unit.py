@@ -94,9 +94,9 @@ def test_runtime_extras_follow_the_dockerfile_built(tmp_path: Path) -> None:
     assert runtime_extras(dockerfile) == "device,jetson,ros2"
 
 
-def test_pip_is_asked_for_the_image_s_platform_and_python_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def pip_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """pip as the wheelhouse runs it, replaced: each call is recorded and leaves one numpy wheel in --dest."""
     calls: list[list[str]] = []
 
     def fake_pip(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -106,6 +106,13 @@ def test_pip_is_asked_for_the_image_s_platform_and_python_once(
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr("edge_deploy.images.wheelhouse.run_tool", fake_pip)
+    return calls
+
+
+def test_pip_is_asked_for_the_image_s_platform_and_python_once(
+    tmp_path: Path, pip_calls: list[list[str]]
+) -> None:
+    calls = pip_calls
     house = tmp_path / "runtime"
     assert fill_wheelhouse(house, ["numpy>=1.24"], arch="arm64", python="3.10") == house
     (cmd,) = calls
@@ -168,17 +175,9 @@ def test_a_lock_made_from_other_requirements_is_refused_in_one_sentence(tmp_path
 
 
 def test_a_locked_wheelhouse_holds_exactly_the_lock_s_wheels_checked_by_hash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pip_calls: list[list[str]]
 ) -> None:
-    calls: list[list[str]] = []
-
-    def fake_pip(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        calls.append(cmd)
-        dest = Path(cmd[cmd.index("--dest") + 1])
-        (dest / "numpy-2.0.0-cp310-cp310-manylinux_2_17_aarch64.whl").write_bytes(b"")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr("edge_deploy.images.wheelhouse.run_tool", fake_pip)
+    calls = pip_calls
     house = tmp_path / "runtime"
     house.mkdir()
     (house / "numpy-1.26.0-cp310-cp310-manylinux_2_17_aarch64.whl").write_bytes(b"")  # an earlier lock's
