@@ -24,6 +24,8 @@ variable "MODEL" { default = "policy.pt" }
 variable "PRECISION" { default = "fp16" }
 variable "CALIBRATION" { default = "" }
 variable "BATCH" { default = "1,1,8" }
+# NAME:SHAPE[:DTYPE] input overrides for the converter, space-separated (edge-deploy convert --input)
+variable "INPUTS" { default = "" }
 variable "BUNDLE_SHA256" { default = "" }
 variable "RUNTIME_PLATFORMS" { default = "linux/arm64" }
 # "required": the runtime build fails unless the base's Python provides TensorRT; "optional" for other bases.
@@ -84,7 +86,7 @@ target "_model" {
   dockerfile = "docker/runtime.Dockerfile"
   contexts = { converter = "target:converter", model = MODEL_DIR, wheelhouse = RUNTIME_WHEELHOUSE, ros2-sources = ROS2_SOURCES }
   args = {
-    L4T_BASE = L4T_BASE, CONVERTER_BASE = CONVERTER_BASE, MODEL = MODEL, PRECISION = PRECISION, CALIBRATION = CALIBRATION, BATCH = BATCH,
+    L4T_BASE = L4T_BASE, CONVERTER_BASE = CONVERTER_BASE, MODEL = MODEL, PRECISION = PRECISION, CALIBRATION = CALIBRATION, BATCH = BATCH, INPUTS = INPUTS,
     VERSION = VERSION, GIT_SHA = GIT_SHA, CREATED = CREATED, SOURCE = SOURCE, BUNDLE_SHA256 = BUNDLE_SHA256,
     BASE_TENSORRT = BASE_TENSORRT, L4T_BASE_DIGEST = L4T_BASE_DIGEST
   }
@@ -107,4 +109,12 @@ target "runtime" {
     "org.opencontainers.image.licenses" = "Apache-2.0"
     "org.opencontainers.image.description" = "edge-runtime: builds the TensorRT engine on the robot and serves the policy over HTTP"
   }
+}
+
+# The runtime without a model: what an image of several models is built FROM (`edge-deploy image build
+# --model NAME=PATH ...` adds a generated bake file whose `runtime` puts one layer per model on it).
+target "runtime-base" {
+  inherits = ["_model"]
+  target = "runtime-base"
+  platforms = split(",", RUNTIME_PLATFORMS)
 }

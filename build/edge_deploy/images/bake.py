@@ -10,6 +10,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,16 @@ def bake(
     variables: dict[str, str] | None = None,
     overrides: list[str] | None = None,
     progress: str = "auto",
+    files: Sequence[Path] = (),
 ) -> dict[str, ImageResult]:
     """Run ``docker buildx bake`` for ``targets`` with ``context`` as the working directory (the bake
-    file's contexts, "." and docker/…, are relative to it); return each target's tags, digest and size."""
+    file's contexts, "." and docker/…, are relative to it); return each target's tags, digest and size.
+    ``files`` are bake files read after the context's own (a generated one for several models)."""
     variables = dict(variables or {})
     bake_file = _bake_file(context)
     with tempfile.TemporaryDirectory(prefix="edge-bake-") as tmp:
         meta = Path(tmp) / "metadata.json"
-        cmd = ["docker", "buildx", "bake", "-f", str(bake_file), "--metadata-file", str(meta)]
+        cmd = ["docker", "buildx", "bake", "-f", str(bake_file), *_extra(files), "--metadata-file", str(meta)]
         cmd += ["--progress", progress]
         if push:
             cmd += push_args(targets)
@@ -122,7 +125,7 @@ def bake(
         )
         seconds = time.monotonic() - t0
         metadata: dict[str, Any] = json.loads(meta.read_text()) if meta.exists() else {}
-    tags = resolved_tags(targets, variables, context)
+    tags = resolved_tags(targets, variables, context, files)
     results = {}
     for target in targets:
         md = metadata.get(target, {})
@@ -140,10 +143,16 @@ def bake(
     return results
 
 
-def resolved_tags(targets: list[str], variables: dict[str, str], context: Path) -> dict[str, list[str]]:
+def _extra(files: Sequence[Path]) -> list[str]:
+    return [arg for f in files for arg in ("-f", str(f))]
+
+
+def resolved_tags(
+    targets: list[str], variables: dict[str, str], context: Path, files: Sequence[Path] = ()
+) -> dict[str, list[str]]:
     """Each target's tags as bake resolves them from ``variables`` (``bake --print``)."""
     proc = run_tool(
-        ["docker", "buildx", "bake", "-f", str(_bake_file(context)), "--print", *targets],
+        ["docker", "buildx", "bake", "-f", str(_bake_file(context)), *_extra(files), "--print", *targets],
         env=_variables_env(variables),
         what="docker buildx bake --print",
         cwd=context,
@@ -167,3 +176,32 @@ def export_bundle(
         return dict(json.loads((dest / "bundle.json").read_text()))
     except (OSError, json.JSONDecodeError) as exc:
         raise ImageError(f"The model stage produced no readable bundle.json in {dest} ({exc}).") from None
+
+
+def export_model_bundles(
+    variables: dict[str, str],
+    targets: dict[str, Path],
+    *,
+    context: Path,
+    files: Sequence[Path],
+    progress: str = "auto",
+) -> dict[str, dict[str, Any]]:
+    """Run each model's convert stage (``targets``: bake target → destination) in one bake call, export
+    every bundle; return each target's bundle.json."""
+    bake(
+        list(targets),
+        context=context,
+        variables=variables,
+        overrides=[f"{t}.output=type=local,dest={dest}" for t, dest in targets.items()],
+        progress=progress,
+        files=files,
+    )
+    out = {}
+    for target, dest in targets.items():
+        try:
+            out[target] = dict(json.loads((dest / "bundle.json").read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ImageError(
+                f"The convert stage of {target} produced no readable bundle.json in {dest} ({exc})."
+            ) from None
+    return out

@@ -9,6 +9,7 @@ the first call).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,9 +19,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from edge_deploy.images.bake import bake, base_digest, export_bundle
+from edge_deploy.images.bake import bake, base_digest, export_bundle, export_model_bundles
 from edge_deploy.images.files import stage_context, tool_files, work_dir
 from edge_deploy.images.lock import LOCK_DIR
+from edge_deploy.images.models import (
+    PIPELINES_FILE,
+    ModelSet,
+    check_pipelines,
+    models_bake_file,
+    models_digest,
+    models_label,
+)
 from edge_deploy.images.result import BuildResult, ImageError
 from edge_deploy.images.wheelhouse import (
     dockerfile_builds_ros2,
@@ -30,6 +39,7 @@ from edge_deploy.images.wheelhouse import (
     runtime_extras,
     runtime_wheelhouse,
 )
+from edge_runtime.bundle import ModelBundle
 from edge_runtime.jetpack import versions
 
 # Bases and Pythons come from the JetPack table's default row (the converter's from the table too); our
@@ -103,8 +113,9 @@ def _context(source: Path | None) -> Iterator[tuple[Path, str, int]]:
 
 def build_images(
     *,
-    model_dir: Path,
-    model: str,
+    model_dir: Path | None = None,
+    model: str = "",
+    models: ModelSet | None = None,
     precision: str = "fp16",
     calibration: str = "",
     version: str = "dev",
@@ -127,10 +138,16 @@ def build_images(
 
     ``source`` is a checkout-shaped tree to build instead of the running tool's own files; ``revision``
     labels the images (default: the commit of the checkout built, when it is one). ``bundle_out`` keeps a
-    copy of the bundle baked into the runtime image (for checks on the host).
+    copy of the bundle baked into the runtime image (for checks on the host); with ``models`` (several
+    models, each its own layer at /opt/edge/models/<name>/) it gets one directory per model.
     """
-    if not (model_dir / model).exists():
-        raise ImageError(f"Model {model_dir / model} does not exist.")
+    if models is None:
+        if model_dir is None or not model:
+            raise ImageError("An image build needs a model (or several, each with a name).")
+        if not (model_dir / model).exists():
+            raise ImageError(f"Model {model_dir / model} does not exist.")
+    elif model_dir is not None or model:
+        raise ImageError("Give one model, or several models each with a name, not both.")
     python = runtime_python or DEFAULT_RUNTIME_PYTHON
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -160,8 +177,8 @@ def build_images(
             "IMAGE_PREFIX": image_prefix,
             "VERSION": version,
             "TAGS": ",".join(tags),
-            "MODEL_DIR": str(model_dir.resolve()),
-            "MODEL": model,
+            "MODEL_DIR": str(model_dir.resolve()) if model_dir is not None else ".",
+            "MODEL": model or "policy.pt",
             "PRECISION": precision,
             "CALIBRATION": calibration,
             "TORCH_SPEC": TORCH_SPEC,
@@ -180,27 +197,37 @@ def build_images(
         variables["L4T_BASE_DIGEST"] = base_digest(variables["L4T_BASE"])
         variables["CONVERTER_BASE_DIGEST"] = base_digest(variables["CONVERTER_BASE"])
         with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
-            on_step("model stage → bundle")
+            bake_files: list[Path] = []
+            built: list[dict[str, str]] = []
             t0 = time.monotonic()
-            exported = Path(tmp) / "bundle"
-            manifest = export_bundle(variables, exported, context=context, progress=progress)
-            if bundle_out is not None:
-                shutil.rmtree(bundle_out, ignore_errors=True)
-                shutil.copytree(exported, bundle_out)
+            if models is None:
+                on_step("model stage → bundle")
+                exported = Path(tmp) / "bundle"
+                manifest = export_bundle(variables, exported, context=context, progress=progress)
+                if bundle_out is not None:
+                    shutil.rmtree(bundle_out, ignore_errors=True)
+                    shutil.copytree(exported, bundle_out)
+                variables["BUNDLE_SHA256"] = str(manifest.get("bundle_sha256", ""))
+                variables["PRECISION"] = str(manifest.get("precision", precision))
+            else:
+                on_step(f"model stages → {len(models.models)} bundles ({', '.join(models.names)})")
+                built = _model_bundles(models, variables, Path(tmp), context, progress, bundle_out)
+                bake_files = [Path(tmp) / "models.bake.json"]
+                variables["BUNDLE_SHA256"] = models_digest({b["name"]: b["bundle_sha256"] for b in built})
+                variables["PRECISION"] = ",".join(sorted({b["precision"] for b in built}))
             timings["bundle"] = time.monotonic() - t0
-        variables["BUNDLE_SHA256"] = str(manifest.get("bundle_sha256", ""))
-        variables["PRECISION"] = str(manifest.get("precision", precision))
-        on_step("bake converter + runtime" + (" --push" if push else ""))
-        t0 = time.monotonic()
-        images = bake(
-            ["converter", "runtime"],
-            context=context,
-            push=push,
-            variables=variables,
-            overrides=list(overrides),
-            progress=progress,
-        )
-        timings["images"] = time.monotonic() - t0
+            on_step("bake converter + runtime" + (" --push" if push else ""))
+            t0 = time.monotonic()
+            images = bake(
+                ["converter", "runtime"],
+                context=context,
+                push=push,
+                variables=variables,
+                overrides=list(overrides),
+                progress=progress,
+                files=bake_files,
+            )
+            timings["images"] = time.monotonic() - t0
     return BuildResult(
         images=images,
         bundle_sha256=variables["BUNDLE_SHA256"],
@@ -208,4 +235,51 @@ def build_images(
         ros2=ros2,
         variables=variables,
         timings=timings,
+        models=built,
     )
+
+
+def _model_bundles(
+    models: ModelSet,
+    variables: dict[str, str],
+    tmp: Path,
+    context: Path,
+    progress: str,
+    bundle_out: Path | None,
+) -> list[dict[str, str]]:
+    """Convert every model (one bake call, a target per model), then write the bake file that puts each
+    bundle in its own layer, labelled with every bundle's sha256; each model's name, sha256, precision."""
+    pipelines_dir = None
+    if models.pipelines is not None:
+        pipelines_dir = tmp / "pipelines"
+        pipelines_dir.mkdir()
+        shutil.copyfile(models.pipelines, pipelines_dir / PIPELINES_FILE)
+    bake_file = tmp / "models.bake.json"
+    bake_file.write_text(json.dumps(models_bake_file(models, pipelines_dir=pipelines_dir)))
+    dests = {m.target: tmp / "bundles" / m.name for m in models.models}
+    manifests = export_model_bundles(variables, dests, context=context, files=[bake_file], progress=progress)
+    bundles = {
+        m.name: {
+            "sha256": str(manifests[m.target].get("bundle_sha256", "")),
+            "precision": str(manifests[m.target].get("precision", m.precision)),
+        }
+        for m in models.models
+    }
+    if models.pipelines is not None:  # now against the models' own inputs and outputs
+        check_pipelines(
+            models.pipelines, models.names, {n: ModelBundle.load(d) for n, d in _by_name(dests).items()}
+        )
+    # the label is known only now: the bake file is written again with it (the model targets are cached)
+    label = models_label(bundles)
+    bake_file.write_text(json.dumps(models_bake_file(models, pipelines_dir=pipelines_dir, label=label)))
+    if bundle_out is not None:
+        shutil.rmtree(bundle_out, ignore_errors=True)
+        shutil.copytree(tmp / "bundles", bundle_out)
+    return [
+        {"name": n, "bundle_sha256": b["sha256"], "precision": b["precision"]} for n, b in bundles.items()
+    ]
+
+
+def _by_name(dests: dict[str, Path]) -> dict[str, Path]:
+    """bake target (model-<name>) → directory, as model name → directory."""
+    return {target.removeprefix("model-"): dest for target, dest in dests.items()}

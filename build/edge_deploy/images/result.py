@@ -40,6 +40,8 @@ class BuildResult:
     ros2: bool  # whether the runtime image installs the ROS 2 DDS binding
     variables: dict[str, str]  # the bake variables the images were built with
     timings: dict[str, float] = field(default_factory=dict)  # step → seconds
+    # several models: each one's name, bundle_sha256 and precision (sorted by name); empty for one model
+    models: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def converter(self) -> ImageResult:
@@ -62,4 +64,5 @@ class BuildResult:
             "ros2": self.ros2,
             "variables": dict(self.variables),
             "timings": {step: round(s, 2) for step, s in self.timings.items()},
+            "models": [dict(m) for m in self.models],
         }
