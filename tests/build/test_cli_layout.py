@@ -47,7 +47,16 @@ def walk(command: click.Command, ctx: click.Context) -> Iterator[tuple[str, clic
 def test_help_lists_the_commands_in_the_order_of_the_work(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
-    assert commands_listed(out) == ["sample-model", "convert", "bench", "host", "image", "release", "fleet"]
+    assert commands_listed(out) == [
+        "sample-model",
+        "convert",
+        "bench",
+        "host",
+        "image",
+        "release",
+        "fleet",
+        "site",
+    ]
     for group, expected in (
         ("release", ["create", "list", "show", "verify", "promote"]),
         ("fleet", ["rollout", "rollback", "status", "history", "infer", "sim"]),

@@ -45,6 +45,11 @@ COMMANDS: dict[str, str | Lazy] = {
         "edge_deploy.cli.fleet:fleet",
         "Robots of a fleet.yaml: rollout, rollback, status, history, infer; sim for simulated robots.",
     ),
+    # site caches (pull mode)
+    "site": Lazy(
+        "edge_deploy.cli.site:site",
+        "Site caches: a pull-through registry per site (up, down, status).",
+    ),
     # old spellings, hidden, kept for one version
     "verify": Lazy("edge_deploy.cli.release:verify", replaced_by="release verify"),
     "promote": Lazy("edge_deploy.cli.release:promote", replaced_by="release promote"),
