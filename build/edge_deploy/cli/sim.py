@@ -41,20 +41,76 @@ def sim_group() -> None:
     help="Image platform the robots pull (arm64 runs under QEMU).",
 )
 @click.option("--no-engines", is_flag=True, help="Start only the SSH side (no dockerd per robot).")
+@click.option(
+    "--mode",
+    type=click.Choice(["ssh", "pull"]),
+    default="ssh",
+    show_default=True,
+    help="pull: also a site cache, a pushgateway, Prometheus and one agent per robot (with --key).",
+)
+@click.option("--channel", default="stable", show_default=True, help="Pull mode: the channel agents follow.")
+@click.option(
+    "--repository", help="Pull mode: the channel's repository (default REGISTRY/edge-deploy/runtime)."
+)
+@click.option(
+    "--key",
+    "public_key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Pull mode: the fleet's cosign public key; without it no agents start.",
+)
+@click.option("--poll-interval", type=click.FloatRange(0.5, 3600), default=5.0, show_default=True)
+@click.option("--poll-jitter", type=click.FloatRange(0, 3600), default=2.0, show_default=True)
 @json_option()
 def start(
-    robots: int, name: str, state_root: Path, registry: str, platform: str, no_engines: bool, as_json: bool
+    robots: int,
+    name: str,
+    state_root: Path,
+    registry: str,
+    platform: str,
+    no_engines: bool,
+    mode: str,
+    channel: str,
+    repository: str | None,
+    public_key: Path | None,
+    poll_interval: float,
+    poll_jitter: float,
+    as_json: bool,
 ) -> None:
     """Start N simulated robots (own dockerd and sshd each) and write their fleet.yaml."""
+    agents = None
+    if mode == "pull" and public_key is not None:
+        agents = {
+            "repository": repository or f"{registry}/edge-deploy/runtime",
+            "channel": channel,
+            "public_key": public_key,
+            "poll_interval_s": poll_interval,
+            "poll_jitter_s": poll_jitter,
+        }
     s = sim.simulate(
-        robots, name, state_root=state_root, engines=not no_engines, registry=registry, platform=platform
+        robots,
+        name,
+        state_root=state_root,
+        engines=not no_engines,
+        registry=registry,
+        platform=platform,
+        mode=mode,
+        agents=agents,
     )
     if as_json:
-        click.echo(json.dumps({"fleet_file": str(s.fleet_file), "robots": [r.name for r in s.robots]}))
+        click.echo(
+            json.dumps(
+                {"fleet_file": str(s.fleet_file), "robots": [r.name for r in s.robots], "pull": s.pull}
+            )
+        )
         return
     for r in s.robots:
         click.echo(f"{r.name}: ssh {r.user}@127.0.0.1:{r.ssh_port}, service port {r.service_port}")
     click.echo(f"fleet file: {s.fleet_file}")
+    if s.pull:
+        click.echo(
+            f"site cache {s.pull['site_cache']}, pushgateway {s.pull['pushgateway']}, "
+            f"Prometheus {s.pull['prometheus']}, agents: {'started' if agents else 'none (no --key)'}"
+        )
 
 
 @sim_group.command("stop")

@@ -69,13 +69,19 @@ def simulate(
     platform: str = "linux/arm64",
     gpu: bool = False,
     allow_cpu_fallback: bool = False,
+    mode: str = "ssh",
+    agents: dict[str, Any] | None = None,
 ) -> Simulation:
     """Start (or restart) a simulated fleet and write its ``fleet.yaml``; ``engines=False`` starts only the
     SSH side (for tests of the SSH layer on machines without Docker). Robots pull ``platform`` images:
     linux/arm64 (Jetson, under QEMU here) unless an amd64 runtime variant is wanted on x86 hosts.
     ``gpu``: robots are ``gpu: true`` as Jetsons are (compose.jetson.yaml on the ``nvidia`` stand-in
     runtime); with no GPU they serve ONNX Runtime on the CPU, which fails their gate unless
-    ``allow_cpu_fallback`` (or the release) allows it."""
+    ``allow_cpu_fallback`` (or the release) allows it.
+    ``mode="pull"`` also starts a site cache, a pushgateway and Prometheus (simulation/pull.py) and, with
+    ``agents`` (repository, channel, public_key, ...: pull.start_agents's options), one agent per robot."""
+    if mode not in ("ssh", "pull"):
+        raise FleetError(f"A simulated fleet's mode is ssh or pull, not {mode!r}.")
     if not 1 <= robots <= 50:
         raise FleetError("A simulated fleet has from 1 to 50 robots.")
     if os.geteuid() != 0:
@@ -156,6 +162,15 @@ def simulate(
                 start_dockerd(sim, robot)
             start_sshd(sim, robot)
             sim.save()
+        sim.mode = mode
+        if mode == "pull":
+            from edge_deploy.simulation import pull
+
+            pull.start_control_plane(sim, registry)
+            if agents:
+                pull.start_agents(
+                    sim, platform=platform, gpu=gpu, allow_cpu_fallback=allow_cpu_fallback, **agents
+                )
     except BaseException:
         stop(sim)
         raise
@@ -200,6 +215,10 @@ def _native(platform: str) -> bool:
 def stop(sim: Simulation, *, purge: bool = False) -> None:
     """Stop every recorded sshd and dockerd by PID (the engines stop their containers); ``purge`` also
     deletes the robots' users and state."""
+    if sim.pull or any(r.agent_pid for r in sim.robots):
+        from edge_deploy.simulation.pull import stop_pull
+
+        stop_pull(sim)
     for robot in sim.robots:
         rdir = Path(sim.state_dir) / "robots" / robot.name
         stop_sshd(sim, robot)

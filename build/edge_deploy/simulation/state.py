@@ -1,5 +1,6 @@
 """What a simulated fleet is, as recorded in ``<state>/simulation.json``: its robots, their ports, users,
-engine sockets and the PIDs of the sshd and dockerd started for them."""
+engine sockets and the PIDs of the sshd and dockerd started for them (in pull mode also of their agents,
+the site cache, the pushgateway and Prometheus)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge_deploy.fleet import FleetError
 
@@ -25,6 +27,7 @@ class SimRobot:
     data_root: str
     sshd_pid: int | None = None
     dockerd_pid: int | None = None
+    agent_pid: int | None = None  # pull mode: the robot's agent (simulation/pull.py)
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Simulation:
     state_dir: str
     robots: list[SimRobot] = field(default_factory=list)
     engines: bool = True
+    mode: str = "ssh"  # "pull": robots run agents behind a site cache (simulation/pull.py)
+    pull: dict[str, Any] = field(default_factory=dict)  # pull mode's addresses and PIDs
 
     @property
     def fleet_file(self) -> Path:
