@@ -751,6 +751,18 @@ class EngineCache:
             raise
         return engine_path
 
+    def cached_size(
+        self, backend: Backend, bundle: ModelBundle, options: BuildOptions, device: DeviceIdentity
+    ) -> int | None:
+        """The size of this bundle's cached engine (from its sidecar), None when not cached: what the
+        service's memory budget counts before loading anything."""
+        recipe = str(getattr(backend, "build_recipe", ""))
+        key = engine_key(bundle.sha256, backend.name, backend.version(), device, options, recipe)
+        _, sidecar = self._paths(key.digest, backend.engine_suffix)
+        meta = self._read_sidecar(sidecar) if sidecar.exists() else None
+        size = meta.get("size") if meta else None
+        return size if isinstance(size, int) else None
+
     def open(
         self,
         backend: Backend,

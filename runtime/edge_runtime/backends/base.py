@@ -33,6 +33,9 @@ class BuildOptions:
     # Per ranged input, its MIN/OPT/MAX shapes (the bundle's non-batch axis ranges): they shape the TensorRT
     # optimization profile, so they are part of the cache key. Empty for bundles without ranges.
     shape_ranges: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
+    # Request slots: inferences one loaded engine runs at once (TensorRT: one execution context and CUDA
+    # stream each). It does not change the engine's bytes, so it is not part of the cache key.
+    slots: int = 1
 
     @classmethod
     def for_bundle(
@@ -44,6 +47,7 @@ class BuildOptions:
         intra_op_threads: int = 0,
         spin_wait: bool = False,
         cuda_graph: bool = False,
+        slots: int = 1,
     ) -> BuildOptions:
         """What ``serve``, ``engine build`` and ``profile`` all build with, so they share cache entries:
         the bundle's precision and batch profile, the Jetson module's workspace (1 GiB off a Jetson)."""
@@ -58,6 +62,7 @@ class BuildOptions:
             spin_wait=spin_wait,
             cuda_graph=cuda_graph,
             shape_ranges=shape_ranges(bundle.inputs, bundle.manifest.batch),
+            slots=slots,
         )
 
 

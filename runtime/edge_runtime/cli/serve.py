@@ -7,12 +7,40 @@ from typing import Any
 
 import click
 
-from edge_runtime.cli.options import backend_option, bundle_option, cache_option, precision_option
+from edge_runtime.cli.options import backend_option, cache_option, precision_option
 from edge_runtime.errors import BackendUnavailable, EdgeError
 
 
 @click.command()
-@bundle_option
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_BUNDLE",
+    default=None,
+    help="Model bundle directory, served when --models holds no bundle [env EDGE_BUNDLE].",
+)
+@click.option(
+    "--models",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_MODELS",
+    default=None,
+    help="Model repository: one bundle directory per model (+ pipelines.json), served when it holds any "
+    "[env EDGE_MODELS].",
+)
+@click.option(
+    "--slots",
+    envvar="EDGE_SLOTS",
+    default=None,
+    help="Request slots: inferences each model runs at once, N or name=N,... (default 1) [env EDGE_SLOTS].",
+)
+@click.option(
+    "--memory-budget-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="EDGE_MEMORY_BUDGET_MB",
+    default=None,
+    help="Memory the models may use (default: the Jetson module's, else MemTotal, less 1 GiB) "
+    "[env EDGE_MEMORY_BUDGET_MB].",
+)
 @cache_option
 @backend_option
 @precision_option
@@ -115,7 +143,10 @@ from edge_runtime.errors import BackendUnavailable, EdgeError
     help="Run inference on the HTTP event loop: lower latency, but health checks wait for it.",
 )
 def serve(
-    bundle: Path,
+    bundle: Path | None,
+    models: Path | None,
+    slots: str | None,
+    memory_budget_mb: float | None,
     cache: Path,
     backend: str,
     precision: str | None,
@@ -138,7 +169,8 @@ def serve(
     cuda_graph: bool,
     inline_infer: bool,
 ) -> None:
-    """Serve a model bundle over HTTP: POST /v1/infer, GET /healthz, /readyz, /metrics."""
+    """Serve a model bundle, or every model of a repository, over HTTP: POST /v1/infer,
+    /v1/models/NAME/infer, /v2/models/NAME/infer, GET /healthz, /readyz, /metrics."""
     from edge_runtime.service import InferenceService, ServiceConfig, pin_cpus
     from edge_runtime.service import serve as run_server
     from edge_runtime.thermal import ThermalPolicy
@@ -174,6 +206,9 @@ def serve(
         spin_wait=spin_wait,
         cuda_graph=cuda_graph,
         inline_infer=inline_infer,
+        models=models,
+        slots=slots,
+        memory_budget_mb=memory_budget_mb,
     )
     service = InferenceService(config, say=lambda msg: click.echo(f"edge-runtime: {msg}", err=True))
     try:

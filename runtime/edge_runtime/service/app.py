@@ -1,6 +1,6 @@
 """The ASGI app: routes declared once, with Starlette's ``Route``; the lifespan loads the engine.
 
-The three infer routes sit in a bare ``Router`` in front of a Starlette app that holds every other route:
+The infer routes sit in a bare ``Router`` in front of a Starlette app that holds every other route:
 they skip Starlette's middleware (the handlers answer every error themselves), and their own near misses
 (``/v1/infer/``) are 404s, not redirects. Wrong methods get 405 with ``Allow: POST``.
 """
@@ -59,10 +59,13 @@ def create_app(
             get("/v2/models/{name}/ready", v2.model_ready),
             get("/v2/models/{name}/versions/{version}", v2.metadata),
             get("/v2/models/{name}/versions/{version}/ready", v2.model_ready),
+            get("/v1/models", v1.models),
         ]
     )
     infer_routes = [
         post("/v1/infer", v1.infer),
+        post("/v1/models/{name}/infer", v1.infer),
+        post("/v1/pipelines/{name}/infer", v1.pipeline_infer),
         post("/v2/models/{name}/infer", v2.infer),
         post("/v2/models/{name}/versions/{version}/infer", v2.infer),
     ]

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from edge_runtime.bundle import ModelBundle
 from edge_runtime.errors import EdgeError, RequestError
 from edge_runtime.service.inference import InferenceService
 from edge_runtime.service.limits import RequestLimits
+from edge_runtime.service.models import ServedModel, ServedPipeline
 from edge_runtime.service.replies import Reply, json_reply, refusal, send_reply
 
 log = logging.getLogger("edge_runtime.service")
@@ -35,18 +35,19 @@ class AppState:
         self._fail_count = self.metrics.requests.labels("500")
         self._engine_errors = self.metrics.errors.labels("engine")
 
-    def loaded_bundle(self) -> ModelBundle:
-        if self.service.bundle is None:
-            raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
-        return self.service.bundle
+    def target(self, name: str | None = None) -> ServedModel | ServedPipeline:
+        """The model or pipeline a path names (the default model for unnamed routes); 404/503 otherwise."""
+        return self.service.target(name)
 
-    async def run_engine(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    async def run_engine(
+        self, feeds: dict[str, np.ndarray], model: str | None = None
+    ) -> tuple[dict[str, np.ndarray], float]:
         """``service.infer`` inline or on the thread pool; returns the outputs and the engine time in ms."""
         t_inf = time.perf_counter()
         if self.service.config.inline_infer:
-            outputs = self.service.infer(feeds)
+            outputs = self.service.infer(feeds, model)
         else:
-            outputs = await run_in_threadpool(self.service.infer, feeds)
+            outputs = await run_in_threadpool(self.service.infer, feeds, model)
         return outputs, (time.perf_counter() - t_inf) * 1000.0
 
     async def guarded(self, handle: Callable[[], Awaitable[Reply]]) -> Reply:

@@ -1,6 +1,8 @@
-"""The inference service without HTTP: one engine, its start-up, the watchdog and the thermal governor.
+"""The inference service without HTTP: its models' engines, their start-up, the watchdog and the thermal
+governor.
 
-Start-up: probe → engine cache get-or-build (progress lines while a long build runs) → warm-up → ready.
+Start-up: probe → bundles (one, or a model repository), backend, memory budget → per model: engine cache
+get-or-build (progress lines while a long build runs) → warm-up → ready once every model is.
 HTTP (``service.app``) and the ROS 2 bridge both call ``InferenceService.infer``.
 """
 
@@ -21,8 +23,20 @@ from edge_runtime.backends import Backend, BackendChoice, BuildOptions, Engine, 
 from edge_runtime.bundle import ModelBundle
 from edge_runtime.cache import CachedEngine, EngineCache
 from edge_runtime.device import DeviceProbe, probe
-from edge_runtime.errors import InputError, RequestError
+from edge_runtime.errors import EdgeError, InputError, RequestError
+from edge_runtime.repository import (
+    PIPELINES_FILE,
+    check_budget,
+    check_pipeline_feeds,
+    discover,
+    footprint,
+    is_repository,
+    load_pipelines,
+    memory_budget,
+    parse_slots,
+)
 from edge_runtime.service.metrics import ServiceMetrics
+from edge_runtime.service.models import ServedModel, ServedPipeline
 from edge_runtime.thermal import ThermalGovernor, ThermalPolicy
 
 # The package's name, not this module's: operators grep logs for "edge_runtime.service" (docs/runtime.md).
@@ -40,7 +54,7 @@ EXIT_HUNG = 75
 class ServiceConfig:
     """Everything ``edge-runtime serve`` takes; the CLI fills it from flags and EDGE_* variables."""
 
-    bundle: Path
+    bundle: Path | None
     cache: Path
     backend: str = "auto"
     precision: str | None = None  # default: the bundle's precision
@@ -59,10 +73,17 @@ class ServiceConfig:
     # /healthz and /metrics wait while an inference runs (a hung one makes them time out instead of 503).
     inline_infer: bool = False
     on_thermal_change: Callable[[str, str], None] | None = None
+    # A model repository (docs/runtime.md): served when it exists and holds bundle directories, else ``bundle``.
+    models: Path | None = None
+    slots: str | int | None = None  # request slots: N for every model, or "name=N,..." (default 1)
+    memory_budget_mb: float | None = None  # overrides the board's memory in the budget check
 
 
 class InferenceService:
-    """Owns the engine, the watchdog and the thermal governor; the HTTP app is a thin layer on top."""
+    """Owns the models' engines, the watchdog and the thermal governor; the HTTP app is a thin layer on top.
+
+    ``bundle``, ``engine`` and ``cached`` are the default model's (the only one, else the first by name):
+    what the unnamed ``/v1/infer``, the ROS 2 bridge and single-model callers use."""
 
     def __init__(
         self, config: ServiceConfig, registry: Any = None, say: Callable[[str], None] | None = None
@@ -76,13 +97,14 @@ class InferenceService:
         self.thermal = ThermalGovernor(
             config.thermal, root=config.device_root, on_change=self._thermal_changed
         )
-        self.bundle: ModelBundle | None = None
+        self.models: dict[str, ServedModel] = {}
+        self.pipelines: dict[str, ServedPipeline] = {}
+        self.default: str | None = None
+        self.repository: Path | None = None  # the model repository served, None for a single bundle
         self.backend: Backend | None = None
         self.backend_choice: BackendChoice | None = None
         self.cache = EngineCache(config.cache, keep=config.cache_keep)
         self.device: DeviceProbe | None = None
-        self.cached: CachedEngine | None = None
-        self.engine: Engine | None = None
         self.ready = False
         self.draining = False
         self.failed: str | None = None
@@ -92,7 +114,6 @@ class InferenceService:
         self._hung_called = False
         self.startup: dict[str, Any] = {}
         self._t0 = time.monotonic()
-        self._engine_lock = threading.Lock()
         self._inflight: dict[int, float] = {}
         self._inflight_lock = threading.Lock()
         self._seq = 0
@@ -109,7 +130,7 @@ class InferenceService:
             f"device: {self._board()}, L4T {self.device.identity.l4t or '-'}, GPU {self.device.identity.gpu}"
             + ("" if self.device.gpu_visible in (None, True) else " (CUDA sees no GPU)")
         )
-        self.bundle = ModelBundle.load(self.config.bundle)
+        bundles = self._bundles()
         choice = self.backend_choice = select_backend(self.config.backend)
         self.backend = choice.backend
         self.say(f"backend: {self.backend.name} {self.backend.version()} (asked for {self.config.backend})")
@@ -127,6 +148,79 @@ class InferenceService:
                 fallback,
             )
         self.cache.prepare()
+        slots = parse_slots(self.config.slots, list(bundles))
+        self.models = {n: ServedModel(n, b, slots[n], self.metrics) for n, b in bundles.items()}
+        self.default = next(iter(self.models))
+        pipelines_file = self.repository / PIPELINES_FILE if self.repository else None
+        if pipelines_file is not None and pipelines_file.is_file():
+            self.pipelines = {
+                p.name: ServedPipeline(p, self.metrics) for p in load_pipelines(pipelines_file, bundles)
+            }
+            self.say(f"pipelines: {', '.join(self.pipelines)}")
+        # Every model's engine stays in the cache: eviction keeps this many recently used entries.
+        self.cache.keep = max(self.cache.keep, len(self.models) + 1)
+        self.check_memory()
+
+    def _bundles(self) -> dict[str, ModelBundle]:
+        """The repository's bundles by directory name, or the single bundle under its manifest's name."""
+        models = self.config.models
+        if models is not None and is_repository(models):
+            self.repository = models
+            found = discover(models)
+            bundles = {name: ModelBundle.load(path) for name, path in found.items()}
+            self.say(f"model repository {models}: {', '.join(bundles)}")
+            return bundles
+        if self.config.bundle is None:
+            where = f" and {models} holds no model bundle directory" if models is not None else ""
+            raise EdgeError(f"No model to serve: no bundle was given{where}.", option="bundle")
+        bundle = ModelBundle.load(self.config.bundle)
+        return {bundle.manifest.name: bundle}
+
+    def check_memory(self) -> None:
+        """Refuse, before any engine loads, a set of models whose estimated memory exceeds the budget."""
+        assert self.backend is not None and self.device is not None
+        meminfo = self.config.device_root / "proc" / "meminfo"
+        budget = memory_budget(self.device.model, self.config.memory_budget_mb, meminfo)
+        prints = []
+        missing = False
+        for m in self.models.values():
+            size = self.cache.cached_size(self.backend, m.bundle, self.options(m), self.device.identity)
+            missing = missing or size is None
+            prints.append(footprint(m.name, m.bundle, m.slots, size))
+        extra = None
+        if self.backend.name == "tensorrt" and missing:
+            extra = (
+                "TensorRT build workspace",
+                self.options(next(iter(self.models.values()))).workspace_bytes,
+            )
+        total = check_budget(prints, budget, extra)
+        if budget is None:
+            log.info("memory budget: unknown here, not checked (estimated need %.0f MiB)", total / MIB)
+        else:
+            self.say(
+                f"memory: {total / MIB:.0f} MiB estimated for {len(prints)} model(s), "
+                f"budget {budget.bytes / MIB:.0f} MiB ({budget.source})"
+            )
+
+    # The default model's parts, as single-model callers knew them.
+    @property
+    def default_model(self) -> ServedModel | None:
+        return self.models.get(self.default) if self.default is not None else None
+
+    @property
+    def bundle(self) -> ModelBundle | None:
+        m = self.default_model
+        return m.bundle if m is not None else None
+
+    @property
+    def engine(self) -> Engine | None:
+        m = self.default_model
+        return m.engine if m is not None else None
+
+    @property
+    def cached(self) -> CachedEngine | None:
+        m = self.default_model
+        return m.cached if m is not None else None
 
     def _board(self) -> str:
         """The board's name; an L4T release without a device tree (a container that cannot see /proc's) is
@@ -136,39 +230,70 @@ class InferenceService:
             return self.device.identity.board
         return "Jetson (board not visible)" if self.device.is_jetson else "not a Jetson"
 
-    def options(self) -> BuildOptions:
-        assert self.bundle is not None
+    def options(self, model: ServedModel | None = None) -> BuildOptions:
+        m = model or self.default_model
+        assert m is not None
         return BuildOptions.for_bundle(
-            self.bundle,
+            m.bundle,
             self.device.model if self.device is not None else None,
             self.config.precision,
             intra_op_threads=self.config.intra_op_threads,
             spin_wait=self.config.spin_wait,
             cuda_graph=self.config.cuda_graph,
+            slots=m.slots,
         )
 
     def load(self) -> None:
-        """Cache get-or-build, then warm-up; sets ready. Raises EdgeError on failure."""
-        if self.bundle is None:
+        """Per model in order: cache get-or-build, then warm-up; ready once every model is. Raises EdgeError
+        (naming the model when a repository is served) on failure."""
+        if not self.models:
             self.prepare()
-        assert self.bundle is not None and self.backend is not None and self.device is not None
+        for m in self.models.values():
+            try:
+                self._load_model(m)
+            except Exception as exc:
+                if self.repository is not None and exc.args:
+                    exc.args = (f"Model {m.name!r}: {exc}", *exc.args[1:])
+                m.mark_ready(False, str(exc))
+                raise
+        assert self.default_model is not None
+        self.startup = dict(self.default_model.startup, time_to_ready_s=time.monotonic() - self._t0)
+        if len(self.models) > 1:
+            self.startup["models"] = {n: m.startup for n, m in self.models.items()}
+        self.ready = True
+        self.metrics.ready.set(1)
+        self.say(
+            f"ready in {self.startup['time_to_ready_s']:.2f} s "
+            + (
+                f"({len(self.models)} models, {self.config.warmup_runs} warm-up runs each)"
+                if len(self.models) > 1
+                else f"({'cache hit' if self.startup['cache_hit'] else 'built engine'}, "
+                f"{self.config.warmup_runs} warm-up runs)"
+            )
+        )
+
+    def _load_model(self, m: ServedModel) -> None:
+        assert self.backend is not None and self.device is not None
         t0 = time.monotonic()
         cached = self.cache.open(
-            self.backend, self.bundle, self.options(), self.device.identity, progress=self.say
+            self.backend, m.bundle, self.options(m), self.device.identity, progress=self.say
         )
-        self.metrics.cache.labels("hit" if cached.hit else "miss").inc()
+        result = "hit" if cached.hit else "miss"
+        self.metrics.cache.labels(result).inc()
+        m.cache_counter.labels(m.name, result).inc()
         self.metrics.build_seconds.set(cached.build_seconds)
+        named = f"{m.name}: " if len(self.models) > 1 else ""
         self.say(
-            f"engine cache {'hit' if cached.hit else 'miss'}: key {cached.key.digest[:12]} "
+            f"{named}engine cache {result}: key {cached.key.digest[:12]} "
             f"(build {cached.build_seconds:.2f} s, load {cached.load_seconds:.3f} s)"
         )
-        self.cached, self.engine = cached, cached.engine
-        feeds = self.example_feeds(self.bundle.manifest.batch.opt)
+        m.cached, m.engine = cached, cached.engine
+        feeds = self.example_feeds(m.batch.opt, m.name)
         tw = time.monotonic()
         for _ in range(max(self.config.warmup_runs, 0)):
-            self.engine.infer(feeds)
+            m.engine.infer(feeds)
         warm_s = time.monotonic() - tw
-        self.startup = {
+        m.startup = {
             "cache_hit": cached.hit,
             "key": cached.key.digest,
             "build_seconds": cached.build_seconds,
@@ -178,21 +303,36 @@ class InferenceService:
             "time_to_ready_s": time.monotonic() - self._t0,
             "backend": self.backend.name,
         }
-        self.ready = True
-        self.metrics.ready.set(1)
-        self.say(
-            f"ready in {self.startup['time_to_ready_s']:.2f} s "
-            f"({'cache hit' if cached.hit else 'built engine'}, {self.config.warmup_runs} warm-up runs)"
-        )
+        m.mark_ready(True)
 
-    def example_feeds(self, batch: int) -> dict[str, np.ndarray]:
-        assert self.bundle is not None
-        return {s.name: np.zeros(s.concrete_shape(batch), dtype=s.dtype) for s in self.bundle.inputs}
+    def example_feeds(self, batch: int, model: str | None = None) -> dict[str, np.ndarray]:
+        m = self.models.get(model or self.default or "")
+        assert m is not None
+        return {s.name: np.zeros(s.concrete_shape(batch), dtype=s.dtype) for s in m.inputs}
 
     # -- inference -----------------------------------------------------------------------------------
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Checked, watched inference: used by HTTP and by the ROS 2 bridge."""
-        if not self.ready or self.engine is None or self.bundle is None:
+    def target(self, name: str | None = None) -> ServedModel | ServedPipeline:
+        """The model (or pipeline) a request names, the default model when it names none; 404 otherwise."""
+        if name is None:
+            m = self.default_model
+            if m is None:
+                raise RequestError(
+                    503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200."
+                )
+            return m
+        found = self.models.get(name) or self.pipelines.get(name)
+        if found is None:
+            served = ", ".join([*self.models, *self.pipelines]) or "nothing yet"
+            raise RequestError(
+                404, "unknown_model", f"Model {name!r} is not served here; this service serves {served}."
+            )
+        return found
+
+    def infer(self, feeds: Mapping[str, np.ndarray], model: str | None = None) -> dict[str, np.ndarray]:
+        """Checked, watched inference of a model or pipeline (default: the default model): used by HTTP and
+        by the ROS 2 bridge."""
+        target = self.target(model) if model is not None or self.models else None
+        if target is None or not self._target_ready(target):
             raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
         if self.draining:
             raise RequestError(503, "draining", "The service is shutting down.")
@@ -207,27 +347,43 @@ class InferenceService:
         if refusal:
             status = 503 if self.thermal.state == "critical" else 429
             raise RequestError(status, "thermal", refusal)
+        t0 = time.perf_counter()
+        if isinstance(target, ServedPipeline):
+            try:
+                check_pipeline_feeds(target.pipeline, feeds)
+            except InputError as exc:
+                raise RequestError(400, "bad_input", str(exc)) from None
+            out = target.pipeline.run(feeds, self._step)
+        else:
+            out = self._infer_model(target, feeds)
+        elapsed = time.perf_counter() - t0
+        self.metrics.infer_latency.observe(elapsed)
+        target.latency.observe(elapsed)
+        return out
+
+    def _target_ready(self, target: ServedModel | ServedPipeline) -> bool:
+        if isinstance(target, ServedPipeline):
+            return all(self.models[m].ready for m in target.pipeline.models)
+        return target.ready and target.engine is not None
+
+    def _step(self, model: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One pipeline step: the model's own checks and slots (its sentence names the model)."""
         try:
-            batch = check_feeds(self.bundle.inputs, feeds, self.bundle.manifest.batch)
+            return self._infer_model(self.models[model], feeds)
+        except RequestError as exc:
+            raise RequestError(exc.status, exc.reason, f"Pipeline step {model!r}: {exc}") from None
+
+    def _infer_model(self, m: ServedModel, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            batch = check_feeds(m.inputs, feeds, m.batch)
         except InputError as exc:
             raise RequestError(400, "bad_input", str(exc)) from None
         cap = self.thermal.max_batch()
         with self._watch():
-            t0 = time.perf_counter()
             if cap is not None and batch > cap:
-                parts = [
-                    self._run({k: v[i : i + cap] for k, v in feeds.items()}) for i in range(0, batch, cap)
-                ]
-                out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            else:
-                out = self._run(feeds)
-            self.metrics.infer_latency.observe(time.perf_counter() - t0)
-        return out
-
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        assert self.engine is not None
-        with self._engine_lock:  # one execution context: calls are serialized
-            return self.engine.infer(feeds)
+                parts = [m.run({k: v[i : i + cap] for k, v in feeds.items()}) for i in range(0, batch, cap)]
+                return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            return m.run(feeds)
 
     @contextlib.contextmanager
     def _watch(self) -> Any:
@@ -317,10 +473,8 @@ class InferenceService:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=2)
-        if self.engine is not None:
-            with self._engine_lock:
-                self.engine.close()
-            self.engine = None
+        for m in self.models.values():
+            m.close()
         self.ready = False
         self.metrics.ready.set(0)
 
@@ -340,8 +494,8 @@ class InferenceService:
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         body: dict[str, Any] = {"ready": self.ready, "draining": self.draining, "thermal": self.thermal.state}
-        if self.bundle is not None:  # the name under /v2/models/ (the fleet's health gate reads it)
-            body["model"] = self.bundle.manifest.name
+        if self.default is not None:  # the name under /v2/models/ (the fleet's health gate reads it)
+            body["model"] = self.default
         if self.backend_choice is not None:  # the fleet's gate refuses a silent CPU fallback from these
             body["backend"] = self.backend_choice.backend.name
             body["backend_requested"] = self.backend_choice.requested
@@ -351,6 +505,12 @@ class InferenceService:
             body["backend"] = self.backend.name
         if self.startup:
             body["startup"] = self.startup
+        if self.models:  # every model served, so the gate can smoke-test each (several: a repository)
+            backend = self.backend.name if self.backend is not None else ""
+            body["models"] = {
+                n: {"ready": m.ready, "backend": backend} | ({"reason": m.reason} if m.reason else {})
+                for n, m in self.models.items()
+            }
         ok = self.ready and not self.draining and not self.failed and self.thermal.state != "critical"
         hung = self.unhealthy
         if hung:  # Docker's health check reads /readyz: a stuck engine must fail it too

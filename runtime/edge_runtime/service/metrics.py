@@ -64,3 +64,39 @@ class ServiceMetrics:
             ["backend", "requested", "fallback", "reason"],
             registry=registry,
         )
+        # Per model (and per pipeline) of a model repository; the series above stay service-wide, unchanged,
+        # so dashboards and tests written for one model keep reading them.
+        self.model_requests = Counter(
+            "edge_model_requests_total",
+            "Inference requests by model (or pipeline) and HTTP status",
+            ["model", "code"],
+            registry=registry,
+        )
+        self.model_infer_latency = Histogram(
+            "edge_model_inference_latency_seconds",
+            "Engine time of one inference, by model (pipelines: all their steps)",
+            ["model"],
+            registry=registry,
+            buckets=buckets,
+        )
+        self.model_ready = Gauge(
+            "edge_model_ready",
+            "1 when the model's engine is loaded and warmed up",
+            ["model"],
+            registry=registry,
+        )
+        self.model_cache = Counter(
+            "edge_model_engine_cache_total",
+            "Engine cache lookups at start-up, by model",
+            ["model", "result"],
+            registry=registry,
+        )
+        self.model_slots = Gauge(
+            "edge_model_slots", "Request slots: inferences a model runs at once", ["model"], registry=registry
+        )
+        self.model_inflight = Gauge(
+            "edge_model_inflight",
+            "Inferences running or waiting for a slot, by model",
+            ["model"],
+            registry=registry,
+        )

@@ -1,7 +1,7 @@
 """The Open Inference Protocol routes (KServe v2 / Triton HTTP): server and model metadata, health, infer.
 
 The wire format (JSON header plus binary tensors) lives in ``edge_runtime.oip``; this module maps it onto
-the one model this service serves, as version ``oip.MODEL_VERSION``.
+the models (and pipelines) this service serves, each as version ``oip.MODEL_VERSION``.
 """
 
 from __future__ import annotations
@@ -12,31 +12,39 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from edge_runtime import oip
-from edge_runtime.bundle import ModelBundle
 from edge_runtime.errors import RequestError
 from edge_runtime.oip import ProtocolError
 from edge_runtime.service.infer import AppState
 from edge_runtime.service.limits import INLINE_DECODE_BYTES
+from edge_runtime.service.models import ServedModel, ServedPipeline
 from edge_runtime.service.replies import Reply, refusal
 
 
-def served_model(state: AppState, name: str, version: str | None) -> ModelBundle:
-    """The bundle the path names (its model name, version "1" if given); 404 for any other."""
-    bundle = state.loaded_bundle()
-    if name != bundle.manifest.name or (version is not None and version != oip.MODEL_VERSION):
+def served_model(state: AppState, name: str, version: str | None) -> ServedModel | ServedPipeline:
+    """The model or pipeline the path names (version "1" if given); 404 for any other."""
+    service = state.service
+    if not service.models:
+        raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
+    found = service.models.get(name) or service.pipelines.get(name)
+    if found is None or (version is not None and version != oip.MODEL_VERSION):
         shown = name if version is None else f"{name} version {version}"
+        names = [*service.models, *service.pipelines]
+        served = (
+            f"{names[0]!r} version {oip.MODEL_VERSION}"
+            if len(names) == 1
+            else ", ".join(repr(n) for n in names) + f" (version {oip.MODEL_VERSION})"
+        )
         raise ProtocolError(
-            f"Model {shown!r} is not served here; this service serves {bundle.manifest.name!r} "
-            f"version {oip.MODEL_VERSION}.",
+            f"Model {shown!r} is not served here; this service serves {served}.",
             status=404,
             reason="unknown_model",
         )
-    return bundle
+    return found
 
 
 async def infer(state: AppState, headers: dict[bytes, bytes], receive: Any, params: dict[str, Any]) -> Reply:
     """Binary tensors (Triton's extension) or JSON ``data``; the answer mirrors what the request asked for."""
-    bundle = served_model(state, params["name"], params.get("version"))
+    target = served_model(state, params["name"], params.get("version"))
     encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
     if encoding != "identity":
         raise ProtocolError(
@@ -48,11 +56,11 @@ async def infer(state: AppState, headers: dict[bytes, bytes], receive: Any, para
     declared = headers.get(oip.HEADER_LENGTH.encode())
     length = oip.parse_header_length(None if declared is None else declared.decode("latin-1"), len(body))
     if (len(body) if length is None else length) <= INLINE_DECODE_BYTES:  # binary tensors cost ~µs
-        req = oip.decode_request(body, length, bundle.inputs, bundle.outputs)
+        req = oip.decode_request(body, length, target.inputs, target.outputs)
     else:
-        req = await state.limits.decode_elsewhere("v2", body, length, bundle.inputs, bundle.outputs)
-    outputs, _latency_ms = await state.run_engine(req.feeds)
-    content, header_length = oip.encode_response(bundle.manifest.name, req, outputs)
+        req = await state.limits.decode_elsewhere("v2", body, length, target.inputs, target.outputs)
+    outputs, _latency_ms = await state.run_engine(req.feeds, target.name)
+    content, header_length = oip.encode_response(target.name, req, outputs)
     if header_length is None:
         return Reply(200, content, "application/json")
     return Reply(
@@ -85,25 +93,31 @@ async def ready(state: AppState, request: Request) -> Response:
 
 async def model_ready(state: AppState, request: Request) -> Response:
     try:
-        served_model(state, *_path_model(request))
+        target = served_model(state, *_path_model(request))
     except RequestError as exc:
         return refusal(exc).response()
-    status, _body = state.service.readiness()
+    service = state.service
+    status, _body = service.readiness()
+    if len(service.models) > 1:  # one model of several: its own engine, and what every request shares
+        shared_ok = not service.draining and not service.failed and not service.unhealthy
+        ok = service._target_ready(target) and shared_ok and service.thermal.state != "critical"
+        status = 200 if ok else 503
     return JSONResponse({"name": request.path_params["name"], "ready": status == 200}, status_code=status)
 
 
 async def metadata(state: AppState, request: Request) -> Response:
     try:
-        bundle = served_model(state, *_path_model(request))
+        target = served_model(state, *_path_model(request))
     except RequestError as exc:
         return refusal(exc).response()
     backend = state.service.backend
+    platform = "pipeline" if isinstance(target, ServedPipeline) else backend.name if backend else ""
     return JSONResponse(
         {
-            "name": bundle.manifest.name,
+            "name": target.name,
             "versions": [oip.MODEL_VERSION],
-            "platform": backend.name if backend is not None else "",
-            "inputs": [oip.tensor_metadata(s) for s in bundle.inputs],
-            "outputs": [oip.tensor_metadata(s) for s in bundle.outputs],
+            "platform": platform,
+            "inputs": [oip.tensor_metadata(s) for s in target.inputs],
+            "outputs": [oip.tensor_metadata(s) for s in target.outputs],
         }
     )
