@@ -1,6 +1,7 @@
 """The health gate, as a client of the robot's service (HTTP, Open Inference Protocol): ``/readyz`` must
-say ready with the backend the robot should serve, and one inference on an input made from the served
-model's own metadata must answer every declared output; reached through an SSH port forward."""
+say ready with the backend the robot should serve, and one inference per served model on an input made
+from that model's own metadata must answer every declared output (a failure names the model); reached
+through an SSH port forward."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class GateReport(TypedDict, total=False):
     smoke_s: float
     outputs: dict[str, Any]
     ros2: dict[str, Any]  # with ROS 2 on: the DDS probe's answer (round trip, action size, cyclonedds)
+    models: dict[str, dict[str, Any]]  # every model's smoke round trip and output shapes (by name)
 
 
 def smoke_inputs(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +105,9 @@ async def ready_check(http: Any) -> dict[str, Any]:
     except ValueError:
         body = {"text": ready.text[:200]}
     if ready.status_code != 200 or not (isinstance(body, dict) and body.get("ready")):
+        named = models_not_ready(body) if isinstance(body, dict) else ""
+        if named:
+            raise GateFailed(f"/readyz answered {ready.status_code}: {named}")
         raise GateFailed(f"/readyz answered {ready.status_code}: {str(body)[:150]}")
     return body
 
@@ -152,11 +157,48 @@ def backend_check(ready: dict[str, Any], expected: str | None, because: str) -> 
     raise GateFailed(f"expected backend {expected} ({because}), served {served}{where}: {said}; {allow}")
 
 
+def models_backend_check(ready: dict[str, Any], expected: str | None, because: str) -> None:
+    """With several models, each one /readyz reports with a backend must be served by ``expected`` too; a
+    failure names the model."""
+    models = ready.get("models")
+    if expected is None or not isinstance(models, dict):
+        return
+    for name, m in sorted(models.items()):
+        served = m.get("backend") if isinstance(m, dict) else None
+        if served and served != expected:
+            raise GateFailed(
+                f"model {str(name)[:64]!r}: expected backend {expected} ({because}), served {str(served)[:40]}"
+            )
+
+
 def served_model(ready: dict[str, Any]) -> str:
     """The model name a ready service reports (its path under /v2/models/)."""
     if not ready.get("model"):
         raise GateFailed("/readyz does not name the model it serves (an edge-runtime older than this tool)")
     return str(ready["model"])
+
+
+def served_models(ready: dict[str, Any]) -> list[str]:
+    """Every model a ready service serves: the names of /readyz's ``models`` (a release of several
+    models), else the one model it names (a release of one, or an older edge-runtime)."""
+    models = ready.get("models")
+    if isinstance(models, dict) and models:
+        return sorted(str(name) for name in models)
+    return [served_model(ready)]
+
+
+def models_not_ready(ready: dict[str, Any]) -> str:
+    """The models /readyz reports as not ready, each with the service's reason ("" when none is)."""
+    models = ready.get("models")
+    if not isinstance(models, dict):
+        return ""
+    bad = [
+        f"model {str(name)[:64]!r} is not ready"
+        + (f" ({str(m.get('reason'))[:200].rstrip('.')})" if m.get("reason") else "")
+        for name, m in sorted(models.items())
+        if isinstance(m, dict) and not m.get("ready")
+    ]
+    return "; ".join(bad)
 
 
 @contextlib.asynccontextmanager
@@ -186,12 +228,31 @@ async def service_check(
         ready = await ready_check(http)
         if backend is not None:
             backend_check(ready, *backend)
+            models_backend_check(ready, *backend)
         result: GateReport = {"readyz": ready}
         if smoke:
-            outputs, seconds = await smoke_check(http, served_model(ready))
-            result["smoke_s"] = round(seconds, 3)
-            result["outputs"] = {name: o.get("shape") for name, o in outputs.items()}
+            result["models"] = await smoke_models(http, served_models(ready))
+            first = next(iter(result["models"].values()))  # one model's keys, as before several models
+            result["smoke_s"], result["outputs"] = first["smoke_s"], first["outputs"]
         return result
+
+
+async def smoke_models(http: Any, models: list[str]) -> dict[str, dict[str, Any]]:
+    """The smoke inference on every model, one after another; a failure names the model. Each model's
+    round trip and output shapes."""
+    report: dict[str, dict[str, Any]] = {}
+    for model in models:
+        try:
+            outputs, seconds = await smoke_check(http, model)
+        except GateFailed as exc:
+            if len(models) == 1:
+                raise
+            raise GateFailed(f"model {model!r}: {exc}") from None
+        report[model] = {
+            "smoke_s": round(seconds, 3),
+            "outputs": {name: o.get("shape") for name, o in outputs.items()},
+        }
+    return report
 
 
 async def ros2_check(conn: RobotConnection, timeout_s: float = 60) -> dict[str, Any]:
@@ -221,12 +282,24 @@ async def infer(
     conn: RobotConnection, payload: dict[str, Any] | None = None, timeout_s: float = 120
 ) -> InferAnswer:
     """One inference on the robot's service, through an SSH port forward (it listens on the robot's
-    loopback): ``payload`` as a ``POST /v1/infer`` body, or by default the smoke input made from the
-    served model's metadata. Returns the outputs by name and the round-trip time."""
+    loopback): ``payload`` as a ``POST /v1/infer`` body, or by default the smoke input made from each
+    served model's metadata, model by model. Returns the outputs by name and the round-trip time (of the
+    first model; with several models, every model's under ``models``)."""
     async with service_client(conn, timeout_s) as http:
         if payload is None:
-            outputs, seconds = await smoke_check(http, served_model(await ready_check(http)))
-            return {"outputs": outputs, "service_ms": None, "round_trip_ms": round(seconds * 1000, 2)}
+            models: dict[str, Any] = {}
+            for model in served_models(await ready_check(http)):  # every model of the release
+                try:
+                    outputs, seconds = await smoke_check(http, model)
+                except GateFailed as exc:
+                    raise GateFailed(f"model {model!r}: {exc}") from None
+                models[model] = {"outputs": outputs, "round_trip_ms": round(seconds * 1000, 2)}
+            first = next(iter(models.values()))
+            answer: InferAnswer = {"outputs": first["outputs"], "service_ms": None}
+            answer["round_trip_ms"] = first["round_trip_ms"]
+            if len(models) > 1:
+                answer["models"] = models
+            return answer
         t0 = time.monotonic()
         resp = await http.post("/v1/infer", json=payload)
         round_trip_ms = (time.monotonic() - t0) * 1000

@@ -78,6 +78,7 @@ class RobotStatus(TypedDict, total=False):
     recorded: str | None  # with drift: the release state.json records
     bad_versions: list[str]
     engine: dict[str, Any]  # /readyz of a running service, or {"error": …}
+    models: dict[str, str]  # several models: each one's backend when ready, else "not ready: <reason>"
     reason: str  # an unreachable robot: why
 
 
@@ -111,3 +112,4 @@ class InferAnswer(TypedDict, total=False):
     service_ms: float | None  # the service's own latency (None for the smoke input)
     round_trip_ms: float
     error: str
+    models: dict[str, Any]  # several models: each one's outputs and round trip (the smoke input), by name

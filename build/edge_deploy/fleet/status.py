@@ -1,6 +1,6 @@
 """One robot's status: the release its state.json records, what really runs (a release or image pinned by
 hand shows as drift), Docker's health of the service, the versions marked bad there and the engine the
-running service reports."""
+running service reports (with several models, each model's readiness and backend)."""
 
 from __future__ import annotations
 
@@ -44,4 +44,15 @@ async def robot_status(store: RobotStore, known: dict[str, tuple[str, str]]) -> 
         except Exception as exc:  # an unreachable service is part of the status, not a failure of it
             engine = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         info["engine"] = engine
+        models = engine.get("models")
+        if isinstance(models, dict):  # a release of several models: each one's readiness and backend
+            info["models"] = {
+                str(name): (
+                    str(m.get("backend") or "ready")
+                    if m.get("ready")
+                    else f"not ready: {m.get('reason') or '-'}"
+                )[:80]
+                for name, m in sorted(models.items())
+                if isinstance(m, dict)
+            }
     return info
