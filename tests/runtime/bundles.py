@@ -87,3 +87,56 @@ def write_linear_bundle(
         numpy_helper.from_array(bias.astype(np.float32), "B"),
     ]
     return write_onnx_bundle(root, nodes, inits, image_hw=image_hw, batch=batch, name=name, producer=producer)
+
+
+def write_detector_bundle(
+    root: Path,
+    *,
+    image_hw: int = 224,
+    channels: int = 8,
+    seed: int = 0,
+    batch: BatchProfile | None = None,
+    name: str = "detector",
+) -> Path:
+    """A detector-like CNN bundle: image [B,3,H,W] → Conv(3→C) → Relu → Conv(C→3) → ``features`` [B,3,H,W]
+    (the policy's image shape, so it can feed a policy) and GlobalAveragePool → ``score`` [B,3]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((channels, 3, 3, 3)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((3, channels, 3, 3)) * 0.2).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "W1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Conv", ["hr", "W2"], ["features"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["score"], axis=1),
+    ]
+    shape: tuple[int | str, ...] = ("batch", 3, image_hw, image_hw)
+    graph = helper.make_graph(
+        nodes,
+        name.replace("-", "_"),
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))],
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, list(shape)),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        initializer=[numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edge-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    root.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, root / "model.onnx")
+    manifest = BundleManifest(
+        precision="fp32",
+        opset=17,
+        inputs=[TensorSpec("image", "float32", shape)],
+        outputs=[TensorSpec("features", "float32", shape), TensorSpec("score", "float32", ("batch", 3))],
+        batch=batch or BatchProfile(1, 1, 8),
+        files={"model.onnx": sha256_file(root / "model.onnx")},
+        name=name,
+    )
+    (root / "bundle.json").write_text(manifest.to_json())
+    return root
