@@ -122,7 +122,7 @@ class RobotReleases(RobotSwitch):
             return res
         try:
             with steps("pull"):
-                await self.pull(req.image)
+                res.image_bytes = await self.fetch_image(req)
             if req.prebuild:
                 with steps("engine"):
                     built = await self.prebuild_engine(req.version, req.health_timeout_s)

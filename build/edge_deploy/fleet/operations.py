@@ -18,6 +18,7 @@ from edge_deploy.fleet.inventory import Fleet, Robot, load_fleet
 from edge_deploy.fleet.options import DeployRequest, RollbackOptions, RolloutOptions, deploy_request
 from edge_deploy.fleet.outcome import HistoryEntry, InferAnswer, RobotResult, RobotStatus
 from edge_deploy.fleet.rollout import Rollout, RolloutResult
+from edge_deploy.fleet.transport import check_transport
 from edge_deploy.release.manifest import (
     DEFAULT_RELEASES_DIR,
     ReleaseError,
@@ -96,6 +97,7 @@ def deploy_release(
     ``public_key:`` in fleet.yaml) before any robot is touched; without a key the rollout is refused unless
     ``insecure_skip_signature_check`` (a dry run checks nothing)."""
     version = normalize_version(options.version)
+    check_transport(options.transport)
     fl = _load(fleet)
     rdir = options.releases_dir or fl.releases_dir or DEFAULT_RELEASES_DIR
     manifest = load_release(version, rdir)
@@ -124,6 +126,10 @@ def deploy_release(
         log.warning(
             "Release %s: the image signature of %s is not checked (%s).", version, image, SKIP_SIGNATURE
         )
+    if options.transport == "ssh-copy" and not options.dry_run:  # the host holds the image for ssh-copy
+        from edge_deploy.fleet.transport import prepare_store
+
+        prepare_store(image, {r.platform for r in robots}, options.image_store)
     result = asyncio.run(rollout.run())
     result.signature = signature
     return result

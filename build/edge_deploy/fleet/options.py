@@ -64,6 +64,10 @@ class RolloutOptions(FleetOptions):
     prune: bool = True  # keep only the current and previous releases (and their engines) afterwards
     prebuild: bool = True  # build the engine before the switch, while the running release serves
     dry_run: bool = False  # plan the waves; touch no robot, check no signature
+    # How each robot gets the image: "registry" (it pulls from the release's registry) or "ssh-copy" (the
+    # host serves it over the SSH connection, only the layers the robot lacks; fleet/transport.py).
+    transport: str = "registry"
+    image_store: Path | None = None  # ssh-copy: the host's image store (None: <work dir>/image-store)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +124,8 @@ class DeployRequest:
     # runs when someone pinned an image by hand.
     known_images: dict[str, tuple[str, str]] = field(default_factory=dict)
     action: HistoryAction = "deploy"  # the history's word for it ("rollback": rollback --to not kept)
+    transport: str = "registry"  # "registry" or "ssh-copy" (see RolloutOptions.transport)
+    image_store: Path | None = None  # ssh-copy: the host's image store the robot pulls from
 
 
 def deploy_request(
@@ -157,4 +163,6 @@ def deploy_request(
         prune=options.prune,
         prebuild=options.prebuild,
         confirm_timeout_s=options.confirm_timeout_s,
+        transport=options.transport,
+        image_store=options.image_store,
     )

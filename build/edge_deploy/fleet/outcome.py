@@ -36,6 +36,7 @@ class RobotResult:
     uploaded_bytes: int = 0
     engine: dict[str, Any] = field(default_factory=dict)  # the pre-built engine: hit, build_seconds, key
     retries: dict[str, int] = field(default_factory=dict)  # step ("connect", "pull") → retries it took
+    image_bytes: int | None = None  # bytes of image the robot received (ssh-copy counts them; else None)
 
     @property
     def failed(self) -> bool:

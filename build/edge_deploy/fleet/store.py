@@ -35,6 +35,7 @@ from edge_deploy.fleet.compose import (
     release_dir_name,
 )
 from edge_deploy.fleet.inventory import compose_dir_problem
+from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.fleet.outcome import HistoryEntry
 from edge_deploy.fleet.ssh import RobotConnection, RobotUnreachable, backoff, q
 from edge_runtime.errors import EdgeError
@@ -270,6 +271,19 @@ class RobotStore:
     async def image_present(self, image: str) -> bool:
         r = await self.conn.run(f"docker image inspect {q(image)} >/dev/null 2>&1", timeout=60)
         return r.ok
+
+    async def fetch_image(self, req: DeployRequest) -> int | None:
+        """The pull step, by the request's transport: the robot pulls from the registry (bytes not known
+        here, None), or from the host over SSH (``transport.copy_image``: the bytes it lacked)."""
+        if req.transport != "ssh-copy":
+            await self.pull(req.image)
+            return None
+        from edge_deploy.fleet.transport import ImageStore, copy_image, default_store
+
+        if await self.image_present(req.image):
+            return 0
+        store = ImageStore(req.image_store or default_store())
+        return await copy_image(self.conn, req.image, store, self.robot.platform)
 
     async def pull(self, image: str) -> None:
         """``docker pull`` by digest on the robot; a failure that may pass (registry 5xx, a reset or

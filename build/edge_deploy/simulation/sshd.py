@@ -62,7 +62,7 @@ def write_sshd_config(rdir: Path, robot: SimRobot) -> Path:
                 "PubkeyAuthentication yes",
                 "PermitRootLogin no",
                 "AuthorizedKeysFile .ssh/authorized_keys",
-                "AllowTcpForwarding local",
+                "AllowTcpForwarding yes",  # remote too: ssh-copy serves images through a reverse forward
                 "X11Forwarding no",
                 "Subsystem sftp internal-sftp",
                 f'SetEnv DOCKER_HOST=unix://{robot.socket} "CYCLONEDDS_URI={CYCLONEDDS_LOOPBACK}"',

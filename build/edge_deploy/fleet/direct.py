@@ -1,0 +1,181 @@
+"""Deploy one model to one robot with no registry (``edge-deploy deploy --to``, ``JetsonDeployment.deploy()``
+without ``release=``): build the runtime image for the robot into the host's image store (an OCI layout),
+record a local development release pinned by that digest, and deploy it through the same state machine as
+a rollout (upload, engine pre-build, switch, gate, automatic rollback, history) with the ``ssh-copy``
+transport, so only the layers the robot lacks travel over SSH.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_deploy.fleet import FleetError
+from edge_deploy.fleet.inventory import Fleet, InvalidRobotField, Robot, host_problem
+from edge_deploy.fleet.options import RolloutOptions
+
+if TYPE_CHECKING:
+    from edge_deploy.fleet.rollout import RolloutResult
+    from edge_deploy.images import BuildResult
+
+log = logging.getLogger(__name__)
+
+# The name a development image has in the host's store and on the robot; never pulled from anywhere (the
+# robot gets it over SSH), so it names no registry.
+LOCAL_REGISTRY = "edge-deploy.local"
+LOCAL_REPOSITORY = f"{LOCAL_REGISTRY}/edge-deploy/runtime"
+MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".onnx")
+_TARGET = re.compile(r"^(?P<user>[^@\s]+)@(?P<host>[^@\s]+)\Z")
+
+
+def parse_target(to: str) -> tuple[str, str]:
+    """``USER@HOST`` → (user, host); both are checked again as a robot's fields (``Robot``)."""
+    m = _TARGET.match(to)
+    if m is None:
+        raise FleetError(f"--to takes USER@HOST (e.g. robot@192.168.1.100), got {to!r}.", option="to")
+    return m["user"], m["host"]
+
+
+def target_robot(host: str, **fields: Any) -> Robot:
+    """The one robot of a direct deploy: ``fields`` are inventory fields (user, port, ssh_key, known_hosts,
+    jetson_model, ...), checked as fleet.yaml's are; keys and known_hosts as paths."""
+    kw: dict[str, Any] = {
+        k: (Path(v).expanduser() if k in ("ssh_key", "known_hosts") and v is not None else v)
+        for k, v in fields.items()
+    }
+    bad = host_problem(host)
+    if bad is not None:  # before the host names the robot
+        raise InvalidRobotField(host, "host", bad)
+    if kw.get("jetson_model") is not None:  # unknown names: one sentence with the choices
+        from edge_runtime.jetson import jetson_module
+
+        kw["jetson_model"] = jetson_module(str(kw["jetson_model"])).key
+    name = str(kw.pop("name", None) or host)
+    return Robot(name=name, host=host, **kw)
+
+
+def model_source(path: Path) -> Path:
+    """The model file to build from: a model file as it is, or the ONNX model inside a model bundle."""
+    if path.is_dir():
+        from edge_runtime.bundle import BundleError, ModelBundle
+
+        try:
+            return ModelBundle.load(path).model_path
+        except BundleError as exc:
+            raise FleetError(f"{path} is not a model bundle: {exc}") from None
+    if not path.is_file():
+        raise FleetError(f"Model {path} does not exist.")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise FleetError(f"Model {path} is not a model file ({', '.join(MODEL_SUFFIXES)}) or a model bundle.")
+    return path
+
+
+def dev_version(bundle_sha256: str, git_sha: str) -> str:
+    """``0.0.0-dev.<hash>``: the bundle's hash when known (a changed model is a new version), else the
+    commit; a semantic-version pre-release identifier (never all digits with a leading zero)."""
+    raw = re.sub(r"[^0-9a-f]", "", (bundle_sha256 or git_sha or "").lower())[:12] or "local"
+    return f"0.0.0-dev.{'g' + raw if raw.isdigit() else raw}"
+
+
+def build_for_robot(
+    model: Path,
+    robot: Robot,
+    store: Path,
+    *,
+    precision: str = "fp16",
+    builder: Callable[..., BuildResult] | None = None,
+    on_step: Callable[[str], None] = lambda s: None,
+) -> tuple[str, BuildResult]:
+    """Build the runtime image of ``model`` for ``robot``'s platform into the image store; returns its
+    ``repository@sha256:…`` and the build's result. Bases come from the JetPack table, or EDGE_L4T_BASE /
+    EDGE_CONVERTER_BASE (as ``image build`` takes them)."""
+    from edge_deploy.fleet.transport import ImageStore
+    from edge_deploy.images import build_images
+
+    source = model_source(model)
+    build = builder or build_images
+    with tempfile.TemporaryDirectory(prefix="edge-direct-") as tmp:
+        model_dir, layout = Path(tmp) / "model", Path(tmp) / "layout"
+        model_dir.mkdir()
+        shutil.copyfile(source, model_dir / source.name)
+        data = source.with_name(source.name + ".data")  # ONNX weights kept beside the graph
+        if data.is_file():
+            shutil.copyfile(data, model_dir / data.name)
+        result = build(
+            model_dir=model_dir,
+            model=source.name,
+            precision=precision,
+            version="dev",
+            registry=LOCAL_REGISTRY,
+            l4t_base=os.environ.get("EDGE_L4T_BASE") or None,
+            converter_base=os.environ.get("EDGE_CONVERTER_BASE") or None,
+            runtime_platforms=robot.platform,
+            push=False,
+            overrides=[f"runtime.output=type=oci,dest={layout},tar=false"],
+            progress="quiet",
+            on_step=on_step,
+        )
+        digest = ImageStore(store).add_layout(layout)
+    return f"{LOCAL_REPOSITORY}@{digest}", result
+
+
+def record_release(ref: str, result: BuildResult, releases_dir: Path) -> str:
+    """Write the local development release of ``ref`` (digest-pinned, unsigned) and return its version."""
+    from edge_deploy.release.manifest import ReleaseManifest, save_release
+
+    version = dev_version(result.bundle_sha256, result.variables.get("GIT_SHA", ""))
+    manifest = ReleaseManifest.for_runtime_image(version, ref, "local")
+    manifest = replace(
+        manifest,
+        git_sha=result.variables.get("GIT_SHA", "unknown"),
+        bundle_sha256=result.bundle_sha256,
+        precision=result.precision,
+        base_image=result.variables.get("L4T_BASE", ""),
+        ros2=result.ros2,
+        extra={"transport": "ssh-copy", "dev": True},
+    )
+    save_release(manifest, releases_dir)
+    return version
+
+
+def deploy_direct(
+    model: Path,
+    robot: Robot,
+    *,
+    precision: str = "fp16",
+    work: Path | None = None,
+    builder: Callable[..., BuildResult] | None = None,
+    on_step: Callable[[str], None] = lambda s: None,
+    **options: Any,
+) -> RolloutResult:
+    """Build, record and deploy ``model`` to ``robot`` over SSH (see the module docstring). ``options`` are
+    ``RolloutOptions`` fields (include_ros2, auto_start, health_timeout_s, ...). ``work``: where the image
+    store and the development releases live (the tool's work directory by default)."""
+    from edge_deploy.fleet.operations import deploy_release
+    from edge_deploy.fleet.options import options_from_keywords
+    from edge_deploy.images.files import work_dir
+
+    root = work or work_dir()
+    store, releases = root / "image-store", root / "dev-releases"
+    for reserved in ("version", "transport", "image_store", "releases_dir", "devices", "group"):
+        if reserved in options:
+            raise FleetError(f"A direct deploy chooses {reserved!r} itself; leave it out.", option=reserved)
+    opts = options_from_keywords(RolloutOptions, version="0.0.0", **options)  # names checked before the build
+    on_step(f"runtime image for {robot.platform}")
+    ref, result = build_for_robot(model, robot, store, precision=precision, builder=builder, on_step=on_step)
+    version = record_release(ref, result, releases)
+    on_step(f"release {version} ({ref})")
+    if not opts.insecure_skip_signature_check and opts.public_key is None:
+        # Nothing signs a development image (a signature lives in a registry); the image is pinned by digest
+        # from the host's own build, and the deploy says so.
+        log.warning("Release %s is a local development build: its image is not signed.", version)
+        opts = replace(opts, insecure_skip_signature_check=True)
+    opts = replace(opts, version=version, transport="ssh-copy", image_store=store, releases_dir=releases)
+    return deploy_release(Fleet(name=f"robot-{robot.name}", robots=(robot,)), opts)
