@@ -1,0 +1,146 @@
+"""Fleet telemetry (fleet/telemetry.py): a report's checks and metrics, and the round trip through a real
+pushgateway and a real Prometheus scraping it (Debian's packages, on loopback, stopped by PID)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from edge_deploy.fleet import FleetError
+from edge_deploy.fleet import telemetry as t
+from edge_deploy.simulation import pull
+from edge_deploy.simulation.processes import free_port, terminate
+from tests.support import need_tool
+
+NOW = 1_796_000_000.0
+REPORT = t.RobotReport(
+    robot="site-a-robot-1",
+    version="0.2.0",
+    channel="stable",
+    healthy=True,
+    last_result="updated",
+    engine_state="hit",
+    last_check=NOW,
+    bucket=17,
+)
+
+
+def test_a_report_becomes_the_four_documented_metrics() -> None:
+    text = generate_latest(t.report_registry(REPORT)).decode()
+    assert (
+        'edge_robot_info{channel="stable",engine_state="hit",last_result="updated",version="0.2.0"} 1.0'
+        in text
+    )
+    assert 'edge_robot_healthy{channel="stable"} 1.0' in text
+    assert 'edge_robot_last_check_timestamp_seconds{channel="stable"} 1.796e+09' in text
+    assert 'edge_robot_bucket{channel="stable"} 17.0' in text
+    none = generate_latest(t.report_registry(replace(REPORT, version=None, healthy=False))).decode()
+    assert 'version=""' in none and 'edge_robot_healthy{channel="stable"} 0.0' in none
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("robot", "../etc", "robot name"),
+        ("robot", "a b", "robot name"),
+        ("channel", 'x"} 1\nedge_robot_info{', "channel"),
+        ("version", "1.0 ; rm", "version"),
+        ("last_result", "x" * 200, "last_result"),
+        ("bucket", 100, "bucket"),
+        ("bucket", -1, "bucket"),
+        ("last_check", float("nan"), "last_check"),
+    ],
+)
+def test_a_report_with_a_value_that_is_not_plain_is_refused_before_it_leaves(
+    field: str, value: object, words: str
+) -> None:
+    with pytest.raises(FleetError, match=words):
+        t.check_report(replace(REPORT, **{field: value}))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///tmp/x", "127.0.0.1:9091", "http://", "http://h:9091/?a=b", "http://h:0x"]
+)
+def test_a_gateway_or_prometheus_url_that_is_not_http_is_refused(url: str) -> None:
+    with pytest.raises(FleetError, match="pushgateway URL"):
+        t.push_report(url, REPORT)
+    with pytest.raises(FleetError, match="Prometheus URL"):
+        t.read_fleet(url)
+
+
+def test_an_unreachable_gateway_or_prometheus_is_one_sentence() -> None:
+    port = free_port(16300, set())  # nothing listens there
+    with pytest.raises(FleetError, match=r"Could not push site-a-robot-1's report to the pushgateway"):
+        t.push_report(f"http://127.0.0.1:{port}", REPORT)
+    with pytest.raises(FleetError, match="Could not read the fleet's telemetry from Prometheus"):
+        t.read_fleet(f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+def telemetry_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A pushgateway and a Prometheus scraping it every second, as the pull-mode simulation starts them."""
+    need_tool("prometheus-pushgateway")
+    need_tool("prometheus")
+    control: Path = tmp_path_factory.mktemp("control")
+    taken: set[int] = set()
+    gw_port, prom_port = free_port(16310, taken), free_port(16310, taken)
+    gw_pid, gateway = pull.start_pushgateway(control, gw_port)
+    try:
+        prom_pid, prometheus = pull.start_prometheus(control, prom_port, gw_port, scrape_interval_s=1)
+        try:
+            yield gateway, prometheus
+        finally:
+            terminate(prom_pid, str(control / "prometheus.yml"))
+    finally:
+        terminate(gw_pid, str(control / "pushgateway.data"))
+
+
+def _eventually(
+    read: Callable[[], dict[str, t.RobotReport]], want: dict[str, t.RobotReport], timeout: float = 20
+) -> dict[str, t.RobotReport]:
+    deadline = time.monotonic() + timeout
+    got: dict[str, t.RobotReport] = {}
+    while time.monotonic() < deadline:
+        got = read()
+        if got == want:
+            return got
+        time.sleep(0.5)
+    return got
+
+
+@pytest.mark.slow
+def test_reports_pushed_by_robots_come_back_from_the_gateway_and_from_prometheus(
+    telemetry_stack: tuple[str, str],
+) -> None:
+    gateway, prometheus = telemetry_stack
+    second = replace(REPORT, robot="site-a-robot-2", version=None, healthy=False, last_result="", bucket=83)
+    other = replace(REPORT, robot="site-b-robot-1", channel="beta", engine_state="built", bucket=5)
+    for report in (REPORT, second, other):
+        t.push_report(gateway, report)
+    everyone = {r.robot: r for r in (REPORT, second, other)}
+    assert t.read_gateway(gateway) == everyone
+    assert t.read_gateway(gateway, channel="beta") == {"site-b-robot-1": other}
+    assert _eventually(lambda: t.read_fleet(prometheus), everyone) == everyone
+    assert t.read_fleet(prometheus, channel="stable") == {r.robot: r for r in (REPORT, second)}
+
+
+@pytest.mark.slow
+def test_a_new_report_replaces_the_robots_last_one_and_a_deleted_robot_leaves(
+    telemetry_stack: tuple[str, str],
+) -> None:
+    gateway, prometheus = telemetry_stack
+    robot = replace(REPORT, robot="site-c-robot-1", channel="gamma")
+    t.push_report(gateway, robot)
+    newer = replace(robot, version="0.3.0", last_result="rolled_back", healthy=True, last_check=NOW + 60)
+    t.push_report(gateway, newer)
+    assert t.read_gateway(gateway, channel="gamma") == {"site-c-robot-1": newer}  # one series per robot
+    want = {"site-c-robot-1": newer}
+    assert _eventually(lambda: t.read_fleet(prometheus, channel="gamma"), want) == want
+    t.delete_report(gateway, "site-c-robot-1")
+    assert t.read_gateway(gateway, channel="gamma") == {}
+    assert _eventually(lambda: t.read_fleet(prometheus, channel="gamma"), {}) == {}
