@@ -46,6 +46,16 @@ class ReleaseImage:
 
 
 @dataclass
+class ReleaseModel:
+    """One model of a release of several (each its own layer at /opt/edge/models/<name>/ of the runtime
+    image), identified by its bundle's sha256."""
+
+    name: str
+    bundle_sha256: str
+    precision: str
+
+
+@dataclass
 class ReleaseManifest:
     version: str
     git_sha: str
@@ -62,6 +72,9 @@ class ReleaseManifest:
     # Whether the runtime image can serve ROS 2 (its DDS binding is installed); a rollout with ROS 2 is
     # refused when False. None: not recorded (a manifest of a runtime image built elsewhere).
     ros2: bool | None = None
+    # A release of several models: each one (sorted by name); ``bundle_sha256`` is then the digest of them
+    # all. Empty for a release of one model (``bundle_sha256`` and ``precision`` are its own).
+    models: list[ReleaseModel] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.ros2 is None and isinstance(self.extra.get("ros2"), bool):
@@ -123,7 +136,8 @@ class ReleaseManifest:
     @classmethod
     def _from_checked(cls, d: dict[str, Any]) -> ReleaseManifest:
         images = {k: ReleaseImage(**v) for k, v in d["images"].items()}
-        return cls(**{**d, "images": images})
+        models = [ReleaseModel(**m) for m in d.get("models") or []]
+        return cls(**{**d, "images": images, "models": models})
 
 
 class _Malformed(Exception):
@@ -202,7 +216,27 @@ def _checked_manifest(d: Any) -> dict[str, Any]:
         _expect(isinstance(d["extra"], dict), "extra", "a mapping", d["extra"])
     if d.get("ros2") is not None:
         _expect(isinstance(d["ros2"], bool), "ros2", "true, false or null", d["ros2"])
+    if "models" in d:
+        _checked_models(d["models"])
     return d
+
+
+def _checked_models(models: Any) -> None:
+    """``models``: a list of {name, bundle_sha256, precision}, names unique and as the runtime allows."""
+    from edge_runtime.repository import MODEL_NAME
+
+    expected = "a list of models, each with name, bundle_sha256 and precision"
+    _expect(isinstance(models, list), "models", expected, models)
+    keys = {f.name for f in fields(ReleaseModel)}
+    names: list[str] = []
+    for m in models:
+        _expect(isinstance(m, dict) and set(m) == keys, "models", expected, m)
+        _expect(all(isinstance(v, str) for v in m.values()), "models", expected, m)
+        _expect(
+            MODEL_NAME.match(m["name"]) is not None, "models", "model names as the runtime allows", m["name"]
+        )
+        _expect(m["name"] not in names, "models", "each model name once", m["name"])
+        names.append(m["name"])
 
 
 def manifest_path(version: str, releases_dir: Path = DEFAULT_RELEASES_DIR) -> Path:

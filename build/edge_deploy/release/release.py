@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge_deploy.images import BuildResult
+    from edge_deploy.images import BuildResult, ModelSet
 import contextlib
 
 from edge_deploy.release.manifest import (
     ReleaseError,
     ReleaseImage,
     ReleaseManifest,
+    ReleaseModel,
     list_releases,
     load_release,
     manifest_path,
@@ -68,6 +69,7 @@ class ReleaseOptions:
     reuse: dict[str, str] = field(default_factory=dict)  # image name → repository@digest (skip building)
     git_tag: bool = True
     required_backend: str | None = None  # manifest.REQUIRED_BACKENDS; None: the robots' inventory decides
+    models: ModelSet | None = None  # several models, each its own layer (instead of model_dir and model)
 
 
 BuildFn = Callable[..., "BuildResult"]
@@ -181,7 +183,9 @@ class Release:
                     f"The git tree has uncommitted changes ({shown}); commit them or use `force`.",
                     option="force",
                 )
-        if opts.model_dir is None and set(opts.reuse) != set(IMAGES):
+        if opts.model_dir is not None and opts.models is not None:
+            raise ReleaseError("A release has one model or several models each with a name, not both.")
+        if opts.model_dir is None and opts.models is None and set(opts.reuse) != set(IMAGES):
             raise ReleaseError("A release needs a model directory (or prebuilt digests of both images).")
         return version
 
@@ -234,6 +238,7 @@ class Release:
             pushed_bytes=total_pushed,
             required_backend=opts.required_backend,
             ros2=extra.pop("ros2", None),  # None: images reused from another build say nothing about it
+            models=[ReleaseModel(**m) for m in extra.pop("models", [])],
             extra={
                 **extra,
                 "pushed_bytes_per_image": pushed,
@@ -259,7 +264,7 @@ class Release:
         channel = self.channel_for(version, opts.channel, released)
         plan = compute_tags(version, released=[*released, version], git_sha=sha, channel=channel)
         built: dict[str, Any] = {}
-        if opts.model_dir is not None and not opts.reuse:
+        if (opts.model_dir is not None or opts.models is not None) and not opts.reuse:
             no_push = ReleaseOptions(**{**opts.__dict__, "push": False, "provenance": False, "sbom": False})
             build_tag = f"build-{version.replace('+', '-')}-{sha[:7]}"
             _, built = self._build(no_push, version, build_tag, self.registry_for(opts.registry))
@@ -282,7 +287,7 @@ class Release:
             return images, extra
         if todo != list(IMAGES):
             raise ReleaseError("Reuse digests of both images or of neither (they are built together).")
-        assert opts.model_dir is not None
+        assert opts.model_dir is not None or opts.models is not None
         overrides = [f"{n}.tags={opts.registry}/{opts.image_prefix}/{n}:{build_tag}" for n in IMAGES]
         if opts.provenance:
             overrides += [f"{n}.attest=type=provenance,mode=max" for n in IMAGES]
@@ -291,7 +296,8 @@ class Release:
         self.on_step("building and pushing converter + runtime (bake)")
         result = self.builder(
             model_dir=opts.model_dir,
-            model=opts.model,
+            model=opts.model if opts.models is None else "",
+            models=opts.models,
             precision=opts.precision,
             calibration=opts.calibration,
             version=version,
@@ -325,6 +331,7 @@ class Release:
         extra["bundle_sha256"] = result.bundle_sha256
         extra["precision"] = result.precision or opts.precision
         extra["ros2"] = result.ros2  # the manifest's ros2: whether the runtime image can serve ROS 2
+        extra["models"] = [dict(m) for m in result.models]  # several models: each one's bundle
         return images, extra
 
     @staticmethod
