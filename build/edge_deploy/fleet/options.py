@@ -36,6 +36,17 @@ class FleetOptions:
     insecure_skip_signature_check: bool = False
     health_timeout_s: float = 600.0  # for the service to turn healthy (a first start builds the engine)
     smoke: bool = True  # the gate runs one inference on an input made from the model's metadata
+    # --- update strategy: "hand-over" or "stop-start" for every robot; None: each robot's update_strategy
+    update_strategy: str | None = None
+
+    def __post_init__(self) -> None:
+        from edge_deploy.fleet import FleetError
+        from edge_deploy.fleet.inventory import UPDATE_STRATEGIES
+
+        if self.update_strategy is not None and self.update_strategy not in UPDATE_STRATEGIES:
+            raise FleetError(
+                f"The update strategy must be {' or '.join(UPDATE_STRATEGIES)}, not {self.update_strategy!r}."
+            )
 
     @property
     def device_list(self) -> list[str] | None:
@@ -125,6 +136,8 @@ class DeployRequest:
     known_images: dict[str, tuple[str, str]] = field(default_factory=dict)
     action: HistoryAction = "deploy"  # the history's word for it ("rollback": rollback --to not kept)
     transport: str = "registry"  # "registry" or "ssh-copy" (see RolloutOptions.transport)
+    # "hand-over" or "stop-start" (the operator's override), None: the robot's update_strategy.
+    update_strategy: str | None = None
     image_store: Path | None = None  # ssh-copy: the host's image store the robot pulls from
 
 
@@ -145,6 +158,7 @@ def deploy_request(
         "smoke": options.smoke,
         "required_backend": manifest.required_backend,
         "known_images": known,
+        "update_strategy": options.update_strategy,
         "release": {
             "git_sha": manifest.git_sha,
             "bundle_sha256": manifest.bundle_sha256,
