@@ -1,0 +1,416 @@
+"""Release channels in the registry, for robots that pull: a channel is a small OCI artifact (tag
+``channel-<name>`` in the fleet's repository) holding the release manifest and a rollout ``percent``,
+signed with the fleet's cosign key like the images are.
+
+The operator publishes with ``publish_channel`` (registry HTTP API for the artifact, the cosign binary for
+the signature, as every other signature of a release is made). A robot reads with ``read_channel``, which
+verifies in Python (``cryptography``), without cosign: the robot's agent then needs no Go binary and no
+transparency log, and checks exactly cosign 2's key-based format: the signature manifest under tag
+``sha256-<hex>.sig``, each layer a simple-signing payload whose ``docker-manifest-digest`` must be the
+digest read, and whose ``dev.cosignproject.cosign/signature`` annotation must verify over the payload's
+bytes with the fleet's public key (ECDSA P-256 / SHA-256 for cosign's own keys). The channel's artifact and
+every image of its release are checked that way, and each image's index must still be the bytes of its
+digest and list the platform digests the release recorded. Anything unsigned, signed with another key or
+mismatched is refused with one sentence.
+
+A robot's ``bucket`` is a stable number in [0, 100) derived from its name; it takes the channel's release
+when its bucket is below ``percent`` (phased rollouts: 34 % reaches about a third, always the same third).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge_deploy.release.manifest import ReleaseError, ReleaseManifest
+from edge_deploy.release.registry import Registry, RegistryError, split_repository
+
+ARTIFACT_TYPE = "application/vnd.edge-deploy.channel.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+CHANNEL_SCHEMA = 1
+TAG_PREFIX = "channel-"
+CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # a channel or a signature payload is a few kB; refuse a blob of GBs
+
+
+class ChannelError(ReleaseError):
+    """A channel cannot be published or read."""
+
+
+class ChannelRefused(ChannelError):
+    """A channel or one of its images is unsigned, signed with another key, or does not match its digest:
+    nothing of it may be deployed."""
+
+
+class ChannelMissing(ChannelError):
+    """The channel has not been published in this repository."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A channel as read (and verified): which release, at which percentage, and the artifact's digest."""
+
+    name: str
+    repository: str
+    percent: int
+    manifest: ReleaseManifest
+    digest: str  # the channel artifact's manifest digest (what the signature covers)
+    published: str
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def check_channel_name(name: object) -> str:
+    """``name`` when it can be a channel (it becomes a registry tag); else one sentence."""
+    if not isinstance(name, str) or not CHANNEL_RE.match(name):
+        raise ChannelError(
+            f"Channel name {name!r} is not usable: expected up to 64 lowercase letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit."
+        )
+    return name
+
+
+def check_percent(percent: object) -> int:
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+        raise ChannelError(f"A channel's percent must be a whole number from 0 to 100, got {percent!r}.")
+    return percent
+
+
+def channel_tag(name: str) -> str:
+    return TAG_PREFIX + check_channel_name(name)
+
+
+def bucket(robot_id: str) -> int:
+    """The robot's stable rollout bucket in [0, 100): the first 8 bytes of SHA-256 of its name, mod 100
+    (the same on every host and Python, unlike ``hash()``)."""
+    digest = hashlib.sha256(robot_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def in_rollout(robot_id: str, percent: int) -> bool:
+    """Whether a robot takes a channel's release at ``percent``: its bucket is below it (0 %: none)."""
+    return bucket(robot_id) < percent
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- registry plumbing ----------------------------------------------------------------------------------
+def _registry(host: str, registries: dict[str, Registry] | None) -> Registry:
+    if registries is None:
+        return Registry(host)
+    if host not in registries:
+        registries[host] = Registry(host)
+    return registries[host]
+
+
+def _upload_blob(reg: Registry, name: str, data: bytes) -> str:
+    """Push one blob (monolithic upload) unless the repository has it; returns its digest."""
+    digest = sha256_digest(data)
+    head = reg._request("HEAD", f"{name}/blobs/{digest}", what=f"checking blob {digest[:19]}", ok=(200, 404))
+    if head.status_code == 200:
+        return digest
+    start = reg._request("POST", f"{name}/blobs/uploads/", what=f"starting an upload to {name}", ok=(202,))
+    location = start.headers.get("location", "")
+    path = location.split("/v2/", 1)[1] if "/v2/" in location else ""
+    if not path.startswith(f"{name}/blobs/uploads/"):
+        raise ChannelError(
+            f"Registry {reg.host} answered an upload with an unexpected location {location!r}."
+        )
+    sep = "&" if "?" in path else "?"
+    reg._request(
+        "PUT",
+        f"{path}{sep}digest={digest}",
+        what=f"uploading blob {digest[:19]} to {name}",
+        ok=(201,),
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    return digest
+
+
+def _get_blob(reg: Registry, name: str, digest: str, what: str) -> bytes:
+    """A blob's bytes, checked against its digest (a registry or cache that answers other bytes is refused)."""
+    if not DIGEST_RE.match(digest):
+        raise ChannelRefused(f"{what} names a malformed digest {digest!r}.")
+    resp = reg._request("GET", f"{name}/blobs/{digest}", what=f"fetching {what}", ok=(200, 404))
+    if resp.status_code == 404:
+        raise ChannelRefused(f"{what} ({digest[:19]}) is missing from {reg.host}/{name}.")
+    data = resp.content
+    if len(data) > MAX_DOCUMENT_BYTES or sha256_digest(data) != digest:
+        raise ChannelRefused(f"{what} from {reg.host}/{name} does not match its digest {digest[:19]}.")
+    return data
+
+
+def _get_manifest(reg: Registry, name: str, reference: str, what: str) -> tuple[str, dict[str, Any]]:
+    """A manifest by tag or digest: (digest of the bytes received, parsed JSON). A reference by digest must
+    be those bytes; a tag's digest is computed here, never taken from the registry's header."""
+    try:
+        m = reg.manifest(name, reference)
+    except RegistryError as exc:
+        if "does not exist" in str(exc):
+            raise ChannelMissing(f"{what} does not exist in {reg.host}/{name} ({reference}).") from None
+        raise
+    digest = sha256_digest(m.body)
+    if reference.startswith("sha256:") and digest != reference:
+        raise ChannelRefused(f"{what} from {reg.host}/{name} does not match its digest {reference[:19]}.")
+    try:
+        doc = json.loads(m.body)
+    except ValueError:
+        raise ChannelRefused(f"{what} from {reg.host}/{name} is not JSON.") from None
+    if not isinstance(doc, dict):
+        raise ChannelRefused(f"{what} from {reg.host}/{name} is not a JSON object.")
+    return digest, doc
+
+
+# --- cosign's key-based signature format, verified in Python -----------------------------------------
+def load_public_key(path: Path) -> Any:
+    """The fleet's public key (cosign.pub: PEM); one sentence when it is missing or not a public key."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ChannelError(f"Public key {path} cannot be read ({exc.strerror or exc}).") from None
+    try:
+        return load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise ChannelError(f"Public key {path} is not a PEM public key (cosign.pub).") from None
+
+
+def _signature_ok(public_key: Any, signature: bytes, payload: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, payload)
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify_cosign_signature(
+    reg: Registry, name: str, digest: str, public_key: Any, what: str
+) -> dict[str, Any]:
+    """Raise ChannelRefused unless ``name@digest`` on ``reg`` carries a cosign signature (tag
+    ``sha256-<hex>.sig``) that ``public_key`` verifies and whose payload names exactly ``digest``.
+    Returns the verified simple-signing payload."""
+    if not DIGEST_RE.match(digest):
+        raise ChannelRefused(f"{what} is not pinned by a sha256 digest ({digest!r}).")
+    sig_tag = digest.replace(":", "-") + ".sig"
+    try:
+        _, sig_manifest = _get_manifest(reg, name, sig_tag, f"the signature of {what}")
+    except ChannelMissing:
+        raise ChannelRefused(
+            f"{what} ({reg.host}/{name}@{digest[:19]}) is not signed: no cosign signature "
+            f"({sig_tag}) in the registry."
+        ) from None
+    layers = [lay for lay in sig_manifest.get("layers") or [] if isinstance(lay, dict)]
+    for layer in layers:
+        b64 = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
+        if layer.get("mediaType") != SIMPLE_SIGNING or not isinstance(b64, str):
+            continue
+        try:
+            signature = base64.b64decode(b64, validate=True)
+        except ValueError:
+            continue
+        payload = _get_blob(reg, name, str(layer.get("digest", "")), f"the signature payload of {what}")
+        if not _signature_ok(public_key, signature, payload):
+            continue
+        try:
+            claim = json.loads(payload)
+            signed_digest = claim["critical"]["image"]["docker-manifest-digest"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if signed_digest != digest:
+            raise ChannelRefused(
+                f"{what}: the signature verifies but covers {str(signed_digest)[:19]}, not {digest[:19]}."
+            )
+        return dict(claim)
+    raise ChannelRefused(
+        f"{what} ({reg.host}/{name}@{digest[:19]}) has no signature that the fleet's public key verifies "
+        "(unsigned, or signed with another key)."
+    )
+
+
+# --- publish (operator) --------------------------------------------------------------------------------
+def channel_document(name: str, manifest: ReleaseManifest, percent: int) -> bytes:
+    doc = {
+        "schema_version": CHANNEL_SCHEMA,
+        "channel": check_channel_name(name),
+        "percent": check_percent(percent),
+        "published": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "release": manifest.to_dict(),
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def push_channel_artifact(
+    repository: str,
+    name: str,
+    manifest: ReleaseManifest,
+    percent: int,
+    *,
+    registries: dict[str, Registry] | None = None,
+) -> str:
+    """Push the channel artifact (unsigned) under tag ``channel-<name>``; returns its digest."""
+    tag = channel_tag(name)
+    host, repo = split_repository(repository)
+    reg = _registry(host, registries)
+    body = channel_document(name, manifest, percent)
+    config_digest = _upload_blob(reg, repo, EMPTY_JSON)
+    layer_digest = _upload_blob(reg, repo, body)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": EMPTY_CONFIG, "digest": config_digest, "size": len(EMPTY_JSON)},
+        "layers": [
+            {
+                "mediaType": ARTIFACT_TYPE,
+                "digest": layer_digest,
+                "size": len(body),
+                "annotations": {"org.opencontainers.image.title": f"{tag}.json"},
+            }
+        ],
+        "annotations": {
+            "org.opencontainers.image.version": manifest.version,
+            "dev.edge-deploy.channel.percent": str(percent),
+        },
+    }
+    raw = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    reg._request(
+        "PUT",
+        f"{repo}/manifests/{tag}",
+        what=f"publishing {repository}:{tag}",
+        ok=(201, 200),
+        content=raw,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    return sha256_digest(raw)
+
+
+def publish_channel(
+    repository: str,
+    name: str,
+    manifest: ReleaseManifest,
+    percent: int,
+    key: Path | str,
+    *,
+    password: str | None = None,
+    registries: dict[str, Registry] | None = None,
+) -> str:
+    """Publish ``manifest`` at ``percent`` under ``repository:channel-<name>`` and sign the artifact with
+    the fleet's cosign ``key`` (the cosign binary, as releases are signed); returns the artifact's digest.
+    The images themselves must already be signed (``release create`` signs them)."""
+    from edge_deploy.release.signing import sign_image
+
+    digest = push_channel_artifact(repository, name, manifest, percent, registries=registries)
+    sign_image(f"{repository}@{digest}", key, password=password)
+    return digest
+
+
+# --- read (robot) ---------------------------------------------------------------------------------------
+def read_channel(
+    repository: str,
+    name: str,
+    public_key: Path,
+    *,
+    platform: str | None = None,
+    registries: dict[str, Registry] | None = None,
+) -> Channel:
+    """Read and verify ``repository:channel-<name>``: the artifact's signature, then every image's
+    signature by digest and its index (the bytes of its digest, listing the platform digests the release
+    recorded; with ``platform``, that platform must be among them). Raises ChannelMissing when the channel
+    is not published, ChannelRefused when anything is unsigned or mismatched, RegistryError when the
+    registry cannot be reached."""
+    tag = channel_tag(name)
+    key = load_public_key(public_key)
+    host, repo = split_repository(repository)
+    reg = _registry(host, registries)
+    what = f"Channel {name!r}"
+    digest, doc = _get_manifest(reg, repo, tag, what)
+    verify_cosign_signature(reg, repo, digest, key, what)
+    layers = [lay for lay in doc.get("layers") or [] if isinstance(lay, dict)]
+    layer = next((lay for lay in layers if lay.get("mediaType") == ARTIFACT_TYPE), None)
+    if doc.get("artifactType") != ARTIFACT_TYPE or layer is None:
+        raise ChannelRefused(f"{what} at {repository}:{tag} is not a channel artifact ({ARTIFACT_TYPE}).")
+    body = _get_blob(reg, repo, str(layer.get("digest", "")), f"{what}'s document")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ChannelRefused(f"{what}'s document is not JSON.") from None
+    if not isinstance(data, dict) or data.get("schema_version") != CHANNEL_SCHEMA:
+        raise ChannelRefused(f"{what}'s document has an unknown schema (expected {CHANNEL_SCHEMA}).")
+    if data.get("channel") != name:
+        raise ChannelRefused(f"{what}'s signed document is for channel {data.get('channel')!r}.")
+    try:
+        percent = check_percent(data.get("percent"))
+    except ChannelError as exc:
+        raise ChannelRefused(f"{what}: {exc}") from None
+    try:
+        manifest = ReleaseManifest.from_dict(data.get("release"), source=f"{what}'s release manifest")
+    except ReleaseError as exc:
+        raise ChannelRefused(str(exc)) from None
+    for image_name, image in manifest.images.items():
+        verify_release_image(
+            image_name, image.repository, image.digest, image.platforms, key, registries, platform
+        )
+    return Channel(name, repository, percent, manifest, digest, str(data.get("published", "")))
+
+
+def verify_release_image(
+    image_name: str,
+    repository: str,
+    digest: str,
+    platforms: dict[str, str],
+    key: Any,
+    registries: dict[str, Registry] | None,
+    platform: str | None = None,
+) -> None:
+    """One image of a channel's release: signed by the fleet's key over ``digest``, its index the bytes of
+    that digest, listing every platform digest the release recorded."""
+    host, repo = split_repository(repository)
+    reg = _registry(host, registries)
+    what = f"Image {image_name!r} of the channel's release"
+    verify_cosign_signature(reg, repo, digest, key, what)
+    _, index = _get_manifest(reg, repo, digest, what)
+    listed = {
+        str(
+            m.get("digest")
+        ): f"{(m.get('platform') or {}).get('os')}/{(m.get('platform') or {}).get('architecture')}"
+        for m in index.get("manifests") or []
+        if isinstance(m, dict)
+    }
+    if not listed:
+        return  # a single-platform manifest: its own digest is what was signed and checked
+    for plat, plat_digest in platforms.items():
+        if plat_digest not in listed:
+            raise ChannelRefused(
+                f"{what} ({repository}@{digest[:19]}) does not list the {plat} digest the release recorded "
+                f"({plat_digest[:19]})."
+            )
+    if platform is not None and platform not in listed.values():
+        raise ChannelRefused(f"{what} ({repository}@{digest[:19]}) has no {platform} image.")
