@@ -50,6 +50,11 @@ COMMANDS: dict[str, str | Lazy] = {
         "edge_deploy.cli.site:site",
         "Site caches: a pull-through registry per site (up, down, status).",
     ),
+    # pull mode: the robot's agent
+    "agent": Lazy(
+        "edge_deploy.cli.agent:agent",
+        "On a robot: follow its signed channel and apply its releases (pull mode).",
+    ),
     # old spellings, hidden, kept for one version
     "verify": Lazy("edge_deploy.cli.release:verify", replaced_by="release verify"),
     "promote": Lazy("edge_deploy.cli.release:promote", replaced_by="release promote"),
