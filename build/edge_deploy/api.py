@@ -291,17 +291,50 @@ class JetsonDeployment:
     def deploy(
         self, include_ros2: bool = True, auto_start: bool = True, release: str | None = None, **config: Any
     ) -> Any:
-        """Roll a published release of this model out to ``jetson_ip`` (see ``deploy_to_device``)."""
+        """Deploy this model to the robot at ``jetson_ip`` over SSH, through the fleet's state machine (upload,
+        engine pre-build, switch, health gate, automatic rollback, history).
+
+        Without ``release``: no registry is needed. The runtime image is built for the robot from the model
+        ``convert_tensorrt`` converted, recorded as a local development release (``0.0.0-dev.<bundle hash>``,
+        pinned by digest) and sent over the SSH connection, only the layers the robot lacks
+        (``edge_deploy.fleet.direct``). With ``release``: that published release is rolled out from its
+        registry (see ``deploy_to_device``).
+
+        ``config``: inventory fields of the robot (``user``, ``port``, ``ssh_key``, ``known_hosts``, ...; a
+        robot listed in the fleet.yaml that EDGE_FLEET names takes its entry's values first) and
+        ``RolloutOptions`` fields (``health_timeout_s``, ...)."""
         if self.jetson_ip is None:
             raise EdgeError("deploy needs the robot's address: create JetsonDeployment(..., jetson_ip='…').")
-        if release is None:
-            raise EdgeError(
-                "deploy needs a published release version: build and publish one with `edge-deploy release` "
-                "and pass release='<version>'."
-            )
         config.setdefault("jetson_model", self.module.key)
+        if release is None:
+            return self._deploy_direct(include_ros2, auto_start, config)
         return deploy_to_device(
             release, self.jetson_ip, {"include_ros2": include_ros2, "auto_start": auto_start, **config}
+        )
+
+    def _deploy_direct(self, include_ros2: bool, auto_start: bool, config: dict[str, Any]) -> Any:
+        """``deploy()`` without a release: build for the robot, record, send over SSH (no registry)."""
+        from edge_deploy.fleet.direct import deploy_direct, inventory_entry, target_robot
+        from edge_deploy.fleet.inventory import Robot
+
+        assert self.jetson_ip is not None
+        robot_keys = {f.name for f in fields(Robot)} - {"host"}
+        given = {k: config.pop(k) for k in list(config) if k in robot_keys}
+        entry = inventory_entry(self.jetson_ip, given.get("port"), given.get("user"))
+        robot = target_robot(self.jetson_ip, **{**entry, **given})
+        if self.bundle is not None:  # the bundle convert_tensorrt made, at its precision
+            model, precision = self.bundle.path, self.bundle.manifest.precision
+        else:
+            model, precision = self.onnx_path or self.model_path, str(config.pop("precision", "fp16"))
+        work = config.pop("work", None)
+        return deploy_direct(
+            Path(model),
+            robot,
+            precision=precision,
+            work=Path(work) if work is not None else None,
+            include_ros2=include_ros2,
+            auto_start=auto_start,
+            **config,
         )
 
 

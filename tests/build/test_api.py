@@ -56,8 +56,9 @@ def test_deployment_flow_without_tensorrt(tmp_path: Path, sample_files: tuple[Pa
     assert conv.workspace_bytes == GIB
     latency = d.benchmark(num_runs=5)
     assert isinstance(latency, float) and latency > 0
-    with pytest.raises(EdgeError, match="needs a published release"):
-        d.deploy(include_ros2=True, auto_start=True)
+    # Without a release the image goes over SSH; the robot's host key is checked before anything is built.
+    with pytest.raises(EdgeError, match="no known_hosts file"):
+        d.deploy(include_ros2=True, auto_start=True, known_hosts=tmp_path / "absent")
 
 
 def test_convert_to_tensorrt_int8_needs_calibration(tmp_path: Path, make_bundle) -> None:  # type: ignore[no-untyped-def]

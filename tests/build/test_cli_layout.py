@@ -55,6 +55,7 @@ def test_help_lists_the_commands_in_the_order_of_the_work(capsys: pytest.Capture
         "image",
         "release",
         "fleet",
+        "deploy",
         "site",
     ]
     for group, expected in (

@@ -45,6 +45,10 @@ COMMANDS: dict[str, str | Lazy] = {
         "edge_deploy.cli.fleet:fleet",
         "Robots of a fleet.yaml: rollout, rollback, status, history, infer; sim for simulated robots.",
     ),
+    "deploy": Lazy(
+        "edge_deploy.cli.deploy:deploy",
+        "One model to one robot over SSH, no registry (deploy --to USER@HOST).",
+    ),
     # site caches (pull mode)
     "site": Lazy(
         "edge_deploy.cli.site:site",

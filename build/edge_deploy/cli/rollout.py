@@ -134,6 +134,22 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     "(--no-prebuild: the new service builds it at start, e.g. where memory cannot hold both).",
 )
 @click.option("--dry-run", is_flag=True, help="Show the waves; touch no robot.")
+@click.option(
+    "--update-strategy",
+    type=click.Choice(["hand-over", "stop-start"]),
+    default=None,
+    help="hand-over: the new release starts beside the running one, is gated on its own port and only "
+    "then takes over (no downtime; needs memory for both); stop-start: the running one stops first "
+    "[default: each robot's update_strategy in fleet.yaml].",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["registry", "ssh-copy"]),
+    default="registry",
+    show_default=True,
+    help="How robots get the image: pull it from the release's registry, or ssh-copy: this host serves it "
+    "over each robot's SSH connection, only the layers the robot lacks (robots with no registry access).",
+)
 @json_option("Print the summary as JSON on stdout.")
 def rollout(
     version: str,
@@ -154,7 +170,9 @@ def rollout(
     force: bool,
     prebuild: bool,
     dry_run: bool,
+    transport: str,
     as_json: bool,
+    update_strategy: str | None,
 ) -> None:
     """Roll release VERSION out to the fleet in waves, with health gates and automatic rollback."""
     from edge_deploy.fleet import RolloutOptions, deploy_release
@@ -183,6 +201,8 @@ def rollout(
         force=force,
         prebuild=prebuild,
         insecure_skip_signature_check=skip_signature,
+        transport=transport,
+        update_strategy=update_strategy,
     )
     result = deploy_release(fleet_file, options, progress=None if dry_run else _progress_printer())
     summary = result.to_dict()
@@ -202,6 +222,13 @@ def rollout(
 @click.command()
 @fleet_option()
 @click.option("--to", "to", help="Release to go back to (default: each robot's previous release).")
+@click.option(
+    "--update-strategy",
+    type=click.Choice(["hand-over", "stop-start"]),
+    default=None,
+    help="hand-over: the release goes back in beside the running one and takes over once gated; "
+    "stop-start: the running one stops first [default: each robot's update_strategy in fleet.yaml].",
+)
 @devices_option()
 @group_option()
 @click.option("--health-timeout", type=click.FloatRange(1), default=600, show_default=True)
@@ -229,6 +256,7 @@ def rollback(
     public_key: Path | None,
     skip_signature: bool,
     as_json: bool,
+    update_strategy: str | None,
 ) -> None:
     """Go back to a release kept on the robot (its previous one, or --to VERSION): nothing is downloaded.
     A --to release a robot no longer keeps is deployed there from its manifest, pulled and gated like a
@@ -244,6 +272,7 @@ def rollback(
         releases_dir=releases_dir,
         public_key=public_key,
         insecure_skip_signature_check=skip_signature,
+        update_strategy=update_strategy,
     )
     results = do_rollback(fleet_file, options)
     rows = [r.to_dict() for r in results]

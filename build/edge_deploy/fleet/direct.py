@@ -39,7 +39,9 @@ def parse_target(to: str) -> tuple[str, str]:
     """``USER@HOST`` → (user, host); both are checked again as a robot's fields (``Robot``)."""
     m = _TARGET.match(to)
     if m is None:
-        raise FleetError(f"--to takes USER@HOST (e.g. robot@192.168.1.100), got {to!r}.", option="to")
+        raise FleetError(
+            f"The robot must be given as USER@HOST (e.g. robot@192.168.1.100), got {to!r}.", option="to"
+        )
     return m["user"], m["host"]
 
 
@@ -59,6 +61,41 @@ def target_robot(host: str, **fields: Any) -> Robot:
         kw["jetson_model"] = jetson_module(str(kw["jetson_model"])).key
     name = str(kw.pop("name", None) or host)
     return Robot(name=name, host=host, **kw)
+
+
+def inventory_entry(host: str, port: int | None = None, user: str | None = None) -> dict[str, Any]:
+    """The inventory fields of the robot at ``host`` (and ``port``, ``user`` when given) in the fleet.yaml
+    that EDGE_FLEET names, so a robot already listed there is reached with its own settings (key,
+    known_hosts, service port, gpu ...); {} without EDGE_FLEET or without exactly one such robot."""
+    from dataclasses import asdict
+
+    from edge_deploy.fleet.inventory import load_fleet
+
+    path = os.environ.get("EDGE_FLEET", "").strip()
+    if not path:
+        return {}
+    fleet = load_fleet(Path(path))
+    found = [r for r in fleet.robots if r.host == host and port in (None, r.port) and user in (None, r.user)]
+    if len(found) != 1:
+        return {}
+    entry = asdict(found[0])
+    entry.pop("host")
+    entry["groups"], entry["labels"] = tuple(entry["groups"]), dict(entry["labels"])
+    return entry
+
+
+def reach(robot: Robot) -> None:
+    """Connect once, host key checked as in rollouts (an unknown or changed key is refused); one sentence
+    when the robot cannot be reached."""
+    import asyncio
+
+    from edge_deploy.fleet.ssh import connected
+
+    async def probe() -> None:
+        async with connected(robot) as conn:
+            await conn.check("true", "a first command")
+
+    asyncio.run(probe())
 
 
 def model_source(path: Path) -> Path:
@@ -168,6 +205,8 @@ def deploy_direct(
         if reserved in options:
             raise FleetError(f"A direct deploy chooses {reserved!r} itself; leave it out.", option=reserved)
     opts = options_from_keywords(RolloutOptions, version="0.0.0", **options)  # names checked before the build
+    model_source(model)  # a missing or unknown model is said first
+    reach(robot)  # an unknown host key or an unreachable robot is said before minutes of building
     on_step(f"runtime image for {robot.platform}")
     ref, result = build_for_robot(model, robot, store, precision=precision, builder=builder, on_step=on_step)
     version = record_release(ref, result, releases)
