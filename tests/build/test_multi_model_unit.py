@@ -170,6 +170,10 @@ def test_generated_stage_puts_each_model_in_its_own_last_layer(tmp_path: Path) -
         "model-policy": "target:model-policy",
         "pipelines": str(tmp_path / "staged"),
     }
+    dated = models_bake_file(ms, pipelines_dir=tmp_path / "staged", epoch="1700000000")["target"]
+    assert dated["runtime-base"] == {"args": {"SOURCE_DATE_EPOCH": "1700000000"}}
+    assert dated["model-policy"]["args"]["SOURCE_DATE_EPOCH"] == "1700000000"
+    assert "runtime-base" not in t and "SOURCE_DATE_EPOCH" not in t["model-policy"]["args"]
     with pytest.raises(ImageError, match=r"unexpected precision or sha256"):
         models_label({"a": {"precision": "fp16", "sha256": "x"}})
     assert models_digest({"a": SHA, "b": SHA}) == models_digest({"b": SHA, "a": SHA})

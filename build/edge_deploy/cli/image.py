@@ -3,12 +3,75 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from edge_deploy.cli.options import calibration_name, image_options, json_option
-from edge_deploy.images import build_images
+from edge_deploy.images import ImageError, ModelSet, build_images, load_models_file, models_from_options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def models_options(f: F) -> F:
+    """--model NAME=PATH (repeatable), --models FILE, --pipelines FILE: a release of several models."""
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                "named_models",
+                multiple=True,
+                metavar="NAME=PATH",
+                help="One of several models, by name (repeatable): each is its own last layer at "
+                "/opt/edge/models/NAME/ and is served as NAME; converted with --precision (and --calibration "
+                "where it sits beside the model).",
+            ),
+            click.option(
+                "--models",
+                "models_file",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="A models.yaml: models (name, path, precision, calibration, batch, inputs) and "
+                "optionally pipelines (a pipelines.json); paths relative to the file.",
+            ),
+            click.option(
+                "--pipelines",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="A pipelines.json for the models given with --model NAME=PATH (docs/runtime.md).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def model_set(
+    named: tuple[str, ...],
+    models_file: Path | None,
+    pipelines: Path | None,
+    precision: str,
+    calibration: Path | None,
+) -> ModelSet | None:
+    """The models of --model NAME=PATH or --models FILE (None: neither was given); one sentence when the
+    forms are mixed."""
+    if named and models_file is not None:
+        raise ImageError("Give the models with --model NAME=PATH or with --models FILE, not both.")
+    if models_file is not None:
+        if pipelines is not None:
+            raise ImageError(
+                "--pipelines goes with --model NAME=PATH; a models file names its own pipelines."
+            )
+        return load_models_file(models_file)
+    if named:
+        return ModelSet(
+            models_from_options(named, precision, calibration), pipelines.resolve() if pipelines else None
+        )
+    if pipelines is not None:
+        raise ImageError("--pipelines needs several models (--model NAME=PATH).")
+    return None
 
 
 @click.group()
@@ -17,7 +80,8 @@ def image() -> None:
 
 
 @image.command("build")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@models_options
 @click.option("--version", "version", default="dev", show_default=True, help="Image tag.")
 @click.option("--tag", "tags", multiple=True, help="Extra tag (repeatable).")
 @image_options
@@ -25,7 +89,10 @@ def image() -> None:
 @click.option("--set", "overrides", multiple=True, help="Bake override, e.g. runtime.args.BATCH=1,2,4.")
 @json_option()
 def build(
-    model: Path,
+    model: Path | None,
+    named_models: tuple[str, ...],
+    models_file: Path | None,
+    pipelines: Path | None,
     precision: str,
     calibration: Path | None,
     version: str,
@@ -40,12 +107,17 @@ def build(
     overrides: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Build both images for MODEL (a .pt/.onnx file or a bundle directory)."""
-    cal = calibration_name(model, calibration)
-    model = model.resolve()
+    """Build both images for MODEL (a .pt/.onnx file or a bundle directory), or for several models
+    (--model NAME=PATH ..., or --models models.yaml), each in its own last layer."""
+    models = model_set(named_models, models_file, pipelines, precision, calibration)
+    if (model is None) == (models is None):
+        raise click.UsageError("Give MODEL, or several models with --model NAME=PATH or --models FILE.")
+    cal = calibration_name(model, calibration) if model is not None else ""
+    model = model.resolve() if model is not None else None
     result = build_images(
-        model_dir=model.parent,
-        model=model.name,
+        model_dir=model.parent if model is not None else None,
+        model=model.name if model is not None else "",
+        models=models,
         precision=precision,
         calibration=cal,
         version=version,
@@ -65,6 +137,8 @@ def build(
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     click.echo(f"bundle sha256 {result.bundle_sha256} ({result.precision})")
+    for m in result.models:
+        click.echo(f"  model {m['name']:<16} {m['bundle_sha256'][:16]}  ({m['precision']})")
     for name, img in result.images.items():
         digest = img.digest or "(not pushed)"
         size = f"{img.size_bytes / 1e6:.1f} MB" if img.size_bytes else ""

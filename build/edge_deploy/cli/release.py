@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from edge_deploy.cli.image import model_set
 from edge_deploy.cli.options import (
     calibration_name,
     image_options,
@@ -18,6 +19,7 @@ from edge_deploy.cli.options import (
     releases_dir_option,
     signing_key_option,
 )
+from edge_deploy.images.models import is_named_model
 from edge_deploy.release.manifest import REQUIRED_BACKENDS, ReleaseError, load_release
 from edge_deploy.release.release import IMAGES, Release, ReleaseOptions, sorted_releases
 from edge_deploy.release.tags import CHANNELS, normalize_version
@@ -69,10 +71,24 @@ def release() -> None:
 @click.argument("version")
 @click.option(
     "--model",
-    "model",
+    "model_values",
+    multiple=True,
+    metavar="PATH | NAME=PATH",
+    help="Model to bake into the runtime image (.pt/.onnx file or bundle directory); or, repeated as "
+    "NAME=PATH, several models, each its own last layer at /opt/edge/models/NAME/.",
+)
+@click.option(
+    "--models",
+    "models_file",
     type=click.Path(path_type=Path),
     default=None,
-    help="Model to bake into the runtime image (.pt/.onnx file or bundle directory).",
+    help="A models.yaml of several models (name, path, precision, calibration, batch, inputs; pipelines).",
+)
+@click.option(
+    "--pipelines",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A pipelines.json for the models given with --model NAME=PATH (docs/runtime.md).",
 )
 @click.option(
     "--channel",
@@ -121,7 +137,9 @@ def release() -> None:
 @json_option("Print the manifest as JSON.")
 def create(
     version: str,
-    model: Path | None,
+    model_values: tuple[str, ...],
+    models_file: Path | None,
+    pipelines: Path | None,
     precision: str,
     calibration: Path | None,
     channel: str | None,
@@ -154,7 +172,14 @@ def create(
         reused[name] = ref
     if push and key is None and not no_sign:
         raise click.UsageError("No signing key: pass --key (or set EDGE_COSIGN_KEY), or --no-sign.")
-    if calibration is not None and model is None:
+    named = tuple(v for v in model_values if is_named_model(v))
+    if named and len(named) != len(model_values):
+        raise click.UsageError("--model takes one PATH, or NAME=PATH for each of several models, not both.")
+    if len(model_values) > 1 and not named:
+        raise click.UsageError("Several models need a name each: --model NAME=PATH.")
+    model = Path(model_values[0]) if model_values and not named else None
+    models = model_set(named, models_file, pipelines, precision, calibration)
+    if calibration is not None and model is None and models is None:
         raise click.UsageError("--calibration needs --model (it must sit in the model's directory).")
     cal = calibration_name(model, calibration) if model is not None else ""
     model = model.resolve() if model is not None else None
@@ -162,6 +187,7 @@ def create(
         version=version,
         model_dir=model.parent if model else None,
         model=model.name if model else "policy.pt",
+        models=models,
         precision=precision,
         calibration=cal,
         channel=channel,
@@ -188,6 +214,7 @@ def create(
     manifest = rel.create(opts)
     lines = [f"released {manifest.version} ({manifest.git_sha[:12]}), pushed {manifest.pushed_bytes} bytes"]
     lines += [f"  {n}: {img.ref}  tags {', '.join(img.tags)}" for n, img in manifest.images.items()]
+    lines += [f"  model {m.name}: bundle {m.bundle_sha256[:16]} ({m.precision})" for m in manifest.models]
     _emit(manifest.to_dict(), as_json, "\n".join(lines))
 
 

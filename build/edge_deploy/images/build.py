@@ -255,7 +255,8 @@ def _model_bundles(
         pipelines_dir.mkdir()
         shutil.copyfile(models.pipelines, pipelines_dir / PIPELINES_FILE)
     bake_file = tmp / "models.bake.json"
-    bake_file.write_text(json.dumps(models_bake_file(models, pipelines_dir=pipelines_dir)))
+    epoch = variables.get("SOURCE_DATE_EPOCH", "")
+    bake_file.write_text(json.dumps(models_bake_file(models, pipelines_dir=pipelines_dir, epoch=epoch)))
     dests = {m.target: tmp / "bundles" / m.name for m in models.models}
     manifests = export_model_bundles(variables, dests, context=context, files=[bake_file], progress=progress)
     bundles = {
@@ -271,7 +272,9 @@ def _model_bundles(
         )
     # the label is known only now: the bake file is written again with it (the model targets are cached)
     label = models_label(bundles)
-    bake_file.write_text(json.dumps(models_bake_file(models, pipelines_dir=pipelines_dir, label=label)))
+    bake_file.write_text(
+        json.dumps(models_bake_file(models, pipelines_dir=pipelines_dir, label=label, epoch=epoch))
+    )
     if bundle_out is not None:
         shutil.rmtree(bundle_out, ignore_errors=True)
         shutil.copytree(tmp / "bundles", bundle_out)

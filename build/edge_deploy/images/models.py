@@ -122,10 +122,10 @@ def check_model_name(name: Any) -> str:
 
 
 def parse_model_option(value: str) -> tuple[str, Path]:
-    """``NAME=PATH`` (``--model``) → the name and the path as given."""
+    """``NAME=PATH`` → the name and the path as given."""
     name, sep, path = value.partition("=")
     if not sep or not path:
-        raise ImageError(f"--model {value!r} is not NAME=PATH (e.g. --model policy=policy.pt).")
+        raise ImageError(f"Model {value!r} is not NAME=PATH (e.g. policy=policy.pt).")
     return check_model_name(name), Path(path)
 
 
@@ -256,15 +256,24 @@ def models_label(bundles: dict[str, dict[str, str]]) -> str:
 
 
 def models_bake_file(
-    models: ModelSet, *, pipelines_dir: Path | None = None, label: str = ""
+    models: ModelSet, *, pipelines_dir: Path | None = None, label: str = "", epoch: str = ""
 ) -> dict[str, Any]:
     """The generated bake file (JSON), read after docker/docker-bake.hcl: a ``model-<name>`` target per
     model (the ``bundle`` target with that model's directory and arguments) and ``runtime`` as the
-    generated stage on ``runtime-base``."""
+    generated stage on ``runtime-base``. ``epoch`` (SOURCE_DATE_EPOCH) goes to every target the runtime is
+    built from, as bake passes it only to the targets asked for: one commit gives one digest and reuses
+    the cache of the bundles exported first."""
+    dated = {"SOURCE_DATE_EPOCH": epoch} if epoch else {}
     targets: dict[str, Any] = {
-        m.target: {"inherits": ["bundle"], "contexts": {"model": str(m.path.parent)}, "args": m.args()}
+        m.target: {
+            "inherits": ["bundle"],
+            "contexts": {"model": str(m.path.parent)},
+            "args": {**m.args(), **dated},
+        }
         for m in models.models
     }
+    if dated:
+        targets["runtime-base"] = {"args": dated}
     contexts = {"runtime-base": "target:runtime-base"}
     contexts.update({m.target: f"target:{m.target}" for m in models.models})
     if models.pipelines is not None:
