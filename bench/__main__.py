@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "plots": "bench.plots",
     "ros2": "bench.ros2",
     "large_model": "bench.large_model",
+    "pull": "bench.pull",
 }
 # Run only when named: large_model writes a 2 GB model and needs about 11 GiB of memory and 10 minutes.
 OPT_IN: frozenset[str] = frozenset({"large_model"})
