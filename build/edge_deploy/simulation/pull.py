@@ -127,15 +127,21 @@ def upstream_url(registry: str) -> str:
 
 
 def start_control_plane(
-    sim: Simulation, registry: str, *, scrape_interval_s: float = 1.0, port_base: int = 19090
+    sim: Simulation,
+    registry: str,
+    *,
+    scrape_interval_s: float = 1.0,
+    port_base: int = 19090,
+    site_upstream: str | None = None,
 ) -> dict[str, Any]:
-    """Start the site cache, pushgateway and Prometheus of a pull-mode simulation and record them."""
+    """Start the site cache, pushgateway and Prometheus of a pull-mode simulation and record them; the
+    cache's upstream is the fleet registry unless ``site_upstream`` names another (e.g. a metered one)."""
     control = _control(sim)
     taken: set[int] = set()
     site_port = free_port(port_base + 100, taken)
     site = site_up(
         f"{sim.name}-site",
-        upstream_url(registry),
+        site_upstream or upstream_url(registry),
         listen=f"127.0.0.1:{site_port}",
         state_root=Path(sim.state_dir) / "sites",
     )

@@ -71,6 +71,7 @@ def simulate(
     allow_cpu_fallback: bool = False,
     mode: str = "ssh",
     agents: dict[str, Any] | None = None,
+    site_upstream: str | None = None,
 ) -> Simulation:
     """Start (or restart) a simulated fleet and write its ``fleet.yaml``; ``engines=False`` starts only the
     SSH side (for tests of the SSH layer on machines without Docker). Robots pull ``platform`` images:
@@ -166,7 +167,7 @@ def simulate(
         if mode == "pull":
             from edge_deploy.simulation import pull
 
-            pull.start_control_plane(sim, registry)
+            pull.start_control_plane(sim, registry, site_upstream=site_upstream)
             if agents:
                 pull.start_agents(
                     sim, platform=platform, gpu=gpu, allow_cpu_fallback=allow_cpu_fallback, **agents
