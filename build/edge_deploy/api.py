@@ -215,15 +215,28 @@ def deploy_to_device(package: str, target_ip: str, config: Mapping[str, Any] | N
 
 
 class JetsonDeployment:
-    """One policy headed for one Jetson model (and optionally one robot): export, convert, benchmark, deploy."""
+    """One policy headed for one Jetson model (and optionally one robot): export, convert, benchmark, deploy.
+
+    ``model_path`` may also map names to model files (``{"detector": "det.onnx", "policy": "policy.pt"}``):
+    a deployment of several models, converted together by ``convert_models`` into a model repository (one
+    bundle per name, the runtime's /opt/edge/models layout) and deployed as a release of several models."""
 
     def __init__(
         self,
-        model_path: str | Path,
+        model_path: str | Path | Mapping[str, str | Path],
         jetson_ip: str | None = None,
         jetson_model: str = "orin_nano",
         workdir: str | Path | None = None,
     ) -> None:
+        # several models: name → file (names as the runtime serves them); else the one model
+        self.models: dict[str, Path] = {}
+        if isinstance(model_path, Mapping):
+            from edge_deploy.images.models import check_model_name
+
+            if not model_path:
+                raise EdgeError("JetsonDeployment needs a model path, or a mapping of names to model paths.")
+            self.models = {check_model_name(n): Path(p) for n, p in model_path.items()}
+            model_path = next(iter(self.models.values()))
         self.model_path = Path(model_path)
         self.jetson_ip = jetson_ip
         self.module: JetsonModule = jetson_module(jetson_model)  # unknown names raise with the choices
@@ -231,6 +244,7 @@ class JetsonDeployment:
         self.onnx_path: Path | None = None
         self.bundle: ModelBundle | None = None
         self.last_conversion: TensorRTConversion | None = None
+        self.conversions: dict[str, TensorRTConversion] = {}  # several models: each one's, by name
 
     @property
     def workspace_bytes(self) -> int:
@@ -281,6 +295,44 @@ class JetsonDeployment:
         self.bundle, self.last_conversion = conversion.bundle, conversion
         return conversion
 
+    def convert_models(
+        self,
+        precision: str | Mapping[str, str] = "fp16",
+        max_batch_size: int = 1,
+        calibration_data: Mapping[str, Any] | None = None,
+        repository: str | Path | None = None,
+    ) -> dict[str, TensorRTConversion]:
+        """Convert every model of a deployment of several models into ``repository`` (default
+        ``<workdir>/models``): ``<repository>/<name>/`` one bundle each, the runtime's model repository.
+        ``precision`` is one for all or one per name; ``calibration_data`` maps names to each model's
+        calibration (an .npz path or a mapping of input names to arrays)."""
+        if not self.models:
+            raise EdgeError(
+                "convert_models is for several models: create JetsonDeployment({name: path, ...})."
+            )
+        per = precision if isinstance(precision, Mapping) else dict.fromkeys(self.models, precision)
+        unknown = sorted(set(per) - set(self.models)) + sorted(set(calibration_data or {}) - set(self.models))
+        if unknown:
+            raise EdgeError(
+                f"Model {unknown[0]!r} is not one of this deployment's: {', '.join(self.models)}."
+            )
+        root = Path(repository) if repository is not None else self.workdir / "models"
+        _existing_parent(root).joinpath(root.name).mkdir(exist_ok=True)
+        for name, path in self.models.items():
+            source: Path = path
+            if path.suffix.lower() != ".onnx":  # exported beside the repository, never into it
+                source = export_to_onnx(path, None, self.workdir / f"{name}.onnx")
+            self.conversions[name] = convert_to_tensorrt(
+                source,
+                self.workdir / f"{name}.{self.module.key}.engine",
+                per.get(name, "fp16"),
+                (calibration_data or {}).get(name),
+                max_batch_size,
+                self.workspace_bytes,
+                bundle_dir=root / name,
+            )
+        return dict(self.conversions)
+
     def benchmark(self, num_runs: int = 100, batch: int = 1) -> float:
         """Mean latency in ms on ONNX Runtime (CPU) of the converted bundle (fp32 bundle made if none yet)."""
         if self.bundle is None:
@@ -306,6 +358,11 @@ class JetsonDeployment:
         if self.jetson_ip is None:
             raise EdgeError("deploy needs the robot's address: create JetsonDeployment(..., jetson_ip='…').")
         config.setdefault("jetson_model", self.module.key)
+        if release is None and self.models:
+            raise EdgeError(
+                "A deployment of several models is deployed as a release of them: release them (the "
+                "release's models) and pass that version as release."
+            )
         if release is None:
             return self._deploy_direct(include_ros2, auto_start, config)
         return deploy_to_device(
@@ -322,7 +379,7 @@ class JetsonDeployment:
         given = {k: config.pop(k) for k in list(config) if k in robot_keys}
         entry = inventory_entry(self.jetson_ip, given.get("port"), given.get("user"))
         robot = target_robot(self.jetson_ip, **{**entry, **given})
-        if self.bundle is not None:  # the bundle convert_tensorrt made, at its precision
+        if self.bundle is not None:  # the model convert_tensorrt converted, at its precision
             model, precision = self.bundle.path, self.bundle.manifest.precision
         else:
             model, precision = self.onnx_path or self.model_path, str(config.pop("precision", "fp16"))
