@@ -57,6 +57,7 @@ def test_help_lists_the_commands_in_the_order_of_the_work(capsys: pytest.Capture
         "fleet",
         "deploy",
         "site",
+        "agent",
     ]
     for group, expected in (
         ("release", ["create", "list", "show", "verify", "promote"]),

@@ -20,6 +20,7 @@ from edge_deploy.cli.options import (
     public_key_option,
     releases_dir_option,
 )
+from edge_deploy.cli.pull import channel_option, mode_option, pull_rollout_options, telemetry_options
 
 STYLE = {
     "updated": "green",
@@ -87,7 +88,11 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
 )
 @click.option("--wave-size", type=click.IntRange(1), help="Robots per wave after the canary.")
 @click.option(
-    "--wave-percent", type=click.FloatRange(0, 100, min_open=True), help="Wave size as % of robots."
+    "--wave-percent",
+    type=click.FloatRange(0, 100, min_open=True),
+    multiple=True,
+    help="Wave size as % of robots. Pull mode: the channel's percentage per wave (one value P: P, 2P, … "
+    "100; several: those, then 100).",
 )
 @click.option(
     "--max-failures",
@@ -150,6 +155,7 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     help="How robots get the image: pull it from the release's registry, or ssh-copy: this host serves it "
     "over each robot's SSH connection, only the layers the robot lacks (robots with no registry access).",
 )
+@pull_rollout_options
 @json_option("Print the summary as JSON on stdout.")
 def rollout(
     version: str,
@@ -158,7 +164,7 @@ def rollout(
     devices: tuple[str, ...],
     canary: int,
     wave_size: int | None,
-    wave_percent: float | None,
+    wave_percent: tuple[float, ...],
     max_failures: int,
     health_timeout: float,
     confirm_timeout: float,
@@ -173,9 +179,36 @@ def rollout(
     transport: str,
     as_json: bool,
     update_strategy: str | None,
+    **pull: Any,
 ) -> None:
-    """Roll release VERSION out to the fleet in waves, with health gates and automatic rollback."""
+    """Roll release VERSION out to the fleet in waves, with health gates and automatic rollback; with
+    --mode pull, publish it on a signed channel wave by wave and judge the fleet from telemetry."""
     from edge_deploy.fleet import RolloutOptions, deploy_release
+
+    # --- pull mode (robots' agents follow a signed channel): edge_deploy.cli.pull ---
+    if pull.pop("mode") == "pull":
+        from edge_deploy.cli.pull import run_pull_rollout
+
+        run_pull_rollout(
+            version,
+            fleet_file=fleet_file,
+            group=group,
+            devices=devices,
+            canary=canary,
+            wave_size=wave_size,
+            wave_percent=wave_percent,
+            max_failures=max_failures,
+            releases_dir=releases_dir,
+            public_key=public_key,
+            skip_signature=skip_signature,
+            dry_run=dry_run,
+            as_json=as_json,
+            progress=_progress_printer(),
+            pull=pull,
+        )
+        return
+    if len(wave_percent) > 1:
+        raise click.UsageError("Several --wave-percent values are for --mode pull; push mode takes one.")
 
     if skip_signature and not dry_run:
         click.echo(
@@ -191,7 +224,7 @@ def rollout(
         auto_start=auto_start,
         canary=canary,
         wave_size=wave_size,
-        wave_percent=wave_percent,
+        wave_percent=wave_percent[0] if wave_percent else None,
         max_failures=max_failures,
         health_timeout_s=health_timeout,
         confirm_timeout_s=confirm_timeout,
@@ -288,9 +321,18 @@ def rollback(
 @fleet_option()
 @group_option()
 @devices_option()
+@mode_option()
+@channel_option(default=None)
+@telemetry_options
 @json_option()
-def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json: bool) -> None:
-    """Version, digest, health, engine state and last result of each robot."""
+def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json: bool, **pull: Any) -> None:
+    """Version, digest, health, engine state and last result of each robot (--mode pull: as the robots
+    last reported to telemetry)."""
+    if pull.pop("mode") == "pull":  # pull mode: edge_deploy.cli.pull
+        from edge_deploy.cli.pull import run_pull_status
+
+        run_pull_status(as_json, pull, _console(stderr=False))
+        return
     from rich import box
     from rich.table import Table
 
@@ -340,9 +382,24 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
 @fleet_option()
 @device_option()
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@mode_option()
+@telemetry_options
+@click.option(
+    "--hours",
+    type=click.FloatRange(0, 2160, min_open=True),
+    default=24,
+    show_default=True,
+    help="Pull mode: how far back to read the robot's reports.",
+)
 @json_option()
-def history(fleet_file: Path, device: str, limit: int, as_json: bool) -> None:
-    """Deploys and rollbacks recorded on one robot, oldest first."""
+def history(fleet_file: Path, device: str, limit: int, as_json: bool, hours: float, **pull: Any) -> None:
+    """Deploys and rollbacks recorded on one robot, oldest first (--mode pull: the changes of its reports
+    in Prometheus)."""
+    if pull.pop("mode") == "pull":  # pull mode: edge_deploy.cli.pull
+        from edge_deploy.cli.pull import run_pull_history
+
+        run_pull_history(device, hours, as_json, pull)
+        return
     from edge_deploy.fleet import device_history
 
     entries = device_history(fleet_file, device, limit)
