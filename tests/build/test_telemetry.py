@@ -144,3 +144,48 @@ def test_a_new_report_replaces_the_robots_last_one_and_a_deleted_robot_leaves(
     t.delete_report(gateway, "site-c-robot-1")
     assert t.read_gateway(gateway, channel="gamma") == {}
     assert _eventually(lambda: t.read_fleet(prometheus, channel="gamma"), {}) == {}
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "edge-fleet.json"
+
+
+def _dashboard_queries() -> list[str]:
+    import json
+
+    doc = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+
+
+def test_the_grafana_dashboard_queries_only_documented_metrics() -> None:
+    import json
+
+    doc = json.loads(DASHBOARD.read_text())
+    assert doc["__inputs"][0]["pluginId"] == "prometheus"
+    queries = _dashboard_queries()
+    assert len(queries) >= 7
+    for expr in queries:
+        named = {
+            word
+            for word in expr.replace("(", " ").replace("{", " ").split()
+            if word.startswith("edge_robot_")
+        }
+        assert named and named <= set(t.METRICS), expr
+
+
+@pytest.mark.slow
+def test_the_grafana_dashboard_queries_run_on_prometheus_and_see_the_robots(
+    telemetry_stack: tuple[str, str],
+) -> None:
+    import httpx
+
+    gateway, prometheus = telemetry_stack
+    robot = replace(REPORT, robot="site-d-robot-1", channel="delta", last_check=time.time())
+    t.push_report(gateway, robot)
+    want = {"site-d-robot-1": robot}
+    assert _eventually(lambda: t.read_fleet(prometheus, channel="delta"), want) == want
+    for expr in _dashboard_queries():
+        body = httpx.get(
+            f"{prometheus}/api/v1/query", params={"query": expr.replace("$channel", "delta")}, timeout=10
+        ).json()
+        assert body["status"] == "success", (expr, body)
+        assert body["data"]["result"], f"{expr} sees no robot"
