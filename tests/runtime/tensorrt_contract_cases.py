@@ -52,6 +52,7 @@ from edge_runtime.errors import (
     EdgeError,
     EngineBuildError,
     EngineLoadTransient,
+    InferenceError,
     InputError,
 )
 from tests.runtime.host_cudart import HostCudart, cudaError_t
@@ -638,3 +639,68 @@ def test_require_says_tensorrt_found_no_gpu(
 def test_require_passes_with_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("edge_runtime.device.cuda_runtime", lambda: HostCudart(devices=1))
     TensorRTBackend().require()
+
+
+# -- request slots: one execution context and one CUDA stream per slot on the same engine --------------------
+def test_slots_run_at_once_each_on_its_own_context_and_stream() -> None:
+    """Three slots: three contexts from the one engine, three runners (streams, buffers); six threads at once
+    each get their own inputs' outputs back, and close() releases every slot's device memory."""
+    import threading
+
+    import onnxruntime as ort
+
+    b = bundle("fp32")
+    cudart = HostCudart()
+    engine_double = _engine(cudart=cudart)
+    runners = [CudaStreamRunner(cudart) for _ in range(3)]
+    engine = TensorRTEngine(engine_double, b.inputs, b.outputs, b.manifest.batch, runners=runners)
+    assert engine.slots == 3
+    contexts = [c for c, _ in engine._slots]
+    assert len({id(c) for c in contexts}) == 3 and engine.context is contexts[0]
+    assert len({r.stream_handle for r in runners}) == 3
+    session = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"])
+    failures: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(3):
+                feeds = {
+                    "image": rng.standard_normal((2, 3, 224, 224)).astype(np.float32),
+                    "robot_state": rng.standard_normal((2, 48)).astype(np.float32),
+                }
+                out = engine.infer(feeds)
+                np.testing.assert_allclose(
+                    out["action"], session.run(["action"], feeds)[0], rtol=1e-6, atol=1e-6
+                )
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert sum(c.enqueues for c in contexts) == 18  # every call ran on one of the slots' contexts
+    engine.close()
+    assert cudart.memory == {}
+    with pytest.raises(InferenceError, match="closed"):
+        engine.infer(
+            {"image": np.zeros((1, 3, 224, 224), np.float32), "robot_state": np.zeros((1, 48), np.float32)}
+        )
+
+
+def test_a_slot_without_a_context_is_transient_and_named() -> None:
+    b = bundle("fp32")
+    engine_double = _engine()
+    made: list[object] = []
+    real = engine_double.create_execution_context
+
+    def second_fails() -> object:
+        made.append(1)
+        return real() if len(made) < 2 else None
+
+    engine_double.create_execution_context = second_fails  # type: ignore[method-assign]
+    with pytest.raises(EngineLoadTransient, match="could not create an execution context 2 of 2"):
+        TensorRTEngine(engine_double, b.inputs, b.outputs, b.manifest.batch, runners=[object(), object()])  # type: ignore[list-item]

@@ -29,8 +29,10 @@ cache handling (combine the cache on disk into the new one under a lock before s
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+import queue
 import re
 import threading
 import types
@@ -557,7 +559,9 @@ def check_output_shapes(
 
 
 class TensorRTEngine:
-    """A deserialized plan with one execution context, checked against the bundle, run on a CudaStreamRunner."""
+    """A deserialized plan checked against the bundle, with one execution context and one CudaStreamRunner
+    (its own CUDA stream and device buffers) per request slot: ``slots`` requests run at once on the same
+    engine, each on its own context and stream (TensorRT's way to run one engine concurrently)."""
 
     def __init__(
         self,
@@ -568,76 +572,113 @@ class TensorRTEngine:
         cuda_graph: bool = False,
         runner: CudaStreamRunner | None = None,
         keep: object = None,
+        slots: int = 1,
+        runners: Sequence[CudaStreamRunner] | None = None,
     ) -> None:
         self.inputs = inputs
         self.outputs = outputs
         self.io = inspect_io(engine, inputs, outputs)
-        mark = TENSORRT_ERRORS.mark()
-        context: trt.IExecutionContext | None = engine.create_execution_context()  # None on failure
-        if context is None:
-            raise EngineLoadTransient(
-                f"TensorRT could not create an execution context (out of GPU memory?){TENSORRT_ERRORS.suffix(mark)}."
-            )
-        check_output_shapes(context, self.io, inputs, batch)
+        if runners is not None:
+            slots = len(runners)
+        contexts: list[trt.IExecutionContext] = []
+        for i in range(max(slots, 1)):
+            mark = TENSORRT_ERRORS.mark()
+            context: trt.IExecutionContext | None = engine.create_execution_context()  # None on failure
+            if context is None:
+                which = f" {i + 1} of {slots}" if slots > 1 else ""
+                raise EngineLoadTransient(
+                    f"TensorRT could not create an execution context{which} (out of GPU memory?)"
+                    f"{TENSORRT_ERRORS.suffix(mark)}."
+                )
+            if i == 0:
+                check_output_shapes(context, self.io, inputs, batch)
+            contexts.append(context)
         self.engine: trt.ICudaEngine | None = engine
-        self.context: trt.IExecutionContext | None = context
         self._keep = keep  # the trt.Runtime: it must outlive the engine
-        self.runner = runner if runner is not None else CudaStreamRunner(cuda_graph=cuda_graph)
-        self._lock = threading.Lock()  # one execution context: one request at a time
+        if runners is None:
+            first = runner if runner is not None else CudaStreamRunner(cuda_graph=cuda_graph)
+            runners = [first, *(CudaStreamRunner(cuda_graph=cuda_graph) for _ in contexts[1:])]
+        self._slots: list[tuple[trt.IExecutionContext | None, CudaStreamRunner]] = list(
+            zip(contexts, runners, strict=True)
+        )
+        # Slot 0 as one-context callers knew it.
+        self.context: trt.IExecutionContext | None = contexts[0]
+        self.runner = self._slots[0][1]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(len(self._slots)):
+            self._free.put(i)
+        self._lock = threading.Lock()  # close() against infer()
 
-    def _enqueue(self, stream: int) -> bool:
-        if self.context is None:
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    @staticmethod
+    def _enqueue_on(context: trt.IExecutionContext | None, stream: int) -> bool:
+        if context is None:
             raise InferenceError("The engine is closed.")
         mark = TENSORRT_ERRORS.mark()
-        if self.context.execute_async_v3(stream):
+        if context.execute_async_v3(stream):
             return True
         raise InferenceError(f"TensorRT could not enqueue the inference{TENSORRT_ERRORS.suffix(mark)}.")
 
+    def _enqueue(self, stream: int) -> bool:
+        return self._enqueue_on(self.context, stream)
+
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            context, runner = self.context, self.runner
-            if context is None:
-                raise InferenceError("The engine is closed.")
-            host_in: dict[str, np.ndarray] = {}
-            for name in self.io.inputs:
-                arr = np.ascontiguousarray(feeds[name])
-                if arr.dtype != self.io.dtypes[name]:
-                    raise InputError(
-                        f"Input {name!r} has dtype {arr.dtype}, expected {self.io.dtypes[name]}."
-                    )
-                if not context.set_input_shape(name, arr.shape):
-                    raise InputError(
-                        f"Input {name!r} has shape {list(arr.shape)}, outside the engine's optimization profile."
-                    )
-                host_in[name] = arr
-            host_out: dict[str, np.ndarray] = {}
-            for name in self.io.outputs:
-                dims = context.get_tensor_shape(name)
-                shape = tuple(dims[i] for i in range(len(dims)))
-                if any(d < 0 for d in shape):
-                    raise InferenceError(
-                        f"Output {name!r} has no known shape ({list(shape)}) for these inputs."
-                    )
-                host_out[name] = np.empty(shape, dtype=self.io.dtypes[name])
-            # Size every buffer first (growing one drops a captured graph), then bind the final addresses.
-            pointers = {n: runner.buffer(n, a.nbytes) for n, a in (host_in | host_out).items()}
-            for name, ptr in pointers.items():
-                if not context.set_tensor_address(name, ptr):
-                    raise InferenceError(f"TensorRT refused the device address of tensor {name!r}.")
-            for name, arr in host_in.items():
-                runner.upload(pointers[name], arr)
-            runner.execute(self._enqueue, tuple(a.shape for a in host_in.values()))
-            for name, arr in host_out.items():
-                runner.download(arr, pointers[name])
-            runner.synchronize()
-            return host_out
+        """Run on a free slot (context + stream); waits for one when every slot is busy."""
+        slot = self._free.get()
+        try:
+            return self._infer_on(slot, feeds)
+        finally:
+            self._free.put(slot)
+
+    def _infer_on(self, slot: int, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        context, runner = self._slots[slot]
+        if context is None or self.engine is None:
+            raise InferenceError("The engine is closed.")
+        host_in: dict[str, np.ndarray] = {}
+        for name in self.io.inputs:
+            arr = np.ascontiguousarray(feeds[name])
+            if arr.dtype != self.io.dtypes[name]:
+                raise InputError(f"Input {name!r} has dtype {arr.dtype}, expected {self.io.dtypes[name]}.")
+            if not context.set_input_shape(name, arr.shape):
+                raise InputError(
+                    f"Input {name!r} has shape {list(arr.shape)}, outside the engine's optimization profile."
+                )
+            host_in[name] = arr
+        host_out: dict[str, np.ndarray] = {}
+        for name in self.io.outputs:
+            dims = context.get_tensor_shape(name)
+            shape = tuple(dims[i] for i in range(len(dims)))
+            if any(d < 0 for d in shape):
+                raise InferenceError(f"Output {name!r} has no known shape ({list(shape)}) for these inputs.")
+            host_out[name] = np.empty(shape, dtype=self.io.dtypes[name])
+        # Size every buffer first (growing one drops a captured graph), then bind the final addresses.
+        pointers = {n: runner.buffer(n, a.nbytes) for n, a in (host_in | host_out).items()}
+        for name, ptr in pointers.items():
+            if not context.set_tensor_address(name, ptr):
+                raise InferenceError(f"TensorRT refused the device address of tensor {name!r}.")
+        for name, arr in host_in.items():
+            runner.upload(pointers[name], arr)
+        runner.execute(functools.partial(self._enqueue_on, context), tuple(a.shape for a in host_in.values()))
+        for name, arr in host_out.items():
+            runner.download(arr, pointers[name])
+        runner.synchronize()
+        return host_out
 
     def close(self) -> None:
+        """Wait for every slot to be free, then release the streams, contexts and engine."""
         with self._lock:
-            self.runner.close()
+            taken = [self._free.get() for _ in self._slots]
+            for _, runner in self._slots:
+                runner.close()
+            self._slots = [(None, runner) for _, runner in self._slots]
             self.context = None
             self.engine = None
             self._keep = None
+            for i in taken:
+                self._free.put(i)
 
 
 # -- the backend ----------------------------------------------------------------------------------------
@@ -742,5 +783,11 @@ class TensorRTBackend:
                 f"version, or damaged){TENSORRT_ERRORS.suffix(mark)}."
             )
         return TensorRTEngine(
-            cuda_engine, bundle.inputs, bundle.outputs, options.batch, options.cuda_graph, keep=runtime
+            cuda_engine,
+            bundle.inputs,
+            bundle.outputs,
+            options.batch,
+            options.cuda_graph,
+            keep=runtime,
+            slots=options.slots,
         )
