@@ -78,3 +78,47 @@ def test_wrong_model_forms_end_in_one_sentence(
     assert got == code, (out, err)
     assert sentence.format(d=models) in err
     assert "Traceback" not in err
+
+
+def test_convert_models_writes_a_model_repository(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`convert --models`: each model with its own settings into OUTPUT/<name>/ (a prebuilt bundle copied),
+    the pipelines file checked against the converted models and copied beside them."""
+    import json
+
+    import numpy as np
+
+    from edge_runtime.bundle import ModelBundle
+    from edge_runtime.repository import discover
+    from tests.build.multi_models import write_detector
+    from tests.runtime.bundles import ACTION_DIM, STATE_DIM, write_linear_bundle
+
+    write_detector(tmp_path / "detector.onnx")
+    write_linear_bundle(
+        tmp_path / "policy-bundle", np.ones((3 + STATE_DIM, ACTION_DIM)), np.zeros(ACTION_DIM)
+    )
+    steps = [{"model": "detector"}, {"model": "policy", "inputs": {"robot_state": "detector.detections"}}]
+    (tmp_path / "pipelines.json").write_text(
+        json.dumps({"version": 1, "pipelines": [{"name": "act", "steps": steps}]})
+    )
+    (tmp_path / "models.yaml").write_text(
+        "models:\n"
+        "  - {name: detector, path: detector.onnx, precision: fp32, batch: '1,1,4'}\n"
+        "  - {name: policy, path: policy-bundle}\n"
+        "pipelines: pipelines.json\n"
+    )
+    out = tmp_path / "repo"
+    code, stdout, err = run_cli(capsys, "convert", "--models", tmp_path / "models.yaml", "-o", out, "--json")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert {n: r["precision"] for n, r in rows.items()} == {"detector": "fp32", "policy": "fp32"}
+    assert set(discover(out)) == {"detector", "policy"}
+    assert json.loads((out / "pipelines.json").read_text())["pipelines"][0]["name"] == "act"
+    assert str(ModelBundle.load(out / "detector").manifest.batch) == "1,1,4"
+    # a pipeline that reads an output the detector does not give is refused, naming it
+    bad = [{"model": "detector"}, {"model": "policy", "inputs": {"robot_state": "detector.boxes"}}]
+    (tmp_path / "pipelines.json").write_text(
+        json.dumps({"version": 1, "pipelines": [{"name": "act", "steps": bad}]})
+    )
+    code, _, err = run_cli(capsys, "convert", "--models", tmp_path / "models.yaml", "-o", out, "--force")
+    assert code != 0 and "reads output 'boxes' of 'detector', which gives detections" in err, err
+    assert "Traceback" not in err

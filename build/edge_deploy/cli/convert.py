@@ -13,9 +13,21 @@ from edge_runtime.jetpack import default_release
 
 
 @click.command("convert")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), required=False)
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle directory to write."
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Bundle directory to write (with --models: the model repository, one bundle per model).",
+)
+@click.option(
+    "--models",
+    "models_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A models.yaml: convert each model with its own precision, calibration, batch and inputs into "
+    "OUTPUT/<name>/ (and its pipelines file to OUTPUT/pipelines.json), the runtime's model repository.",
 )
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option(
@@ -67,8 +79,9 @@ from edge_runtime.jetpack import default_release
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @json_option("Print the summary as JSON on stdout.")
 def convert(
-    model: Path,
+    model: Path | None,
     output: Path,
+    models_file: Path | None,
     precision: str,
     calibration: Path | None,
     calibration_method: str,
@@ -84,11 +97,43 @@ def convert(
 ) -> None:
     """Export, sanitize, validate and (fp16/int8) quantize MODEL into a model bundle.
 
-    MODEL is TorchScript (.pt), a torch.save'd full module, or an .onnx file (export is skipped).
+    MODEL is TorchScript (.pt), a torch.save'd full module, or an .onnx file (export is skipped). With
+    --models, every model of a models.yaml instead.
     """
     from edge_deploy.model import ConvertOptions, Step
     from edge_deploy.model import convert as run_convert
     from edge_runtime.bundle import BatchProfile
+
+    if (model is None) == (models_file is None):
+        raise click.UsageError("Give MODEL, or several models with --models FILE.")
+    if models_file is not None:
+        from edge_deploy.images.models import convert_repository
+
+        done = convert_repository(
+            models_file,
+            output,
+            dict(
+                calibration_method=calibration_method,
+                opset=opset,
+                tolerance=tolerance,
+                fp16_onnx=fp16_onnx,
+                trt_version=trt_version,
+                embed_calibration=embed_calibration,
+                force=force,
+            ),
+            on_model=lambda name, spec: click.echo(f"convert {spec} → {output / name}", err=True),
+        )
+        rows = {
+            n: {"path": str(b.path), "sha256": b.sha256, "precision": b.manifest.precision}
+            for n, b in done.items()
+        }
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for name, r in rows.items():
+            click.echo(f"model {name:<16} {r['path']}  sha256 {r['sha256'][:16]}  ({r['precision']})")
+        return
+    assert model is not None
 
     opts = ConvertOptions(
         precision=precision,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,3 +286,43 @@ def models_bake_file(
         "contexts": contexts,
     }
     return {"target": targets}
+
+
+def convert_repository(
+    models_file: Path,
+    output: Path,
+    options: dict[str, Any],
+    on_model: Callable[[str, str], None] = lambda name, spec: None,
+) -> dict[str, ModelBundle]:
+    """Convert every model of a models.yaml on this host into ``output/<name>/`` (the runtime's model
+    repository; a prebuilt bundle is copied as the image build takes it), then check and copy its
+    pipelines file; ``options`` are ConvertOptions fields for all. Each model's bundle by name."""
+    import shutil
+
+    from edge_deploy.model import ConvertOptions, convert
+    from edge_runtime.bundle import MANIFEST
+
+    models = load_models_file(models_file)
+    output.mkdir(parents=True, exist_ok=True)
+    done: dict[str, ModelBundle] = {}
+    for m in models.models:
+        on_model(m.name, f"{m.path} ({m.precision})")
+        if (m.path / MANIFEST).is_file():
+            if (output / m.name).exists() and not options.get("force"):
+                raise ImageError(f"{output / m.name} exists; use `force` to replace it.")
+            shutil.rmtree(output / m.name, ignore_errors=True)
+            shutil.copytree(m.path, output / m.name)
+            done[m.name] = ModelBundle.load(output / m.name)
+            continue
+        opts = ConvertOptions(
+            precision=m.precision,
+            calibration=m.calibration,
+            batch=BatchProfile.parse(m.batch),
+            inputs=m.inputs,
+            **options,
+        )
+        done[m.name] = convert(m.path, output / m.name, opts).bundle
+    if models.pipelines is not None:
+        check_pipelines(models.pipelines, models.names, done)
+        shutil.copyfile(models.pipelines, output / PIPELINES_FILE)
+    return done
