@@ -107,7 +107,9 @@ def test_convert_models_writes_a_model_repository(capsys: pytest.CaptureFixture[
         "pipelines: pipelines.json\n"
     )
     out = tmp_path / "repo"
-    code, stdout, err = run_cli(capsys, "convert", "--models", tmp_path / "models.yaml", "-o", out, "--json")
+    code, stdout, err = run_cli(
+        capsys, "convert", "--models", str(tmp_path / "models.yaml"), "-o", str(out), "--json"
+    )
     assert code == 0, err
     rows = json.loads(stdout)
     assert {n: r["precision"] for n, r in rows.items()} == {"detector": "fp32", "policy": "fp32"}
@@ -119,6 +121,8 @@ def test_convert_models_writes_a_model_repository(capsys: pytest.CaptureFixture[
     (tmp_path / "pipelines.json").write_text(
         json.dumps({"version": 1, "pipelines": [{"name": "act", "steps": bad}]})
     )
-    code, _, err = run_cli(capsys, "convert", "--models", tmp_path / "models.yaml", "-o", out, "--force")
+    code, _, err = run_cli(
+        capsys, "convert", "--models", str(tmp_path / "models.yaml"), "-o", str(out), "--force"
+    )
     assert code != 0 and "reads output 'boxes' of 'detector', which gives detections" in err, err
     assert "Traceback" not in err
