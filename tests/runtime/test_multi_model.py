@@ -365,3 +365,10 @@ def test_serve_process_serves_the_repository(repo: Path, tmp_path: Path) -> None
         assert r.status_code == 200 and np.array(r.json()["outputs"]["action"]).shape == (1, 7)
         listed = httpx.get(f"{svc.url}/v1/models").json()
         assert [m["slots"] for m in listed["models"]] == [2, 2]
+
+
+def test_ros2_bridge_model_must_be_served(repo: Path, tmp_path: Path) -> None:
+    """``--ros2-model`` picks the model or pipeline the bridge feeds; a name not served is one sentence."""
+    r = _serve("--models", str(repo), "--cache", str(tmp_path / "c"), "--ros2", "--ros2-model", "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--ros2-model: Model 'nope' is not served here" in r.stderr

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edge_runtime.cli.options import backend_option, cache_option, precision_option
-from edge_runtime.errors import BackendUnavailable, EdgeError
+from edge_runtime.errors import BackendUnavailable, EdgeError, RequestError
 
 
 @click.command()
@@ -48,6 +48,12 @@ from edge_runtime.errors import BackendUnavailable, EdgeError
 @click.option("--port", type=int, envvar="EDGE_PORT", default=8080, show_default=True, help="[env EDGE_PORT]")
 @click.option(
     "--ros2", is_flag=True, envvar="EDGE_ROS2", help="Also serve over ROS 2 topics [env EDGE_ROS2]."
+)
+@click.option(
+    "--ros2-model",
+    envvar="EDGE_ROS2_MODEL",
+    default=None,
+    help="The model or pipeline the ROS 2 bridge feeds (default: the default model) [env EDGE_ROS2_MODEL].",
 )
 @click.option("--cpus", envvar="EDGE_CPUS", default=None, help="Pin to these CPUs, e.g. 2-5 [env EDGE_CPUS].")
 @click.option("--max-body-mb", type=float, envvar="EDGE_MAX_BODY_MB", default=64.0, show_default=True)
@@ -153,6 +159,7 @@ def serve(
     host: str,
     port: int,
     ros2: bool,
+    ros2_model: str | None,
     cpus: str | None,
     max_body_mb: float,
     deadline_ms: float,
@@ -227,13 +234,16 @@ def serve(
             raise EdgeError(
                 f"--ros2 needs edge_runtime.ros2 and cyclonedds, which are not importable ({exc})."
             ) from None
-        assert service.bundle is not None
+        try:  # one bridge: its topics feed one model, or a pipeline of several
+            target = service.target(ros2_model)
+        except RequestError as exc:
+            raise EdgeError(f"--ros2-model: {exc}") from None
 
         def infer(feeds: Any) -> Any:
-            return service.infer(feeds)
+            return service.infer(feeds, ros2_model)
 
         bridge = Ros2Bridge(
-            infer=infer, inputs=service.bundle.inputs, config=Ros2Config.from_env(), registry=service.registry
+            infer=infer, inputs=target.inputs, config=Ros2Config.from_env(), registry=service.registry
         )
 
         def on_ready() -> None:
