@@ -58,11 +58,14 @@ def infer(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_json
             click.echo(f"{r['robot']:<16} FAILED  {r.get('error')}")
             continue
         shown = []
-        for name, value in r["outputs"].items():  # every output the robot's model gives, first 8 values
-            flat = np.ravel(
-                np.asarray(value.get("data", []) if isinstance(value, dict) else value, dtype=float)
-            )
-            shown.append(f"{name} {[round(v, 4) for v in flat[:8].tolist()]}{' …' if flat.size > 8 else ''}")
+        per_model = r.get("models") or {"": {"outputs": r["outputs"]}}  # several models: each one's outputs
+        for model, answer in per_model.items():
+            for name, value in answer["outputs"].items():  # every output the model gives, first 8 values
+                flat = np.ravel(
+                    np.asarray(value.get("data", []) if isinstance(value, dict) else value, dtype=float)
+                )
+                values = f"{[round(v, 4) for v in flat[:8].tolist()]}{' …' if flat.size > 8 else ''}"
+                shown.append(f"{model + '.' if model else ''}{name} {values}")
         click.echo(
             f"{r['robot']:<16} {r.get('version') or '-':<10} {'  '.join(shown)}  "
             f"({r['round_trip_ms']:.0f} ms round trip)"

@@ -362,6 +362,9 @@ def status(fleet_file: Path, group: str | None, devices: tuple[str, ...], as_jso
                 if engine.get("ready")
                 else str(engine.get("error") or "not ready")[:40]
             )
+        models = r.get("models")
+        if isinstance(models, dict) and models:  # a release of several models: each one's state
+            engine = f"{engine}; " + ", ".join(f"{name} {state}" for name, state in models.items())
         image = str(r.get("image") or "")
         version = str(r.get("version") or "-")
         if r.get("drift"):  # what runs is not what state.json records: say so, never cut
