@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from edge_deploy.fleet.gate import (
@@ -148,3 +150,58 @@ def test_each_models_backend_is_checked() -> None:
     ):
         models_backend_check(mixed, "tensorrt", "the release requires TensorRT")
     models_backend_check(mixed, None, "the release accepts ONNX Runtime on the CPU")  # nothing expected
+
+
+def _real_gate(repo: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The gate's own checks against the real service serving ``repo`` (ONNX Runtime, in process)."""
+    from edge_runtime.service import InferenceService, ServiceConfig, create_app
+
+    service = InferenceService(
+        ServiceConfig(bundle=None, models=repo, cache=repo.parent / "cache", backend="onnxruntime")
+    )
+    service.prepare()
+    service.load()
+    app = create_app(service, load_in_background=False)
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://robot") as http:
+            ready = await ready_check(http)
+            return ready, await smoke_models(http, served_models(ready))
+
+    try:
+        return asyncio.run(run())
+    finally:
+        service.close()
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """detector (the generated CNN, converted fp32) + a policy with the sample policy's interface."""
+    from edge_deploy.model import ConvertOptions, convert
+    from tests.build.multi_models import write_detector
+    from tests.runtime.bundles import ACTION_DIM, STATE_DIM, write_linear_bundle
+
+    repo = tmp_path / "models"
+    convert(write_detector(tmp_path / "detector.onnx"), repo / "detector", ConvertOptions(precision="fp32"))
+    write_linear_bundle(repo / "policy", np.ones((3 + STATE_DIM, ACTION_DIM)) * 0.01, np.zeros(ACTION_DIM))
+    return repo
+
+
+def test_the_real_service_of_two_models_passes_the_gate(repository: Path) -> None:
+    ready, report = _real_gate(repository)
+    assert set(ready["models"]) == {"detector", "policy"}
+    assert {n: r["outputs"] for n, r in report.items()} == {
+        "detector": {"detections": [1, 48]},
+        "policy": {"action": [1, 7]},
+    }
+
+
+def test_the_real_service_with_a_broken_model_fails_the_gate_naming_it(repository: Path) -> None:
+    import shutil
+
+    from tests.build.multi_models import write_broken_policy
+
+    shutil.rmtree(repository / "policy")
+    write_broken_policy(repository / "policy")
+    with pytest.raises(GateFailed, match=r"^model 'policy': smoke inference returned non-finite values in action$"):
+        _real_gate(repository)
