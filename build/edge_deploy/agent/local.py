@@ -98,10 +98,11 @@ class LocalConnection(RobotConnection):
         home: Path | None = None,
         docker_host: str | None = None,
         service_host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(robot, LocalSessions(self))  # type: ignore[arg-type]  # duck-typed: create_process
         self.home = (home or Path(os.environ.get("HOME") or Path.home())).resolve()
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}  # ``env``: variables over the agent's own environment
         env["HOME"] = str(self.home)
         if docker_host is not None:
             env["DOCKER_HOST"] = docker_host

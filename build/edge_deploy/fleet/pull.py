@@ -181,7 +181,7 @@ def pull_rollout(
             res.stop_reason = f"{len(failed)} robot(s) failed {limit} ({', '.join(r.robot for r in failed)})"
             res.reverted_to = _revert(opts, repository, manifest, previous, say)
             break
-        if wave and not any(settled[r].outcome != NOT_REACHED for r in wave):
+        if wave and n < len(plan) and all(settled[r].outcome == NOT_REACHED for r in wave):  # no evidence
             res.stopped = True
             res.stop_reason = f"no robot of wave {n} reported within {opts.wave_timeout_s:g} s; the channel stays at {percent} %"
             break
