@@ -8,15 +8,26 @@
 #
 #   EDGE_TXN=<hex> EDGE_VERSION=<semver> EDGE_RESTORE=<semver|-> EDGE_WAS=<semver|-> EDGE_WAS_PREVIOUS=<semver|->
 #   EDGE_WAIT_S=<s> EDGE_RESTORE_WAIT_S=<s> EDGE_CONFIRM_S=<s> EDGE_LOCK_WAIT_S=<s> EDGE_MARK_BAD=<0|1>
+#   EDGE_STRATEGY=<stop-start|hand-over> EDGE_PORT=<port> EDGE_HANDOVER_PORT=<port>
 #   sh edge-update.sh apply
 #   sh edge-update.sh recover     # a switch left unconfirmed by a dead script (reboot): put the previous back
 #   sh edge-update.sh cause       # why the service is not up, in the container's own words
 #
 # The operator asks by files: txn-<id>.confirm (the gate passed), txn-<id>.revert (it failed). The reason
 # of a failed `up` (exit code and the container's own last log lines) goes to txn-<id>.reason.
+#
+# Update strategies (docs/fleet.md, "Update strategies"). stop-start: `current` moves, compose replaces the
+# running container (the service is down from its stop until the new one is healthy). hand-over: the new
+# release starts beside the running one as the other compose project (edge / edge-b; the engine-cache volume
+# is shared), listening on EDGE_HANDOVER_PORT only, where the operator gates it; once confirmed it is told
+# (SIGUSR1) to listen on the service port too (SO_REUSEPORT), and only then does `current` move and the
+# old project stop (SIGTERM: it drains). A failed `up` or gate stops the new project: the old never
+# stopped. A release's project is COMPOSE_PROJECT_NAME in its .env, so `docker compose up -d` in current/
+# (the systemd unit) brings up the release that runs, in the project it runs as.
 set -u
 cd "$(dirname "$0")" || exit 1
 PROJECT=edge
+OTHER_PROJECT=edge-b
 SERVICE=edge-runtime
 
 now() { date -u +%Y-%m-%dT%H:%M:%S+00:00; }
@@ -43,6 +54,9 @@ state() {
         if [ -n "${5:-}" ]; then printf '  "reason": "%s",\n' "$(jstr "$5")"; fi
         if [ -n "${BAD:-}" ]; then printf '  "bad": "%s",\n' "$BAD"; fi
         if [ -n "${RESTORE_S:-}" ]; then printf '  "restore_s": %s,\n' "$RESTORE_S"; fi
+        printf '  "strategy": "%s",\n' "${STRATEGY_USED:-stop-start}"
+        if [ -n "${FALLBACK:-}" ]; then printf '  "fallback": "%s",\n' "$(jstr "$FALLBACK")"; fi
+        if [ -n "${NEWP:-}" ]; then printf '  "gate_port": %s,\n  "gate_project": "%s",\n' "$HANDOVER_PORT" "$NEWP"; fi
         printf '  "updated": "%s"\n}\n' "$(now)"
     } >"$tmp" && mv -f "$tmp" state.json
 }
@@ -54,14 +68,43 @@ history() { # ACTION VERSION TO RESULT REASON
 
 switch_to() { ln -sfn "releases/$1" .current.tmp && mv -T .current.tmp current; }
 
-up() { # WAIT_S: bring current up and wait for its health check; compose's own output to up.log
-    (cd current && docker compose -p "$PROJECT" up -d --wait --wait-timeout "$1" --remove-orphans) >up.log 2>&1
+# The compose project a release runs as (its .env's COMPOSE_PROJECT_NAME): edge or edge-b.
+project_of() {
+    p=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "releases/$1/.env" 2>/dev/null | tail -n1)
+    case "$p" in "$OTHER_PROJECT") echo "$OTHER_PROJECT" ;; *) echo "$PROJECT" ;; esac
+}
+set_project() { # VERSION PROJECT
+    f="releases/$1/.env"
+    [ -f "$f" ] || return 0
+    { grep -v '^COMPOSE_PROJECT_NAME=' "$f"; echo "COMPOSE_PROJECT_NAME=$2"; } >"$f.tmp" && mv -f "$f.tmp" "$f"
+}
+other_project() { if [ "$1" = "$PROJECT" ]; then echo "$OTHER_PROJECT"; else echo "$PROJECT"; fi; }
+# The project whose service container runs now (none: empty).
+running_project() {
+    p=$(docker ps --filter "label=com.docker.compose.service=$SERVICE" --filter label=com.docker.compose.oneoff=False \
+        --format '{{.Label "com.docker.compose.project"}}' 2>/dev/null | head -n1)
+    case "$p" in "$PROJECT"|"$OTHER_PROJECT") echo "$p" ;; esac
+}
+down_project() { docker compose -p "$1" down --timeout 30 >>up.log 2>&1; }
+# Whether anything listens on TCP port $1 in this network namespace (the robot's: host networking).
+listening() {
+    hex=$(printf ':%04X' "$1")
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p="$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }'
+}
+
+up() { # WAIT_S: bring current up in its project and wait for its health check (compose's output to up.log);
+    # the other project, a release it replaces or one a dead switch left, is stopped and removed.
+    cp=$(project_of "$(basename "$(readlink current)")")
+    (cd current && docker compose -p "$cp" up -d --wait --wait-timeout "$1" --remove-orphans) >up.log 2>&1
+    rc=$?
+    down_project "$(other_project "$cp")"
+    return $rc
 }
 
 # Why the service did not come up, in the container's own words: its state, exit code, restarts, the last
 # health check's output and the last lines of its log (the crashing process's message).
-cause() {
-    cid=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+cause() { # [PROJECT]
+    cid=$(docker ps -aq --filter "label=com.docker.compose.project=${1:-$(project_of "$(basename "$(readlink current)")")}" \
         --filter "label=com.docker.compose.service=$SERVICE" 2>/dev/null | head -n1)
     if [ -z "$cid" ]; then
         printf 'no container started: %s' "$(tail -n 3 up.log 2>/dev/null | tr '\n' ' ' | cut -c1-300)"
@@ -80,28 +123,104 @@ cause() {
     fi
 }
 
-restore() { # WHY RESULT: back to RESTORE (or nothing), state and history written here
+restore() { # WHY RESULT: back to RESTORE (or nothing); history, then state (what a poller waits for)
     why=$1 result=$2 t0=$(date +%s)
     state "$VERSION" "$RESTORE" reverting restore "$why"
+    failed_in=$(project_of "$VERSION")
     if [ "$RESTORE" = "-" ]; then
-        (cd current && docker compose -p "$PROJECT" down) >>up.log 2>&1
+        down_project "$failed_in"
         rm -f current
         RESTORE_S=$(( $(date +%s) - t0 ))
-        state - - failed done "$why; no previous release to restore, service stopped"
         history auto-rollback "$VERSION" - failed "$why"
+        state - - failed done "$why; no previous release to restore, service stopped"
         return
     fi
+    set_project "$RESTORE" "$failed_in" # replaces the failed container in place
     switch_to "$RESTORE"
     up "$RESTORE_WAIT_S"
     ok=$?
     RESTORE_S=$(( $(date +%s) - t0 ))
     if [ "$ok" = 0 ]; then
-        state "$RESTORE" - "$result" done "$why; restored $RESTORE"
         history auto-rollback "$VERSION" "$RESTORE" "$result" "$why"
+        state "$RESTORE" - "$result" done "$why; restored $RESTORE"
     else
-        state "$RESTORE" - failed done "$why; restoring $RESTORE also failed ($(cause))"
         history auto-rollback "$VERSION" "$RESTORE" failed "$why; restoring $RESTORE also failed"
+        state "$RESTORE" - failed done "$why; restoring $RESTORE also failed ($(cause))"
     fi
+}
+
+# hand-over: the new release beside the running one, gated on its own port, then given the service port.
+# Returns 1 (nothing changed, FALLBACK says why) when it must be done by stop-start instead.
+hand_over() {
+    NEWP=$(other_project "$OLDP")
+    down_project "$NEWP" # a leftover of a switch that died (the running project is the other one)
+    set_project "$VERSION" "$NEWP"
+    STRATEGY_USED=hand-over
+    state "$VERSION" "$RESTORE" switching up
+    if ! (cd "releases/$VERSION" && docker compose -p "$NEWP" up -d --wait --wait-timeout "$WAIT_S") >up.log 2>&1; then
+        nc=$(docker ps -aq --filter "label=com.docker.compose.project=$NEWP" --filter "label=com.docker.compose.service=$SERVICE" | head -n1)
+        if [ -n "$nc" ] && docker logs --tail 20 "$nc" 2>&1 | grep -qi 'address already in use'; then
+            # An edge-runtime older than hand-over binds the service port alone: no fault of the release.
+            down_project "$NEWP"
+            STRATEGY_USED=stop-start NEWP=
+            FALLBACK="the edge-runtime of $VERSION cannot listen beside the running one (older than hand-over)"
+            return 1
+        fi
+        if [ "$MARK_BAD" = 1 ]; then
+            grep -qx "$VERSION" bad-versions 2>/dev/null || echo "$VERSION" >>bad-versions
+            BAD=$VERSION
+        fi
+        why="$(cause "$NEWP")"
+        printf '%s\n' "$why" >"txn-$TXN.reason"
+        keep_old "$why" rolled_back
+        return 0
+    fi
+    state "$VERSION" "$RESTORE" awaiting_confirm gate
+    deadline=$(( $(date +%s) + CONFIRM_S ))
+    while :; do
+        if [ -e "txn-$TXN.confirm" ]; then break; fi
+        if [ -e "txn-$TXN.revert" ]; then
+            BAD=$( [ "$MARK_BAD" = 1 ] && echo "$VERSION" || true)
+            keep_old "$(head -c 600 "txn-$TXN.revert")" rolled_back
+            return 0
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            keep_old "no confirmation from the operator within $CONFIRM_S s after $VERSION came up (the health gate did not finish)" reverted
+            return 0
+        fi
+        sleep 0.2
+    done
+    state "$VERSION" "$RESTORE" switching takeover
+    cid=$(docker ps -q --filter "label=com.docker.compose.project=$NEWP" --filter "label=com.docker.compose.service=$SERVICE" | head -n1)
+    [ -n "$cid" ] && docker kill -s USR1 "$cid" >/dev/null 2>&1
+    # It closes the handover port once it listens on the service port (edge_runtime.service.server).
+    tries=0
+    while listening "$HANDOVER_PORT" && [ "$tries" -lt 2600 ]; do
+        sleep 0.05
+        tries=$((tries + 1))
+        if [ "$tries" = 60 ] && listening "$HANDOVER_PORT"; then
+            # The running release holds the port alone (an edge-runtime older than hand-over): it must go
+            # first, and the new one binds the port as soon as it is free.
+            FALLBACK="the running release does not share port $SERVICE_PORT (older than hand-over): stopped before the takeover"
+            down_project "$OLDP"
+        fi
+    done
+    if listening "$HANDOVER_PORT"; then
+        keep_old "$VERSION did not take over port $SERVICE_PORT within 130 s" rolled_back
+        return 0
+    fi
+    switch_to "$VERSION"
+    down_project "$OLDP" # SIGTERM: it stops accepting and drains what it has in flight
+    state "$VERSION" "$RESTORE" updated done
+    return 0
+}
+
+# A hand-over that did not happen: the new project goes, the running release never stopped.
+keep_old() { # WHY RESULT
+    down_project "$NEWP"
+    RESTORE_S=0
+    history auto-rollback "$VERSION" "$WAS" "$2" "$1"
+    state "$WAS" "$WAS_PREVIOUS" "$2" done "$1; $WAS kept serving"
 }
 
 apply() {
@@ -112,12 +231,27 @@ apply() {
     for n in "$WAIT_S" "$RESTORE_WAIT_S" "$CONFIRM_S" "$LOCK_WAIT_S"; do
         number "$n" || { echo "edge-update: not a whole number of seconds: $n" >&2; exit 2; }
     done
+    case "$STRATEGY" in stop-start|hand-over) ;; *) echo "edge-update: unknown strategy: $STRATEGY" >&2; exit 2 ;; esac
+    number "$SERVICE_PORT" && number "$HANDOVER_PORT" || { echo "edge-update: not a port number" >&2; exit 2; }
     # The robot's application and other updates hold the same lock; the operator released it just now.
     exec 9>>update.lock
     if ! flock -w "$LOCK_WAIT_S" 9; then
         state "$WAS" "$WAS_PREVIOUS" skipped lock "the robot's application held update.lock"
         exit 0
     fi
+    OLDP=$(running_project)
+    if [ "$STRATEGY" = hand-over ]; then
+        if [ -z "$OLDP" ]; then
+            FALLBACK="no release runs to hand over from"
+        elif [ "$VERSION" = "$WAS" ]; then
+            FALLBACK="$VERSION is the running release's own version (its files were replaced)"
+        elif listening "$HANDOVER_PORT"; then
+            FALLBACK="port $HANDOVER_PORT, for the hand-over, is taken"
+        elif hand_over; then
+            exit 0
+        fi
+    fi
+    set_project "$VERSION" "${OLDP:-$PROJECT}" # compose replaces the running container in place
     state "$VERSION" "$RESTORE" switching switch
     switch_to "$VERSION" || { restore "switching to $VERSION failed" failed; exit 1; }
     state "$VERSION" "$RESTORE" switching up
@@ -173,6 +307,8 @@ case "$TXN" in *[!0-9a-f]*) echo "edge-update: bad transaction id" >&2; exit 2 ;
 VERSION=${EDGE_VERSION:--} RESTORE=${EDGE_RESTORE:--} WAS=${EDGE_WAS:--} WAS_PREVIOUS=${EDGE_WAS_PREVIOUS:--}
 WAIT_S=${EDGE_WAIT_S:-600} RESTORE_WAIT_S=${EDGE_RESTORE_WAIT_S:-300} CONFIRM_S=${EDGE_CONFIRM_S:-300}
 LOCK_WAIT_S=${EDGE_LOCK_WAIT_S:-30} MARK_BAD=${EDGE_MARK_BAD:-1} BAD= RESTORE_S=
+STRATEGY=${EDGE_STRATEGY:-stop-start} SERVICE_PORT=${EDGE_PORT:-8080} HANDOVER_PORT=${EDGE_HANDOVER_PORT:-9080}
+STRATEGY_USED=stop-start FALLBACK= OLDP= NEWP=
 case "${1:-}" in
     apply) [ -n "$TXN" ] || { echo "edge-update: EDGE_TXN is not set" >&2; exit 2; }; apply ;;
     recover) recover ;;

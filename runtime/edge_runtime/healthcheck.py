@@ -18,6 +18,17 @@ from urllib.parse import urlsplit
 
 
 def default_url() -> str:
+    # A release gated on its handover port, before it takes over the service address, names that port in
+    # EDGE_HEALTH_URL_FILE (service/server.py): the address itself still answers for the release it replaces.
+    handover = os.environ.get("EDGE_HEALTH_URL_FILE")
+    if handover:
+        try:
+            with open(handover, encoding="utf-8") as f:
+                url = f.read().strip()
+            if url:
+                return url
+        except OSError:
+            pass
     return os.environ.get("EDGE_HEALTH_URL") or f"http://127.0.0.1:{os.environ.get('EDGE_PORT') or 8080}"
 
 

@@ -241,8 +241,9 @@ class LocalRobot(RobotConnection):
 
     @contextlib.asynccontextmanager
     async def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> AsyncIterator[int]:
-        """The robot's service port, reached on this machine (``service_port``: a real service here)."""
-        assert remote_port == self.robot.service_port
+        """The robot's service port (or a hand-over's gate port), reached on this machine (``service_port``:
+        a real service here)."""
+        assert remote_port in (self.robot.service_port, self.robot.gate_port)
         yield self.service_port if self.service_port is not None else remote_port
 
     async def close(self) -> None:

@@ -15,13 +15,20 @@ from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.release.tags import VersionError, check_version
 
 PROJECT = "edge"
+# A hand-over runs the new release as the other of two projects beside the running one (edge-update.sh);
+# a release's .env names the one it runs as, and the engine-cache volume has one name for both.
+PROJECTS = (PROJECT, "edge-b")
 SERVICE = "edge-runtime"
 COMPOSE_FILES = ("compose.yaml", "compose.jetson.yaml", "compose.ros2.yaml")
 SYSTEMD_UNIT = "edge-deploy.service"
 # The robot-side program that owns a switch (compose/edge-update.sh): switch, up --wait, wait for the
 # operator's confirmation, else restore; it survives the operator's SSH connection.
 UPDATE_SCRIPT = "edge-update.sh"
-ENGINE_VOLUME = f"{PROJECT}_engine-cache"  # compose.yaml's named volume in project "edge"
+ENGINE_VOLUME = f"{PROJECT}_engine-cache"  # compose.yaml's volume, named so in both projects
+# `docker ps` filters for the service container of whichever project runs it (never a one-off `run`).
+SERVICE_FILTER = (
+    f"--filter label=com.docker.compose.service={SERVICE} --filter label=com.docker.compose.oneoff=False"
+)
 
 
 def now_iso() -> str:
@@ -61,6 +68,7 @@ def env_file(robot: Robot, req: DeployRequest) -> str:
         f"EDGE_RELEASE={req.version}",
         f"EDGE_PLATFORM={robot.platform}",
         f"EDGE_PORT={robot.service_port}",
+        f"EDGE_HANDOVER_PORT={robot.gate_port}",
         f"EDGE_HEALTH_START_INTERVAL={robot.health_start_interval_s * 1000:.0f}ms",
         f"COMPOSE_FILE={':'.join(files)}",
         f"COMPOSE_PROJECT_NAME={PROJECT}",

@@ -138,6 +138,7 @@ class RobotReleases(RobotSwitch):
         result, reason, settled = await self.transaction(
             req.version, restore_to, {"current": current, "previous": previous}, req, timings
         )
+        res.update = dict(self.update)
         if result != "updated":
             return self._not_updated(res, result, reason, settled, restore_to, timings)
         if req.auto_start:
@@ -253,10 +254,12 @@ class RobotReleases(RobotSwitch):
         deploy: DeployRequest | None = None,
         not_kept_hint: str = "",
         known: dict[str, tuple[str, str]] | None = None,
+        update_strategy: str | None = None,
     ) -> RobotResult:
         """Back to the previous (or a named) release kept on the robot; nothing is downloaded. A release
         no longer kept is deployed from ``deploy`` (its manifest: pulled, pre-built and gated as a rollout)
-        when given, else refused with ``not_kept_hint`` (which command does it)."""
+        when given, else refused with ``not_kept_hint`` (which command does it). ``update_strategy``: the
+        operator's, else the robot's (a hand-over back costs no downtime either)."""
         t0 = time.monotonic()
         state = await self.settle_pending()
         state = await self.adopt_drift(state, known or (deploy.known_images if deploy else {}), "rollback")
@@ -275,10 +278,16 @@ class RobotReleases(RobotSwitch):
             return res
         required = await self.release_required_backend(target)
         gate = DeployRequest(
-            target, image, smoke=smoke, required_backend=required, health_timeout_s=health_timeout_s
+            target,
+            image,
+            smoke=smoke,
+            required_backend=required,
+            health_timeout_s=health_timeout_s,
+            update_strategy=update_strategy,
         )
         restore_to = current if current != target else None
         result, reason, final = await self.transaction(target, restore_to, state, gate, res.timings, False)
+        res.update = dict(self.update)
         if result != "updated":
             res.reason = reason or str(final.get("reason") or result)
             if result in ("rolled_back", "reverted") and restore_to:  # back on what it ran

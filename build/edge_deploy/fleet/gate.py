@@ -202,14 +202,16 @@ def models_not_ready(ready: dict[str, Any]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def service_client(conn: RobotConnection, timeout_s: float) -> AsyncIterator[Any]:
+async def service_client(
+    conn: RobotConnection, timeout_s: float, port: int | None = None
+) -> AsyncIterator[Any]:
     """An httpx client on the robot's service, through an SSH port forward (it listens on the robot's
-    loopback)."""
+    loopback); ``port``: another of the robot's ports (a hand-over gates the new release on its own)."""
     import httpx
 
     async with (
-        conn.forward(conn.robot.service_port) as port,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s) as http,
+        conn.forward(conn.robot.service_port if port is None else port) as local,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{local}", timeout=timeout_s) as http,
     ):
         yield http
 
@@ -219,12 +221,14 @@ async def service_check(
     smoke: bool = True,
     timeout_s: float = 120,
     backend: tuple[str | None, str] | None = None,
+    port: int | None = None,
 ) -> GateReport:
     """Through an SSH port forward: /readyz must say the engine is ready (and, with ``backend``, served by
     the expected backend: see ``backend_check``), and with ``smoke`` one inference on an input built from
     the model's own metadata must return every declared output with its declared shape and finite values
-    (whatever the model: nothing here assumes the sample policy)."""
-    async with service_client(conn, timeout_s) as http:
+    (whatever the model: nothing here assumes the sample policy). ``port``: gate the release listening
+    there (a hand-over's new release) instead of the service port."""
+    async with service_client(conn, timeout_s, port) as http:
         ready = await ready_check(http)
         if backend is not None:
             backend_check(ready, *backend)
@@ -261,11 +265,10 @@ async def ros2_check(conn: RobotConnection, timeout_s: float = 60) -> dict[str, 
     robot sees), answered on the probe's own topics, never on the action topic."""
     import json
 
-    from edge_deploy.fleet.compose import PROJECT, SERVICE
+    from edge_deploy.fleet.compose import SERVICE_FILTER
 
     r = await conn.run(
-        f"cid=$(docker ps -q --filter label=com.docker.compose.project={PROJECT} "
-        f"--filter label=com.docker.compose.service={SERVICE} | head -n1); "
+        f"cid=$(docker ps -q {SERVICE_FILTER} | head -n1); "
         '[ -n "$cid" ] || { echo "error: no running container" >&2; exit 1; }; '
         f'docker exec "$cid" python3 -m edge_runtime.ros2.probe --timeout {int(timeout_s)}',
         timeout=timeout_s + 60,

@@ -26,6 +26,9 @@ PATH_PART_RE = re.compile(r"^[A-Za-z0-9._+@][A-Za-z0-9._+@-]{0,127}\Z")  # never
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?\Z")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:@+/-]{0,63}\Z")
 PLATFORMS = ("linux/arm64", "linux/amd64")
+# How a robot changes releases (docs/fleet.md, "Update strategies"): hand-over starts the new release beside
+# the running one and gates it before it takes the service address; stop-start stops the old one first.
+UPDATE_STRATEGIES = ("hand-over", "stop-start")
 
 ROBOT_FIELDS = {
     "name",
@@ -46,6 +49,8 @@ ROBOT_FIELDS = {
     "allow_cpu_fallback",
     "connect_timeout_s",
     "health_start_interval_s",
+    "update_strategy",
+    "handover_port",
 }
 DEFAULT_FIELDS = ROBOT_FIELDS - {"name", "host"}
 TOP_FIELDS = {"fleet", "defaults", "robots", "public_key", "releases_dir"}
@@ -78,6 +83,19 @@ class Robot:
     # soon `up --wait` sees a new release healthy. Each check starts a Python process; raise it on robots
     # where that is slow (the simulator's emulated arm64 robots use 5 s).
     health_start_interval_s: float = 1.0
+    # hand-over (default; a robot without the memory for two releases at once falls back to stop-start, and
+    # says so in the result) or stop-start; a rollout or rollback may override it.
+    update_strategy: str = "hand-over"
+    # The port a hand-over gates the new release on before it takes service_port (default: service_port
+    # + 1000, or - 1000 above 64535); loopback only, like the service.
+    handover_port: int | None = None
+
+    @property
+    def gate_port(self) -> int:
+        """The hand-over's gate port (``handover_port`` or its default)."""
+        if self.handover_port is not None:
+            return self.handover_port
+        return self.service_port + 1000 if self.service_port <= 64535 else self.service_port - 1000
 
     def __post_init__(self) -> None:
         # A Robot made in Python (edge_deploy.api.deploy_to_device) gets the same checks as fleet.yaml.
@@ -186,6 +204,23 @@ def robot_problem(r: Robot) -> tuple[str, str] | None:
         ("lock_wait_s", _seconds_problem(r.lock_wait_s, 0, 86400)),
         ("connect_timeout_s", _seconds_problem(r.connect_timeout_s, 0, 600, lo_open=True)),
         ("health_start_interval_s", _seconds_problem(r.health_start_interval_s, 0.1, 300)),
+        (
+            "update_strategy",
+            None
+            if r.update_strategy in UPDATE_STRATEGIES
+            else f"expected {' or '.join(UPDATE_STRATEGIES)}, got {r.update_strategy!r}",
+        ),
+        (
+            "handover_port",
+            None
+            if r.handover_port is None
+            else _port_problem(r.handover_port)
+            or (
+                f"expected a port other than service_port {r.service_port}, got {r.handover_port!r}"
+                if r.handover_port == r.service_port
+                else None
+            ),
+        ),
     ]
     return next(((fld, problem) for fld, problem in checks if problem is not None), None)
 
@@ -329,6 +364,16 @@ def _robot(raw: dict[str, Any], defaults: dict[str, Any], base: Path, index: int
         if not 0.1 <= v <= 300:
             raise _err(where, "health_start_interval_s", f"expected 0.1 to 300 seconds, got {v:g}")
         kw["health_start_interval_s"] = v
+    if "handover_port" in d:
+        kw["handover_port"] = _int(d["handover_port"], where, "handover_port", 1, 65535)
+    if "update_strategy" in d:
+        if d["update_strategy"] not in UPDATE_STRATEGIES:
+            raise _err(
+                where,
+                "update_strategy",
+                f"expected {' or '.join(UPDATE_STRATEGIES)}, got {d['update_strategy']!r}",
+            )
+        kw["update_strategy"] = d["update_strategy"]
     for key in ("gpu", "allow_cpu_fallback"):
         if key in d:
             if not isinstance(d[key], bool):
@@ -428,7 +473,10 @@ def dump_fleet(fleet: Fleet) -> str:
             "min_free_mb": r.min_free_mb,
             "lock_wait_s": r.lock_wait_s,
             "health_start_interval_s": r.health_start_interval_s,
+            "update_strategy": r.update_strategy,
         }
+        if r.handover_port is not None:
+            d["handover_port"] = r.handover_port
         if r.labels:
             d["labels"] = dict(r.labels)
         if r.ssh_key:

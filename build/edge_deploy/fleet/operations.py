@@ -179,7 +179,15 @@ def rollback(fleet: Path | Fleet, options: RollbackOptions) -> list[RobotResult]
     timeout, smoke = options.health_timeout_s, options.smoke
 
     async def back(rr: RobotReleases) -> RobotResult:
-        return await rr.rollback(to, timeout, smoke, deploy=deploy, not_kept_hint=hint, known=known)
+        return await rr.rollback(
+            to,
+            timeout,
+            smoke,
+            deploy=deploy,
+            not_kept_hint=hint,
+            known=known,
+            update_strategy=options.update_strategy,
+        )
 
     return [r for r in on_each(robots, back)]
 

@@ -37,6 +37,9 @@ class RobotResult:
     engine: dict[str, Any] = field(default_factory=dict)  # the pre-built engine: hit, build_seconds, key
     retries: dict[str, int] = field(default_factory=dict)  # step ("connect", "pull") → retries it took
     image_bytes: int | None = None  # bytes of image the robot received (ssh-copy counts them; else None)
+    # How the switch was made: "strategy" (hand-over or stop-start) and, when a hand-over was asked for
+    # but stop-start made it, "fallback" (why: memory, nothing running, an edge-runtime without it).
+    update: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:

@@ -29,6 +29,7 @@ from edge_deploy.fleet.compose import (
     ENGINE_VOLUME,
     PROJECT,
     SERVICE,
+    SERVICE_FILTER,
     SYSTEMD_UNIT,
     compose_bundle_dir,
     now_iso,
@@ -188,8 +189,7 @@ class RobotStore:
         """The running service's image as its container names it (a digest or a tag) and every digest that
         identifies it (the image ID and its repository digests); None when no container runs."""
         r = await self.conn.run(
-            f"cid=$(docker ps -q --filter label=com.docker.compose.project={PROJECT} "
-            f'--filter label=com.docker.compose.service={SERVICE} | head -n1); [ -n "$cid" ] || exit 0; '
+            f'cid=$(docker ps -q {SERVICE_FILTER} | head -n1); [ -n "$cid" ] || exit 0; '
             "id=$(docker inspect -f '{{.Image}}' \"$cid\") && docker inspect -f '{{.Config.Image}}' \"$cid\" && "
             'echo "$id" && docker image inspect -f \'{{range .RepoDigests}}{{.}} {{end}}\' "$id"',
             timeout=60,
@@ -258,10 +258,16 @@ class RobotStore:
         except ValueError:
             return {}
 
-    async def container_health(self) -> str:
+    async def container_health(self, project: str | None = None) -> str:
+        """Docker's state, health and image of the service container (of ``project``: a hand-over's new
+        release while the old one still runs; by default whichever project runs the service)."""
+        which = (
+            f"--filter label=com.docker.compose.project={project} {SERVICE_FILTER}"
+            if project
+            else SERVICE_FILTER
+        )
         r = await self.conn.run(
-            f"docker ps -aq --filter label=com.docker.compose.project={PROJECT} "
-            f"--filter label=com.docker.compose.service={SERVICE} | head -n1 | "
+            f"docker ps -aq {which} | head -n1 | "
             "xargs -r docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}"
             "{{else}}none{{end}} {{.Config.Image}}'",
             timeout=60,

@@ -2,7 +2,11 @@
 switches ``current``, brings the release up and waits for this side's health gate to confirm it; a failed
 ``up`` or gate, or no confirmation in time, restores the previous release there, even once the operator's
 connection is gone. This side starts it, follows state.json, gates and confirms or reverts, and settles a
-switch an earlier run left pending."""
+switch an earlier run left pending.
+
+The update strategy (docs/fleet.md, "Update strategies") is chosen here: ``hand-over`` (the new release
+gated on its own port beside the running one, then taking over the service address) where the robot has
+the memory for both releases at once, else ``stop-start``; edge-update.sh makes either."""
 
 from __future__ import annotations
 
@@ -12,11 +16,18 @@ import time
 from typing import Any
 
 from edge_deploy.fleet import FleetError
-from edge_deploy.fleet.compose import UPDATE_SCRIPT, compose_bundle_dir, release_dir_name
+from edge_deploy.fleet.compose import (
+    PROJECTS,
+    SERVICE_FILTER,
+    UPDATE_SCRIPT,
+    compose_bundle_dir,
+    release_dir_name,
+)
 from edge_deploy.fleet.gate import GateFailed, GateReport, expected_backend, ros2_check, service_check
+from edge_deploy.fleet.inventory import UPDATE_STRATEGIES
 from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.fleet.outcome import Steps
-from edge_deploy.fleet.ssh import q
+from edge_deploy.fleet.ssh import RobotConnection, q
 from edge_deploy.fleet.store import RobotStore
 
 PENDING = ("switching", "awaiting_confirm", "reverting")
@@ -25,10 +36,48 @@ POLL_S = 1.0  # how often the operator reads the robot's state while edge-update
 # Putting the previous release back must not give up as early as a short health timeout for the new one:
 # its engine is cached, but a loaded robot (or QEMU) can still take minutes to report healthy.
 RESTORE_TIMEOUT_S = 300.0
+# A hand-over runs two releases at once: the robot must have, available, what the running release's
+# container uses (the new one needs about as much: same runtime, an engine of the same model class) plus
+# this margin for the system and the robot's own application.
+HANDOVER_HEADROOM_MB = 256
+
+
+def parse_mem_usage(text: str) -> float | None:
+    """MB of a ``docker stats`` MemUsage column ("123.4MiB / 7.6GiB"), None when unreadable."""
+    used = text.split("/")[0].strip()
+    units = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "kB": 1e3 / 2**20, "MB": 1e6 / 2**20}
+    units |= {"GB": 1e9 / 2**20}
+    for unit in sorted(units, key=len, reverse=True):
+        if used.endswith(unit):
+            try:
+                return float(used[: -len(unit)]) * units[unit]
+            except ValueError:
+                return None
+    return None
+
+
+def handover_memory_problem(meminfo_available_kb: int | None, running_mb: float | None) -> str | None:
+    """Why the robot cannot hold two releases at once (the reason a hand-over falls back to stop-start),
+    or None when it can. On a Jetson the GPU shares this memory (unified), so MemAvailable is the gauge;
+    tegrastats and the engine's device memory are not read (not exercised here)."""
+    if meminfo_available_kb is None:
+        return "the robot's available memory could not be read (/proc/meminfo)"
+    available = meminfo_available_kb / 1024
+    need = (running_mb or 0.0) + HANDOVER_HEADROOM_MB
+    if available < need:
+        return (
+            f"only {available:.0f} MB available, below the running release's {running_mb or 0:.0f} MB "
+            f"plus {HANDOVER_HEADROOM_MB} MB for a second release beside it"
+        )
+    return None
 
 
 class RobotSwitch(RobotStore):
     """A robot's store, plus the switch edge-update.sh makes there and the gate that confirms it."""
+
+    def __init__(self, conn: RobotConnection, retries: dict[str, int] | None = None) -> None:
+        super().__init__(conn, retries)
+        self.update: dict[str, str] = {}  # the strategy of the last switch (RobotResult.update)
 
     async def upload_update_script(self) -> None:
         """The robot runs the edge-update.sh of the tool that drives it (a newer tool may bring a newer one)."""
@@ -88,6 +137,9 @@ class RobotSwitch(RobotStore):
             "EDGE_CONFIRM_S": str(int(max(gate.confirm_timeout_s, 1))),
             "EDGE_LOCK_WAIT_S": str(int(self.robot.lock_wait_s) + 1),
             "EDGE_MARK_BAD": "1" if mark_bad else "0",
+            "EDGE_PORT": str(self.robot.service_port),
+            "EDGE_HANDOVER_PORT": str(self.robot.gate_port),
+            "EDGE_STRATEGY": await self.choose_strategy(gate),
         }
         await self.upload_update_script()
         assign = " ".join(f"{k}={q(v)}" for k, v in env.items())
@@ -102,6 +154,7 @@ class RobotSwitch(RobotStore):
             await self.release_update_lock()  # edge-update.sh holds it from here on
             up = await self.wait_settled(txn, ("awaiting_confirm", *SETTLED), wait_s + restore_s + 120)
         timings["switch"] = 0.0  # edge-update.sh switches within "up"
+        self.note_strategy(up)
         if up["last_result"] != "awaiting_confirm":  # up failed: the robot has restored on its own
             reason = (await self.conn.run(f"cat {self.dir}/txn-{txn}.reason 2>/dev/null", timeout=30)).stdout
             reason = reason.strip() or str(up.get("reason") or up["last_result"])
@@ -109,7 +162,7 @@ class RobotSwitch(RobotStore):
             return str(up["last_result"]), reason, up
         try:
             with steps("health"):
-                await self.health_gate_after_up(gate)
+                await self.health_gate_after_up(gate, up)
         except GateFailed as exc:
             with steps("rollback"):
                 await self.conn.write_file(
@@ -121,8 +174,45 @@ class RobotSwitch(RobotStore):
             return str(done["last_result"]), str(exc), done
         await self.conn.check(f": > {self.dir}/txn-{txn}.confirm", "confirming the update", timeout=30)
         done = await self.wait_settled(txn, SETTLED, restore_s + 120)
+        self.note_strategy(done)
         reason = "" if done["last_result"] == "updated" else str(done.get("reason") or "")
         return str(done["last_result"]), reason, done
+
+    async def choose_strategy(self, req: DeployRequest) -> str:
+        """The operator's strategy, else the robot's; a hand-over needs the memory for two releases at once
+        (``handover_memory_problem``), else it is a stop-start and ``self.update`` says why."""
+        asked = req.update_strategy or self.robot.update_strategy
+        if asked not in UPDATE_STRATEGIES:
+            raise FleetError(f"Robot {self.robot.name}: unknown update strategy {asked!r}")
+        self.update = {"strategy": asked}
+        if asked != "hand-over":
+            return asked
+        why = None
+        if req.include_ros2:
+            why = "the ROS 2 bridge is not handed over yet (two bridges would answer one observation)"
+        else:
+            r = await self.conn.run(
+                "awk '/^MemAvailable:/ {print $2}' /proc/meminfo; "
+                f"cid=$(docker ps -q {SERVICE_FILTER} | head -n1); "
+                '[ -z "$cid" ] || docker stats --no-stream --format "{{.MemUsage}}" "$cid"',
+                timeout=60,
+            )
+            lines = r.stdout.splitlines() if r.ok else []
+            available = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+            running = parse_mem_usage(lines[1]) if len(lines) > 1 else None
+            why = handover_memory_problem(available, running)
+        if why is None:
+            return asked
+        self.update = {"strategy": "stop-start", "fallback": why}
+        return "stop-start"
+
+    def note_strategy(self, state: dict[str, Any]) -> None:
+        """What edge-update.sh made of the strategy (it falls back when nothing runs to hand over from,
+        or an edge-runtime cannot listen beside the other)."""
+        if state.get("strategy") in UPDATE_STRATEGIES and state.get("txn"):
+            self.update["strategy"] = str(state["strategy"])
+        if state.get("fallback"):
+            self.update["fallback"] = str(state["fallback"])
 
     async def settle_pending(self, req: DeployRequest | None = None) -> dict[str, Any]:
         """Before a new update: an edge-update.sh still running is left to finish (one that waits for a
@@ -154,7 +244,7 @@ class RobotSwitch(RobotStore):
         revert = "superseded by a rollback before it was confirmed"
         if req is not None and state.get("current") == req.version and state.get("image") == req.image:
             try:  # the re-run of the very rollout that lost its connection: gate it now
-                await self.health_gate_after_up(req)
+                await self.health_gate_after_up(req, state)
                 await self.conn.check(
                     f": > {self.dir}/txn-{txn}.confirm", "confirming the update", timeout=30
                 )
@@ -167,15 +257,27 @@ class RobotSwitch(RobotStore):
             await self.conn.write_file(f"{self.robot.compose_dir}/txn-{txn}.revert", revert[:600].encode())
         return await self.wait_settled(txn, SETTLED, timeout)
 
-    async def health_gate_after_up(self, req: DeployRequest) -> GateReport:
+    async def health_gate_after_up(self, req: DeployRequest, up: dict[str, Any] | None = None) -> GateReport:
         """The operator's gate once edge-update.sh has the release up: Docker's health check, then the
-        service's own (``gate.service_check``); any failure to reach the service is a GateFailed."""
-        health = await self.container_health()
+        service's own (``gate.service_check``); any failure to reach the service is a GateFailed. ``up``:
+        the robot's state then; a hand-over names the port and project of the new release there, which is
+        gated there while the old one still serves."""
+        up = up or {}
+        gate_port = up.get("gate_port") if up.get("strategy") == "hand-over" else None
+        project = up.get("gate_project") if gate_port else None
+        if gate_port is not None and not (isinstance(gate_port, int) and 1 <= gate_port <= 65535):
+            raise GateFailed(f"the robot named a gate port that is not a port number ({gate_port!r})")
+        if project is not None and project not in PROJECTS:
+            raise GateFailed(f"the robot named an unknown compose project ({str(project)[:40]!r})")
+        health = await self.container_health(project)
         if " healthy " not in f" {health} ":
             raise GateFailed(f"the container is not healthy ({health or 'no container'})")
         try:
             report = await service_check(
-                self.conn, req.smoke, backend=expected_backend(self.robot, req.required_backend)
+                self.conn,
+                req.smoke,
+                backend=expected_backend(self.robot, req.required_backend),
+                port=gate_port,
             )
             if req.include_ros2:
                 report["ros2"] = await ros2_check(self.conn)

@@ -1,17 +1,148 @@
-"""Run the app under uvicorn until SIGTERM/SIGINT, and leave at once when the watchdog finds a hung engine."""
+"""Run the app under uvicorn until SIGTERM/SIGINT, and leave at once when the watchdog finds a hung engine.
+
+The service address is bound with ``SO_REUSEPORT``, so that the next release can listen on it beside this
+one (the ``hand-over`` update strategy, docs/fleet.md). A release started while another process already
+serves its address (``EDGE_HANDOVER_PORT`` set) listens only on that port of its own, where the operator's
+health gate reaches it alone; ``SIGUSR1`` then makes it take over the service address (the old release is
+stopped only afterwards). Started while nothing serves the address (a reboot, a crash, ``stop-start``), it
+serves the address at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from edge_runtime.errors import EdgeError
 from edge_runtime.service.app import create_app
 from edge_runtime.service.inference import EXIT_HUNG, InferenceService
+
+TAKEOVER_SIGNAL = signal.SIGUSR1
+# How long a takeover retries binding the service address when the running release did not bind it with
+# SO_REUSEPORT (an edge-runtime older than hand-over): its port frees once it is stopped.
+TAKEOVER_BIND_S = 120.0
+
+
+def handover_port_from_env() -> int | None:
+    """EDGE_HANDOVER_PORT (the port a release is gated on before it takes over), or None when unset."""
+    raw = os.environ.get("EDGE_HANDOVER_PORT", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise EdgeError(f"EDGE_HANDOVER_PORT must be a port number from 1 to 65535, got {raw!r}.")
+    return int(raw)
+
+
+def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A bound TCP socket for ``host:port`` (not listening yet); ``reuse_port``: SO_REUSEPORT, so that
+    another process can listen on the same address while this one still serves."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    try:
+        return listen_socket(host, port, reuse_port)
+    except OSError as exc:
+        raise EdgeError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
+
+
+def someone_serves(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether a process already accepts connections on ``host:port``."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    try:
+        with socket.create_connection((target, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _health_url_file() -> str | None:
+    return os.environ.get("EDGE_HEALTH_URL_FILE") or None
+
+
+def _write_health_url(url: str | None) -> None:
+    """Where Docker's health check must ask (``edge_runtime.healthcheck``): the handover port while this
+    release is gated there, the service address (file removed) once it serves it."""
+    path = _health_url_file()
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        if url is None:
+            os.unlink(path)
+        else:
+            with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+                f.write(url + "\n")
+            os.replace(f"{path}.tmp", path)
+
+
+def _make_server_class() -> type[Any]:
+    import uvicorn
+
+    class HandoverServer(uvicorn.Server):
+        """uvicorn's server, plus the takeover of the service address on SIGUSR1."""
+
+        handover: tuple[str, int] | None = None  # the service address still to take over
+        service_sock: socket.socket | None = None  # bound with SO_REUSEPORT, not listening yet
+        say: Callable[[str], None] = print
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.handover is not None and not self.should_exit:
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(TAKEOVER_SIGNAL, lambda: loop.create_task(self.take_over()))
+
+        async def take_over(self) -> None:
+            """Listen on the service address beside the release that serves it, then close the handover
+            port: from here on the kernel spreads new connections over both, until the old one stops."""
+            if self.handover is None:
+                return
+            host, port = self.handover
+            self.handover = None
+            sock, deadline = self.service_sock, time.monotonic() + TAKEOVER_BIND_S
+            while sock is None:
+                try:
+                    sock = listen_socket(host, port, reuse_port=True)
+                except OSError as exc:
+                    if time.monotonic() > deadline or self.should_exit:
+                        self.say(f"takeover failed: cannot bind {host}:{port} ({exc.strerror})")
+                        return
+                    await asyncio.sleep(0.05)
+            config = self.config
+            loop = asyncio.get_running_loop()
+
+            def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+                proto: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+                )
+                return proto
+
+            server = await loop.create_server(create_protocol, sock=sock, backlog=config.backlog)
+            gate_servers, self.servers = self.servers, [server]
+            for gate in gate_servers:  # the handover port: the gate is done with it
+                gate.close()
+            self.servers.extend(gate_servers)  # closed again (a no-op) at shutdown
+            _write_health_url(None)
+            self.say(f"took over http://{host}:{port}")
+
+    return HandoverServer
 
 
 def serve(
@@ -21,11 +152,16 @@ def serve(
     drain_timeout_s: float = 30.0,
     on_ready: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
+    handover_port: int | None = None,
 ) -> int:
-    """Run the HTTP server until SIGTERM/SIGINT; uvicorn stops accepting, then drains in-flight requests."""
+    """Run the HTTP server until SIGTERM/SIGINT; uvicorn stops accepting, then drains in-flight requests.
+    With ``handover_port`` (default: EDGE_HANDOVER_PORT) and another process serving ``host:port``, listen
+    on the handover port until SIGUSR1 (see the module's docstring)."""
     import uvicorn
 
-    server: uvicorn.Server | None = None
+    if handover_port is None:
+        handover_port = handover_port_from_env()
+    server: Any = None
 
     def fail(msg: str) -> None:
         if server is not None:
@@ -54,7 +190,21 @@ def serve(
         loop="asyncio",
         http="auto",
     )
-    server = uvicorn.Server(config)
+    server = _make_server_class()(config)
+    server.say = service.say
+    _write_health_url(None)
+    handing_over = handover_port is not None and handover_port != port and someone_serves(host, port)
+    if handing_over:
+        assert handover_port is not None
+        sockets = [_bind(host, handover_port, reuse_port=False)]
+        try:
+            server.service_sock = listen_socket(host, port, reuse_port=True)
+        except OSError:  # the running release holds the address alone: bound at takeover
+            server.service_sock = None
+        server.handover = (host, port)
+        _write_health_url(f"http://127.0.0.1:{handover_port}")
+    else:
+        sockets = [_bind(host, port, reuse_port=True)]
 
     if on_ready is not None:
 
@@ -65,8 +215,20 @@ def serve(
                 on_ready()
 
         threading.Thread(target=wait_ready, name="edge-on-ready", daemon=True).start()
-    service.say(f"listening on http://{host}:{port}")
-    server.run()
+    if handing_over:
+        service.say(
+            f"listening on http://{host}:{handover_port} (another process serves port {port}; "
+            f"SIGUSR1 takes it over)"
+        )
+    else:
+        service.say(f"listening on http://{host}:{port}")
+    try:
+        server.run(sockets=sockets)
+    finally:
+        for sock in sockets + ([server.service_sock] if server.service_sock is not None else []):
+            with contextlib.suppress(OSError):
+                sock.close()
+        _write_health_url(None)
     if service.failed:
         raise EdgeError(service.failed)
     return 0
