@@ -12,7 +12,22 @@ import click
 
 from edge_runtime.cli.app import configure_logging
 
+AGENT_MODULES = ("yaml", "semver", "asyncssh", "tenacity", "httpx", "cryptography", "prometheus_client")
 CONFIG_HELP = "The agent's YAML configuration (robot, repository, channel, public_key, …; docs/fleet.md)."
+
+
+def _need_agent_extra() -> None:
+    """One sentence naming the extra when a package of ``[agent]`` is missing (a robot installs only it)."""
+    import importlib.util
+
+    from edge_deploy.fleet import FleetError
+
+    missing = [m for m in AGENT_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FleetError(
+            f"the agent needs {', '.join(missing)}, which come with the agent extra: "
+            "pip install 'edge-deploy[agent]'."
+        )
 
 
 @click.group("agent")
@@ -29,6 +44,7 @@ def run(config_file: Path, once: bool, quiet: bool) -> None:
     machine, report to the pushgateway. Each check prints one JSON line on stdout. With --once the exit
     status says how the check went: 0 (applied, already current, or not for this robot yet), 1 (the update
     failed or was rolled back), 2 (the channel was refused), 3 (the channel could not be read)."""
+    _need_agent_extra()
     from edge_deploy.agent.config import load_config
     from edge_deploy.agent.loop import OFFLINE, Agent
     from edge_deploy.fleet.outcome import FAILURES
@@ -62,6 +78,7 @@ def run(config_file: Path, once: bool, quiet: bool) -> None:
 def check(config_file: Path) -> None:
     """Read and verify this robot's channel (signature, every image's signature and digests) and say
     whether its release is for this robot; changes nothing."""
+    _need_agent_extra()
     from edge_deploy.agent.config import load_config
     from edge_deploy.release.channel import bucket, read_channel
 
