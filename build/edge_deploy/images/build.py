@@ -258,18 +258,12 @@ def _model_bundles(
     epoch = variables.get("SOURCE_DATE_EPOCH", "")
     bake_file.write_text(json.dumps(models_bake_file(models, pipelines_dir=pipelines_dir, epoch=epoch)))
     dests = {m.target: tmp / "bundles" / m.name for m in models.models}
-    manifests = export_model_bundles(variables, dests, context=context, files=[bake_file], progress=progress)
-    bundles = {
-        m.name: {
-            "sha256": str(manifests[m.target].get("bundle_sha256", "")),
-            "precision": str(manifests[m.target].get("precision", m.precision)),
-        }
-        for m in models.models
-    }
+    export_model_bundles(variables, dests, context=context, files=[bake_file], progress=progress)
+    # loaded (every file's sha256 checked): the content identity of a converted and of a prebuilt bundle alike
+    loaded = {n: ModelBundle.load(d) for n, d in _by_name(dests).items()}
+    bundles = {n: {"sha256": b.sha256, "precision": b.manifest.precision} for n, b in loaded.items()}
     if models.pipelines is not None:  # now against the models' own inputs and outputs
-        check_pipelines(
-            models.pipelines, models.names, {n: ModelBundle.load(d) for n, d in _by_name(dests).items()}
-        )
+        check_pipelines(models.pipelines, models.names, loaded)
     # the label is known only now: the bake file is written again with it (the model targets are cached)
     label = models_label(bundles)
     bake_file.write_text(
