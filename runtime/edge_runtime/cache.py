@@ -606,17 +606,19 @@ class EngineCache:
         return out
 
     # -- pins ------------------------------------------------------------------------------------------
-    def pin(self, name: str, key: str) -> Path:
-        """Record that release ``name`` uses engine ``key``: eviction never removes it while the pin exists.
-        A release has one engine per device, so a new pin of the same name replaces the old one."""
+    def pin(self, name: str, key: str | list[str]) -> Path:
+        """Record that release ``name`` uses engine ``key`` (a release of several models: each model's key):
+        eviction never removes them while the pin exists. A new pin of the same name replaces the old one."""
         check_pin_name(name)
-        if not _KEY.fullmatch(key):
-            raise CacheError(f"{key[:80]!r} is not an engine key (64 lowercase hex digits).")
+        keys = [key] if isinstance(key, str) else list(key)
+        for k in keys:
+            if not _KEY.fullmatch(k):
+                raise CacheError(f"{k[:80]!r} is not an engine key (64 lowercase hex digits).")
         self.prepare()
         path = self.pins_dir / name
         with self._aux_lock("pins"):
             self._write_atomic(
-                path, (json.dumps({"name": name, "keys": [key], "pinned": _now()}) + "\n").encode()
+                path, (json.dumps({"name": name, "keys": keys, "pinned": _now()}) + "\n").encode()
             )
         return path
 

@@ -372,3 +372,39 @@ def test_ros2_bridge_model_must_be_served(repo: Path, tmp_path: Path) -> None:
     r = _serve("--models", str(repo), "--cache", str(tmp_path / "c"), "--ros2", "--ros2-model", "nope")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--ros2-model: Model 'nope' is not served here" in r.stderr
+
+
+def test_engine_build_builds_and_pins_every_model_and_serve_hits_them(repo: Path, tmp_path: Path) -> None:
+    """What a rollout's pre-build runs in a release of several models: every engine built, one pin keeping
+    all of them; the service then starts on cache hits."""
+    cache = tmp_path / "c"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "engine",
+            "build",
+            "--backend",
+            "onnxruntime",
+            "--cache",
+            str(cache),
+            "--json",
+        ],
+        env={**ENV, "EDGE_MODELS": str(repo), "EDGE_ENGINE_PIN": "1.2.0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert [m["model"] for m in info["models"]] == ["detector", "policy"] and info["hit"] is False
+    assert info["key"] == info["models"][0]["key"] and info["pin"] == "1.2.0"
+    from edge_runtime.cache import EngineCache
+
+    assert EngineCache(cache).pins() == {"1.2.0": [m["key"] for m in info["models"]]}
+    config = ServiceConfig(bundle=None, models=repo, cache=cache, backend="onnxruntime", warmup_runs=0)
+    service = InferenceService(config)  # the real device, as engine build probed it: same cache keys
+    service.load()
+    assert all(m["cache_hit"] for m in service.startup["models"].values())
+    service.close()

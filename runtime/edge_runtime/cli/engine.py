@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edge_runtime.cli.options import (
     backend_option,
-    bundle_option,
     cache_option,
     json_option,
     precision_option,
@@ -39,7 +39,20 @@ def engine() -> None:
 
 
 @engine.command()
-@bundle_option
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_BUNDLE",
+    default=None,
+    help="Model bundle directory, built when --models holds no bundle [env EDGE_BUNDLE].",
+)
+@click.option(
+    "--models",
+    type=click.Path(path_type=Path),
+    envvar="EDGE_MODELS",
+    default=None,
+    help="Model repository: build every model's engine (one pin keeps them all) [env EDGE_MODELS].",
+)
 @cache_option
 @backend_option
 @precision_option
@@ -54,42 +67,73 @@ def engine() -> None:
 )
 @json_option
 def build(
-    bundle: Path, cache: Path, backend: str, precision: str | None, pin: str | None, as_json: bool
+    bundle: Path | None,
+    models: Path | None,
+    cache: Path,
+    backend: str,
+    precision: str | None,
+    pin: str | None,
+    as_json: bool,
 ) -> None:
-    """Build the engine for BUNDLE into the cache (a cache hit builds nothing)."""
+    """Build the engine for BUNDLE (or for every model of a repository) into the cache (a cache hit builds
+    nothing). The JSON's top-level keys describe the first model; ``models`` lists each of them."""
     from edge_runtime.backends import BuildOptions, get_backend
     from edge_runtime.bundle import ModelBundle
     from edge_runtime.cache import EngineCache
     from edge_runtime.device import device_identity, read_board_model
-    from edge_runtime.errors import CacheError
+    from edge_runtime.errors import CacheError, EdgeError
+    from edge_runtime.repository import discover, is_repository
 
-    mb = ModelBundle.load(bundle)
+    if models is not None and is_repository(models):
+        bundles = {name: ModelBundle.load(path) for name, path in discover(models).items()}
+    elif bundle is not None:
+        mb = ModelBundle.load(bundle)
+        bundles = {mb.manifest.name: mb}
+    else:
+        raise EdgeError("No model to build: pass --bundle, or --models with a model repository.")
     be = get_backend(backend)
-    options = BuildOptions.for_bundle(mb, read_board_model(), precision)
-    engine_cache = EngineCache(cache)
-    result = engine_cache.open(be, mb, options, device_identity(), progress=lambda m: click.echo(m, err=True))
-    result.engine.close()
+    engine_cache = EngineCache(cache, keep=max(3, len(bundles) + 1))
+    built = []
+    for name, mb in bundles.items():
+        options = BuildOptions.for_bundle(mb, read_board_model(), precision)
+        result = engine_cache.open(
+            be, mb, options, device_identity(), progress=lambda m: click.echo(m, err=True)
+        )
+        result.engine.close()
+        built.append((name, result))
     if pin:
-        try:
-            engine_cache.pin(pin, result.key.digest)
+        try:  # one pin keeps every model's engine of the release
+            engine_cache.pin(pin, [r.key.digest for _, r in built])
         except CacheError as exc:  # the engine is built and usable; a rollout must not call that release bad
             click.echo(f"warning: the engine was not pinned as {pin}: {exc}", err=True)
             pin = None
+    each: list[dict[str, Any]] = [
+        {
+            "model": name,
+            "key": r.key.digest,
+            "hit": r.hit,
+            "build_seconds": r.build_seconds,
+            "path": str(r.path),
+        }
+        for name, r in built
+    ]
     info = {
-        "key": result.key.digest,
-        "hit": result.hit,
-        "build_seconds": result.build_seconds,
-        "path": str(result.path),
+        **{k: v for k, v in each[0].items() if k != "model"},
+        "hit": all(e["hit"] for e in each),
+        "build_seconds": sum(float(e["build_seconds"]) for e in each),
         "backend": be.name,
         "pin": pin,
+        "models": each,
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(
-            f"{'cache hit' if result.hit else 'built'}: {result.path} ({be.name}, "
-            f"{result.build_seconds:.2f} s build{f', pinned as {pin}' if pin else ''})"
-        )
+        for name, r in built:
+            named = f"{name}: " if len(built) > 1 else ""
+            click.echo(
+                f"{named}{'cache hit' if r.hit else 'built'}: {r.path} ({be.name}, "
+                f"{r.build_seconds:.2f} s build{f', pinned as {pin}' if pin else ''})"
+            )
 
 
 @engine.command("list")
