@@ -278,9 +278,12 @@ def pull_status(
     ]
 
 
-def pull_history(prometheus: str, robot: str, hours: float = 24.0, step_s: int = 60) -> list[dict[str, Any]]:
+def pull_history(
+    prometheus: str, robot: str, hours: float = 24.0, step_s: int | None = None
+) -> list[dict[str, Any]]:
     """One robot's changes of release, result and engine state over the last ``hours``, from Prometheus's
-    range queries on ``edge_robot_info`` (a pushgateway keeps only the last report, so it has no history)."""
+    range queries on ``edge_robot_info`` (a pushgateway keeps only the last report, so it has no history).
+    ``step_s``: the resolution (default: the range in 10,000 steps, Prometheus allows 11,000; at least 1 s)."""
     import httpx
 
     from edge_deploy.fleet.inventory import NAME_RE
@@ -296,7 +299,7 @@ def pull_history(prometheus: str, robot: str, hours: float = 24.0, step_s: int =
         "query": f'{INFO}{{job="{JOB}",robot="{robot}"}}',
         "start": end - hours * 3600,
         "end": end,
-        "step": step_s,
+        "step": step_s or max(1, math.ceil(hours * 3600 / 10000)),
     }
     try:
         resp = httpx.get(f"{url}/api/v1/query_range", params=params, timeout=30)
