@@ -230,3 +230,29 @@ def test_dev_versions_are_semantic_and_follow_the_model() -> None:
     assert a != b and a == "0.0.0-dev.abababababab"
     assert normalize_version(dev_version("0123456789" * 7, "")) == "0.0.0-dev.g012345678901"
     assert dev_version("", "") == "0.0.0-dev.local"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["deploy", "--to", "nohost", "policy.pt"], "USER@HOST"),
+        (["deploy", "--to", "robot@host;reboot", "policy.pt"], "invalid 'host'"),
+        (["deploy", "--to", "robot@10.0.0.2", "--jetson-model", "tx9", "policy.pt"], "tx9"),
+        (["deploy", "--to", "robot@10.0.0.2", "absent.pt"], "does not exist"),
+        (["fleet", "rollout", "0.1.0", "--transport", "scp"], "'scp' is not one of"),
+    ],
+)
+def test_cli_refuses_bad_targets_in_one_sentence(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    said: str,
+) -> None:
+    from tests.build.cli_helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGE_FLEET", raising=False)
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0 and said in err, err
+    assert "Traceback" not in err

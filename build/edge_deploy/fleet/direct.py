@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # robot gets it over SSH), so it names no registry.
 LOCAL_REGISTRY = "edge-deploy.local"
 LOCAL_REPOSITORY = f"{LOCAL_REGISTRY}/edge-deploy/runtime"
+FP32_MODEL = "model.fp32.onnx"  # model/convert.py's name for it (not imported: no torch for this module)
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".onnx")
 _TARGET = re.compile(r"^(?P<user>[^@\s]+)@(?P<host>[^@\s]+)\Z")
 
@@ -99,14 +100,17 @@ def reach(robot: Robot) -> None:
 
 
 def model_source(path: Path) -> Path:
-    """The model file to build from: a model file as it is, or the ONNX model inside a model bundle."""
+    """The model file to build from: a model file as it is, or a model bundle's fp32 ONNX graph (its
+    ``model.onnx`` when it is fp32 already)."""
     if path.is_dir():
         from edge_runtime.bundle import BundleError, ModelBundle
 
         try:
-            return ModelBundle.load(path).model_path
+            bundle = ModelBundle.load(path)
         except BundleError as exc:
             raise FleetError(f"{path} is not a model bundle: {exc}") from None
+        fp32 = path / FP32_MODEL  # an fp16/int8 bundle keeps its fp32 graph: the image converts from it
+        return fp32 if fp32.is_file() else bundle.model_path
     if not path.is_file():
         raise FleetError(f"Model {path} does not exist.")
     if path.suffix.lower() not in MODEL_SUFFIXES:
@@ -131,8 +135,8 @@ def build_for_robot(
     on_step: Callable[[str], None] = lambda s: None,
 ) -> tuple[str, BuildResult]:
     """Build the runtime image of ``model`` for ``robot``'s platform into the image store; returns its
-    ``repository@sha256:…`` and the build's result. Bases come from the JetPack table, or EDGE_L4T_BASE /
-    EDGE_CONVERTER_BASE (as ``image build`` takes them)."""
+    ``repository@sha256:…`` and the build's result. Bases and the runtime's Python come from the JetPack
+    table, or EDGE_L4T_BASE / EDGE_CONVERTER_BASE / EDGE_RUNTIME_PYTHON (as ``image build`` takes them)."""
     from edge_deploy.fleet.transport import ImageStore
     from edge_deploy.images import build_images
 
@@ -153,6 +157,7 @@ def build_for_robot(
             registry=LOCAL_REGISTRY,
             l4t_base=os.environ.get("EDGE_L4T_BASE") or None,
             converter_base=os.environ.get("EDGE_CONVERTER_BASE") or None,
+            runtime_python=os.environ.get("EDGE_RUNTIME_PYTHON") or None,
             runtime_platforms=robot.platform,
             push=False,
             overrides=[f"runtime.output=type=oci,dest={layout},tar=false"],
