@@ -27,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -44,7 +45,8 @@ ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pull-sizes", default="1,3,6", help="pull: robot counts for the bytes run (1,3,6)")
-    parser.add_argument("--pull-agents", default="100,1000,3000", help="pull: light agent counts for load")
+    parser.add_argument("--pull-agents", default="100,300,1000", help="pull: light agent counts for load")
+    parser.add_argument("--pull-promote-agents", type=int, default=200, help="pull: light agents for promote")
     parser.add_argument("--pull-interval", type=float, default=10.0, help="pull: poll interval, s (10)")
     parser.add_argument("--pull-jitter", type=float, default=5.0, help="pull: poll jitter, s (5)")
     parser.add_argument("--pull-window", type=float, default=30.0, help="pull: load window per K, s (30)")
@@ -260,6 +262,7 @@ class LightFleet:
         self.latency: list[float] = []
         self.errors = 0
         self.channel_versions: dict[str, str] = {}
+        self.bodies: dict[str, tuple[str, bytes]] = {}
 
     async def robot(self, client: Any, i: int, stop: float) -> None:
         name = f"light-{i:05d}"
@@ -275,7 +278,10 @@ class LightFleet:
                 if version and self.versions.get(name) != version:
                     self.versions[name] = version
                     self.adopted[name] = time.monotonic()
-                body = _report_body(name, self.versions.get(name, "none"), i % 100)
+                version_now = self.versions.get(name, "none")
+                if self.bodies.get(name, (None,))[0] != version_now:  # rendered once per release
+                    self.bodies[name] = (version_now, _report_body(name, version_now, i % 100))
+                body = self.bodies[name][1]
                 put = await client.put(
                     f"{self.gateway}/metrics/job/edge_robot/robot/{name}",
                     content=body,
@@ -336,7 +342,13 @@ def _gateway_pushes(gateway: str) -> float:
 
 
 def _light(
-    root: Path, ks: list[int], interval: float, jitter: float, window: float, parts: set[str]
+    root: Path,
+    ks: list[int],
+    interval: float,
+    jitter: float,
+    window: float,
+    parts: set[str],
+    promote_k: int = 200,
 ) -> list[dict[str, Any]]:
     import httpx
 
@@ -412,7 +424,7 @@ def _light(
             asyncio.run(fleet.run(interval + jitter + window + 1, measured))
             httpx.put(f"{gateway}/api/v1/admin/wipe", timeout=30)
         if "promote" in parts:
-            k = max(ks)
+            k = promote_k
             fleet = LightFleet(k, reg.listen, gateway, interval, jitter)
             d2 = ""
 
@@ -461,12 +473,17 @@ def run(args: Any = None) -> dict[str, Any]:
             raise SystemExit(f"needs {tool} (scripts/host-setup)")
     parts = set((getattr(args, "pull_parts", None) or "bytes,load,promote").split(","))
     sizes = [int(x) for x in (getattr(args, "pull_sizes", None) or "1,3,6").split(",")]
-    ks = [int(x) for x in (getattr(args, "pull_agents", None) or "100,1000,3000").split(",")]
+    ks = [int(x) for x in (getattr(args, "pull_agents", None) or "100,300,1000").split(",")]
     interval = float(getattr(args, "pull_interval", None) or 10.0)
     jitter = float(getattr(args, "pull_jitter", None) or 5.0)
     window = float(getattr(args, "pull_window", None) or 30.0)
     base_mib = int(getattr(args, "pull_base_mib", None) or 48)
     model_mib = int(getattr(args, "pull_model_mib", None) or 16)
+
+    def stop(*_: Any) -> None:  # SIGTERM: the finally blocks stop what this run started
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     root = Path(tempfile.mkdtemp(prefix="bench-pull-", dir="/var/tmp"))
     os.chmod(root, 0o755)
     rows: list[dict[str, Any]] = []
@@ -477,7 +494,8 @@ def run(args: Any = None) -> dict[str, Any]:
             for n in sizes:
                 rows += _bytes_for(n, root / f"bytes{n}", base_mib, model_mib)
         if parts & {"load", "promote"}:
-            rows += _light(root / "light", ks, interval, jitter, window, parts)
+            promote_k = int(getattr(args, "pull_promote_agents", None) or 200)
+            rows += _light(root / "light", ks, interval, jitter, window, parts, promote_k)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {

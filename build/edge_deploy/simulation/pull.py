@@ -225,8 +225,16 @@ def agent_command(config: Path) -> list[str]:
     return [exe, "agent", "run", "--config", str(config)]
 
 
+def _others_can_run_python() -> bool:
+    """Whether a robot's user can run this installation's interpreter (not when it lives under a private
+    home such as /root's)."""
+    exe = Path(sys.executable).resolve()
+    return all(os.stat(p).st_mode & 0o001 for p in exe.parents) and bool(os.stat(exe).st_mode & 0o001)
+
+
 def start_agent(sim: Simulation, robot: SimRobot) -> int:
-    """Start the robot's agent as the robot's user, in its home, on its engine; a robot coming online."""
+    """Start the robot's agent in its home, on its engine (a robot coming online): as the robot's user,
+    or as root where the robot's user cannot run this installation's Python (its files are then root's)."""
     rdir = Path(sim.state_dir) / "robots" / robot.name
     config = rdir / "agent.yaml"
     if not config.is_file():
@@ -246,7 +254,8 @@ def start_agent(sim: Simulation, robot: SimRobot) -> int:
     }
     if os.environ.get("EDGE_HOST_BIN"):
         env["EDGE_HOST_BIN"] = os.environ["EDGE_HOST_BIN"]
-    proc = _spawn(agent_command(config), log, cwd=robot.home, env=env, user=robot.user, group=robot.user)
+    as_user: dict[str, Any] = {"user": robot.user, "group": robot.user} if _others_can_run_python() else {}
+    proc = _spawn(agent_command(config), log, cwd=robot.home, env=env, **as_user)
     robot.agent_pid = proc.pid
     sim.save()
     return proc.pid
