@@ -345,3 +345,55 @@ def test_bad_config_is_one_sentence(
     assert code != 0 and out == ""
     assert says in err and err.startswith("error: Agent config ") and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+def test_an_unsigned_channel_is_refused_then_a_fixed_one_taken(robot: LocalRobot, reg: Registry) -> None:
+    from edge_deploy.release.channel import push_channel_artifact
+
+    ch = channel_name()
+    push_channel_artifact(reg.repo, ch, reg.v1, 100)  # no signature
+    agent = agent_for(robot, reg, ch)
+    res = check(agent)
+    assert (res.action, res.outcome) == (REFUSED, REFUSED) and "is not signed" in res.reason
+    assert not robot_state(robot) and agent.last_result() == REFUSED
+    publish(reg, ch, reg.v1)
+    assert check(agent).outcome == UPDATED
+    assert check(agent).action == CURRENT and agent.last_result() == UPDATED
+
+
+def test_a_failure_of_the_robots_own_shell_is_a_failed_check_still_reported(
+    robot: LocalRobot, reg: Registry
+) -> None:
+    ch = channel_name()
+    publish(reg, ch, reg.v1)
+    robot.file("edge").write_text("not a directory\n")  # the compose directory cannot be made
+    gw = Gateway()
+    try:
+        res = check(agent_for(robot, reg, ch, pushgateway=gw.url))
+    finally:
+        gw.close()
+    assert (res.action, res.outcome) == (
+        DEPLOY,
+        "failed",
+    ) and "finding Docker's data root failed" in res.reason, res
+    assert res.reported and len(gw.pushes) == 1
+
+
+def test_the_loop_waits_between_checks_and_stops_when_told(robot: LocalRobot, reg: Registry) -> None:
+    ch = channel_name()
+    publish(reg, ch, reg.v1)
+    agent = agent_for(robot, reg, ch, poll_interval_s=1, poll_jitter_s=0)
+    seen: list[CheckResult] = []
+
+    async def two_checks() -> CheckResult | None:
+        return await agent.run(max_checks=2, on_check=seen.append)
+
+    last = asyncio.run(two_checks())
+    assert [r.action for r in seen] == [DEPLOY, CURRENT] and last is seen[-1]
+
+    async def stopped_after_one() -> None:
+        stop = asyncio.Event()
+        await agent.run(stop, on_check=lambda r: (seen.append(r), stop.set()))
+
+    asyncio.run(asyncio.wait_for(stopped_after_one(), 30))
+    assert [r.action for r in seen] == [DEPLOY, CURRENT, CURRENT]

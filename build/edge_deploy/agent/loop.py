@@ -30,7 +30,7 @@ from edge_deploy.agent.local import LocalConnection
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.deploy import RobotReleases
 from edge_deploy.fleet.options import DeployRequest
-from edge_deploy.fleet.outcome import REFUSED, SKIPPED, UNCHANGED
+from edge_deploy.fleet.outcome import FAILED, REFUSED, SKIPPED, UNCHANGED
 from edge_deploy.release.channel import (
     Channel,
     ChannelError,
@@ -153,7 +153,11 @@ class Agent:
             log.warning("Robot %s: channel %s not read: %s", self.robot.name, cfg.channel, exc)
         else:
             res.channel_version, res.percent = channel.version, channel.percent
-            await self._apply(releases, channel, res)
+            try:
+                await self._apply(releases, channel, res)
+            except FleetError as exc:  # the robot's own shell, files or Docker failed around the machine
+                res.outcome, res.reason = FAILED, str(exc)
+                log.error("%s", exc)
         self.failures = 0 if res.online else self.failures + 1
         await self._observe(releases, res)
         self._remember(res)
@@ -266,7 +270,17 @@ class Agent:
         return value if isinstance(value, str) else ""
 
     def _remember(self, res: CheckResult) -> None:
-        if not res.outcome or res.action in (BAD_VERSION,):
+        if res.action == CURRENT and self.last_result() == REFUSED:  # the channel was fixed: not refused now
+            res = CheckResult(
+                res.robot,
+                res.channel,
+                res.bucket,
+                CURRENT,
+                UNCHANGED,
+                channel_version=res.channel_version,
+                at=res.at,
+            )
+        if not res.outcome or res.action == BAD_VERSION:
             return
         path = self._agent_state_path()
         try:
