@@ -397,3 +397,21 @@ def test_the_loop_waits_between_checks_and_stops_when_told(robot: LocalRobot, re
 
     asyncio.run(asyncio.wait_for(stopped_after_one(), 30))
     assert [r.action for r in seen] == [DEPLOY, CURRENT, CURRENT]
+
+
+def test_agent_check_verifies_and_changes_nothing(
+    robot: LocalRobot, reg: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ch = channel_name()
+    publish(reg, ch, reg.v2, percent=bucket("arm-1"))
+    cfg = robot.home / "agent.yaml"
+    raw = {"robot": "arm-1", "repository": reg.repo, "channel": ch, "public_key": str(reg.pub)}
+    cfg.write_text(yaml.safe_dump(raw))
+    code, out, err = run_cli(capsys, "agent", "check", "--config", str(cfg))
+    assert code == 0, err
+    said = json.loads(out)
+    assert (said["version"], said["bucket"], said["for_this_robot"]) == ("0.2.0", bucket("arm-1"), False)
+    assert said["runtime"] == reg.v2.runtime.ref and not robot_state(robot) and robot.calls() == []
+    publish(reg, ch, reg.v2, key=reg.other_key)
+    code, out, err = run_cli(capsys, "agent", "check", "--config", str(cfg))
+    assert code == 2 and out == "" and "no signature that the fleet's public key verifies" in err, err
