@@ -28,7 +28,9 @@ BENCHMARKS: dict[str, str] = {
     "plots": "bench.plots",
     "ros2": "bench.ros2",
     "large_model": "bench.large_model",
+    "multi_model": "bench.multi_model",
     "pull": "bench.pull",
+    "downtime": "bench.downtime",
 }
 # Run only when named: large_model writes a 2 GB model and needs about 11 GiB of memory and 10 minutes.
 OPT_IN: frozenset[str] = frozenset({"large_model"})

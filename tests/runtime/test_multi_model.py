@@ -190,6 +190,8 @@ def test_metrics_are_labelled_by_model(client: TestClient) -> None:
         'edge_model_inference_latency_seconds_count{model="policy"}',
         'edge_model_inference_latency_seconds_count{model="perceive-act"}',
         'edge_engine_cache_total{result="miss"} 2.0',  # the service-wide series, as before
+        'edge_model_requests_total{code="200",model="policy"}',
+        'edge_model_requests_total{code="404",model="unknown"}',
     ):
         assert line in text, line
 

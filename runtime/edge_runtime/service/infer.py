@@ -50,7 +50,15 @@ class AppState:
             outputs = await run_in_threadpool(self.service.infer, feeds, model)
         return outputs, (time.perf_counter() - t_inf) * 1000.0
 
-    async def guarded(self, handle: Callable[[], Awaitable[Reply]]) -> Reply:
+    def model_label(self, name: str | None) -> str:
+        """The ``model`` label of a request: a served name (the default for unnamed routes), else "unknown"
+        (a client's made-up names must not grow the metric's series)."""
+        service = self.service
+        if name is None:
+            return service.default or "unknown"
+        return name if name in service.models or name in service.pipelines else "unknown"
+
+    async def guarded(self, handle: Callable[[], Awaitable[Reply]], model: str | None = None) -> Reply:
         """Status codes, metrics and error bodies shared by /v1 and /v2 infer (``{"error": sentence}``)."""
         t0 = time.perf_counter()
         try:
@@ -58,19 +66,27 @@ class AppState:
         except RequestError as exc:
             self.metrics.requests.labels(str(exc.status)).inc()
             self.metrics.errors.labels(exc.reason).inc()
+            self.metrics.model_requests.labels(self.model_label(model), str(exc.status)).inc()
             return refusal(exc)
         except EdgeError as exc:
             self._fail_count.inc()
             self._engine_errors.inc()
+            self.metrics.model_requests.labels(self.model_label(model), "500").inc()
             return json_reply({"error": str(exc)}, 500)
         except Exception as exc:  # a backend failure must not take the service down or leak a traceback
             log.exception("inference failed")
             self._fail_count.inc()
             self._engine_errors.inc()
+            self.metrics.model_requests.labels(self.model_label(model), "500").inc()
             return json_reply(
                 {"error": f"Inference failed ({type(exc).__name__}); see the service log."}, 500
             )
         self._ok_count.inc()
+        target = self.service.models.get(self.model_label(model)) or self.service.pipelines.get(
+            self.model_label(model)
+        )
+        if target is not None:  # its pre-bound child: no labels() lookup on the success path
+            target.ok_count.inc()
         self.metrics.latency.observe(time.perf_counter() - t0)
         return reply
 
@@ -90,5 +106,7 @@ class InferRoute:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = dict(scope["headers"])  # ASGI header names are lower-case bytes
         params = scope["path_params"]
-        reply = await self.state.guarded(lambda: self.handle(self.state, headers, receive, params))
+        reply = await self.state.guarded(
+            lambda: self.handle(self.state, headers, receive, params), params.get("name")
+        )
         await send_reply(send, reply)

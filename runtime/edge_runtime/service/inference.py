@@ -332,7 +332,7 @@ class InferenceService:
         """Checked, watched inference of a model or pipeline (default: the default model): used by HTTP and
         by the ROS 2 bridge."""
         target = self.target(model) if model is not None or self.models else None
-        if target is None or not self._target_ready(target):
+        if target is None or not self.target_ready(target):
             raise RequestError(503, "not_ready", "The engine is not loaded yet; retry when /readyz is 200.")
         if self.draining:
             raise RequestError(503, "draining", "The service is shutting down.")
@@ -361,7 +361,7 @@ class InferenceService:
         target.latency.observe(elapsed)
         return out
 
-    def _target_ready(self, target: ServedModel | ServedPipeline) -> bool:
+    def target_ready(self, target: ServedModel | ServedPipeline) -> bool:
         if isinstance(target, ServedPipeline):
             return all(self.models[m].ready for m in target.pipeline.models)
         return target.ready and target.engine is not None

@@ -79,7 +79,7 @@ async def models(state: AppState, request: Any) -> Any:
         {
             "models": [m.describe(backend) for m in service.models.values()],
             "pipelines": [
-                p.pipeline.to_dict() | {"ready": service._target_ready(p)} for p in service.pipelines.values()
+                p.pipeline.to_dict() | {"ready": service.target_ready(p)} for p in service.pipelines.values()
             ],
         }
     )

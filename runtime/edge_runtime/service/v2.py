@@ -100,7 +100,7 @@ async def model_ready(state: AppState, request: Request) -> Response:
     status, _body = service.readiness()
     if len(service.models) > 1:  # one model of several: its own engine, and what every request shares
         shared_ok = not service.draining and not service.failed and not service.unhealthy
-        ok = service._target_ready(target) and shared_ok and service.thermal.state != "critical"
+        ok = service.target_ready(target) and shared_ok and service.thermal.state != "critical"
         status = 200 if ok else 503
     return JSONResponse({"name": request.path_params["name"], "ready": status == 200}, status_code=status)
 
