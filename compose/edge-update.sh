@@ -245,6 +245,8 @@ apply() {
             FALLBACK="no release runs to hand over from"
         elif [ "$VERSION" = "$WAS" ]; then
             FALLBACK="$VERSION is the running release's own version (its files were replaced)"
+        elif ! grep -q EDGE_HANDOVER_PORT "releases/$VERSION/compose.yaml" 2>/dev/null; then
+            FALLBACK="the compose files of $VERSION are older than hand-over"
         elif listening "$HANDOVER_PORT"; then
             FALLBACK="port $HANDOVER_PORT, for the hand-over, is taken"
         elif hand_over; then

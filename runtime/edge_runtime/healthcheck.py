@@ -17,24 +17,32 @@ import sys
 from urllib.parse import urlsplit
 
 
-def default_url() -> str:
-    # A release gated on its handover port, before it takes over the service address, names that port in
-    # EDGE_HEALTH_URL_FILE (service/server.py): the address itself still answers for the release it replaces.
+def default_url() -> str | None:
+    """Where to ask: the URL the service wrote to EDGE_HEALTH_URL_FILE when that is set (compose sets it;
+    None until the service has written it), else EDGE_HEALTH_URL or EDGE_PORT on loopback.
+
+    A release started beside the one it replaces (a hand-over, service/server.py) listens on its handover
+    port until it takes the service address over: asking EDGE_PORT then would get the old release's
+    answer, so the service names the port it answers on, and nothing counts as healthy before it has."""
     handover = os.environ.get("EDGE_HEALTH_URL_FILE")
     if handover:
         try:
             with open(handover, encoding="utf-8") as f:
-                url = f.read().strip()
-            if url:
-                return url
+                return f.read().strip() or None
         except OSError:
-            pass
+            return None
     return os.environ.get("EDGE_HEALTH_URL") or f"http://127.0.0.1:{os.environ.get('EDGE_PORT') or 8080}"
 
 
 def check(url: str | None = None, timeout: float = 3.0, live: bool = False) -> tuple[bool, str]:
     """(ok, one line): the endpoint checked and its HTTP status, or why it could not be reached."""
-    base = (url or default_url()).rstrip("/")
+    where = url or default_url()
+    if where is None:
+        return (
+            False,
+            f"the service has not written where it listens to {os.environ.get('EDGE_HEALTH_URL_FILE')} yet",
+        )
+    base = where.rstrip("/")
     target = base + ("/healthz" if live else "/readyz")
     parts = urlsplit(target)
     if parts.scheme not in ("http", "https") or not parts.hostname:

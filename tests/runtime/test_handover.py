@@ -91,7 +91,8 @@ def test_a_new_process_takes_the_address_over_without_an_outage(tiny_bundle: Pat
     new = None
     try:
         ready(port, old)
-        assert not accepts(handover) and not (tmp_path / "old-url").exists()  # alone: the address at once
+        assert not accepts(handover)  # alone: the address at once, and its health check asks there
+        assert (tmp_path / "old-url").read_text().strip() == f"http://127.0.0.1:{port}"
         body, header_length = oip.encode_request(sample_feeds(), binary=True, binary_output=False)
         headers = {oip.HEADER_LENGTH: str(header_length)}
         with Poller("127.0.0.1", port, "/v2/models/tiny-policy/infer", body, headers) as poller:
@@ -105,7 +106,7 @@ def test_a_new_process_takes_the_address_over_without_an_outage(tiny_bundle: Pat
             while accepts(handover) and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert not accepts(handover), "the handover port is still open after SIGUSR1"
-            assert not (tmp_path / "new-url").exists()  # the health check asks the address again
+            assert (tmp_path / "new-url").read_text().strip() == f"http://127.0.0.1:{port}"
             old_log = stop(old)  # drains and exits; the new one serves the address alone
             time.sleep(0.5)
         seen = poller.summary()
@@ -128,10 +129,22 @@ def test_started_alone_with_a_handover_port_serves_the_address_at_once(
     proc = start(tiny_bundle, tmp_path / "cache", port, handover, tmp_path / "url")
     try:
         ready(port, proc)
-        assert not accepts(handover) and not (tmp_path / "url").exists()
+        assert not accepts(handover)
+        assert (tmp_path / "url").read_text().strip() == f"http://127.0.0.1:{port}"
     finally:
         log = stop(proc)
     assert f"listening on http://127.0.0.1:{port}" in log
+    assert not (tmp_path / "url").exists()  # stopped: the health check has nowhere to ask
+
+
+def test_the_health_check_fails_until_the_service_says_where_it_listens(tmp_path: Path) -> None:
+    """Before a hand-over's new release has bound anything, EDGE_PORT answers for the old release: asking
+    it would make the new one look healthy. With EDGE_HEALTH_URL_FILE set, no file is no answer."""
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # something listens on EDGE_PORT
+        port = busy.getsockname()[1]
+        said = healthcheck_says(port, tmp_path / "absent")
+    assert f"the service has not written where it listens to {tmp_path / 'absent'} yet" in said
+    assert "/readyz" not in said
 
 
 @pytest.mark.parametrize("value", ["http", "0", "70000"])

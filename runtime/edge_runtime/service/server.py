@@ -74,13 +74,20 @@ def someone_serves(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def service_url(host: str, port: int) -> str:
+    """The URL a health check on this machine reaches ``host:port`` with (EDGE_HEALTH_URL when set)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    return os.environ.get("EDGE_HEALTH_URL") or f"http://{target}:{port}"
+
+
 def _health_url_file() -> str | None:
     return os.environ.get("EDGE_HEALTH_URL_FILE") or None
 
 
 def _write_health_url(url: str | None) -> None:
     """Where Docker's health check must ask (``edge_runtime.healthcheck``): the handover port while this
-    release is gated there, the service address (file removed) once it serves it."""
+    release is gated there, the service address once it serves it, nothing (the check fails) before it
+    listens and after it stopped."""
     path = _health_url_file()
     if path is None:
         return
@@ -109,6 +116,10 @@ def _make_server_class() -> type[Any]:
                 loop = asyncio.get_running_loop()
                 loop.add_signal_handler(TAKEOVER_SIGNAL, lambda: loop.create_task(self.take_over()))
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            _write_health_url(None)  # here: uvicorn re-raises SIGTERM once it has drained, ending the process
+            await super().shutdown(sockets)
+
         async def take_over(self) -> None:
             """Listen on the service address beside the release that serves it, then close the handover
             port: from here on the kernel spreads new connections over both, until the old one stops."""
@@ -136,10 +147,10 @@ def _make_server_class() -> type[Any]:
 
             server = await loop.create_server(create_protocol, sock=sock, backlog=config.backlog)
             gate_servers, self.servers = self.servers, [server]
+            _write_health_url(service_url(host, port))
             for gate in gate_servers:  # the handover port: the gate is done with it
                 gate.close()
             self.servers.extend(gate_servers)  # closed again (a no-op) at shutdown
-            _write_health_url(None)
             self.say(f"took over http://{host}:{port}")
 
     return HandoverServer
@@ -205,6 +216,7 @@ def serve(
         _write_health_url(f"http://127.0.0.1:{handover_port}")
     else:
         sockets = [_bind(host, port, reuse_port=True)]
+        _write_health_url(service_url(host, port))
 
     if on_ready is not None:
 
