@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "ros2": "bench.ros2",
     "large_model": "bench.large_model",
     "multi_model": "bench.multi_model",
+    "multi_model_layers": "bench.multi_model_layers",
     "pull": "bench.pull",
     "downtime": "bench.downtime",
 }
