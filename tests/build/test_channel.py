@@ -139,3 +139,28 @@ def test_channel_names_that_cannot_be_tags(name: str) -> None:
 def test_percent_must_be_0_to_100(percent: object) -> None:
     with pytest.raises(ChannelError, match="whole number from 0 to 100"):
         check_percent(percent)
+
+
+def test_an_unchanged_channel_costs_one_request(setup: Setup) -> None:
+    import httpx
+
+    from edge_deploy.release.registry import Registry
+
+    requests: list[str] = []
+    client = httpx.Client(
+        timeout=10, event_hooks={"request": [lambda r: requests.append(f"{r.method} {r.url.path}")]}
+    )
+    registries = {setup.repo.split("/")[0]: Registry(setup.repo.split("/")[0], client=client)}
+    publish_channel(setup.repo, "polled", release("1.5.0", setup.image), 50, setup.key, password=PASSWORD)
+    first = read_channel(setup.repo, "polled", setup.pub, registries=registries)
+    full = len(requests)
+    assert full >= 6, (
+        requests
+    )  # channel, its signature and payload, its document, the image's signature and index
+    requests.clear()
+    again = read_channel(setup.repo, "polled", setup.pub, registries=registries, verified=first)
+    assert again is first and requests == [f"GET /v2/{setup.repo.split('/', 1)[1]}/manifests/channel-polled"]
+    publish_channel(setup.repo, "polled", release("1.5.0", setup.image), 100, setup.key, password=PASSWORD)
+    requests.clear()
+    moved = read_channel(setup.repo, "polled", setup.pub, registries=registries, verified=first)
+    assert moved.percent == 100 and len(requests) == full  # a new artifact: verified in full again

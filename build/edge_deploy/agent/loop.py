@@ -107,6 +107,7 @@ class Agent:
         self.bucket = bucket(self.robot.name)
         self.registries: dict[str, Registry] = {}
         self.failures = 0  # consecutive offline checks
+        self.verified: Channel | None = None  # the channel as last verified: an unchanged tag costs one GET
         jitter = wait_random(0, config.poll_jitter_s)
         self._wait_ok = wait_random(config.poll_interval_s, config.poll_interval_s + config.poll_jitter_s)
         self._wait_failed = (
@@ -140,6 +141,7 @@ class Agent:
                 cfg.public_key,
                 platform=self.robot.platform,
                 registries=self.registries,
+                verified=self.verified,
             )
         except ChannelMissing as exc:
             res.action, res.reason = NO_CHANNEL, str(exc)
@@ -152,6 +154,7 @@ class Agent:
             res.reason = f"{exc} The robot keeps its release and checks again later."
             log.warning("Robot %s: channel %s not read: %s", self.robot.name, cfg.channel, exc)
         else:
+            self.verified = channel
             res.channel_version, res.percent = channel.version, channel.percent
             try:
                 await self._apply(releases, channel, res)

@@ -340,18 +340,29 @@ def read_channel(
     *,
     platform: str | None = None,
     registries: dict[str, Registry] | None = None,
+    verified: Channel | None = None,
 ) -> Channel:
     """Read and verify ``repository:channel-<name>``: the artifact's signature, then every image's
     signature by digest and its index (the bytes of its digest, listing the platform digests the release
     recorded; with ``platform``, that platform must be among them). Raises ChannelMissing when the channel
     is not published, ChannelRefused when anything is unsigned or mismatched, RegistryError when the
-    registry cannot be reached."""
+    registry cannot be reached.
+
+    ``verified``: the channel as this caller last verified it (same repository, name, key and platform).
+    When the tag still holds those bytes (same digest), it is returned after that one request: a robot's
+    poll of an unchanged channel costs the registry one small GET, not the seven of a full verification."""
     tag = channel_tag(name)
     key = load_public_key(public_key)
     host, repo = split_repository(repository)
     reg = _registry(host, registries)
     what = f"Channel {name!r}"
     digest, doc = _get_manifest(reg, repo, tag, what)
+    if verified is not None and (verified.digest, verified.repository, verified.name) == (
+        digest,
+        repository,
+        name,
+    ):
+        return verified
     verify_cosign_signature(reg, repo, digest, key, what)
     layers = [lay for lay in doc.get("layers") or [] if isinstance(lay, dict)]
     layer = next((lay for lay in layers if lay.get("mediaType") == ARTIFACT_TYPE), None)
