@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def run(config_file: Path, once: bool, quiet: bool) -> None:
     from edge_deploy.fleet.outcome import FAILURES
 
     configure_logging(0 if quiet else 1)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request otherwise
     config = load_config(config_file)
     runner = Agent(config)
     if once:
