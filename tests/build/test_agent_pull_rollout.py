@@ -254,3 +254,39 @@ def test_push_mode_takes_one_wave_percent(tmp_path: Path, capsys: pytest.Capture
         str(tmp_path / "none.yaml"),
     )
     assert code == 2 and "Several --wave-percent values are for --mode pull" in err, err
+
+
+def test_the_cli_publishes_and_reports_in_json(
+    tmp_path: Path, pushgateway: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fleet rollout --mode pull`` end to end on a channel no robot follows yet: every wave is empty, so
+    it publishes 34, 68 and 100 % (each signed) and ends ok with no robot to judge."""
+    import json
+
+    from tests.build.cli_helpers import run_cli
+
+    need_registry_and_cosign()
+    key, pub = key_pair(tmp_path / "keys")
+    image = push_image(f"edge-deploy-pull/{secrets.token_hex(4)}")
+    sign(image, key)
+    save_release(release("0.4.0", image), tmp_path / "releases")
+    monkeypatch.setenv("COSIGN_PASSWORD", PASSWORD)
+    channel = f"cli-{secrets.token_hex(3)}"
+    args = ["fleet", "rollout", "0.4.0", "--mode", "pull", "--channel", channel, "--wave-percent", "34"]
+    args += ["--sign-key", str(key), "--key", str(pub), "--releases-dir", str(tmp_path / "releases")]
+    code, out, err = run_cli(
+        capsys, *args, "--pushgateway", pushgateway, "--fleet", str(tmp_path / "no.yaml"), "--json"
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [w["percent"] for w in summary["waves"]] == [34, 68, 100] and summary["robots"] == []
+    assert summary["ok"] and summary["repository"] == image.repository
+    ch = read_channel(image.repository, channel, pub)
+    assert (ch.version, ch.percent) == ("0.4.0", 100)
+    unsigned = push_image(image.repository.split("/", 1)[1])  # a release whose image nobody signed
+    save_release(release("0.5.0", unsigned), tmp_path / "releases")
+    code, out, err = run_cli(
+        capsys, *[a.replace("0.4.0", "0.5.0") for a in args], "--pushgateway", pushgateway
+    )
+    assert code == 2 and out == "" and "is not signed" in err, err
+    assert read_channel(image.repository, channel, pub).version == "0.4.0"  # never published
