@@ -410,3 +410,45 @@ def test_engine_build_builds_and_pins_every_model_and_serve_hits_them(repo: Path
     service.load()
     assert all(m["cache_hit"] for m in service.startup["models"].values())
     service.close()
+
+
+@pytest.mark.timeout(240)
+def test_ros2_bridge_drives_a_pipeline(repo: Path, tmp_path: Path) -> None:
+    """``EDGE_ROS2_MODEL=perceive-act``: camera frames and robot state over DDS go through the detector and
+    the policy inside the service; every action equals the two models chained by hand."""
+    import signal
+
+    from bench._serve import ServiceProcess
+
+    from tests.runtime.ros2_support import (
+        dds_env,
+        expected_feeds,
+        finish_peer,
+        need_cyclonedds,
+        random_domain,
+        start_peer,
+    )
+
+    need_cyclonedds()
+    domain = random_domain()
+    env = dds_env(domain, PYTHONUNBUFFERED="1", EDGE_MODELS=str(repo), EDGE_ROS2_MODEL="perceive-act")
+    env.pop("EDGE_BUNDLE", None)
+    with ServiceProcess(
+        None, tmp_path / "c", "onnxruntime", ["--ros2", "--warmup", "1"], env=env, merge_output=True
+    ) as svc:
+        svc.wait_ready(timeout_s=60)
+        out = tmp_path / "peer.npz"
+        err = finish_peer(start_peer(domain, out, "--rounds", "3", "--height", str(HW), "--width", str(HW)))
+        assert out.exists(), err
+        svc.proc.send_signal(signal.SIGTERM)
+        log = svc.proc.communicate(timeout=30)[0]
+    assert "ROS 2 bridge started" in log
+    got = np.load(out)
+    assert len(got["actions"]) == 3
+    for image, state, action in zip(got["images"], got["states"], got["actions"], strict=True):
+        f = expected_feeds(image, state)
+        det = reference(repo / "detector", {"image": f["image"]})
+        want = reference(repo / "policy", {"image": det["features"], "robot_state": f["robot_state"]})[
+            "action"
+        ][0]
+        np.testing.assert_allclose(action, want, rtol=1e-4, atol=1e-5)
