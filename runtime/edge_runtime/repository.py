@@ -23,7 +23,7 @@ from edge_runtime.errors import BundleError, EdgeError, InputError
 from edge_runtime.jetson import GIB
 
 MIB = 1 << 20
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: no trailing newline slips by
 PIPELINES_FILE = "pipelines.json"
 PIPELINES_VERSION = 1
 # Memory left to L4T, its services and the service's own Python when the budget comes from the board's
@@ -38,7 +38,7 @@ SLOT_OVERHEAD_BYTES = 16 * MIB
 
 def check_model_name(name: str, what: str = "Model name") -> str:
     """Names become URL path segments, metric labels and directory names: one pattern, checked once."""
-    if not isinstance(name, str) or not MODEL_NAME.match(name):
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
         raise BundleError(
             f"{what} {name!r} is not valid; use 1-63 lower-case letters, digits, '_' or '-', starting "
             "with a letter or digit."

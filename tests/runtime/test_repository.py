@@ -97,6 +97,10 @@ def test_pipeline_structure_checks_without_models(tmp_path: Path) -> None:
         ({"version": 2, "pipelines": []}, "reads version 1"),
         ({"pipelines": [{"name": "p", "steps": []}]}, "non-empty list of steps"),
         ({"pipelines": [{"name": "P!", "steps": [{"model": "policy"}]}]}, "pipeline name 'P!' is not valid"),
+        (
+            {"pipelines": [{"name": "p\n", "steps": [{"model": "policy"}]}]},
+            r"pipeline name 'p\\n' is not valid",
+        ),
         ({"pipelines": [{"name": "p", "steps": [{"model": "policy"}], "extra": 1}]}, "unknown key 'extra'"),
         (
             {
