@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "multi_model": "bench.multi_model",
     "multi_model_layers": "bench.multi_model_layers",
     "pull": "bench.pull",
+    "downtime": "bench.downtime",
 }
 # Run only when named: large_model writes a 2 GB model and needs about 11 GiB of memory and 10 minutes.
 OPT_IN: frozenset[str] = frozenset({"large_model"})
