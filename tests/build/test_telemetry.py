@@ -189,3 +189,47 @@ def test_the_grafana_dashboard_queries_run_on_prometheus_and_see_the_robots(
         ).json()
         assert body["status"] == "success", (expr, body)
         assert body["data"]["result"], f"{expr} sees no robot"
+
+
+@pytest.mark.slow
+def test_a_pull_mode_simulation_starts_its_control_plane_on_loopback_and_stops_it_by_pid(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``fleet sim start --mode pull`` (robots without engines here): a site cache, a pushgateway and a
+    Prometheus on 127.0.0.1, a report travelling through them, and ``sim stop`` ending each by its PID."""
+    import json
+    import os
+
+    from edge_deploy.simulation.state import Simulation
+    from tests.build.cli_helpers import run_cli
+    from tests.support import need
+
+    need(os.geteuid() == 0, "root (simulated robots are users with their own sshd)")
+    for tool in ("ssh-keygen", "docker-registry", "prometheus", "prometheus-pushgateway"):
+        need_tool(tool)
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="edge-tpull-", dir="/var/tmp"))  # robot users enter it
+    os.chmod(root, 0o755)
+    args = ["--name", "tpull", "--state-root", str(root)]
+    code, out, err = run_cli(
+        capsys, "fleet", "sim", "start", "--robots", "1", "--no-engines", "--mode", "pull", *args, "--json"
+    )
+    try:
+        assert code == 0, err
+        pull_state = json.loads(out)["pull"]
+        for key in ("site_cache", "pushgateway", "prometheus"):
+            assert str(pull_state[key]).replace("http://", "").startswith("127.0.0.1:"), pull_state
+        sim = Simulation.load("tpull", root)
+        assert sim.mode == "pull" and pull.pull_status(sim)["prometheus_up"]
+        report = replace(REPORT, robot="tpull-robot-1", channel="tp", last_check=time.time())
+        t.push_report(pull_state["pushgateway"], report)
+        want = {"tpull-robot-1": report}
+        assert _eventually(lambda: t.read_fleet(pull_state["prometheus"], channel="tp"), want) == want
+    finally:
+        code, _, err = run_cli(capsys, "fleet", "sim", "stop", *args, "--purge")
+        shutil.rmtree(root, ignore_errors=True)
+    assert code == 0, err
+    for pid in (pull_state["site_pid"], pull_state["pushgateway_pid"], pull_state["prometheus_pid"]):
+        assert not Path(f"/proc/{pid}").exists() or "tpull" not in Path(f"/proc/{pid}/cmdline").read_text()
