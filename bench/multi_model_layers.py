@@ -4,7 +4,8 @@ runtime image, so changing the policy alone (or the detector alone) should move 
 Builds (``edge_deploy.images.build_images`` with a model set) run against the local registry with the
 stand-in L4T base, tagged under ``<registry>/edge-deploy-bench/``: a detector-like CNN (ONNX, fp32) and
 the sample policy (fp16) with a pipeline, then the policy alone changed (fp32), then the detector alone
-changed (new weights). Bytes are compressed blob sizes as the registry stores them, counted as
+changed (new weights), all three from one staged copy of the tool's files (so code never differs, even
+while a shared working tree is edited). Bytes are compressed blob sizes as the registry stores them, counted as
 bench/images.py counts them (the new arm64 manifest's blobs the previous one lacks, plus config and
 manifest): what a push uploads and a robot holding the previous release pulls.
 """
@@ -51,6 +52,7 @@ def run(args: Any = None) -> dict[str, Any]:
     from tests.build.multi_models import write_detector
 
     from edge_deploy.images import build_images, load_models_file
+    from edge_deploy.images.files import stage_context
     from edge_deploy.model.sample import write_sample_policy
 
     if shutil.which("docker") is None:
@@ -67,6 +69,7 @@ def run(args: Any = None) -> dict[str, Any]:
     def build(label: str, models_file: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         out = build_images(
+            source=source,  # one copy of the tool's files for all three builds: only models differ
             models=load_models_file(models_file),
             version=f"bench-mm-{label}",
             registry=REGISTRY,
@@ -89,6 +92,7 @@ def run(args: Any = None) -> dict[str, Any]:
         print(f"multi_model_layers: {label} build {seconds:.1f} s", flush=True)
         return builds[label]
 
+    source = stage_context(work / "context")
     try:
         write_detector(work / "detector.onnx")
         write_detector(work / "detector-v2.onnx", seed=8)
