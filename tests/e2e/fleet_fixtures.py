@@ -219,7 +219,16 @@ class SimFleet:
 
     def running_release(self, name: str | None = None) -> str:
         """EDGE_RELEASE of the robot's running service container, asked of its own engine."""
-        ids = self.docker(name, "ps", "-q", "--filter", "label=com.docker.compose.project=edge").split()
+        # the service's container in whichever project runs it (edge, or edge-b after a hand-over)
+        ids = self.docker(
+            name,
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.compose.service=edge-runtime",
+            "--filter",
+            "label=com.docker.compose.oneoff=False",
+        ).split()
         assert ids, "no container runs on the robot"
         env = self.docker(name, "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", ids[0])
         return next(line.split("=", 1)[1] for line in env.splitlines() if line.startswith("EDGE_RELEASE="))
