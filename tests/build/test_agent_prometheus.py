@@ -78,6 +78,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     try:
         wait_ready(f"{gw}/-/ready")
         wait_ready(f"{prom}/-/ready")
+        time.sleep(0.5)
+        # Ours serve these ports: one that lost its bind to another process has exited by now.
+        assert all(p.poll() is None for p in procs), "a port picked for the gateway or Prometheus was taken"
         yield gw, prom
     finally:
         for p in procs:

@@ -56,19 +56,25 @@ def pushgateway() -> Iterator[str]:
     path = shutil.which("prometheus-pushgateway")
     need(path is not None, "prometheus-pushgateway (scripts/host-setup installs it)")
     assert path is not None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [path, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    for _ in range(5):  # a port another process took between our pick and the gateway's bind: pick again
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen(
+            [path, f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
         for _ in range(100):
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                if proc.poll() is None and httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
                     break
             time.sleep(0.1)
+        time.sleep(0.2)
+        if proc.poll() is None:  # ours serves the port (one that lost the bind has exited)
+            break
+    try:
         yield url
     finally:
         proc.terminate()
@@ -84,7 +90,7 @@ class Fleet:
     agents: dict[str, RobotAgent]
     gateway: str
     gate: GateService
-    channel: str = "stable"
+    channel: str
 
     def tick(self, _seconds: float = 0) -> None:
         """What happens while the operator waits: every online robot checks its channel once."""
@@ -120,6 +126,7 @@ def fleet(tmp_path: Path, pushgateway: str, monkeypatch: pytest.MonkeyPatch) -> 
     no_waits(monkeypatch, poll_s=0.1)
     key, pub = key_pair(tmp_path / "keys")
     repo_name = f"edge-deploy-pull/{secrets.token_hex(4)}"
+    channel = f"stable-{secrets.token_hex(3)}"  # this fixture's own: no other report on the gateway counts
     releases = tmp_path / "releases"
     for version in ("0.1.0", "0.2.0", "0.3.0"):
         image = push_image(repo_name)
@@ -134,7 +141,7 @@ def fleet(tmp_path: Path, pushgateway: str, monkeypatch: pytest.MonkeyPatch) -> 
                 {
                     "robot": name,
                     "repository": repo,
-                    "channel": "stable",
+                    "channel": channel,
                     "public_key": str(pub),
                     "pushgateway": pushgateway,
                     "service_port": gate.port,
@@ -146,8 +153,8 @@ def fleet(tmp_path: Path, pushgateway: str, monkeypatch: pytest.MonkeyPatch) -> 
                 lr.home,
             )
             agents[name] = RobotAgent(cfg, lr)
-        f = Fleet(repo, key, pub, releases, agents, pushgateway, gate)
-        publish_channel(repo, "stable", f.manifest("0.1.0"), 100, key, password=PASSWORD)
+        f = Fleet(repo, key, pub, releases, agents, pushgateway, gate, channel)
+        publish_channel(repo, channel, f.manifest("0.1.0"), 100, key, password=PASSWORD)
         f.tick()  # every robot starts on 0.1.0 and has reported
         assert {n: robot_state(a.lr).get("current") for n, a in agents.items()} == dict.fromkeys(
             NAMES, "0.1.0"
@@ -179,8 +186,8 @@ def test_a_good_release_is_staged_to_every_robot(fleet: Fleet) -> None:
         "arm-2": (UPDATED, "0.2.0", 2),
         "arm-1": (UPDATED, "0.2.0", 3),
     }
-    assert read_channel(fleet.repo, "stable", fleet.pub).percent == 100
-    rows = pull_status(pushgateway=fleet.gateway, channel="stable")
+    assert read_channel(fleet.repo, fleet.channel, fleet.pub).percent == 100
+    rows = pull_status(pushgateway=fleet.gateway, channel=fleet.channel)
     assert [(r["robot"], r["version"], r["healthy"]) for r in rows] == [(n, "0.2.0", True) for n in NAMES]
 
 
@@ -193,7 +200,7 @@ def test_a_broken_release_stops_at_its_canary_and_the_channel_is_reverted(fleet:
     assert res.waves[0]["percent"] == 27 and res.waves[0]["robots"] == ["arm-3"]
     assert [(r.robot, r.outcome, r.version) for r in res.robots] == [("arm-3", ROLLED_BACK, "0.1.0")]
     assert res.reverted_to == "0.1.0"
-    ch = read_channel(fleet.repo, "stable", fleet.pub)
+    ch = read_channel(fleet.repo, fleet.channel, fleet.pub)
     assert (ch.version, ch.percent) == ("0.1.0", 100)
     fleet.tick()  # after the revert: every robot stays on 0.1.0
     assert {n: robot_state(a.lr)["current"] for n, a in fleet.agents.items()} == dict.fromkeys(NAMES, "0.1.0")
