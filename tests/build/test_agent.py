@@ -415,3 +415,24 @@ def test_agent_check_verifies_and_changes_nothing(
     publish(reg, ch, reg.v2, key=reg.other_key)
     code, out, err = run_cli(capsys, "agent", "check", "--config", str(cfg))
     assert code == 2 and out == "" and "no signature that the fleet's public key verifies" in err, err
+
+
+def test_a_switch_left_pending_by_a_dead_update_is_settled_at_the_next_check(
+    robot: LocalRobot, reg: Registry
+) -> None:
+    ch = channel_name()
+    agent = agent_for(robot, reg, ch)
+    for m in (reg.v1, reg.v2):
+        publish(reg, ch, m)
+        assert check(agent).outcome == UPDATED
+    # The agent died while edge-update.sh waited for its confirmation of 0.2.0, and the script died too.
+    state = robot_state(robot)
+    state.update({"last_result": "awaiting_confirm", "txn": "deadbeef0001", "pid": 2**22 + 7})
+    robot.file("edge/state.json").write_text(json.dumps(state, indent=2))
+    res = check(agent)
+    history = robot_history(robot)
+    recovered = [h for h in history if "interrupted before it was confirmed" in str(h.get("reason", ""))]
+    assert recovered, history[-3:]  # edge-update.sh recover put 0.1.0 back first
+    # then the channel's release again, from what the robot keeps (nothing downloaded)
+    assert (res.action, res.outcome, res.version) == (ROLLBACK, UPDATED, "0.2.0"), res
+    assert robot_state(robot)["current"] == "0.2.0" and agent.last_result() == UPDATED

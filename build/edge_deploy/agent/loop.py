@@ -31,6 +31,7 @@ from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.deploy import RobotReleases
 from edge_deploy.fleet.options import DeployRequest
 from edge_deploy.fleet.outcome import FAILED, REFUSED, SKIPPED, UNCHANGED
+from edge_deploy.fleet.switch import PENDING
 from edge_deploy.release.channel import (
     Channel,
     ChannelError,
@@ -171,6 +172,11 @@ class Agent:
         """Decide and act on a verified channel."""
         target = channel.manifest
         state = await releases.read_state()
+        if (
+            state.get("last_result") in PENDING
+        ):  # a switch an earlier run left (the agent restarted, a reboot)
+            state = await releases.settle_pending(self.request(target))
+            res.reason = f"settled a pending switch ({state.get('last_result')})"
         current, image = state.get("current"), state.get("image")
         if current == target.version and _digest(image) == target.runtime.digest:
             res.action = CURRENT
