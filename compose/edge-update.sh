@@ -135,7 +135,13 @@ restore() { # WHY RESULT: back to RESTORE (or nothing); history, then state (wha
         state - - failed done "$why; no previous release to restore, service stopped"
         return
     fi
-    set_project "$RESTORE" "$failed_in" # replaces the failed container in place
+    # Stop-start: the failed container ran in RESTORE's project and is replaced in place. A hand-over that
+    # died (recover): RESTORE still runs in its own project and stays as it is; the other one goes.
+    rp=$(project_of "$RESTORE")
+    if [ "$rp" = "$failed_in" ] || [ -z "$(docker ps -q --filter "label=com.docker.compose.project=$rp" \
+        --filter "label=com.docker.compose.service=$SERVICE" 2>/dev/null)" ]; then
+        set_project "$RESTORE" "$failed_in"
+    fi
     switch_to "$RESTORE"
     up "$RESTORE_WAIT_S"
     ok=$?

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from edge_deploy.fleet.deploy import RobotReleases
 from edge_deploy.fleet.inventory import Robot, parse_fleet
 from edge_deploy.fleet.options import DeployRequest, RolloutOptions
 from edge_deploy.fleet.outcome import RobotResult
-from edge_deploy.fleet.ssh import CommandResult
+from edge_deploy.fleet.ssh import CommandResult, RobotUnreachable
 from edge_deploy.fleet.switch import handover_memory_problem, parse_mem_usage
 from tests.build.local_robot import (
     GateService,
@@ -31,6 +32,7 @@ from tests.build.local_robot import (
     robot_history,
     robot_on,
     robot_state,
+    wait_for_state,
 )
 
 NEW = "reg.example/team/runtime@sha256:" + "b" * 64
@@ -181,3 +183,27 @@ def test_inventory_update_strategy_and_handover_port(tmp_path: Path) -> None:
         Robot("e", "h", handover_port=8080)
     with pytest.raises(FleetError, match="must be hand-over or stop-start, not 'fast'"):
         RolloutOptions(version="1.0.0", update_strategy="fast")
+
+
+def test_a_hand_over_whose_script_died_keeps_the_running_release_and_removes_the_new_project(
+    tmp_path: Path, gate: GateService
+) -> None:
+    """The script dies while the new release waits for its gate (a reboot, a kill): ``recover`` puts the
+    previous release back where it still runs (its own project, not restarted elsewhere) and removes the
+    new project, so one project remains."""
+    lr = on_robot(tmp_path, gate)
+    lr.transport_faults["docker ps -aq"] = RobotUnreachable("Robot arm-1: the SSH connection broke (reset).")
+    with pytest.raises(RobotUnreachable):
+        deploy(lr, confirm_timeout_s=120)
+    st = wait_for_state(lr, {"awaiting_confirm"})
+    assert (st["strategy"], st["gate_project"]) == ("hand-over", "edge-b")
+    os.kill(st["pid"], signal.SIGKILL)
+    lr.transport_faults.clear()
+    calls_before = len(docker_lines(lr))
+    after = asyncio.run(RobotReleases(lr).settle_pending())
+    assert (after["current"], after["last_result"]) == ("0.1.0", "reverted"), after
+    assert os.readlink(lr.file("edge/current")) == "releases/0.1.0"
+    recovered = docker_lines(lr)[calls_before:]
+    assert any("compose -p edge up -d --wait" in line for line in recovered), recovered
+    assert any("compose -p edge-b down" in line for line in recovered), recovered
+    assert "COMPOSE_PROJECT_NAME=edge-b" not in lr.file("edge/releases/0.1.0/.env").read_text()
