@@ -203,5 +203,7 @@ def test_the_real_service_with_a_broken_model_fails_the_gate_naming_it(repositor
 
     shutil.rmtree(repository / "policy")
     write_broken_policy(repository / "policy")
-    with pytest.raises(GateFailed, match=r"^model 'policy': smoke inference returned non-finite values in action$"):
+    with pytest.raises(
+        GateFailed, match=r"^model 'policy': smoke inference returned non-finite values in action$"
+    ):
         _real_gate(repository)
