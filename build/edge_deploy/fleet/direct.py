@@ -136,7 +136,8 @@ def build_for_robot(
 ) -> tuple[str, BuildResult]:
     """Build the runtime image of ``model`` for ``robot``'s platform into the image store; returns its
     ``repository@sha256:…`` and the build's result. Bases and the runtime's Python come from the JetPack
-    table, or EDGE_L4T_BASE / EDGE_CONVERTER_BASE / EDGE_RUNTIME_PYTHON (as ``image build`` takes them)."""
+    table, or EDGE_L4T_BASE / EDGE_CONVERTER_BASE / EDGE_RUNTIME_PYTHON (as ``image build`` takes them);
+    EDGE_DEPLOY_SOURCE names a checkout-shaped tree to build instead of the running tool's files."""
     from edge_deploy.fleet.transport import ImageStore
     from edge_deploy.images import build_images
 
@@ -158,6 +159,8 @@ def build_for_robot(
             l4t_base=os.environ.get("EDGE_L4T_BASE") or None,
             converter_base=os.environ.get("EDGE_CONVERTER_BASE") or None,
             runtime_python=os.environ.get("EDGE_RUNTIME_PYTHON") or None,
+            # A checkout-shaped tree to build instead of the running tool's own files (a pinned checkout).
+            source=Path(os.environ["EDGE_DEPLOY_SOURCE"]) if os.environ.get("EDGE_DEPLOY_SOURCE") else None,
             runtime_platforms=robot.platform,
             push=False,
             overrides=[f"runtime.output=type=oci,dest={layout},tar=false"],
