@@ -25,6 +25,8 @@ ROBOT_KEYS = {
     "gpu",
     "allow_cpu_fallback",
     "health_start_interval_s",
+    "update_strategy",  # how this robot switches releases (hand-over or stop-start), as in fleet.yaml
+    "handover_port",
 } & ROBOT_FIELDS
 AGENT_KEYS = {
     "robot",
