@@ -182,6 +182,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--downtime-image", default=None, help="downtime: runtime image (default: built from this checkout)"
     )
+    parser.add_argument(
+        "--downtime-strategies",
+        default="stop-start,hand-over",
+        help="downtime: comma-separated update strategies to measure (default stop-start,hand-over)",
+    )
 
 
 BROKEN_MODEL = "broken-policy"
@@ -333,8 +338,10 @@ def run(args: Any = None) -> dict[str, Any]:
             ssh_port_base=2720,
             service_port_base=18720,
         ) as s:
+            asked = (getattr(args, "downtime_strategies", None) or "stop-start,hand-over").split(",")
             for major, strategy in ((1, "stop-start"), (2, "hand-over")):
-                rows += _strategy_rows(strategy, major, s, refs, root / "releases")
+                if strategy in asked:
+                    rows += _strategy_rows(strategy, major, s, refs, root / "releases")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     emulated = platform != NATIVE

@@ -163,7 +163,13 @@ hand_over() {
     set_project "$VERSION" "$NEWP"
     STRATEGY_USED=hand-over
     state "$VERSION" "$RESTORE" switching up
-    if ! (cd "releases/$VERSION" && docker compose -p "$NEWP" up -d --wait --wait-timeout "$WAIT_S") >up.log 2>&1; then
+    # While it loads and is gated, the new release gets a small CPU weight, so that on a busy board the
+    # release that serves keeps its cores (weights matter only under contention); full weight at takeover.
+    # `docker update` leaves compose's config hash alone: `up -d` later recreates nothing.
+    (cd "releases/$VERSION" && docker compose -p "$NEWP" create) >up.log 2>&1
+    nc=$(docker ps -aq --filter "label=com.docker.compose.project=$NEWP" --filter "label=com.docker.compose.service=$SERVICE" | head -n1)
+    [ -n "$nc" ] && docker update --cpu-shares "$GATE_CPU_SHARES" "$nc" >>up.log 2>&1
+    if ! (cd "releases/$VERSION" && docker compose -p "$NEWP" up -d --wait --wait-timeout "$WAIT_S") >>up.log 2>&1; then
         nc=$(docker ps -aq --filter "label=com.docker.compose.project=$NEWP" --filter "label=com.docker.compose.service=$SERVICE" | head -n1)
         if [ -n "$nc" ] && docker logs --tail 20 "$nc" 2>&1 | grep -qi 'address already in use'; then
             # An edge-runtime older than hand-over binds the service port alone: no fault of the release.
@@ -215,6 +221,7 @@ hand_over() {
         keep_old "$VERSION did not take over port $SERVICE_PORT within 130 s" rolled_back
         return 0
     fi
+    [ -n "$cid" ] && docker update --cpu-shares 1024 "$cid" >>up.log 2>&1
     switch_to "$VERSION"
     down_project "$OLDP" # SIGTERM: it stops accepting and drains what it has in flight
     state "$VERSION" "$RESTORE" updated done
@@ -316,7 +323,7 @@ VERSION=${EDGE_VERSION:--} RESTORE=${EDGE_RESTORE:--} WAS=${EDGE_WAS:--} WAS_PRE
 WAIT_S=${EDGE_WAIT_S:-600} RESTORE_WAIT_S=${EDGE_RESTORE_WAIT_S:-300} CONFIRM_S=${EDGE_CONFIRM_S:-300}
 LOCK_WAIT_S=${EDGE_LOCK_WAIT_S:-30} MARK_BAD=${EDGE_MARK_BAD:-1} BAD= RESTORE_S=
 STRATEGY=${EDGE_STRATEGY:-stop-start} SERVICE_PORT=${EDGE_PORT:-8080} HANDOVER_PORT=${EDGE_HANDOVER_PORT:-9080}
-STRATEGY_USED=stop-start FALLBACK= OLDP= NEWP=
+STRATEGY_USED=stop-start FALLBACK= OLDP= NEWP= GATE_CPU_SHARES=128
 case "${1:-}" in
     apply) [ -n "$TXN" ] || { echo "edge-update: EDGE_TXN is not set" >&2; exit 2; }; apply ;;
     recover) recover ;;

@@ -81,6 +81,9 @@ def test_hand_over_gates_the_new_project_then_it_takes_over_and_the_old_stops(
     kill = index(lines, "kill -s USR1 c0ffee")
     old_down = index(lines, "compose -p edge down")
     assert up < kill < old_down  # the old project stops only after the new one took the address
+    # a small CPU weight while it loads and is gated beside the serving release, full weight at takeover
+    assert index(lines, "compose -p edge-b create") < index(lines, "update --cpu-shares 128 c0ffee") < up
+    assert kill < index(lines, "update --cpu-shares 1024 c0ffee") < old_down
     assert not any("compose -p edge up" in line for line in lines)  # the old one is never restarted
     assert os.readlink(lr.file("edge/current")) == "releases/0.2.0"
     assert "COMPOSE_PROJECT_NAME=edge-b" in lr.file("edge/releases/0.2.0/.env").read_text().splitlines()
