@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -274,8 +275,11 @@ def push_channel_artifact(
     percent: int,
     *,
     registries: dict[str, Registry] | None = None,
+    before_tag: Callable[[str], object] | None = None,
 ) -> str:
-    """Push the channel artifact (unsigned) under tag ``channel-<name>``; returns its digest."""
+    """Push the channel artifact (unsigned) under tag ``channel-<name>``; returns its digest. With
+    ``before_tag`` (signing), the artifact is pushed by digest and handed to it first, so the tag never
+    points at an artifact that agents would refuse as unsigned."""
     tag = channel_tag(name)
     host, repo = split_repository(repository)
     reg = _registry(host, registries)
@@ -301,6 +305,16 @@ def push_channel_artifact(
         },
     }
     raw = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    if before_tag is not None:
+        reg._request(
+            "PUT",
+            f"{repo}/manifests/{sha256_digest(raw)}",
+            what=f"publishing {repository}@{sha256_digest(raw)[:19]}",
+            ok=(201, 200),
+            content=raw,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        before_tag(f"{repository}@{sha256_digest(raw)}")
     reg._request(
         "PUT",
         f"{repo}/manifests/{tag}",
@@ -327,9 +341,14 @@ def publish_channel(
     The images themselves must already be signed (``release create`` signs them)."""
     from edge_deploy.release.signing import sign_image
 
-    digest = push_channel_artifact(repository, name, manifest, percent, registries=registries)
-    sign_image(f"{repository}@{digest}", key, password=password)
-    return digest
+    return push_channel_artifact(
+        repository,
+        name,
+        manifest,
+        percent,
+        registries=registries,
+        before_tag=lambda ref: sign_image(ref, key, password=password),  # signed before agents can see it
+    )
 
 
 # --- read (robot) ---------------------------------------------------------------------------------------
