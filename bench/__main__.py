@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "multi_model_layers": "bench.multi_model_layers",
     "pull": "bench.pull",
     "downtime": "bench.downtime",
+    "direct_deploy": "bench.direct_deploy",
 }
 # Run only when named: large_model writes a 2 GB model and needs about 11 GiB of memory and 10 minutes.
 OPT_IN: frozenset[str] = frozenset({"large_model"})
