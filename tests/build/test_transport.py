@@ -256,3 +256,25 @@ def test_cli_refuses_bad_targets_in_one_sentence(
     code, _, err = run_cli(capsys, *args)
     assert code != 0 and said in err, err
     assert "Traceback" not in err
+
+
+def test_registries_of_several_robots_leave_the_tools_sigint_alone(
+    store: tuple[ImageStore, dict[str, str]],
+) -> None:
+    import signal
+
+    st, ds = store
+    before = signal.getsignal(signal.SIGINT)
+
+    async def one(pause: float) -> int:
+        served = Served()
+        async with serving(st, served) as port, httpx.AsyncClient() as http:
+            await asyncio.sleep(pause)
+            await http.get(f"http://127.0.0.1:{port}/v2/any/blobs/{ds['layer1']}")
+        return served.bytes
+
+    async def robots() -> list[int]:
+        return list(await asyncio.gather(one(0.2), one(0.0), one(0.1)))  # they stop out of start order
+
+    assert asyncio.run(robots()) == [len(b"model layer")] * 3
+    assert signal.getsignal(signal.SIGINT) is before

@@ -292,6 +292,21 @@ def registry_app(store: ImageStore, served: Served) -> Any:
     )
 
 
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn without its signal capture: several robots' registries run at once inside the operator's
+        process, and each would take SIGINT over and hand it back out of order (Ctrl-C must stay the
+        tool's)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server
+
+
 @contextlib.asynccontextmanager
 async def serving(store: ImageStore, served: Served) -> AsyncIterator[int]:
     """The read-only registry on a free port of the host's 127.0.0.1 for the length of the block."""
@@ -300,8 +315,9 @@ async def serving(store: ImageStore, served: Served) -> AsyncIterator[int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
+    server_class = _server_class()
     config = uvicorn.Config(registry_app(store, served), log_level="error", lifespan="off", access_log=False)
-    server = uvicorn.Server(config)
+    server = server_class(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
