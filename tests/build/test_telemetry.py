@@ -233,3 +233,34 @@ def test_a_pull_mode_simulation_starts_its_control_plane_on_loopback_and_stops_i
     assert code == 0, err
     for pid in (pull_state["site_pid"], pull_state["pushgateway_pid"], pull_state["prometheus_pid"]):
         assert not Path(f"/proc/{pid}").exists() or "tpull" not in Path(f"/proc/{pid}/cmdline").read_text()
+
+
+def test_a_pull_wave_lists_every_robot_it_settled_whichever_read_settled_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Telemetry read by read: robot a turns up on the release in the first read, b only in the second;
+    the wave's robots are both (the e2e's staged rollout showed only the last read's robots before)."""
+    from edge_deploy.fleet import pull as pull_rollout
+
+    published = NOW
+    old = replace(REPORT, version="0.9.0", last_check=NOW + 1)
+    on = replace(REPORT, version="1.0.0", last_check=NOW + 2)
+    reads = iter(
+        [
+            {"a": replace(on, robot="a"), "b": replace(old, robot="b")},
+            {"a": replace(on, robot="a"), "b": replace(on, robot="b")},
+        ]
+    )
+    monkeypatch.setattr(pull_rollout, "read_reports", lambda _opts: next(reads))
+    opts = pull_rollout.PullRolloutOptions(
+        version="1.0.0", sign_key=Path("k"), public_key=Path("k.pub"), pushgateway="http://127.0.0.1:1"
+    )
+    settled: dict[str, pull_rollout.PullRobot] = {}
+    wave = pull_rollout._wait_wave(
+        opts, "1.0.0", 100, published, settled, 1, lambda *_: None, lambda _s: None
+    )
+    assert sorted(wave) == ["a", "b"]
+    assert {name: (r.outcome, r.wave) for name, r in settled.items()} == {
+        "a": ("updated", 1),
+        "b": ("updated", 1),
+    }

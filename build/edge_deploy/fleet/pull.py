@@ -219,9 +219,8 @@ def _wait_wave(
             outcome, reason = verdict
             settled[name] = PullRobot(name, report.bucket, outcome, report.version, reason, n)
             say(name, outcome, reason or f"on {version}, healthy")
-        done = [name for name in wave if name in settled]
-        if not pending:
-            return done
+        if not pending:  # the wave's robots: all settled in this wave, in any of its reads
+            return [name for name, robot in settled.items() if robot.wave == n]
         if time.monotonic() >= deadline:
             for name in pending:
                 report = wave[name]
@@ -239,7 +238,7 @@ def _wait_wave(
                     )
                 settled[name] = PullRobot(name, report.bucket, outcome, report.version, reason, n)
                 say(name, outcome, reason)
-            return done + pending
+            return [name for name, robot in settled.items() if robot.wave == n]
         sleep(TELEMETRY_POLL_S)
 
 
