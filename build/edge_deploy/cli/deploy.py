@@ -37,6 +37,30 @@ from edge_deploy.cli.options import json_option
 )
 @click.option("--ros2", "include_ros2", is_flag=True, help="Enable the ROS 2 bridge (compose.ros2.yaml).")
 @click.option("--auto-start", is_flag=True, help="Install and enable the systemd unit on the robot.")
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=str),
+    envvar="EDGE_COSIGN_KEY",
+    show_envvar=True,
+    default=None,
+    help="cosign private key (a file or key reference; COSIGN_PASSWORD decrypts it): the release's image "
+    "manifest is signed with it, the signature kept beside the local release record.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="EDGE_COSIGN_PUB",
+    show_envvar=True,
+    default=None,
+    help="cosign public key the release's signature must verify with before anything reaches the robot "
+    "[default: `public_key:` of the fleet.yaml EDGE_FLEET names]; an unsigned release is then refused.",
+)
+@click.option(
+    "--insecure-skip-signature-check",
+    "skip_signature",
+    is_flag=True,
+    help="Deploy without verifying the signature even though a public key is configured.",
+)
 @json_option("Print the result as JSON on stdout.")
 def deploy(
     model: Path,
@@ -49,6 +73,9 @@ def deploy(
     health_timeout: float,
     include_ros2: bool,
     auto_start: bool,
+    sign_key: str | None,
+    public_key: Path | None,
+    skip_signature: bool,
     as_json: bool,
 ) -> None:
     """Build MODEL (a model file or a model bundle) for one robot and deploy it there over SSH, no registry
@@ -79,6 +106,9 @@ def deploy(
         health_timeout_s=health_timeout,
         include_ros2=include_ros2,
         auto_start=auto_start,
+        sign_key=sign_key,
+        public_key=public_key,
+        insecure_skip_signature_check=skip_signature,
     )
     summary = result.to_dict()
     if as_json:

@@ -24,6 +24,7 @@ from edge_deploy.fleet.options import RolloutOptions
 if TYPE_CHECKING:
     from edge_deploy.fleet.rollout import RolloutResult
     from edge_deploy.images import BuildResult
+    from edge_deploy.release.manifest import ReleaseManifest
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ LOCAL_REGISTRY = "edge-deploy.local"
 LOCAL_REPOSITORY = f"{LOCAL_REGISTRY}/edge-deploy/runtime"
 FP32_MODEL = "model.fp32.onnx"  # model/convert.py's name for it (not imported: no torch for this module)
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".onnx")
+SKIP_SIGNATURE = "insecure_skip_signature_check"
+SIGN_KEY_ENV = "EDGE_COSIGN_KEY"
 _TARGET = re.compile(r"^(?P<user>[^@\s]+)@(?P<host>[^@\s]+)\Z")
 
 
@@ -171,12 +174,27 @@ def build_for_robot(
     return f"{LOCAL_REPOSITORY}@{digest}", result
 
 
-def record_release(ref: str, result: BuildResult, releases_dir: Path) -> str:
-    """Write the local development release of ``ref`` (digest-pinned, unsigned) and return its version."""
+def record_release(
+    ref: str,
+    result: BuildResult,
+    releases_dir: Path,
+    *,
+    store: Path | None = None,
+    sign_key: Path | str | None = None,
+) -> str:
+    """Write the local development release of ``ref`` (digest-pinned) and return its version; with
+    ``sign_key``, its image's manifest in ``store`` is signed (``cosign sign-blob``) beside the record."""
     from edge_deploy.release.manifest import ReleaseManifest, save_release
 
     version = dev_version(result.bundle_sha256, result.variables.get("GIT_SHA", ""))
     manifest = ReleaseManifest.for_runtime_image(version, ref, "local")
+    extra: dict[str, Any] = {"transport": "ssh-copy", "dev": True}
+    if sign_key is not None:
+        if store is None:
+            raise FleetError("Signing a development release needs the image store that holds its image.")
+        sig = sign_release(ref, store, version, releases_dir, sign_key)
+        manifest.runtime.signature = sig.name
+        extra["signature_blob"] = sig.name
     manifest = replace(
         manifest,
         git_sha=result.variables.get("GIT_SHA", "unknown"),
@@ -184,10 +202,93 @@ def record_release(ref: str, result: BuildResult, releases_dir: Path) -> str:
         precision=result.precision,
         base_image=result.variables.get("L4T_BASE", ""),
         ros2=result.ros2,
-        extra={"transport": "ssh-copy", "dev": True},
+        extra=extra,
     )
     save_release(manifest, releases_dir)
     return version
+
+
+# --- Signatures of development releases: no registry holds them, so the image's manifest (or index) blob in
+# the host's store, whose sha256 is the digest the robot pulls, is signed as a file (``cosign sign-blob``)
+# and the signature kept beside the release record as ``<version>.sig``. A public key then verifies it on
+# the host before anything reaches a robot, as a rollout verifies a registry image's signature.
+
+
+def signature_path(version: str, releases_dir: Path) -> Path:
+    """``releases_dir/<version>.sig``; the version is checked first, so it cannot name another path."""
+    from edge_deploy.release.manifest import manifest_path
+
+    return manifest_path(version, releases_dir).with_suffix(".sig")
+
+
+def _manifest_blob(ref: str, store: Path) -> Path:
+    """The store's file of ``ref``'s manifest, checked against its digest (what is signed is what the robot
+    pulls)."""
+    import hashlib
+
+    from edge_deploy.fleet.transport import ImageStore, split_digest_ref
+
+    _, _, digest = split_digest_ref(ref)
+    blob = ImageStore(store).blob(digest)
+    if not blob.is_file():
+        raise FleetError(
+            f"The host's image store ({store}) does not hold {ref}; build it for the robot first."
+        )
+    if "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() != digest:
+        raise FleetError(f"The host's image store holds a corrupted manifest for {ref}; refusing it.")
+    return blob
+
+
+def sign_release(ref: str, store: Path, version: str, releases_dir: Path, key: Path | str) -> Path:
+    """Sign ``ref``'s manifest in ``store`` with ``key``; returns the signature file beside the record."""
+    from edge_deploy.release.signing import sign_blob
+
+    return sign_blob(_manifest_blob(ref, store), key, signature_path(version, releases_dir))
+
+
+def is_local_release(manifest: ReleaseManifest) -> bool:
+    """A development release from ``deploy`` (its image in the host's store, not in a registry)."""
+    return manifest.extra.get("dev") is True
+
+
+def verify_local_release(
+    manifest: ReleaseManifest, releases_dir: Path, store: Path | None, public_key: Path | str
+) -> None:
+    """Verify a development release's blob signature with ``public_key`` on the host; an unsigned one is
+    refused in one sentence (the operator configured a key, so an unverified image must not go out)."""
+    from edge_deploy.fleet.transport import default_store
+    from edge_deploy.release.signing import verify_blob
+
+    version, ref = manifest.version, manifest.runtime.ref
+    name = manifest.extra.get("signature_blob")
+    if not isinstance(name, str) or not name:
+        raise FleetError(
+            f"Release {version} is a local development build with no signature, and a public key "
+            f"({public_key}) is configured to verify it: deploy it with a signing key (--sign-key or "
+            f"EDGE_COSIGN_KEY) so it is signed, or deploy it unverified with `{SKIP_SIGNATURE}`.",
+            option=("public_key", SKIP_SIGNATURE),
+        )
+    expected = signature_path(version, releases_dir)
+    if name != expected.name:  # the record names its own file only, never another path
+        raise FleetError(
+            f"Release {version} names the signature file {name!r}, not {expected.name!r}; refusing."
+        )
+    blob = _manifest_blob(ref, store or default_store())
+    verify_blob(blob, public_key, expected, what=f"image {ref} of release {version}")
+
+
+def configured_public_key() -> Path | None:
+    """The public key a direct deploy verifies with when none is passed: EDGE_COSIGN_PUB (as ``release
+    verify`` takes it), else ``public_key:`` of the fleet.yaml that EDGE_FLEET names."""
+    env = os.environ.get("EDGE_COSIGN_PUB", "").strip()
+    if env:
+        return Path(env)
+    path = os.environ.get("EDGE_FLEET", "").strip()
+    if not path:
+        return None
+    from edge_deploy.fleet.inventory import load_fleet
+
+    return load_fleet(Path(path)).public_key
 
 
 def deploy_direct(
@@ -198,14 +299,21 @@ def deploy_direct(
     work: Path | None = None,
     builder: Callable[..., BuildResult] | None = None,
     on_step: Callable[[str], None] = lambda s: None,
+    sign_key: Path | str | None = None,
     **options: Any,
 ) -> RolloutResult:
     """Build, record and deploy ``model`` to ``robot`` over SSH (see the module docstring). ``options`` are
-    ``RolloutOptions`` fields (include_ros2, auto_start, health_timeout_s, ...). ``work``: where the image
-    store and the development releases live (the tool's work directory by default)."""
+    ``RolloutOptions`` fields (include_ros2, auto_start, health_timeout_s, public_key, ...). ``work``: where
+    the image store and the development releases live (the tool's work directory by default).
+
+    ``sign_key`` (else EDGE_COSIGN_KEY, password from COSIGN_PASSWORD) signs the release; a public key
+    (``public_key``, else EDGE_COSIGN_PUB, else fleet.yaml's ``public_key:``) verifies it before anything
+    reaches the robot, and refuses an unsigned one unless ``insecure_skip_signature_check``. With no key at
+    all, the image (pinned by digest from the host's own build) goes out unverified, with a warning."""
     from edge_deploy.fleet.operations import deploy_release
     from edge_deploy.fleet.options import options_from_keywords
     from edge_deploy.images.files import work_dir
+    from edge_deploy.release.signing import key_reference
 
     root = work or work_dir()
     store, releases = root / "image-store", root / "dev-releases"
@@ -213,16 +321,33 @@ def deploy_direct(
         if reserved in options:
             raise FleetError(f"A direct deploy chooses {reserved!r} itself; leave it out.", option=reserved)
     opts = options_from_keywords(RolloutOptions, version="0.0.0", **options)  # names checked before the build
+    key = sign_key if sign_key is not None else (os.environ.get(SIGN_KEY_ENV, "").strip() or None)
+    if key is not None:
+        key_reference(key)  # a missing key file is said before minutes of building
+    if opts.public_key is None and not opts.insecure_skip_signature_check:
+        opts = replace(opts, public_key=configured_public_key())
+    if opts.public_key is not None and not opts.insecure_skip_signature_check and key is None:
+        raise FleetError(
+            f"A public key ({opts.public_key}) is configured to verify releases, and this deploy would "
+            f"make an unsigned one: pass a signing key (--sign-key or {SIGN_KEY_ENV}), or deploy it "
+            f"unverified with `{SKIP_SIGNATURE}`.",
+            option=("sign_key", SKIP_SIGNATURE),
+        )
     model_source(model)  # a missing or unknown model is said first
     reach(robot)  # an unknown host key or an unreachable robot is said before minutes of building
     on_step(f"runtime image for {robot.platform}")
     ref, result = build_for_robot(model, robot, store, precision=precision, builder=builder, on_step=on_step)
-    version = record_release(ref, result, releases)
-    on_step(f"release {version} ({ref})")
+    version = record_release(ref, result, releases, store=store, sign_key=key)
+    on_step(f"release {version} ({ref}{', signed' if key is not None else ''})")
     if not opts.insecure_skip_signature_check and opts.public_key is None:
-        # Nothing signs a development image (a signature lives in a registry); the image is pinned by digest
-        # from the host's own build, and the deploy says so.
-        log.warning("Release %s is a local development build: its image is not signed.", version)
+        # No public key is configured anywhere: the image, pinned by digest from the host's own build, goes
+        # out unverified, and the deploy says so (a fleet with a key verifies, see verify_local_release).
+        log.warning(
+            "Release %s is a local development build%s and no public key is configured: its image is not "
+            "verified.",
+            version,
+            " (signed)" if key is not None else "",
+        )
         opts = replace(opts, insecure_skip_signature_check=True)
     opts = replace(opts, version=version, transport="ssh-copy", image_store=store, releases_dir=releases)
     return deploy_release(Fleet(name=f"robot-{robot.name}", robots=(robot,)), opts)

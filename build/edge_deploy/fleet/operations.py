@@ -42,12 +42,25 @@ DIGEST_REF = re.compile(rf"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*@sha256
 SKIP_SIGNATURE = "insecure_skip_signature_check"
 
 
-def verify_signature(ref: str, public_key: Path) -> None:
+def verify_signature(
+    ref: str,
+    public_key: Path,
+    manifest: ReleaseManifest | None = None,
+    releases_dir: Path | None = None,
+    image_store: Path | None = None,
+) -> None:
     """Verify the cosign signature of a digest-pinned image, on the host against the registry (robots
     need no cosign: they pull that same digest, and content addressing makes a re-tagged image another
-    digest)."""
+    digest). A development release (``deploy``: no registry) is verified as a blob signature beside its
+    record, over its manifest in the host's image store."""
     from edge_deploy.release.signing import verify_image
 
+    if manifest is not None and releases_dir is not None:
+        from edge_deploy.fleet.direct import is_local_release, verify_local_release
+
+        if is_local_release(manifest):
+            verify_local_release(manifest, releases_dir, image_store, public_key)
+            return
     verify_image(ref, public_key)
 
 
@@ -121,7 +134,7 @@ def deploy_release(
     rollout = Rollout(robots, req, options, progress)
     if signature.startswith("verified"):
         assert key is not None
-        verify_signature(image, key)
+        verify_signature(image, key, manifest, rdir, options.image_store)
     elif not options.dry_run:
         log.warning(
             "Release %s: the image signature of %s is not checked (%s).", version, image, SKIP_SIGNATURE

@@ -311,3 +311,102 @@ def verify_image(ref_with_digest: str, public_key: Path | str, identity: Identit
         raise SigningError(
             f"Signature of {ref_with_digest} does not verify with {subject}: {_last_line(proc)}."
         )
+
+
+# --- Blob signatures: a development release (``edge-deploy deploy``) lives in the host's image store, not in
+# a registry, so its image is signed as a file: the bytes of its manifest (or index), whose sha256 *is* the
+# image digest the robot pulls. The signature sits beside the release record; verification is offline.
+
+
+def sign_blob_args(tool: Cosign, key: str, blob: Path, out: Path, signing_config: Path) -> list[str]:
+    """cosign's arguments to sign the file ``blob`` with ``key`` offline, the signature written to ``out``:
+    cosign 2 a base64 signature (``--tlog-upload=false``), cosign 3 a bundle (a config without tlog; cosign 3
+    is not exercised here: the harness has cosign 2)."""
+    if tool.major >= 3:
+        return [
+            tool.path,
+            "sign-blob",
+            "--key",
+            key,
+            "--signing-config",
+            str(signing_config),
+            "--bundle",
+            str(out),
+            "--yes",
+            str(blob),
+        ]
+    return [
+        tool.path,
+        "sign-blob",
+        "--key",
+        key,
+        "--tlog-upload=false",
+        "--output-signature",
+        str(out),
+        "--yes",
+        str(blob),
+    ]
+
+
+def verify_blob_args(tool: Cosign, public_key: str, blob: Path, signature: Path) -> list[str]:
+    """cosign's arguments to verify ``blob`` against ``signature`` (cosign 2: the signature, cosign 3: the
+    bundle ``sign_blob_args`` wrote) with ``public_key``, no transparency log."""
+    flag = "--bundle" if tool.major >= 3 else "--signature"
+    return [
+        tool.path,
+        "verify-blob",
+        "--key",
+        public_key,
+        flag,
+        str(signature),
+        "--insecure-ignore-tlog",
+        str(blob),
+    ]
+
+
+def sign_blob(blob: Path, key: Path | str, out: Path, *, password: str | None = None) -> Path:
+    """Sign the file ``blob`` with ``key`` (a file or key reference; not keyless) into ``out``."""
+    if str(key) == KEYLESS:
+        raise SigningError(
+            "A development release is signed with a key (a file or key reference), not keyless: keyless "
+            "signing needs a CI job's OIDC identity and the public Sigstore services."
+        )
+    key_ref = key_reference(key)
+    env = dict(os.environ)
+    if _needs_password(key_ref):
+        pw = password if password is not None else os.environ.get("COSIGN_PASSWORD")
+        if pw is None:
+            raise SigningError(
+                f"COSIGN_PASSWORD is not set; it is needed to decrypt the signing key {key_ref}."
+            )
+        env["COSIGN_PASSWORD"] = pw
+    tool = cosign()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edge-cosign-") as tmp:
+        config = Path(tmp) / "signing-config.json"
+        config.write_text(json.dumps(NO_TLOG_SIGNING_CONFIG))
+        proc = _run(sign_blob_args(tool, key_ref, blob, out, config), env)
+    if proc.returncode != 0:
+        out.unlink(missing_ok=True)
+        text = (proc.stderr or "") + (proc.stdout or "")
+        if "decrypt" in text:
+            raise SigningError(f"Signing key {key_ref} could not be decrypted: COSIGN_PASSWORD is wrong.")
+        raise SigningError(f"cosign could not sign {blob}: {_last_line(proc)}.")
+    return out
+
+
+def verify_blob(blob: Path, public_key: Path | str, signature: Path, what: str | None = None) -> None:
+    """Raise SigningError unless ``signature`` is a valid signature of the file ``blob`` for
+    ``public_key``; ``what`` names the blob in the sentence (default: its path)."""
+    subject = what or str(blob)
+    text = str(public_key)
+    if text == KEYLESS:
+        raise SigningError(f"{subject} is signed with a key; verify it with a public key, not keyless.")
+    if not any(text.startswith(s.split(":")[0] + ":") for s in KEY_SCHEMES) and not Path(text).is_file():
+        raise SigningError(f"Public key {text} does not exist.")
+    key_ref = key_reference(public_key)
+    if not signature.is_file():
+        raise SigningError(f"{subject} has no signature ({signature} does not exist).")
+    proc = _run(verify_blob_args(cosign(), key_ref, blob, signature))
+    if proc.returncode != 0:
+        raise SigningError(f"Signature of {subject} does not verify with {key_ref}: {_last_line(proc)}.")
