@@ -19,7 +19,7 @@ from edge_deploy.fleet.direct import (
     target_robot,
 )
 from edge_deploy.fleet.inventory import Fleet
-from edge_deploy.fleet.operations import deploy_release, verify_signature
+from edge_deploy.fleet.operations import deploy_release, verify_release
 from edge_deploy.fleet.options import RolloutOptions
 from edge_deploy.fleet.transport import ImageStore
 from edge_deploy.images.result import BuildResult
@@ -58,7 +58,7 @@ def keys(tmp_path: Path, cosign_bin: str, monkeypatch: pytest.MonkeyPatch) -> tu
 
 
 def _check(dev: dict[str, Any], version: str, pub: Path) -> None:
-    verify_signature(dev["ref"], pub, load_release(version, dev["releases"]), dev["releases"], dev["store"])
+    verify_release(load_release(version, dev["releases"]), pub, dev["releases"], dev["store"])
 
 
 def test_signed_dev_release_verifies_with_the_public_key_only(

@@ -278,3 +278,32 @@ def test_registries_of_several_robots_leave_the_tools_sigint_alone(
 
     assert asyncio.run(robots()) == [len(b"model layer")] * 3
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_rollback_to_a_release_not_kept_uses_ssh_copy_when_the_host_store_holds_it(
+    store: tuple[ImageStore, dict[str, str]], tmp_path: Path
+) -> None:
+    from edge_deploy.fleet.options import RollbackOptions, deploy_request
+    from edge_deploy.fleet.transport import rollback_transport
+    from edge_deploy.release.manifest import ReleaseManifest
+
+    st, ds = store
+    ref = f"edge-deploy.local/edge-deploy/runtime@{ds['index']}"
+    arm = {"linux/arm64"}
+    assert rollback_transport(ref, arm, None, st.root) == "ssh-copy"
+    assert rollback_transport(ref, arm, "registry", st.root) == "registry"  # the operator's choice wins
+    assert rollback_transport(ref, {"linux/amd64"}, None, st.root) == "registry"  # no such variant held
+    assert rollback_transport(ref, arm, None, tmp_path / "empty") == "registry"
+    st.blob(ds["layer1"]).unlink()
+    assert rollback_transport(ref, arm, None, st.root) == "registry"  # a store missing a layer cannot serve
+    assert rollback_transport(ref, arm, "ssh-copy", st.root) == "ssh-copy"
+    with pytest.raises(FleetError, match="Unknown image transport 'scp'"):
+        rollback_transport(ref, arm, "scp", st.root)
+
+    manifest = ReleaseManifest.for_runtime_image("0.1.0", ref, "local")
+    opts = RollbackOptions(to="0.1.0", transport="ssh-copy", image_store=st.root)
+    req = deploy_request(manifest, opts, signed=False, known={})
+    assert (req.transport, req.image_store, req.action, req.force) == ("ssh-copy", st.root, "rollback", True)
+    assert (
+        deploy_request(manifest, RollbackOptions(to="0.1.0"), signed=False, known={}).transport == "registry"
+    )

@@ -278,6 +278,13 @@ def rollout(
     is_flag=True,
     help="Deploy a --to release no longer kept without verifying its image signature.",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["registry", "ssh-copy"]),
+    default=None,
+    help="How a robot gets the image of a release it no longer keeps [default: ssh-copy when this host's "
+    "image store holds it, else registry].",
+)
 @json_option()
 def rollback(
     fleet_file: Path,
@@ -290,6 +297,7 @@ def rollback(
     skip_signature: bool,
     as_json: bool,
     update_strategy: str | None,
+    transport: str | None,
 ) -> None:
     """Go back to a release kept on the robot (its previous one, or --to VERSION): nothing is downloaded.
     A --to release a robot no longer keeps is deployed there from its manifest, pulled and gated like a
@@ -306,6 +314,7 @@ def rollback(
         public_key=public_key,
         insecure_skip_signature_check=skip_signature,
         update_strategy=update_strategy,
+        transport=transport,
     )
     results = do_rollback(fleet_file, options)
     rows = [r.to_dict() for r in results]

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,7 +19,7 @@ from edge_deploy.fleet.inventory import Fleet, Robot, load_fleet
 from edge_deploy.fleet.options import DeployRequest, RollbackOptions, RolloutOptions, deploy_request
 from edge_deploy.fleet.outcome import HistoryEntry, InferAnswer, RobotResult, RobotStatus
 from edge_deploy.fleet.rollout import Rollout, RolloutResult
-from edge_deploy.fleet.transport import check_transport
+from edge_deploy.fleet.transport import check_transport, rollback_transport
 from edge_deploy.release.manifest import (
     DEFAULT_RELEASES_DIR,
     ReleaseError,
@@ -42,26 +43,26 @@ DIGEST_REF = re.compile(rf"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*@sha256
 SKIP_SIGNATURE = "insecure_skip_signature_check"
 
 
-def verify_signature(
-    ref: str,
-    public_key: Path,
-    manifest: ReleaseManifest | None = None,
-    releases_dir: Path | None = None,
-    image_store: Path | None = None,
-) -> None:
+def verify_signature(ref: str, public_key: Path) -> None:
     """Verify the cosign signature of a digest-pinned image, on the host against the registry (robots
     need no cosign: they pull that same digest, and content addressing makes a re-tagged image another
-    digest). A development release (``deploy``: no registry) is verified as a blob signature beside its
-    record, over its manifest in the host's image store."""
+    digest)."""
     from edge_deploy.release.signing import verify_image
 
-    if manifest is not None and releases_dir is not None:
-        from edge_deploy.fleet.direct import is_local_release, verify_local_release
-
-        if is_local_release(manifest):
-            verify_local_release(manifest, releases_dir, image_store, public_key)
-            return
     verify_image(ref, public_key)
+
+
+def verify_release(
+    manifest: ReleaseManifest, public_key: Path, releases_dir: Path, image_store: Path | None
+) -> None:
+    """``verify_signature`` of the release's image; a development release (``deploy``: no registry) is
+    verified as the blob signature beside its record, over its manifest in the host's image store."""
+    from edge_deploy.fleet.direct import is_local_release, verify_local_release
+
+    if is_local_release(manifest):
+        verify_local_release(manifest, releases_dir, image_store, public_key)
+    else:
+        verify_signature(manifest.runtime.ref, public_key)
 
 
 def signature_policy(manifest: ReleaseManifest, key: Path | None, skip: bool) -> str:
@@ -134,7 +135,7 @@ def deploy_release(
     rollout = Rollout(robots, req, options, progress)
     if signature.startswith("verified"):
         assert key is not None
-        verify_signature(image, key, manifest, rdir, options.image_store)
+        verify_release(manifest, key, rdir, options.image_store)
     elif not options.dry_run:
         log.warning(
             "Release %s: the image signature of %s is not checked (%s).", version, image, SKIP_SIGNATURE
@@ -184,11 +185,20 @@ def rollback(fleet: Path | Fleet, options: RollbackOptions) -> list[RobotResult]
             except FleetError as exc:  # only robots that no longer keep the release need its image
                 hint = f"; deploying it is refused: {str(exc).rstrip('.')}"
             else:
+                options = replace(  # registry, or ssh-copy from the host's store (fleet/transport.py)
+                    options,
+                    transport=rollback_transport(
+                        manifest.runtime.ref,
+                        {r.platform for r in robots},
+                        options.transport,
+                        options.image_store,
+                    ),
+                )
                 deploy = deploy_request(
                     manifest, options, signed=signature.startswith("verified"), known=known
                 )
-                if key is not None and signature.startswith("verified"):
-                    verify_signature(manifest.runtime.ref, key)  # on the host, before any robot
+                if key is not None and signature.startswith("verified"):  # on the host, before any robot
+                    verify_release(manifest, key, rdir, options.image_store)
     timeout, smoke = options.health_timeout_s, options.smoke
 
     async def back(rr: RobotReleases) -> RobotResult:

@@ -87,6 +87,11 @@ class RollbackOptions(FleetOptions):
     ``to`` release a robot no longer keeps is deployed there from its manifest, signature checked first."""
 
     to: str | None = None
+    # --- a ``to`` release no longer kept: how the robot gets its image. None: ``ssh-copy`` when the host's
+    # image store holds it for every robot's platform (a development release, or one copied before), else
+    # ``registry``; or "registry" / "ssh-copy" as RolloutOptions.transport.
+    transport: str | None = None
+    image_store: Path | None = None  # ssh-copy: the host's image store (None: <work dir>/image-store)
 
 
 def options_from_keywords(cls: type[Opts], **kw: Any) -> Opts:
@@ -167,7 +172,13 @@ def deploy_request(
         },
     }
     if isinstance(options, RollbackOptions):
-        return DeployRequest(**common, force=True, action="rollback")
+        return DeployRequest(
+            **common,
+            force=True,
+            action="rollback",
+            transport=options.transport or "registry",
+            image_store=options.image_store,
+        )
     return DeployRequest(
         **common,
         include_ros2=options.include_ros2,

@@ -86,6 +86,21 @@ def prepare_store(ref: str, platforms: set[str], store: Path | None) -> int:
     return got
 
 
+def rollback_transport(ref: str, platforms: set[str], chosen: str | None, store: Path | None) -> Transport:
+    """How a rollback deploys a release a robot no longer keeps: the operator's ``chosen`` transport, else
+    ``ssh-copy`` when the host's store holds ``ref`` for every platform (no registry needed, only the
+    missing layers travel), else ``registry``."""
+    if chosen is not None:
+        return check_transport(chosen)
+    try:
+        _, _, digest = split_digest_ref(ref)
+        st = ImageStore(store or default_store())
+        held = all(not st.missing(digest, p) for p in platforms)
+    except (FleetError, OSError, ValueError, KeyError, TypeError):  # an unreadable store holds nothing
+        held = False
+    return "ssh-copy" if held and platforms else "registry"
+
+
 @dataclass
 class ImageStore:
     """The operator host's content-addressed image store (an OCI image layout): what ssh-copy serves."""
