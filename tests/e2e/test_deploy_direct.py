@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import STANDIN, STANDIN_PYTHON
-from tests.e2e.fleet_fixtures import PLATFORM, REGISTRY, FleetImages, SimFleet, need_fleet_host
+from tests.e2e.fleet_fixtures import PLATFORM, REGISTRY, FleetImages, SimFleet, need_fleet_host, sh
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -49,6 +49,7 @@ class Bench:
     env: dict[str, str]
     numbers: dict[str, Any] = field(default_factory=dict)
     first: dict[str, Any] = field(default_factory=dict)
+    second: dict[str, Any] = field(default_factory=dict)
 
     def robot_images(self) -> list[str]:
         out = self.fleet.docker(None, "images", "--format", "{{.Repository}}")
@@ -182,10 +183,18 @@ def bundle_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+@pytest.fixture(scope="module")
+def second(bench: Bench, first: dict[str, Any]) -> dict[str, Any]:
+    """A retrained model deployed after the first: the robot's second release."""
+    if not bench.second:
+        bench.second = deploy_script(bench, CHANGED.format(name="retrained"), "retrained")
+    return bench.second
+
+
 def test_a_model_only_change_sends_the_model_and_at_most_one_mib_more(
-    bench: Bench, first: dict[str, Any]
+    bench: Bench, first: dict[str, Any], second: dict[str, Any]
 ) -> None:
-    out = deploy_script(bench, CHANGED.format(name="retrained"), "retrained")
+    out = second
     r = out["robots"][0]
     assert out["ok"] and r["outcome"] == "updated", why(out)
     assert out["version"] != first["version"]
@@ -207,3 +216,91 @@ def test_a_broken_model_fails_its_gate_and_the_robot_goes_back(bench: Bench, fir
     bench.numbers["broken_rollback_s"] = r["timings"].get("rollback")
     assert bench.fleet.state()["current"] == before
     assert bench.fleet.infer(bench.fleet.names[0]) == [1, 7]  # the release it ran serves again
+
+
+# --- The same path for a fleet: `fleet rollout --transport ssh-copy`, and a rollback to a release a robot no
+# longer keeps, which goes over ssh-copy when the host's image store holds its image. Both reuse the two
+# development releases above (no new build), after the robot lost the image of the one it goes to.
+
+
+def edge(bench: Bench, *args: str) -> Any:
+    """``edge-deploy ARGS --json`` in the operator's directory (EDGE_FLEET names the robot); its JSON."""
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "edge_deploy", *args, "--json"],
+        cwd=bench.work,
+        env=bench.env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    bench.numbers[f"{args[1]}_ssh_copy_s"] = round(time.monotonic() - t0, 1)
+    assert p.returncode == 0, f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
+    return json.loads(p.stdout)
+
+
+def drop_image(bench: Bench, ref: str) -> None:
+    """The robot forgets ``ref``'s image (its tag as ssh-copy names it); the layers it shares stay."""
+    repository, _, digest = ref.partition("@")
+    bench.fleet.docker(None, "image", "rm", "-f", f"{repository}:edge-{digest.split(':', 1)[1][:12]}")
+    sock = f"unix://{bench.fleet.robot(None).socket}"
+    p = sh("docker", "-H", sock, "image", "inspect", ref, check=False, timeout=120)
+    assert p.returncode != 0 and "No such image" in p.stderr, f"{ref} is still on the robot"
+
+
+def test_rollout_with_ssh_copy_pulls_through_the_forward_only_what_the_robot_lacks(
+    bench: Bench, first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    version, ref = first["version"], first["image"]
+    assert bench.fleet.state()["current"] != version  # the robot runs the retrained model
+    drop_image(bench, ref)
+    releases = str(bench.work / ".edge" / "dev-releases")
+    out = edge(
+        bench,
+        "fleet",
+        "rollout",
+        version,
+        "--releases-dir",
+        releases,
+        "--transport",
+        "ssh-copy",
+        "--insecure-skip-signature-check",
+    )
+    r = out["robots"][0]
+    assert out["ok"] and r["outcome"] == "updated", why(out)
+    model = bundle_bytes(bench.work / "retrained.fp16.bundle")  # the same network, other weights
+    bench.numbers["rollout_ssh_copy_image_bytes"] = r["image_bytes"]
+    print(f"\nrollout --transport ssh-copy: {r['image_bytes']} bytes over SSH")
+    assert 0 < r["image_bytes"] <= model + MIB, bench.numbers  # counted, and only the lacking layers
+    # Nothing names a registry on the robot: the image came through the host's forward.
+    assert bench.robot_images() == ["edge-deploy.local/edge-deploy/runtime"]
+    assert bench.fleet.state()["current"] == version
+    assert bench.fleet.infer(bench.fleet.names[0]) == [1, 7]
+
+
+def test_rollback_to_a_release_no_longer_kept_goes_over_ssh_copy_from_the_host_store(
+    bench: Bench, first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    current = bench.fleet.state()["current"]
+    target = next(o for o in (second, first) if o["version"] != current)
+    drop_image(bench, target["image"])
+    releases = str(bench.work / ".edge" / "dev-releases")
+    rows = edge(
+        bench,
+        "fleet",
+        "rollback",
+        "--to",
+        target["version"],
+        "--releases-dir",
+        releases,
+        "--insecure-skip-signature-check",
+    )
+    r = rows[0]
+    assert r["outcome"] == "updated", json.dumps(rows)
+    bench.numbers["rollback_ssh_copy_image_bytes"] = r["image_bytes"]
+    # No --transport: the host's store holds the image, so it went over SSH (a registry pull counts None).
+    model = bundle_bytes(bench.work / "retrained.fp16.bundle")
+    assert r["image_bytes"] is not None and 0 < r["image_bytes"] <= model + MIB, json.dumps(rows)
+    assert bench.robot_images() == ["edge-deploy.local/edge-deploy/runtime"]
+    assert bench.fleet.state()["current"] == target["version"]
+    assert bench.fleet.infer(bench.fleet.names[0]) == [1, 7]
