@@ -69,8 +69,8 @@ def test_unknown_version_for_show_verify_promote(checkout: Path, capsys: pytest.
 
 
 def test_promote_needs_a_known_channel(checkout: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(capsys, "release", "promote", "0.1.0", "--channel", "nightly")
-    assert code == 2 and "nightly" in err
+    code, _, err = run_cli(capsys, "release", "promote", "0.1.0", "--channel", "Nightly")
+    assert code == 2 and "Nightly" in err
 
 
 def test_dry_run_prints_the_tag_plan(checkout: Path, capsys: pytest.CaptureFixture[str]) -> None:

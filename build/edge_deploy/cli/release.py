@@ -273,13 +273,110 @@ def verify(version: str, public_key: Path, releases_dir: Path | None, as_json: b
 
 @release.command("promote")
 @click.argument("version")
-@click.option("--channel", type=click.Choice(CHANNELS), required=True)
+@click.option(
+    "--channel",
+    required=True,
+    metavar="NAME",
+    help="The channel robots in pull mode follow (up to 64 of a-z 0-9 . _ -). stable and beta also "
+    "move the images' tags of that name.",
+)
+@click.option(
+    "--percent",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Robots whose bucket is below it take the release (0-100).",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=str),
+    envvar="EDGE_COSIGN_KEY",
+    show_envvar=True,
+    default=None,
+    help="cosign private key that signs the channel (password from COSIGN_PASSWORD).",
+)
+@public_key_option(
+    "The fleet's cosign public key: the images' and the channel's signatures are checked with it, as "
+    "robots will.",
+    default=Path("cosign.pub"),
+    envvar="EDGE_COSIGN_PUB",
+)
+@click.option(
+    "--repository",
+    default=None,
+    help="Where the channel lives [default: the release's runtime repository].",
+)
+@click.option(
+    "--allow-unsigned",
+    multiple=True,
+    metavar="IMAGE",
+    help="Publish although IMAGE (converter, runtime…) has no signature the key verifies; robots that "
+    "verify will refuse the channel (trials only).",
+)
+@click.option(
+    "--tags-only",
+    is_flag=True,
+    help="Only move the images' stable/beta tags; publish no channel for pull mode (no key needed).",
+)
 @REPO_RELEASES
 @json_option()
-def promote(version: str, channel: str, releases_dir: Path | None, as_json: bool) -> None:
-    """Point CHANNEL at VERSION's image digests (re-tag, no rebuild)."""
-    manifest = _release(releases_dir).promote(version, channel)
-    _emit(manifest.to_dict(), as_json, f"{manifest.version} is now on {channel}: {manifest.runtime.ref}")
+def promote(
+    version: str,
+    channel: str,
+    percent: int,
+    sign_key: str | None,
+    public_key: Path,
+    repository: str | None,
+    allow_unsigned: tuple[str, ...],
+    tags_only: bool,
+    releases_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Put VERSION on CHANNEL: publish the signed channel robots pull from (as `fleet rollout --mode pull`
+    does for each wave), and for stable/beta re-tag the images by digest (no rebuild)."""
+    from edge_deploy.release.channel import ChannelError, check_channel_name, check_percent, promote_channel
+
+    try:
+        check_channel_name(channel)
+        check_percent(percent)
+    except ChannelError as exc:
+        raise click.UsageError(str(exc)) from None
+    tag_channel = channel in CHANNELS
+    if tags_only and not tag_channel:
+        raise click.UsageError(
+            f"--tags-only moves the images' {' or '.join(CHANNELS)} tags; {channel!r} is neither."
+        )
+    rel = _release(releases_dir)
+    manifest = load_release(normalize_version(version), rel.releases_dir)
+    result: dict[str, Any] = {"version": manifest.version, "channel": channel, "tags_moved": False}
+    lines: list[str] = []
+    if not tags_only:
+        if not sign_key:
+            raise click.UsageError(
+                f"Channel {channel!r} is published signed: pass --sign-key (or set EDGE_COSIGN_KEY)"
+                + (", or --tags-only." if tag_channel else ".")
+            )
+        done = promote_channel(
+            manifest,
+            channel,
+            percent,
+            sign_key,
+            public_key,
+            repository=repository,
+            allow_unsigned=allow_unsigned,
+        )
+        result.update(done.to_dict())
+        lines.append(
+            f"channel {channel} ({done.repository}:{done.to_dict()['tag']}) → {done.version} at "
+            f"{done.percent} %: {done.digest}"
+        )
+        if done.unsigned:
+            lines.append(f"  unsigned, as asked: {', '.join(done.unsigned)} (verifying robots refuse it)")
+    if tag_channel:
+        manifest = rel.promote(version, channel)
+        result["tags_moved"] = True
+        lines.append(f"{manifest.version} is now on {channel}: {manifest.runtime.ref}")
+    _emit(result, as_json, "\n".join(lines))
 
 
 __all__ = ["ReleaseError", "promote", "release", "verify"]

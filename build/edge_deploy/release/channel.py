@@ -335,20 +335,112 @@ def publish_channel(
     *,
     password: str | None = None,
     registries: dict[str, Registry] | None = None,
+    public_key: Any | None = None,
 ) -> str:
     """Publish ``manifest`` at ``percent`` under ``repository:channel-<name>`` and sign the artifact with
     the fleet's cosign ``key`` (the cosign binary, as releases are signed); returns the artifact's digest.
-    The images themselves must already be signed (``release create`` signs them)."""
+    The images themselves must already be signed (``release create`` signs them).
+
+    ``public_key`` (the fleet's, loaded): the new signature is verified with it, as agents will, before
+    the tag moves; a signing key that is not the fleet's then leaves the channel as it was."""
     from edge_deploy.release.signing import sign_image
 
-    return push_channel_artifact(
-        repository,
-        name,
-        manifest,
-        percent,
-        registries=registries,
-        before_tag=lambda ref: sign_image(ref, key, password=password),  # signed before agents can see it
+    def sign(ref: str) -> None:  # signed (and checked) before agents can see it
+        sign_image(ref, key, password=password)
+        if public_key is not None:
+            host, repo = split_repository(repository)
+            reg = _registry(host, registries)
+            what = f"Channel {name!r} as just signed"
+            verify_cosign_signature(reg, repo, ref.rpartition("@")[2], public_key, what)
+
+    return push_channel_artifact(repository, name, manifest, percent, registries=registries, before_tag=sign)
+
+
+# --- promote (operator): one release onto one channel, without a rollout's waits ----------------------
+REPOSITORY_RE = re.compile(
+    r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*\Z"
+)
+
+
+def check_repository(repository: object) -> str:
+    """``repository`` when it is ``HOST[:PORT]/name`` as OCI spells it; else one sentence."""
+    if not isinstance(repository, str) or not REPOSITORY_RE.match(repository):
+        raise ChannelError(
+            f"Repository {repository!r} is not usable for a channel: expected HOST[:PORT]/name in "
+            "lowercase (e.g. localhost:5000/edge-deploy/runtime)."
+        )
+    split_repository(repository)
+    return repository
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What ``promote_channel`` published: robots polling ``channel`` now see ``version`` at ``percent``."""
+
+    channel: str
+    repository: str
+    version: str
+    percent: int
+    digest: str  # the channel artifact's digest (what its signature covers)
+    unsigned: tuple[str, ...]  # images published without a signature the fleet's key verifies (opted out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "tag": channel_tag(self.channel),
+            "repository": self.repository,
+            "version": self.version,
+            "percent": self.percent,
+            "digest": self.digest,
+            "unsigned_images": list(self.unsigned),
+        }
+
+
+def promote_channel(
+    manifest: ReleaseManifest,
+    name: str,
+    percent: int,
+    sign_key: Path | str,
+    public_key: Path,
+    *,
+    repository: str | None = None,
+    allow_unsigned: tuple[str, ...] = (),
+    password: str | None = None,
+    registries: dict[str, Registry] | None = None,
+) -> Promotion:
+    """Publish ``manifest`` on channel ``name`` at ``percent`` (``publish_channel``, as a pull-mode rollout
+    does for each wave), after checking every image's signature with the fleet's ``public_key`` the way
+    agents will, so that an unsigned release never reaches a channel. ``allow_unsigned`` names images the
+    operator publishes anyway (agents that verify will refuse the channel; for trials only); their index is
+    still checked. The channel's own signature is verified before its tag moves."""
+    check_channel_name(name)
+    check_percent(percent)
+    repository = check_repository(repository or manifest.runtime.repository)
+    unknown = sorted(set(allow_unsigned) - set(manifest.images))
+    if unknown:
+        raise ChannelError(
+            f"Image(s) {', '.join(unknown)} allowed unsigned are not in release {manifest.version} "
+            f"(its images: {', '.join(manifest.images)})."
+        )
+    regs: dict[str, Registry] = {} if registries is None else registries
+    key = load_public_key(public_key)
+    unsigned: list[str] = []
+    for image_name, image in manifest.images.items():
+        host, repo = split_repository(image.repository)
+        what = f"Image {image_name!r} of release {manifest.version}"
+        try:
+            verify_cosign_signature(_registry(host, regs), repo, image.digest, key, what)
+        except ChannelRefused:
+            if image_name not in allow_unsigned:
+                raise
+            unsigned.append(image_name)
+        verify_release_image(
+            image_name, image.repository, image.digest, image.platforms, key, regs, signed=False
+        )
+    digest = publish_channel(
+        repository, name, manifest, percent, sign_key, password=password, registries=regs, public_key=key
     )
+    return Promotion(name, repository, manifest.version, percent, digest, tuple(unsigned))
 
 
 # --- read (robot) ---------------------------------------------------------------------------------------
@@ -419,13 +511,17 @@ def verify_release_image(
     key: Any,
     registries: dict[str, Registry] | None,
     platform: str | None = None,
+    *,
+    signed: bool = True,
 ) -> None:
     """One image of a channel's release: signed by the fleet's key over ``digest``, its index the bytes of
-    that digest, listing every platform digest the release recorded."""
+    that digest, listing every platform digest the release recorded. ``signed=False``: the index only
+    (the caller checked the signature itself)."""
     host, repo = split_repository(repository)
     reg = _registry(host, registries)
     what = f"Image {image_name!r} of the channel's release"
-    verify_cosign_signature(reg, repo, digest, key, what)
+    if signed:
+        verify_cosign_signature(reg, repo, digest, key, what)
     _, index = _get_manifest(reg, repo, digest, what)
     listed = {
         str(
