@@ -10,7 +10,6 @@ HTTP server on loopback), and ``robot_on`` sets up a robot already running a rel
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -26,9 +25,10 @@ import pytest
 
 import edge_deploy.fleet.store as store_mod
 import edge_deploy.fleet.switch as switch_mod
+from edge_deploy.agent.local import LocalConnection
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import Robot
-from edge_deploy.fleet.ssh import CommandResult, RobotConnection
+from edge_deploy.fleet.ssh import CommandResult
 
 STUB = r'''#!PYTHON
 """Stand-in for a robot's NAME: answers from $EDGE_STUB_DIR/config.json, logs argv to calls.jsonl."""
@@ -99,66 +99,14 @@ answer([0, "", ""])
 '''
 
 
-class _Stdout:
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-
-    async def readline(self) -> str:
-        return (await self.reader.readline()).decode()
-
-
-class _Stdin:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-
-    def write_eof(self) -> None:
-        self.writer.close()
-
-
-class _Process:
-    """The parts of asyncssh's SSHClientProcess that the update lock uses."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        assert proc.stdout is not None and proc.stdin is not None
-        self.stdout = _Stdout(proc.stdout)
-        self.stdin = _Stdin(proc.stdin)
-
-    async def wait_closed(self) -> None:
-        await self.proc.wait()
-
-    def close(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
-class _Sessions:
-    """Stands for the asyncssh connection (``RobotConnection.conn``): long-lived remote processes."""
-
-    def __init__(self, robot: LocalRobot) -> None:
-        self.robot = robot
-
-    async def create_process(self, command: str) -> _Process:
-        proc = await asyncio.create_subprocess_exec(
-            "sh",
-            "-c",
-            command,
-            cwd=self.robot.home,
-            env=self.robot.env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        return _Process(proc)
-
-
-class LocalRobot(RobotConnection):
-    """``RobotConnection`` on a local shell; ``config`` is what the stand-in commands answer (see STUB)."""
+class LocalRobot(LocalConnection):
+    """The agent's ``LocalConnection`` in a temporary home, with stand-in commands first on its PATH
+    (``config`` is what they answer, see STUB) and the transport's faults and records a test needs."""
 
     def __init__(self, robot: Robot, root: Path, config: dict[str, Any]) -> None:
-        super().__init__(robot, _Sessions(self))  # type: ignore[arg-type]
-        self.home = root / "home"
+        home = root / "home"
         self.stubs = root / "stubs"
-        self.home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
         self.stubs.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.save_config()
@@ -166,12 +114,8 @@ class LocalRobot(RobotConnection):
             script = self.stubs / name
             script.write_text(STUB.replace("PYTHON", sys.executable).replace("NAME", name))
             script.chmod(0o755)
-        self.env = {
-            **os.environ,
-            "HOME": str(self.home),
-            "PATH": f"{self.stubs}:{os.environ['PATH']}",
-            "EDGE_STUB_DIR": str(self.stubs),
-        }
+        env = {"PATH": f"{self.stubs}:{os.environ['PATH']}", "EDGE_STUB_DIR": str(self.stubs)}
+        super().__init__(robot, home=home, env=env)
         self.commands: list[str] = []
         self.stdin_writes: list[str] = []  # commands that were given data on stdin
         self.sftp_writes: list[str] = []  # paths written through the SFTP side
@@ -190,11 +134,13 @@ class LocalRobot(RobotConnection):
         return [r[1:] for r in rows if r[0] == name]
 
     def file(self, path: str) -> Path:
-        return self.home / path
+        return self.path(path)
 
     async def run(
         self, command: str, *, timeout: float | None = 600, stdin: str | None = None
     ) -> CommandResult:
+        """Record the command, raise a planned transport fault or give a canned answer, else run it
+        (without a timeout: a loaded test machine must not turn a slow stand-in into a fault)."""
         self.commands.append(command)
         if stdin is not None:
             self.stdin_writes.append(command)
@@ -204,39 +150,20 @@ class LocalRobot(RobotConnection):
         for needle, result in self.canned.items():
             if needle in command:
                 return result
-        proc = await asyncio.create_subprocess_exec(
-            "sh",
-            "-c",
-            command,
-            cwd=self.home,
-            env=self.env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        return CommandResult(proc.returncode or 0, out.decode(), err.decode())
+        return await super().run(command, timeout=None, stdin=stdin)
 
     async def upload(self, files: dict[str, bytes], remote_dir: str) -> int:
         if self.upload_fault is not None:  # half the files went up, then the transfer broke
             fault, self.upload_fault = self.upload_fault, None
-            d = self.home / remote_dir
-            d.mkdir(parents=True, exist_ok=True)
             name, data = next(iter(files.items()))
-            (d / name).write_bytes(data[: len(data) // 2])
+            await super().upload({name: data[: len(data) // 2]}, remote_dir)
             raise fault
-        d = self.home / remote_dir
-        d.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (d / name).write_bytes(data)
-            self.sftp_writes.append(f"{remote_dir}/{name}")
-        return sum(len(b) for b in files.values())
+        sent = await super().upload(files, remote_dir)
+        self.sftp_writes.extend(f"{remote_dir}/{name}" for name in files)
+        return sent
 
     async def write_file(self, path: str, data: bytes, *, append: bool = False) -> None:
-        p = self.home / path
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "ab" if append else "wb") as f:
-            f.write(data)
+        await super().write_file(path, data, append=append)
         self.sftp_writes.append(path)
 
     @contextlib.asynccontextmanager
@@ -245,9 +172,6 @@ class LocalRobot(RobotConnection):
         a real service here)."""
         assert remote_port in (self.robot.service_port, self.robot.gate_port)
         yield self.service_port if self.service_port is not None else remote_port
-
-    async def close(self) -> None:
-        return None
 
 
 # --- a robot already on a release, and the service its gate talks to ---------------------------------------
