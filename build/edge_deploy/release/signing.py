@@ -238,13 +238,9 @@ def generate_key_pair(directory: Path, password: str) -> tuple[Path, Path]:
     return directory / "cosign.key", directory / "cosign.pub"
 
 
-def sign_image(ref: str, key: Path | str, *, password: str | None = None) -> str:
-    """Sign ``repository@digest`` with ``key`` (a file, a key reference, or ``keyless``); return where the
-    signature is stored (``repo:sha256-….sig`` with cosign 2)."""
-    _require_digest(ref)
-    if str(key) == KEYLESS:
-        return sign_keyless(ref)
-    key_ref = key_reference(key)
+def _key_env(key_ref: str, password: str | None) -> dict[str, str]:
+    """cosign's environment for signing with ``key_ref``: an encrypted key needs COSIGN_PASSWORD (given,
+    or already in the environment), and its absence is said before cosign would prompt for it."""
     env = dict(os.environ)
     if _needs_password(key_ref):
         pw = password if password is not None else os.environ.get("COSIGN_PASSWORD")
@@ -253,6 +249,17 @@ def sign_image(ref: str, key: Path | str, *, password: str | None = None) -> str
                 f"COSIGN_PASSWORD is not set; it is needed to decrypt the signing key {key_ref}."
             )
         env["COSIGN_PASSWORD"] = pw
+    return env
+
+
+def sign_image(ref: str, key: Path | str, *, password: str | None = None) -> str:
+    """Sign ``repository@digest`` with ``key`` (a file, a key reference, or ``keyless``); return where the
+    signature is stored (``repo:sha256-….sig`` with cosign 2)."""
+    _require_digest(ref)
+    if str(key) == KEYLESS:
+        return sign_keyless(ref)
+    key_ref = key_reference(key)
+    env = _key_env(key_ref, password)
     tool = cosign()
     with tempfile.TemporaryDirectory(prefix="edge-cosign-") as tmp:
         config = Path(tmp) / "signing-config.json"
@@ -372,14 +379,7 @@ def sign_blob(blob: Path, key: Path | str, out: Path, *, password: str | None = 
             "signing needs a CI job's OIDC identity and the public Sigstore services."
         )
     key_ref = key_reference(key)
-    env = dict(os.environ)
-    if _needs_password(key_ref):
-        pw = password if password is not None else os.environ.get("COSIGN_PASSWORD")
-        if pw is None:
-            raise SigningError(
-                f"COSIGN_PASSWORD is not set; it is needed to decrypt the signing key {key_ref}."
-            )
-        env["COSIGN_PASSWORD"] = pw
+    env = _key_env(key_ref, password)
     tool = cosign()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edge-cosign-") as tmp:
