@@ -14,20 +14,11 @@ from typing import Any
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.inventory import ROBOT_FIELDS, USER_RE, InvalidRobotField, Robot
 
-# fleet.yaml's robot fields that make sense on the robot itself (no SSH endpoint, no known_hosts).
-ROBOT_KEYS = {
-    "jetson_model",
-    "compose_dir",
-    "service_port",
-    "platform",
-    "min_free_mb",
-    "lock_wait_s",
-    "gpu",
-    "allow_cpu_fallback",
-    "health_start_interval_s",
-    "update_strategy",  # how this robot switches releases (hand-over or stop-start), as in fleet.yaml
-    "handover_port",
-} & ROBOT_FIELDS
+# fleet.yaml's robot fields that make sense on the robot itself: all but its name (the ``robot`` key), how the
+# operator reaches it over SSH, and how the operator selects it. update_strategy and handover_port say how
+# this robot switches releases, as in fleet.yaml.
+OPERATOR_ONLY_KEYS = {"name", "host", "port", "user", "ssh_key", "known_hosts", "connect_timeout_s"}
+ROBOT_KEYS = ROBOT_FIELDS - OPERATOR_ONLY_KEYS - {"groups", "labels"}
 AGENT_KEYS = {
     "robot",
     "repository",
