@@ -5,8 +5,7 @@ over SSH. Kept apart so the SSH-mode commands stay as they are."""
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,7 +82,7 @@ def pull_rollout_options(f: F) -> F:
     return telemetry_options(f)
 
 
-def _telemetry(pull: dict[str, Any]) -> tuple[str | None, str | None]:
+def _telemetry(pull: Mapping[str, Any]) -> tuple[str | None, str | None]:
     prometheus, gateway = pull.get("prometheus"), pull.get("pushgateway")
     if bool(prometheus) == bool(gateway):
         raise click.UsageError(
@@ -102,55 +101,46 @@ def _fleet_defaults(fleet_file: Path) -> tuple[Path | None, Path | None]:
     return fl.public_key, fl.releases_dir
 
 
-def run_pull_rollout(
-    version: str,
-    *,
-    fleet_file: Path,
-    group: str | None,
-    devices: tuple[str, ...],
-    canary: int,
-    wave_size: int | None,
-    wave_percent: tuple[float, ...],
-    max_failures: int,
-    releases_dir: Path | None,
-    public_key: Path | None,
-    skip_signature: bool,
-    dry_run: bool,
-    as_json: bool,
-    progress: Callable[[str, str, str], None],
-    pull: dict[str, Any],
-) -> None:
-    """``fleet rollout VERSION --mode pull``: publish the signed channel wave by wave, judge from telemetry."""
+def run_pull_rollout(params: Mapping[str, Any], progress: Callable[[str, str, str], None]) -> None:
+    """``fleet rollout VERSION --mode pull``: publish the signed channel wave by wave, judge from telemetry.
+    ``params``: the rollout command's parameters as click parsed them (push mode's among them, refused)."""
+    from edge_deploy.cli.rollout import report_outcome
     from edge_deploy.fleet.pull import PullRolloutOptions, pull_rollout, wave_plan
 
-    if group or devices:
+    version: str = params["version"]
+    wave_percent: tuple[float, ...] = params["wave_percent"]
+    canary: int = params["canary"]
+    max_failures: int = params["max_failures"]
+    releases_dir: Path | None = params["releases_dir"]
+    dry_run: bool = params["dry_run"]
+    if params["group"] or params["devices"]:
         raise click.UsageError(
             "--group/--device pick robots of fleet.yaml; in --mode pull the channel's percentage does."
         )
-    if wave_size is not None:
+    if params["wave_size"] is not None:
         raise click.UsageError("--wave-size counts robots of fleet.yaml; in --mode pull use --wave-percent.")
-    if skip_signature:
+    if params["skip_signature"]:
         raise click.UsageError("--mode pull always signs the channel and verifies the release's images.")
-    prometheus, gateway = _telemetry(pull)
-    fleet_key, fleet_releases = _fleet_defaults(fleet_file)
-    key = public_key or fleet_key
+    prometheus, gateway = _telemetry(params)
+    fleet_key, fleet_releases = _fleet_defaults(params["fleet_file"])
+    key = params["public_key"] or fleet_key
     if key is None:
         raise click.UsageError(
             "--mode pull needs the fleet's public key (--key or public_key: in fleet.yaml)."
         )
-    if not pull.get("sign_key") and not dry_run:
+    if not params.get("sign_key") and not dry_run:
         raise click.UsageError("--mode pull signs each channel change: pass --sign-key (or EDGE_COSIGN_KEY).")
     if dry_run:
         steps = wave_plan(wave_percent, 0, [])
         click.echo(
-            f"channel {pull['channel']}: {' → '.join(f'{p} %' for p in steps)} (canary wave from telemetry)"
+            f"channel {params['channel']}: {' → '.join(f'{p} %' for p in steps)} (canary wave from telemetry)"
         )
         return
     opts = PullRolloutOptions(
         version=version,
-        channel=pull["channel"],
-        repository=pull.get("repository"),
-        sign_key=pull["sign_key"],
+        channel=params["channel"],
+        repository=params.get("repository"),
+        sign_key=params["sign_key"],
         public_key=key,
         releases_dir=releases_dir or fleet_releases or Path("releases"),
         wave_percents=wave_percent,
@@ -158,24 +148,22 @@ def run_pull_rollout(
         max_failures=max_failures,
         prometheus=prometheus,
         pushgateway=gateway,
-        wave_timeout_s=pull["wave_timeout"],
+        wave_timeout_s=params["wave_timeout"],
     )
     result = pull_rollout(opts, progress)
+    notes = [f"rollout stopped: {result.stop_reason}"] if result.stopped else []
+    if result.reverted_to:
+        notes.append(f"channel {result.channel} reverted to {result.reverted_to}")
     summary = result.to_dict()
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        from edge_deploy.cli.rollout import _results_table
-
-        rows = [{**r, "timings": {}} for r in summary["robots"]]
-        waves = ", ".join(f"{w['percent']} %" for w in result.waves)
-        _results_table(f"pull rollout {version} on {result.channel}: {waves} ({result.seconds:.1f} s)", rows)
-        if result.stopped:
-            click.echo(f"rollout stopped: {result.stop_reason}", err=True)
-        if result.reverted_to:
-            click.echo(f"channel {result.channel} reverted to {result.reverted_to}", err=True)
-    if not result.ok:
-        sys.exit(1)
+    waves = ", ".join(f"{w['percent']} %" for w in result.waves)
+    report_outcome(
+        summary,
+        result.ok,
+        params["as_json"],
+        f"pull rollout {version} on {result.channel}: {waves} ({result.seconds:.1f} s)",
+        rows=[{**r, "timings": {}} for r in summary["robots"]],
+        notes=notes,
+    )
 
 
 def run_pull_status(as_json: bool, pull: dict[str, Any], console: Any) -> None:

@@ -74,6 +74,30 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> None:
     _console(stderr=False).print(table)
 
 
+def report_outcome(
+    summary: dict[str, Any],
+    ok: bool,
+    as_json: bool,
+    title: str,
+    *,
+    rows: list[dict[str, Any]] | None = None,
+    lead: list[str] | None = None,
+    notes: list[str] | None = None,
+) -> None:
+    """How a push or pull rollout ends: the summary as JSON, or ``lead`` lines, the robots' table and
+    ``notes`` on stderr; exit status 1 when it did not succeed."""
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for line in lead or []:
+            click.echo(line)
+        _results_table(title, summary["robots"] if rows is None else rows)
+        for note in notes or []:
+            click.echo(note, err=True)
+    if not ok:
+        sys.exit(1)
+
+
 @click.command()
 @click.argument("version")
 @fleet_option()
@@ -189,23 +213,7 @@ def rollout(
     if pull.pop("mode") == "pull":
         from edge_deploy.cli.pull import run_pull_rollout
 
-        run_pull_rollout(
-            version,
-            fleet_file=fleet_file,
-            group=group,
-            devices=devices,
-            canary=canary,
-            wave_size=wave_size,
-            wave_percent=wave_percent,
-            max_failures=max_failures,
-            releases_dir=releases_dir,
-            public_key=public_key,
-            skip_signature=skip_signature,
-            dry_run=dry_run,
-            as_json=as_json,
-            progress=_progress_printer(),
-            pull=pull,
-        )
+        run_pull_rollout(click.get_current_context().params, _progress_printer())
         return
     if len(wave_percent) > 1:
         raise click.UsageError("Several --wave-percent values are for --mode pull; push mode takes one.")
@@ -238,18 +246,14 @@ def rollout(
         update_strategy=update_strategy,
     )
     result = deploy_release(fleet_file, options, progress=None if dry_run else _progress_printer())
-    summary = result.to_dict()
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        if dry_run:
-            for i, wave in enumerate(result.waves, 1):
-                click.echo(f"wave {i}: {', '.join(wave)}")
-        _results_table(f"rollout {version} ({result.seconds:.1f} s)", summary["robots"])
-        if result.stopped:
-            click.echo(f"rollout stopped: {result.stop_reason}", err=True)
-    if not result.ok:
-        sys.exit(1)
+    report_outcome(
+        result.to_dict(),
+        result.ok,
+        as_json,
+        f"rollout {version} ({result.seconds:.1f} s)",
+        lead=[f"wave {i}: {', '.join(wave)}" for i, wave in enumerate(result.waves, 1)] if dry_run else [],
+        notes=[f"rollout stopped: {result.stop_reason}"] if result.stopped else [],
+    )
 
 
 @click.command()
