@@ -138,11 +138,9 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run(args: Any = None) -> dict[str, Any]:
+def require_harness() -> None:
+    """The image benchmarks build with buildx and push to the local registry: say which one is missing."""
     import httpx
-
-    from edge_deploy.images import build_images
-    from edge_deploy.model.sample import write_sample_policy
 
     if shutil.which("docker") is None:
         raise SystemExit("needs the Docker engine with buildx (scripts/host-setup)")
@@ -150,38 +148,58 @@ def run(args: Any = None) -> dict[str, Any]:
         httpx.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
     except httpx.HTTPError:
         raise SystemExit(f"needs the registry at {REGISTRY} (scripts/host-setup)") from None
+
+
+def build_pushed(bench: str, label: str, base: str, python: str, **kwargs: Any) -> tuple[Any, float, str]:
+    """One timed ``build_images`` of the image benchmarks (arm64 runtime on ``base``, pushed under PREFIX,
+    quiet): its output, seconds and the runtime's ``repository@digest``."""
+    from edge_deploy.images import build_images
+
+    t0 = time.monotonic()
+    out = build_images(
+        registry=REGISTRY,
+        image_prefix=PREFIX,
+        l4t_base=base,
+        converter_base=base,
+        runtime_python=python,
+        runtime_platforms=PLATFORM,
+        push=True,
+        progress="quiet",
+        **kwargs,
+    )
+    seconds = time.monotonic() - t0
+    print(f"{bench}: {label} build {seconds:.1f} s", flush=True)
+    return out, seconds, f"{out.runtime.repository}@{out.runtime.digest}"
+
+
+def run(args: Any = None) -> dict[str, Any]:
+    from edge_deploy.model.sample import write_sample_policy
+
+    require_harness()
     base = getattr(args, "images_base", None) or f"{REGISTRY}/edge-deploy/l4t-standin:r36.4"
     python = getattr(args, "images_runtime_python", None) or "3.11"
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     builds: dict[str, dict[str, Any]] = {}
 
     def build(label: str, precision: str = "fp32", overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-        t0 = time.monotonic()
-        out = build_images(
+        _, seconds, ref = build_pushed(
+            NAME,
+            label,
+            base,
+            python,
             model_dir=work / "model",
             model="policy.pt",
             precision=precision,
             version=f"bench-{label}",
-            registry=REGISTRY,
-            image_prefix=PREFIX,
-            l4t_base=base,
-            converter_base=base,
-            runtime_python=python,
-            runtime_platforms=PLATFORM,
-            push=True,
             overrides=overrides,
-            progress="quiet",
             bundle_out=work / f"bundle-{label}",
         )
-        seconds = time.monotonic() - t0
-        ref = f"{out.runtime.repository}@{out.runtime.digest}"
         builds[label] = {
             "seconds": round(seconds, 1),
             "ref": ref,
             "image": _image(ref),
             "bundle_bytes": _dir_bytes(work / f"bundle-{label}"),
         }
-        print(f"images: {label} build {seconds:.1f} s", flush=True)
         return builds[label]
 
     try:

@@ -16,11 +16,10 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.images import PLATFORM, PREFIX, REGISTRY, _dir_bytes, _image, _moved
+from bench.images import PLATFORM, REGISTRY, _dir_bytes, _image, _moved, build_pushed, require_harness
 
 NAME = "multi_model_layers"
 
@@ -48,48 +47,34 @@ def _models_file(work: Path, policy_precision: str, detector: str) -> Path:
 
 
 def run(args: Any = None) -> dict[str, Any]:
-    import httpx
     from tests.build.multi_models import write_detector
 
-    from edge_deploy.images import build_images, load_models_file
+    from edge_deploy.images import load_models_file
     from edge_deploy.images.files import stage_context
     from edge_deploy.model.sample import write_sample_policy
 
-    if shutil.which("docker") is None:
-        raise SystemExit("needs the Docker engine with buildx (scripts/host-setup)")
-    try:
-        httpx.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
-    except httpx.HTTPError:
-        raise SystemExit(f"needs the registry at {REGISTRY} (scripts/host-setup)") from None
+    require_harness()
     base = getattr(args, "layers_base", None) or f"{REGISTRY}/edge-deploy/l4t-standin:r36.4"
     python = getattr(args, "layers_runtime_python", None) or "3.11"
     work = Path(tempfile.mkdtemp(prefix="bench-multi-layers-"))
     builds: dict[str, dict[str, Any]] = {}
 
     def build(label: str, models_file: Path) -> dict[str, Any]:
-        t0 = time.monotonic()
-        out = build_images(
+        out, seconds, ref = build_pushed(
+            NAME,
+            label,
+            base,
+            python,
             source=source,  # one copy of the tool's files for all three builds: only models differ
             models=load_models_file(models_file),
             version=f"bench-mm-{label}",
-            registry=REGISTRY,
-            image_prefix=PREFIX,
-            l4t_base=base,
-            converter_base=base,
-            runtime_python=python,
-            runtime_platforms=PLATFORM,
-            push=True,
-            progress="quiet",
             bundle_out=work / f"bundles-{label}",
         )
-        seconds = time.monotonic() - t0
-        ref = f"{out.runtime.repository}@{out.runtime.digest}"
         builds[label] = {
             "seconds": round(seconds, 1),
             "image": _image(ref),
             "bundles": {m["name"]: _dir_bytes(work / f"bundles-{label}" / m["name"]) for m in out.models},
         }
-        print(f"multi_model_layers: {label} build {seconds:.1f} s", flush=True)
         return builds[label]
 
     source = stage_context(work / "context")
