@@ -14,6 +14,7 @@ from edge_runtime.cli.options import (
     backend_option,
     cache_option,
     json_option,
+    model_source_options,
     precision_option,
 )
 
@@ -39,19 +40,9 @@ def engine() -> None:
 
 
 @engine.command()
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_BUNDLE",
-    default=None,
-    help="Model bundle directory, built when --models holds no bundle [env EDGE_BUNDLE].",
-)
-@click.option(
-    "--models",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_MODELS",
-    default=None,
-    help="Model repository: build every model's engine (one pin keeps them all) [env EDGE_MODELS].",
+@model_source_options(
+    "Model bundle directory, built when --models holds no bundle [env EDGE_BUNDLE].",
+    "Model repository: build every model's engine (one pin keeps them all) [env EDGE_MODELS].",
 )
 @cache_option
 @backend_option

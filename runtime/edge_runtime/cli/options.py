@@ -4,9 +4,13 @@ other)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -18,6 +22,23 @@ bundle_option = click.option(
     required=True,
     help="Model bundle directory [env EDGE_BUNDLE].",
 )
+
+
+def model_source_options(bundle_help: str, models_help: str) -> Callable[[F], F]:
+    """``--bundle`` and ``--models`` (both optional): one model bundle, or a repository of several, as
+    ``serve`` and ``engine build`` take them; each command says in its help what it does with them."""
+
+    def apply(f: F) -> F:
+        f = click.option(
+            "--models", type=click.Path(path_type=Path), envvar="EDGE_MODELS", default=None, help=models_help
+        )(f)
+        return click.option(
+            "--bundle", type=click.Path(path_type=Path), envvar="EDGE_BUNDLE", default=None, help=bundle_help
+        )(f)
+
+    return apply
+
+
 cache_option = click.option(
     "--cache",
     type=click.Path(path_type=Path),

@@ -7,24 +7,14 @@ from typing import Any
 
 import click
 
-from edge_runtime.cli.options import backend_option, cache_option, precision_option
+from edge_runtime.cli.options import backend_option, cache_option, model_source_options, precision_option
 from edge_runtime.errors import BackendUnavailable, EdgeError, RequestError
 
 
 @click.command()
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_BUNDLE",
-    default=None,
-    help="Model bundle directory, served when --models holds no bundle [env EDGE_BUNDLE].",
-)
-@click.option(
-    "--models",
-    type=click.Path(path_type=Path),
-    envvar="EDGE_MODELS",
-    default=None,
-    help="Model repository: one bundle directory per model (+ pipelines.json), served when it holds any "
+@model_source_options(
+    "Model bundle directory, served when --models holds no bundle [env EDGE_BUNDLE].",
+    "Model repository: one bundle directory per model (+ pipelines.json), served when it holds any "
     "[env EDGE_MODELS].",
 )
 @click.option(
