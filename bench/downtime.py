@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -314,17 +313,12 @@ def _strategy_rows(
 def run(args: Any = None) -> dict[str, Any]:
     import platform as host_platform
 
-    from bench.fleet import NATIVE, REGISTRY, _digest_ref, _runtime_image
+    from bench.fleet import NATIVE, REGISTRY, _digest_ref, _runtime_image, sim_root
     from edge_deploy.simulation import simulate as sim
 
-    if os.geteuid() != 0:
-        raise SystemExit("needs root: simulated robots are users with their own dockerd and sshd")
-    if sim.host_bin() is None or shutil.which("docker") is None:
-        raise SystemExit("needs the Docker engine and host binaries from scripts/host-setup")
     platform = getattr(args, "downtime_platform", None) or NATIVE
     image = getattr(args, "downtime_image", None)
-    root = Path(tempfile.mkdtemp(prefix="bench-downtime-", dir="/var/tmp"))
-    os.chmod(root, 0o755)
+    root = sim_root("bench-downtime-")
     rows: list[dict[str, Any]] = []
     try:
         runtime_ref = _digest_ref(image) if image else _runtime_image(platform, root)

@@ -209,18 +209,25 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
     return rows
 
 
-def run(args: Any = None) -> dict[str, Any]:
+def sim_root(prefix: str) -> Path:
+    """A work directory for the simulated-robot benchmarks, after checking what they need: root (robots are
+    users with their own dockerd and sshd), the Docker engine and scripts/host-setup's host binaries."""
     from edge_deploy.simulation import simulate as sim
 
     if os.geteuid() != 0:
         raise SystemExit("needs root: simulated robots are users with their own dockerd and sshd")
     if sim.host_bin() is None or shutil.which("docker") is None:
         raise SystemExit("needs the Docker engine and host binaries from scripts/host-setup")
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    os.chmod(root, 0o755)  # world-searchable: robot users must be able to enter it
+    return root
+
+
+def run(args: Any = None) -> dict[str, Any]:
     image = getattr(args, "fleet_image", None)
     platform = getattr(args, "fleet_platform", None) or NATIVE
     sizes = [int(x) for x in (getattr(args, "fleet_sizes", None) or "1,3,5").split(",")]
-    root = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/var/tmp"))
-    os.chmod(root, 0o755)
+    root = sim_root("bench-fleet-")
     try:
         runtime_ref = _digest_ref(image) if image else _runtime_image(platform, root)
         refs = {"0.1.0": runtime_ref, "0.1.1": _model_only_image(runtime_ref, root, platform)}
