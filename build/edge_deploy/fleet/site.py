@@ -20,13 +20,14 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.telemetry import check_url
 from edge_deploy.simulation.processes import alive, free_port, terminate
+from edge_deploy.simulation.state import save_record
 
 DEFAULT_STATE_ROOT = Path(os.environ.get("EDGE_SITE_STATE", "/var/lib/edge-deploy/sites"))
 DEFAULT_LISTEN = "127.0.0.1:5050"
@@ -106,10 +107,7 @@ class Site:
         return alive(self.pid, str(self.config))
 
     def save(self) -> None:
-        path = Path(self.state_dir) / "site.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        save_record(self, Path(self.state_dir) / "site.json")
 
     @classmethod
     def load(cls, name: str, state_root: Path = DEFAULT_STATE_ROOT) -> Site:

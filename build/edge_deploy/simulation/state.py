@@ -16,6 +16,14 @@ DEFAULT_STATE_ROOT = Path(os.environ.get("EDGE_FLEET_STATE", "/var/lib/edge-depl
 RUN_ROOT = Path("/run/edge-deploy/fleet")
 
 
+def save_record(record: Any, path: Path) -> None:
+    """Write a dataclass as JSON through a temporary file renamed over ``path``: a reader sees the old
+    record or the new one, never half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 @dataclass
 class SimRobot:
     name: str
@@ -50,10 +58,7 @@ class Simulation:
         raise FleetError(f"Simulated robot {name!r} is not part of fleet {self.name!r}.")
 
     def save(self) -> None:
-        path = Path(self.state_dir) / "simulation.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        save_record(self, Path(self.state_dir) / "simulation.json")
 
     @classmethod
     def load(cls, name: str, state_root: Path = DEFAULT_STATE_ROOT) -> Simulation:
