@@ -305,25 +305,23 @@ def push_channel_artifact(
         },
     }
     raw = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-    if before_tag is not None:
+    digest = sha256_digest(raw)
+
+    def put(reference: str, shown: str) -> None:
         reg._request(
             "PUT",
-            f"{repo}/manifests/{sha256_digest(raw)}",
-            what=f"publishing {repository}@{sha256_digest(raw)[:19]}",
+            f"{repo}/manifests/{reference}",
+            what=f"publishing {shown}",
             ok=(201, 200),
             content=raw,
             headers={"Content-Type": OCI_MANIFEST},
         )
-        before_tag(f"{repository}@{sha256_digest(raw)}")
-    reg._request(
-        "PUT",
-        f"{repo}/manifests/{tag}",
-        what=f"publishing {repository}:{tag}",
-        ok=(201, 200),
-        content=raw,
-        headers={"Content-Type": OCI_MANIFEST},
-    )
-    return sha256_digest(raw)
+
+    if before_tag is not None:  # by digest first, so it can be signed before the tag points at it
+        put(digest, f"{repository}@{digest[:19]}")
+        before_tag(f"{repository}@{digest}")
+    put(tag, f"{repository}:{tag}")
+    return digest
 
 
 def publish_channel(
