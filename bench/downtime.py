@@ -195,7 +195,7 @@ def _images(runtime_ref: str, work: Path, platform: str) -> dict[str, str]:
     """The releases' images on the runtime's layers: a model-only one (another bundle), an image update
     (a new digest), and a broken one: healthy and answering, under a model name of its own, but its
     manifest requires TensorRT, which the simulated robot lacks, so the operator's gate refuses it."""
-    from bench.fleet import REGISTRY, _model_only_image, _sh
+    from bench.fleet import REGISTRY, _model_only_image, _push_build
 
     refs = {"model": _model_only_image(runtime_ref, work, platform)}
     repo = f"{REGISTRY}/edge-deploy/bench-downtime"
@@ -210,24 +210,7 @@ def _images(runtime_ref: str, work: Path, platform: str) -> dict[str, str]:
         ctx = work / f"ctx-{name}"
         ctx.mkdir()
         (ctx / "Dockerfile").write_text(f"FROM {runtime_ref}\n{tail}")
-        meta = ctx / "meta.json"
-        _sh(
-            "docker",
-            "buildx",
-            "build",
-            "--platform",
-            platform,
-            "--network",
-            "host",
-            "--provenance=false",
-            "--push",
-            "-t",
-            f"{repo}:{name}",
-            "--metadata-file",
-            str(meta),
-            str(ctx),
-        )
-        refs[name] = f"{repo}@{json.loads(meta.read_text())['containerimage.digest']}"
+        refs[name] = _push_build(ctx, platform, repo, name, ctx / "meta.json", "--network", "host")
     return refs
 
 

@@ -101,18 +101,23 @@ def _model_only_image(runtime_ref: str, work: Path, platform: str) -> str:
     for p in [ctx / "bundle", *(ctx / "bundle").iterdir()]:
         os.chmod(p, 0o755)  # bundles are written private; the service user must read them
     (ctx / "Dockerfile").write_text(f"FROM {runtime_ref}\nCOPY bundle/ /opt/edge/bundle/\n")
-    repo = f"{REGISTRY}/edge-deploy/bench-fleet"
-    meta = work / "meta.json"
+    return _push_build(ctx, platform, f"{REGISTRY}/edge-deploy/bench-fleet", "model-fp16", work / "meta.json")
+
+
+def _push_build(ctx: Path, platform: str, repo: str, tag: str, meta: Path, *flags: str) -> str:
+    """Build ``ctx`` (its Dockerfile) for ``platform`` and push it as ``repo:tag``; returns the pushed
+    image as ``repo@digest`` (what a release pins). ``flags``: more ``docker buildx build`` options."""
     _sh(
         "docker",
         "buildx",
         "build",
         "--platform",
         platform,
+        *flags,
         "--provenance=false",
         "--push",
         "-t",
-        f"{repo}:model-fp16",
+        f"{repo}:{tag}",
         "--metadata-file",
         str(meta),
         str(ctx),
