@@ -159,7 +159,7 @@ def _one_size(n: int, refs: dict[str, str], root: Path, platform: str) -> list[d
     for tag, ref in refs.items():
         save_release(ReleaseManifest.for_runtime_image(tag, ref, source="bench"), releases)
     rows: list[dict[str, Any]] = []
-    ports = {"ssh_port_base": 2600 + 10 * n, "service_port_base": 18300 + 10 * n}
+    ports: dict[str, Any] = {"ssh_port_base": 2600 + 10 * n, "service_port_base": 18300 + 10 * n}
     # attempts=2: a daemon slow to write its pidfile on a loaded host is retried once
     with sim.simulated(n, f"bench{n}", attempts=2, registry=REGISTRY, platform=platform, **ports) as s:
         names = [r.name for r in s.robots]
