@@ -216,11 +216,10 @@ def test_a_release_pinned_by_hand_is_visible_and_the_next_rollout_starts_from_it
             for ln in envf.read_text().splitlines()
         )
     )
+    # No -p: the project is current/.env's (edge, or edge-b after a hand-over), as the systemd unit does.
     sh(
         "docker",
         "compose",
-        "-p",
-        "edge",
         "up",
         "-d",
         "--wait",
