@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tenacity import RetryCallState, Retrying, wait_exponential, wait_random
@@ -29,7 +29,7 @@ from edge_deploy.agent.config import AgentConfig
 from edge_deploy.agent.local import LocalConnection
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.deploy import RobotReleases
-from edge_deploy.fleet.options import DeployRequest
+from edge_deploy.fleet.options import DeployRequest, RolloutOptions, deploy_request
 from edge_deploy.fleet.outcome import FAILED, REFUSED, SKIPPED, UNCHANGED
 from edge_deploy.fleet.switch import PENDING
 from edge_deploy.release.channel import (
@@ -224,25 +224,18 @@ class Agent:
         image pulled through the site cache when there is one."""
         cfg = self.config
         ref = site_ref(manifest.runtime.ref, cfg.site_cache)
-        known = {manifest.runtime.digest: (manifest.version, ref)}
-        return DeployRequest(
+        options = RolloutOptions(
             version=manifest.version,
-            image=ref,
-            release={
-                "git_sha": manifest.git_sha,
-                "bundle_sha256": manifest.bundle_sha256,
-                "precision": manifest.precision,
-                "signed": True,
-                "channel": cfg.channel,
-            },
             health_timeout_s=cfg.health_timeout_s,
             confirm_timeout_s=cfg.confirm_timeout_s,
             smoke=cfg.smoke,
             prebuild=cfg.prebuild,
             prune=cfg.prune,
-            required_backend=manifest.required_backend,
-            known_images=known,
         )
+        req = deploy_request(
+            manifest, options, signed=True, known={manifest.runtime.digest: (manifest.version, ref)}
+        )
+        return replace(req, image=ref, release={**req.release, "channel": cfg.channel})
 
     # --- what the robot is now, and the report ----------------------------------------------------------
     async def _observe(self, releases: RobotReleases, res: CheckResult) -> None:
