@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", type=int, default=None, help="timed calls per measurement (benchmark default)"
     )
-    modules = {}
+    modules: dict[str, Any] = {}  # the module, or the ImportError that kept it out
     for name, module in BENCHMARKS.items():
         try:
             modules[name] = importlib.import_module(module)
