@@ -5,13 +5,16 @@ signed with the fleet's cosign key like the images are.
 The operator publishes with ``publish_channel`` (registry HTTP API for the artifact, the cosign binary for
 the signature, as every other signature of a release is made). A robot reads with ``read_channel``, which
 verifies in Python (``cryptography``), without cosign: the robot's agent then needs no Go binary and no
-transparency log, and checks exactly cosign 2's key-based format: the signature manifest under tag
+transparency log, and checks cosign's key-based formats. cosign 2: the signature manifest under tag
 ``sha256-<hex>.sig``, each layer a simple-signing payload whose ``docker-manifest-digest`` must be the
 digest read, and whose ``dev.cosignproject.cosign/signature`` annotation must verify over the payload's
-bytes with the fleet's public key (ECDSA P-256 / SHA-256 for cosign's own keys). The channel's artifact and
-every image of its release are checked that way, and each image's index must still be the bytes of its
-digest and list the platform digests the release recorded. Anything unsigned, signed with another key or
-mismatched is refused with one sentence.
+bytes with the fleet's public key (ECDSA P-256 / SHA-256 for cosign's own keys). cosign 3: a Sigstore
+bundle among the digest's OCI referrers (the referrers API, or the referrers tag ``sha256-<hex>`` on a
+registry without it), whose DSSE signature must verify and whose in-toto statement must name the digest
+(``sigstore_bundle``). The channel's artifact and every image of its release are checked that way, and each
+image's index must still be the bytes of its digest and list the platform digests the release recorded.
+Anything unsigned, signed with another key or mismatched is refused with one sentence. What a registry
+answers is read up to MAX_DOCUMENT_BYTES, and at most MAX_REFERRERS referrers of one digest are fetched.
 
 A robot's ``bucket`` is a stable number in [0, 100) derived from its name; it takes the channel's release
 when its bucket is below ``percent`` (phased rollouts: 34 % reaches about a third, always the same third).
@@ -30,10 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from edge_deploy.release.manifest import ReleaseError, ReleaseManifest
-from edge_deploy.release.registry import Registry, RegistryError, split_repository
+from edge_deploy.release.registry import Registry, RegistryError, ResponseTooLarge, split_repository
+from edge_deploy.release.sigstore_bundle import (
+    BUNDLE_MEDIA_TYPES,
+    OTHER_KEY,
+    BundleUnusable,
+    signature_ok,
+    subject_digests,
+    verified_statement,
+)
 
 ARTIFACT_TYPE = "application/vnd.edge-deploy.channel.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -43,6 +55,7 @@ TAG_PREFIX = "channel-"
 CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # a channel or a signature payload is a few kB; refuse a blob of GBs
+MAX_REFERRERS = 16  # referrers of one digest fetched in search of a cosign 3 bundle; the rest are not
 
 
 class ChannelError(ReleaseError):
@@ -144,15 +157,31 @@ def _upload_blob(reg: Registry, name: str, data: bytes) -> str:
     return digest
 
 
+def _too_large(reg: Registry, name: str, what: str) -> ChannelRefused:
+    return ChannelRefused(
+        f"{what[:1].upper()}{what[1:]} from {reg.host}/{name} is larger than {MAX_DOCUMENT_BYTES} bytes, more than any channel, "
+        "index or signature; refused."
+    )
+
+
 def _get_blob(reg: Registry, name: str, digest: str, what: str) -> bytes:
     """A blob's bytes, checked against its digest (a registry or cache that answers other bytes is refused)."""
     if not DIGEST_RE.match(digest):
         raise ChannelRefused(f"{what} names a malformed digest {digest!r}.")
-    resp = reg._request("GET", f"{name}/blobs/{digest}", what=f"fetching {what}", ok=(200, 404))
+    try:
+        resp = reg._request(
+            "GET",
+            f"{name}/blobs/{digest}",
+            what=f"fetching {what}",
+            ok=(200, 404),
+            max_bytes=MAX_DOCUMENT_BYTES,
+        )
+    except ResponseTooLarge:
+        raise _too_large(reg, name, what) from None
     if resp.status_code == 404:
         raise ChannelRefused(f"{what} ({digest[:19]}) is missing from {reg.host}/{name}.")
     data = resp.content
-    if len(data) > MAX_DOCUMENT_BYTES or sha256_digest(data) != digest:
+    if sha256_digest(data) != digest:
         raise ChannelRefused(f"{what} from {reg.host}/{name} does not match its digest {digest[:19]}.")
     return data
 
@@ -161,7 +190,9 @@ def _get_manifest(reg: Registry, name: str, reference: str, what: str) -> tuple[
     """A manifest by tag or digest: (digest of the bytes received, parsed JSON). A reference by digest must
     be those bytes; a tag's digest is computed here, never taken from the registry's header."""
     try:
-        m = reg.manifest(name, reference)
+        m = reg.manifest(name, reference, max_bytes=MAX_DOCUMENT_BYTES)
+    except ResponseTooLarge:
+        raise _too_large(reg, name, what) from None
     except RegistryError as exc:
         if "does not exist" in str(exc):
             raise ChannelMissing(f"{what} does not exist in {reg.host}/{name} ({reference}).") from None
@@ -193,41 +224,60 @@ def load_public_key(path: Path) -> Any:
         raise ChannelError(f"Public key {path} is not a PEM public key (cosign.pub).") from None
 
 
-def _signature_ok(public_key: Any, signature: bytes, payload: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-
-    try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
-        elif isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, payload)
-        else:
-            return False
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def verify_cosign_signature(
     reg: Registry, name: str, digest: str, public_key: Any, what: str
 ) -> dict[str, Any]:
-    """Raise ChannelRefused unless ``name@digest`` on ``reg`` carries a cosign signature (tag
-    ``sha256-<hex>.sig``) that ``public_key`` verifies and whose payload names exactly ``digest``.
-    Returns the verified simple-signing payload."""
+    """Raise ChannelRefused unless ``name@digest`` on ``reg`` carries a cosign signature that ``public_key``
+    verifies and that names exactly ``digest``: cosign 2's (tag ``sha256-<hex>.sig``) or cosign 3's (a
+    Sigstore bundle referring to the digest). Returns the verified claim as cosign 2's simple-signing
+    payload states it (``critical.image.docker-manifest-digest``); from a bundle, that digest and the
+    in-toto statement under ``statement``."""
     if not DIGEST_RE.match(digest):
         raise ChannelRefused(f"{what} is not pinned by a sha256 digest ({digest!r}).")
     sig_tag = digest.replace(":", "-") + ".sig"
+    has_sig, claim = _simple_signing_claim(reg, name, digest, sig_tag, public_key, what)
+    if claim is not None:
+        return claim
+    bundles, listed = _referred_bundles(reg, name, digest, what)
+    reasons: list[str] = []
+    for bundle in bundles:
+        try:
+            statement = verified_statement(bundle, public_key)
+        except BundleUnusable as exc:
+            reasons.append(str(exc))
+            continue
+        covered = subject_digests(statement)
+        if digest not in covered:
+            shown = ", ".join(d[:19] for d in covered[:3]) or "no digest"
+            raise ChannelRefused(f"{what}: the signature verifies but covers {shown}, not {digest[:19]}.")
+        return {"critical": {"image": {"docker-manifest-digest": digest}}, "statement": statement}
+    where = f"{reg.host}/{name}@{digest[:19]}"
+    if not has_sig and not bundles:
+        raise ChannelRefused(
+            f"{what} ({where}) is not signed: no cosign signature ({sig_tag}, or a Sigstore bundle among "
+            "its referrers) in the registry."
+        )
+    why = next((r for r in reasons if r != OTHER_KEY), "")
+    shown = f": its Sigstore bundle {why}" if why else " (unsigned, or signed with another key)"
+    more = (
+        f"; only the first {MAX_REFERRERS} of its {listed} referrers were examined"
+        if listed > MAX_REFERRERS
+        else ""
+    )
+    raise ChannelRefused(
+        f"{what} ({where}) has no signature that the fleet's public key verifies{shown}{more}."
+    )
+
+
+def _simple_signing_claim(
+    reg: Registry, name: str, digest: str, sig_tag: str, public_key: Any, what: str
+) -> tuple[bool, dict[str, Any] | None]:
+    """cosign 2's signature of ``digest``: (whether tag ``sig_tag`` exists, the verified simple-signing
+    payload or None). A payload that verifies but names another digest is refused outright."""
     try:
         _, sig_manifest = _get_manifest(reg, name, sig_tag, f"the signature of {what}")
     except ChannelMissing:
-        raise ChannelRefused(
-            f"{what} ({reg.host}/{name}@{digest[:19]}) is not signed: no cosign signature "
-            f"({sig_tag}) in the registry."
-        ) from None
+        return False, None
     layers = [lay for lay in sig_manifest.get("layers") or [] if isinstance(lay, dict)]
     for layer in layers:
         b64 = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
@@ -238,7 +288,7 @@ def verify_cosign_signature(
         except ValueError:
             continue
         payload = _get_blob(reg, name, str(layer.get("digest", "")), f"the signature payload of {what}")
-        if not _signature_ok(public_key, signature, payload):
+        if not signature_ok(public_key, signature, payload):
             continue
         try:
             claim = json.loads(payload)
@@ -249,11 +299,71 @@ def verify_cosign_signature(
             raise ChannelRefused(
                 f"{what}: the signature verifies but covers {str(signed_digest)[:19]}, not {digest[:19]}."
             )
-        return dict(claim)
-    raise ChannelRefused(
-        f"{what} ({reg.host}/{name}@{digest[:19]}) has no signature that the fleet's public key verifies "
-        "(unsigned, or signed with another key)."
+        return True, dict(claim)
+    return True, None
+
+
+def _referrers(reg: Registry, name: str, digest: str, what: str) -> list[dict[str, Any]]:
+    """The digest's referrers, as OCI index entries: from the referrers API where the registry answers it,
+    else (or when it lists none) from the referrers tag ``sha256-<hex>`` that cosign 3 writes instead."""
+    try:
+        resp = reg._request(
+            "GET",
+            f"{name}/referrers/{digest}",
+            what=f"listing the referrers of {what}",
+            ok=(200, 400, 404, 405),
+            headers={"Accept": OCI_INDEX},
+            max_bytes=MAX_DOCUMENT_BYTES,
+        )
+    except ResponseTooLarge:
+        raise _too_large(reg, name, f"The referrers of {what}") from None
+    index: object = None
+    if resp.status_code == 200 and resp.headers.get("content-type", "").startswith(OCI_INDEX):
+        try:
+            index = json.loads(resp.content)
+        except ValueError:
+            index = None
+    entries = (
+        [m for m in (index.get("manifests") or []) if isinstance(m, dict)] if isinstance(index, dict) else []
     )
+    if entries:
+        return entries
+    try:
+        _, index = _get_manifest(reg, name, digest.replace(":", "-"), f"the referrers of {what}")
+    except ChannelMissing:
+        return []
+    return [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+
+
+def _referred_bundles(reg: Registry, name: str, digest: str, what: str) -> tuple[list[bytes], int]:
+    """The Sigstore bundles that referrers of ``digest`` hold (their bytes, unverified; at most
+    MAX_REFERRERS manifests fetched), and how many candidate referrers were listed."""
+    candidates: list[str] = []
+    for entry in _referrers(reg, name, digest, what):
+        kind = entry.get("artifactType")
+        ref = entry.get("digest")
+        if entry.get("mediaType") not in (OCI_MANIFEST, None) or not isinstance(ref, str):
+            continue
+        if kind is not None and kind not in (*BUNDLE_MEDIA_TYPES, EMPTY_CONFIG):
+            continue  # an SBOM or other artifact, not a signature (cosign 3 lists its bundles as empty)
+        if DIGEST_RE.match(ref) and ref not in candidates:
+            candidates.append(ref)
+    bundles: list[bytes] = []
+    for ref in candidates[:MAX_REFERRERS]:
+        try:
+            _, manifest = _get_manifest(reg, name, ref, f"a referrer of {what}")
+        except ChannelMissing:
+            continue
+        subject = manifest.get("subject")
+        if not isinstance(subject, dict) or subject.get("digest") != digest:
+            continue
+        layers = [lay for lay in manifest.get("layers") or [] if isinstance(lay, dict)]
+        layer = next((lay for lay in layers if lay.get("mediaType") in BUNDLE_MEDIA_TYPES), None)
+        if layer is not None:
+            bundles.append(
+                _get_blob(reg, name, str(layer.get("digest", "")), f"the signature bundle of {what}")
+            )
+    return bundles, len(candidates)
 
 
 # --- publish (operator) --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ go only to the registry itself or to a token service over https (or on the regis
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -41,6 +42,10 @@ RETRY_STATUS = (429, 500, 502, 503, 504)
 
 class RegistryError(ReleaseError):
     """The registry cannot be reached or refused a request."""
+
+
+class ResponseTooLarge(RegistryError):
+    """The registry answered more bytes than the caller reads (a broken or hostile registry)."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,10 @@ class Registry:
                 self.basic = httpx.BasicAuth(self._creds.username, self._creds.secret)
         return self._creds
 
-    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+    def _send(self, method: str, url: str, *, max_bytes: int | None = None, **kw: Any) -> httpx.Response:
         """One HTTP request, sent again on 5xx / 429 answers and dropped connections: REGISTRY_ATTEMPTS at
-        most, backoff doubling from RETRY_WAIT_S or what Retry-After asks (capped); each retry logged."""
+        most, backoff doubling from RETRY_WAIT_S or what Retry-After asks (capped); each retry logged.
+        ``max_bytes``: the answer's body is read no further (ResponseTooLarge)."""
 
         def wait(state: RetryCallState) -> float:
             outcome = state.outcome
@@ -147,8 +153,36 @@ class Registry:
             before_sleep=before_sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        resp: httpx.Response = retrying(self.client.request, method, url, **kw)
+        call = self.client.request if max_bytes is None else functools.partial(self._bounded, max_bytes)
+        resp: httpx.Response = retrying(call, method, url, **kw)
         return resp
+
+    def _bounded(self, max_bytes: int, method: str, url: str, **kw: Any) -> httpx.Response:
+        """The answer read into memory up to ``max_bytes`` (decoded) and no further: a registry that sends
+        more, or announces more, gets ResponseTooLarge before it can make the caller allocate it."""
+        auth = kw.pop("auth", httpx.USE_CLIENT_DEFAULT)
+        request = self.client.build_request(method, url, **kw)
+        resp = self.client.send(request, auth=auth, stream=True)
+        too_large = ResponseTooLarge(
+            f"Registry {self.host} answered {method} {url.split('?')[0]} with more than {max_bytes} bytes."
+        )
+        try:
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise too_large
+            body = bytearray()
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_large
+        finally:
+            resp.close()
+        kept = [
+            (k, v)
+            for k, v in resp.headers.multi_items()
+            if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")
+        ]
+        return httpx.Response(resp.status_code, headers=kept, content=bytes(body), request=request)
 
     def _check_realm(self, realm: str) -> None:
         """Credentials go to a token service over https, or on the registry's own host (a local registry
@@ -204,18 +238,27 @@ class Registry:
         return True
 
     def _request(
-        self, method: str, path: str, *, what: str, ok: Iterable[int] = (200,), **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        ok: Iterable[int] = (200,),
+        max_bytes: int | None = None,
+        **kw: Any,
     ) -> httpx.Response:
-        repository = next((path.split(m)[0] for m in ("/manifests/", "/tags/", "/blobs/") if m in path), "")
+        parts = ("/manifests/", "/tags/", "/blobs/", "/referrers/")
+        repository = next((path.split(m)[0] for m in parts if m in path), "")
         headers = dict(kw.pop("headers", None) or {})
 
         def send() -> httpx.Response:
             token = self.tokens.get(repository)
             if token is None:
-                return self._send(method, f"{self.base}/{path}", headers=headers, auth=self.basic, **kw)
-            return self._send(
-                method, f"{self.base}/{path}", headers={**headers, "Authorization": f"Bearer {token}"}, **kw
-            )
+                return self._send(
+                    method, f"{self.base}/{path}", headers=headers, auth=self.basic, max_bytes=max_bytes, **kw
+                )
+            bearer = {**headers, "Authorization": f"Bearer {token}"}
+            return self._send(method, f"{self.base}/{path}", headers=bearer, max_bytes=max_bytes, **kw)
 
         try:
             resp = send()
@@ -232,13 +275,15 @@ class Registry:
     def ping(self) -> None:
         self._request("GET", "", what="checking the API", ok=(200, 401))
 
-    def manifest(self, name: str, reference: str) -> Manifest:
+    def manifest(self, name: str, reference: str, *, max_bytes: int | None = None) -> Manifest:
+        """A manifest's bytes; ``max_bytes`` bounds what is read (ResponseTooLarge past it)."""
         resp = self._request(
             "GET",
             f"{name}/manifests/{reference}",
             what=f"fetching {name}:{reference}",
             ok=(200, 404),
             headers={"Accept": ACCEPT},
+            max_bytes=max_bytes,
         )
         if resp.status_code == 404:
             raise RegistryError(f"Image {self.host}/{name}:{reference} does not exist in the registry.")
