@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "fleet": "bench.fleet",
     "plots": "bench.plots",
     "ros2": "bench.ros2",
+    "ros2_handover": "bench.ros2_handover",
     "large_model": "bench.large_model",
     "multi_model": "bench.multi_model",
     "multi_model_layers": "bench.multi_model_layers",

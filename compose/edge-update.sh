@@ -22,7 +22,9 @@
 # is shared), listening on EDGE_HANDOVER_PORT only, where the operator gates it; once confirmed it is told
 # (SIGUSR1) to listen on the service port too (SO_REUSEPORT), and only then does `current` move and the
 # old project stop (SIGTERM: it drains). A failed `up` or gate stops the new project: the old never
-# stopped. A release's project is COMPOSE_PROJECT_NAME in its .env, so `docker compose up -d` in current/
+# stopped. With ROS 2 on, the new release's bridge stays in standby until SIGUSR1 and the two bridges split
+# the observations at the takeover instant (docs/ros2.md, "Hand-over"); a runtime older than that on either
+# side makes it a stop-start, with the reason in state.json. A release's project is COMPOSE_PROJECT_NAME in its .env, so `docker compose up -d` in current/
 # (the systemd unit) brings up the release that runs, in the project it runs as.
 set -u
 cd "$(dirname "$0")" || exit 1
@@ -67,6 +69,20 @@ history() { # ACTION VERSION TO RESULT REASON
 }
 
 switch_to() { ln -sfn "releases/$1" .current.tmp && mv -T .current.tmp current; }
+
+# Whether a release's edge-runtime hands its ROS 2 bridge over (standby until SIGUSR1, edge_runtime.ros2.bridge):
+# its BRIDGE_HANDOVER marker, read from the installed source without importing anything (cheap under QEMU).
+BRIDGE_CHECK='import importlib.util as u, pathlib, sys; s = u.find_spec("edge_runtime"); sys.exit(0 if s and s.origin and "BRIDGE_HANDOVER = " in (pathlib.Path(s.origin).parent / "ros2" / "bridge.py").read_text() else 3)'
+ros2_on() { grep -qx 'EDGE_ROS2=1' "releases/$1/.env" 2>/dev/null; }
+bridge_hands_over() { # run VERSION (its image, not started) | exec PROJECT (its running container)
+    if [ "$1" = run ]; then
+        img=$(image_of "$2")
+        [ -n "$img" ] && docker run --rm --pull never --network none --entrypoint python3 "$img" -c "$BRIDGE_CHECK" >/dev/null 2>&1
+    else
+        cid=$(docker ps -q --filter "label=com.docker.compose.project=$2" --filter "label=com.docker.compose.service=$SERVICE" 2>/dev/null | head -n1)
+        [ -n "$cid" ] && docker exec "$cid" python3 -c "$BRIDGE_CHECK" >/dev/null 2>&1
+    fi
+}
 
 # The compose project a release runs as (its .env's COMPOSE_PROJECT_NAME): edge or edge-b.
 project_of() {
@@ -260,6 +276,10 @@ apply() {
             FALLBACK="$VERSION is the running release's own version (its files were replaced)"
         elif ! grep -q EDGE_HANDOVER_PORT "releases/$VERSION/compose.yaml" 2>/dev/null; then
             FALLBACK="the compose files of $VERSION are older than hand-over"
+        elif ros2_on "$VERSION" && ! bridge_hands_over run "$VERSION"; then
+            FALLBACK="the ROS 2 bridge of $VERSION's edge-runtime cannot hand over (older than bridge hand-over: two bridges would answer one observation)"
+        elif ros2_on "$VERSION" && ros2_on "$WAS" && ! bridge_hands_over exec "$OLDP"; then
+            FALLBACK="the running release's ROS 2 bridge cannot hand over (an edge-runtime older than bridge hand-over: two bridges would answer one observation)"
         elif listening "$HANDOVER_PORT"; then
             FALLBACK="port $HANDOVER_PORT, for the hand-over, is taken"
         elif hand_over; then

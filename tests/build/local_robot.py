@@ -92,7 +92,7 @@ if args[:1] == ["compose"] and "run" in args:
     answer(take("prebuild"))
 if args[:1] == ["compose"] and "up" in args:
     answer(take("up"))
-if args[:1] in (["ps"], ["inspect"], ["logs"], ["image"]):  # answers by a fragment of the command line
+if args[:1] in (["ps"], ["inspect"], ["logs"], ["image"], ["run"], ["exec"]):  # by a fragment of the line
     line = " ".join(args)
     answer(next((v for k, v in cfg.get(args[0], {}).items() if k in line), [0, "", ""]))
 answer([0, "", ""])

@@ -149,6 +149,75 @@ def test_nothing_running_to_hand_over_from_is_a_stop_start_that_says_so(
     assert res.update == {"strategy": "stop-start", "fallback": "no release runs to hand over from"}
 
 
+# The stand-in answers for a ROS 2 rollout: the gate's DDS probe inside the container, and whether a
+# runtime's bridge hands over (edge-update.sh's BRIDGE_CHECK reads its marker; 3: an older runtime).
+PROBE = {"edge_runtime.ros2.probe": [0, '{"ok": true, "round_trip_ms": 1.0}\n', ""]}
+BRIDGE_OLD = [3, "", ""]
+
+
+def ros2_robot(tmp_path: Path, gate: GateService, running_ros2: bool = True, **answers: Any) -> LocalRobot:
+    lr = on_robot(tmp_path, gate)
+    lr.config["exec"] = {**PROBE, **answers.get("exec", {})}
+    lr.config["run"] = answers.get("run", {})
+    lr.save_config()
+    if running_ros2:  # the running release was rolled out with ROS 2 on
+        env = lr.file("edge/releases/0.1.0/.env")
+        env.write_text(env.read_text() + "EDGE_ROS2=1\n")
+    return lr
+
+
+def test_a_ros2_robot_hands_over_when_both_runtimes_hand_the_bridge_over(
+    tmp_path: Path, gate: GateService
+) -> None:
+    lr = ros2_robot(tmp_path, gate)
+    res = deploy(lr, include_ros2=True)
+    assert res.outcome == "updated", res.reason
+    assert res.update == {"strategy": "hand-over"}
+    lines = docker_lines(lr)
+    # both runtimes asked first: the new image (not started: no network) and the running container
+    check_new = index(lines, "run --rm --pull never --network none --entrypoint python3 " + NEW)
+    check_old = index(lines, "exec c0ffee python3 -c import importlib.util")
+    assert "BRIDGE_HANDOVER = " in lines[check_new] and "BRIDGE_HANDOVER = " in lines[check_old]
+    assert check_new < check_old < index(lines, "compose -p edge-b up -d --wait")
+    assert index(lines, "kill -s USR1 c0ffee") < index(lines, "compose -p edge down")
+    assert "EDGE_ROS2=1" in lr.file("edge/releases/0.2.0/.env").read_text().splitlines()
+
+
+def test_a_new_runtime_older_than_bridge_hand_over_is_a_stop_start_that_says_so(
+    tmp_path: Path, gate: GateService
+) -> None:
+    lr = ros2_robot(tmp_path, gate, run={"find_spec": BRIDGE_OLD})
+    res = deploy(lr, include_ros2=True)
+    assert res.outcome == "updated", res.reason
+    assert res.update == {
+        "strategy": "stop-start",
+        "fallback": "the ROS 2 bridge of 0.2.0's edge-runtime cannot hand over (older than bridge hand-over: "
+        "two bridges would answer one observation)",
+    }
+    lines = docker_lines(lr)
+    assert not any("edge-b up" in line or "kill -s USR1" in line for line in lines)
+    assert any("compose -p edge up -d --wait" in line for line in lines)
+
+
+def test_a_running_runtime_older_than_bridge_hand_over_is_a_stop_start_that_says_so(
+    tmp_path: Path, gate: GateService
+) -> None:
+    lr = ros2_robot(tmp_path, gate, exec={"find_spec": BRIDGE_OLD})
+    res = deploy(lr, include_ros2=True)
+    assert res.outcome == "updated", res.reason
+    assert res.update["strategy"] == "stop-start"
+    assert res.update["fallback"].startswith("the running release's ROS 2 bridge cannot hand over")
+    assert not any("edge-b up" in line for line in docker_lines(lr))
+
+
+def test_a_running_release_without_ros2_needs_no_bridge_check(tmp_path: Path, gate: GateService) -> None:
+    """Its runtime publishes no action, so its age does not matter; only the new release's is asked."""
+    lr = ros2_robot(tmp_path, gate, running_ros2=False, exec={"find_spec": BRIDGE_OLD})
+    res = deploy(lr, include_ros2=True)
+    assert res.outcome == "updated" and res.update == {"strategy": "hand-over"}, (res.reason, res.update)
+    assert not any("exec c0ffee python3 -c" in line for line in docker_lines(lr))
+
+
 def test_memory_usage_and_the_check() -> None:
     assert parse_mem_usage("123.5MiB / 7.6GiB") == 123.5
     assert parse_mem_usage("1.5GiB / 7.6GiB") == 1536.0

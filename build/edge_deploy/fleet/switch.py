@@ -187,20 +187,18 @@ class RobotSwitch(RobotStore):
         self.update = {"strategy": asked}
         if asked != "hand-over":
             return asked
-        why = None
-        if req.include_ros2:
-            why = "the ROS 2 bridge is not handed over yet (two bridges would answer one observation)"
-        else:
-            r = await self.conn.run(
-                "awk '/^MemAvailable:/ {print $2}' /proc/meminfo; "
-                f"cid=$(docker ps -q {SERVICE_FILTER} | head -n1); "
-                '[ -z "$cid" ] || docker stats --no-stream --format "{{.MemUsage}}" "$cid"',
-                timeout=60,
-            )
-            lines = r.stdout.splitlines() if r.ok else []
-            available = int(lines[0]) if lines and lines[0].strip().isdigit() else None
-            running = parse_mem_usage(lines[1]) if len(lines) > 1 else None
-            why = handover_memory_problem(available, running)
+        # With ROS 2 on, the bridges hand over too (edge_runtime.ros2.bridge); edge-update.sh falls back when
+        # the running or the new runtime is older than that (two bridges would answer one observation).
+        r = await self.conn.run(
+            "awk '/^MemAvailable:/ {print $2}' /proc/meminfo; "
+            f"cid=$(docker ps -q {SERVICE_FILTER} | head -n1); "
+            '[ -z "$cid" ] || docker stats --no-stream --format "{{.MemUsage}}" "$cid"',
+            timeout=60,
+        )
+        lines = r.stdout.splitlines() if r.ok else []
+        available = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+        running = parse_mem_usage(lines[1]) if len(lines) > 1 else None
+        why = handover_memory_problem(available, running)
         if why is None:
             return asked
         self.update = {"strategy": "stop-start", "fallback": why}
@@ -208,7 +206,7 @@ class RobotSwitch(RobotStore):
 
     def note_strategy(self, state: dict[str, Any]) -> None:
         """What edge-update.sh made of the strategy (it falls back when nothing runs to hand over from,
-        or an edge-runtime cannot listen beside the other)."""
+        an edge-runtime cannot listen beside the other, or, with ROS 2 on, a bridge cannot hand over)."""
         if state.get("strategy") in UPDATE_STRATEGIES and state.get("txn"):
             self.update["strategy"] = str(state["strategy"])
         if state.get("fallback"):

@@ -216,7 +216,7 @@ def serve(
         raise BackendUnavailable(" ".join(str(exc).split())) from None
 
     bridge = None
-    on_ready = on_stop = None
+    on_ready = on_stop = on_standby = on_takeover = on_exit_signal = None
     if ros2:
         try:
             from edge_runtime.ros2 import Ros2Bridge, Ros2Config
@@ -243,4 +243,28 @@ def serve(
         def on_stop() -> None:
             bridge.stop()
 
-    run_server(service, host=host, port=port, drain_timeout_s=drain_s, on_ready=on_ready, on_stop=on_stop)
+        def on_standby() -> None:  # a hand-over candidate: gated first, silent until the takeover
+            bridge.standby()
+            service.say("ROS 2 bridge in standby: no action published until SIGUSR1 takes over")
+
+        def on_takeover() -> None:
+            at = bridge.take_over()
+            service.say(
+                f"ROS 2 bridge took over: observations stamped from {at:.6f} on are its own "
+                f"(announced to {bridge.bridges_reached} running bridge(s))"
+            )
+
+        def on_exit_signal() -> None:
+            bridge.quiesce()
+
+    run_server(
+        service,
+        host=host,
+        port=port,
+        drain_timeout_s=drain_s,
+        on_ready=on_ready,
+        on_stop=on_stop,
+        on_standby=on_standby,
+        on_takeover=on_takeover,
+        on_exit_signal=on_exit_signal,
+    )

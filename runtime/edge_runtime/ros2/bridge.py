@@ -9,12 +9,25 @@ this, waking at least every 100 ms so ``stop()`` is prompt.
 It also answers probes (``edge_runtime.ros2.probe``, the rollout gate's DDS check) on topics of its own: a
 request on ``PROBE_TOPIC`` gets one inference on a zero observation, answered on ``PROBE_REPLY_TOPIC`` and
 never on the action topic, so a probe on a working robot moves nothing.
+
+Hand-over (the ``hand-over`` update strategy, docs/fleet.md): a bridge started beside a running release comes
+up in **standby**: its participant, readers and action writer exist (so discovery with the robot's nodes is
+done while the operator's gate runs) and it answers probes, but it publishes no action. ``take_over()`` (the
+service's SIGUSR1) picks an instant ``at`` = now + ``HANDOVER_LEAD_S`` and announces it on
+``HANDOVER_TOPIC``: from then on the new bridge answers only observations stamped at or after ``at``, and the
+old bridge, told before ``at`` arrives, only those stamped before it. Each observation carries one stamp both
+bridges read alike, so each is answered by exactly one release: no duplicate, no loss, provided the
+announcement reaches the old bridge within the lead (loopback DDS: about a millisecond). On SIGTERM
+(``quiesce()``, before the HTTP drain) the old bridge keeps its share up to ``at`` and no more; with no
+successor announced it stops publishing at once, so two bridges overlap at most between the two signals.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +38,7 @@ import numpy as np
 
 from edge_runtime.bundle import TensorSpec
 from edge_runtime.errors import BackendUnavailable, EdgeError
-from edge_runtime.ros2._compat import cyclonedds_version
+from edge_runtime.ros2._compat import MatchCount, cyclonedds_version
 from edge_runtime.ros2.config import Ros2Config
 from edge_runtime.ros2.convert import BadMessage, ImageInput, VectorInput, check_image, to_float32_multiarray
 from edge_runtime.ros2.qos import profile
@@ -40,6 +53,12 @@ LOG_EVERY_S = 10.0  # a repeated bad-message reason is logged at most this often
 # The probe's topics (ROS names /edge_runtime/probe and /edge_runtime/probe_reply), reliable QoS.
 PROBE_TOPIC = "rt/edge_runtime/probe"
 PROBE_REPLY_TOPIC = "rt/edge_runtime/probe_reply"
+# Hand-over: the new bridge announces here the instant from which it answers (ROS /edge_runtime/handover).
+HANDOVER_TOPIC = "rt/edge_runtime/handover"
+HANDOVER_LEAD_S = 0.05  # how far ahead the takeover instant is set, so the old bridge hears it in time
+HANDOVER_GRACE_S = 0.1  # after ``at``, how long a stopping old bridge still waits for its last observations
+# Read (not imported) by compose/edge-update.sh to tell a runtime whose bridge hands over from an older one.
+BRIDGE_HANDOVER = 1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -66,6 +85,9 @@ class Frame:
     value: np.ndarray
     arrived: float
     stamp_age: float = 0.0  # how old its header stamp already was on arrival (0: no stamp or not checked)
+    # The observation's instant (wall clock): its header stamp, else (no stamp, or stamps not checked because
+    # the camera uses sim time) its arrival. A hand-over splits observations by it.
+    stamp: float = 0.0
 
     def age(self, now: float) -> float:
         return now - self.arrived + self.stamp_age
@@ -139,7 +161,7 @@ class BridgeMetrics:
     """The bridge's series in the service's Prometheus registry (all names start ``edge_ros2_``)."""
 
     def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.received = Counter(
             "edge_ros2_messages_total", "ROS 2 messages received, by stream", ["stream"], registry=registry
@@ -164,6 +186,18 @@ class BridgeMetrics:
         )
         self.errors = Counter(
             "edge_ros2_infer_errors_total", "Inferences that failed or were refused", registry=registry
+        )
+        self.suppressed = Counter(
+            "edge_ros2_suppressed_actions_total",
+            "Observations not answered because of a hand-over: standby (gated, not taken over yet), before "
+            "(stamped before this bridge's takeover), after (a successor's), stopping (SIGTERM, no successor)",
+            ["reason"],
+            registry=registry,
+        )
+        self.active = Gauge(
+            "edge_ros2_active",
+            "1 while the bridge publishes actions, 0 in standby (a hand-over candidate) or once stopping",
+            registry=registry,
         )
         self.latency = Histogram(
             "edge_ros2_latency_seconds",
@@ -211,6 +245,7 @@ class Ros2Bridge:
     ``infer`` takes and returns dicts of name → array (batch 1). DDS entities are created here, so a missing
     ``cyclonedds`` or an unusable ``CYCLONEDDS_URI`` is reported before the service starts listening;
     ``start()`` runs the bridge thread and ``stop()`` ends it and leaves the DDS domain. Not restartable.
+    ``standby=True``: a hand-over candidate, silent until ``take_over()`` (see the module's docstring).
     """
 
     def __init__(
@@ -219,6 +254,7 @@ class Ros2Bridge:
         inputs: list[TensorSpec],
         config: Ros2Config | None = None,
         registry: Any = None,
+        standby: bool = False,
     ) -> None:
         from prometheus_client import CollectorRegistry
 
@@ -244,6 +280,12 @@ class Ros2Bridge:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._counted_drops: dict[str, int] = {}
+        # Hand-over state: the mode, and the observations this bridge answers: stamped in [_from, _until).
+        self.bridge_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.mode = "standby" if standby else "active"
+        self._from = -math.inf
+        self._until = math.inf
+        self.metrics.active.set(0 if standby else 1)
         self._open_dds()
 
     # -- DDS -----------------------------------------------------------------------------------------------
@@ -280,8 +322,14 @@ class Ros2Bridge:
                 Topic(self._participant, PROBE_REPLY_TOPIC, Float32MultiArray),
                 qos=reliable,
             )
+            handover_topic = Topic(self._participant, HANDOVER_TOPIC, Float32MultiArray)
+            self._handover_reader = DataReader(self._participant, handover_topic, qos=reliable)
+            self.handover_matches = MatchCount()  # the handover readers this bridge's announcement reaches
+            self._handover_writer = DataWriter(
+                self._participant, handover_topic, qos=reliable, listener=self.handover_matches.listener()
+            )
             self._waitset = WaitSet(self._participant)
-            for reader in (self._image_reader, self._state_reader, self._probe_reader):
+            for reader in (self._image_reader, self._state_reader, self._probe_reader, self._handover_reader):
                 self._waitset.attach(ReadCondition(reader, SampleState.NotRead))
         except DDSException as exc:
             raise EdgeError(
@@ -307,6 +355,8 @@ class Ros2Bridge:
             "_state_reader",
             "_probe_reader",
             "_probe_writer",
+            "_handover_reader",
+            "_handover_writer",
         ):
             setattr(self, name, None)
         self._participant = None
@@ -322,8 +372,53 @@ class Ros2Bridge:
         self._thread = threading.Thread(target=self._run, name="ros2-bridge", daemon=True)
         self._thread.start()
 
+    def standby(self) -> None:
+        """Become a hand-over candidate: answer probes, publish no action until ``take_over()``."""
+        if self.mode == "active" and self._from == -math.inf:
+            self.mode = "standby"
+            self.metrics.active.set(0)
+
+    def take_over(self) -> float:
+        """Leave standby: answer observations stamped from ``at`` = now + ``HANDOVER_LEAD_S`` on, and tell
+        the running bridge (``HANDOVER_TOPIC``) to answer only those before it. Returns ``at``."""
+        from edge_runtime.ros2.msgs import Float32MultiArray, MultiArrayDimension, MultiArrayLayout
+
+        if self.mode != "standby":
+            return self._from
+        at = float(f"{time.time() + HANDOVER_LEAD_S:.6f}")  # exactly what the announcement says
+        self._from = at
+        self.mode = "active"
+        self.metrics.active.set(1)
+        dims = [MultiArrayDimension(label=label) for label in ("takeover", self.bridge_id, f"{at:.6f}")]
+        if self._handover_writer is not None:
+            self._handover_writer.write(Float32MultiArray(layout=MultiArrayLayout(dim=dims), data=[]))  # type: ignore[arg-type]
+        log.info(
+            "ROS 2 bridge took over: it answers observations stamped from %.6f on (announced to %d other bridge(s))",
+            at,
+            self.bridges_reached,
+        )
+        return at
+
+    @property
+    def bridges_reached(self) -> int:
+        """Other bridges on the domain that hear this one's takeover (its own reader matches too)."""
+        return max(0, self.handover_matches.count - 1)
+
+    def quiesce(self) -> None:
+        """SIGTERM, before the HTTP drain: publish no action for observations past the successor's takeover
+        instant, or, with no successor announced, none at all from now on."""
+        if self.mode == "stopping":
+            return
+        if self._until == math.inf:
+            self._until = -math.inf
+        self.mode = "stopping"
+        self.metrics.active.set(0)
+
     def stop(self, timeout_s: float = 5.0) -> None:
-        """End the bridge thread (bounded wait) and leave the DDS domain."""
+        """End the bridge thread (bounded wait) and leave the DDS domain. A bridge that a successor took over
+        from first waits (at most ``HANDOVER_GRACE_S`` past the takeover instant) for its last observations."""
+        if math.isfinite(self._until):
+            time.sleep(max(0.0, min(self._until + HANDOVER_GRACE_S - time.time(), 1.0)))
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
@@ -347,6 +442,7 @@ class Ros2Bridge:
         while not self._stop.is_set():
             try:
                 self._waitset.wait(int(max(0.001, min(wait_s, MAX_WAIT_S)) * 1e9))  # ns; ≥ 1 ms, no busy loop
+                self._take_handover()
                 self._take_states()
                 self._take_images()
                 self._answer_probes()
@@ -406,6 +502,23 @@ class Ros2Bridge:
             self._probe_writer.write(reply)
             self.metrics.probes.inc()
 
+    def _take_handover(self) -> None:
+        """A successor's takeover instant: observations stamped from then on are its own."""
+        for msg in self._take(self._handover_reader, "handover"):
+            labels = [d.label for d in msg.layout.dim]
+            if len(labels) != 3 or labels[0] != "takeover" or labels[1] == self.bridge_id:
+                continue
+            try:
+                at = float(labels[2])
+            except ValueError:
+                continue
+            if self.mode == "standby" or not math.isfinite(at) or at <= self._from or at >= self._until:
+                continue  # not for this bridge: it serves nothing yet, or the announcement is older than it
+            self._until = at
+            log.info(
+                "ROS 2 bridge handed over: another release answers observations stamped from %.6f on", at
+            )
+
     def _take_images(self) -> None:
         samples = self._take(self._image_reader, "image")
         now = time.monotonic()
@@ -428,15 +541,19 @@ class Ros2Bridge:
         except BadMessage as exc:
             self._bad("image", exc)
             return
-        self.sync.put_image(Frame(value, now, self._stamp_age(msg)))
+        wall = time.time()
+        stamp = self._stamp(msg)
+        age = max(0.0, wall - stamp) if stamp is not None else 0.0
+        self.sync.put_image(Frame(value, now, age, stamp if stamp is not None else wall))
 
-    def _stamp_age(self, msg: Any) -> float:
+    def _stamp(self, msg: Any) -> float | None:
+        """The header stamp in wall-clock seconds, or None (no stamp, or stamps not checked: sim time)."""
         if not self.config.stamp_check:
-            return 0.0
+            return None
         stamp = msg.header.stamp
         if not stamp.sec and not stamp.nanosec:
-            return 0.0
-        return max(0.0, time.time() - (stamp.sec + stamp.nanosec * 1e-9))
+            return None
+        return float(stamp.sec + stamp.nanosec * 1e-9)
 
     def _step(self) -> float:
         pair, wait_s = self.sync.poll(time.monotonic())
@@ -460,7 +577,21 @@ class Ros2Bridge:
                         "(if the camera stamps with sim time, set EDGE_ROS2_STAMP_CHECK=0).",
                     )
 
+    def _share(self, stamp: float) -> str:
+        """Whether this bridge answers an observation stamped ``stamp`` ("") or why not."""
+        if self.mode == "standby":
+            return "standby"
+        if stamp < self._from:
+            return "before"
+        if stamp >= self._until:
+            return "stopping" if self._until == -math.inf else "after"
+        return ""
+
     def _serve(self, pair: Pair) -> None:
+        why_not = self._share(pair.image.stamp)
+        if why_not:
+            self.metrics.suppressed.labels(why_not).inc()
+            return
         feeds = {self.image_input.spec.name: pair.image.value, self.state_input.spec.name: pair.state.value}
         try:
             outputs = self.infer(feeds)

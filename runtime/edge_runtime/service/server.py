@@ -6,6 +6,11 @@ serves its address (``EDGE_HANDOVER_PORT`` set) listens only on that port of its
 health gate reaches it alone; ``SIGUSR1`` then makes it take over the service address (the old release is
 stopped only afterwards). Started while nothing serves the address (a reboot, a crash, ``stop-start``), it
 serves the address at once.
+
+The ROS 2 bridge follows the same moments through the hooks of ``serve``: ``on_standby`` when the process
+starts as a hand-over candidate, ``on_takeover`` on SIGUSR1 (before the address is bound: DDS needs no port),
+and ``on_exit_signal`` as soon as SIGTERM/SIGINT arrives, before uvicorn drains HTTP requests, so the old
+release stops publishing actions first (edge_runtime.ros2.bridge explains the order).
 """
 
 from __future__ import annotations
@@ -109,6 +114,17 @@ def _make_server_class() -> type[Any]:
         handover: tuple[str, int] | None = None  # the service address still to take over
         service_sock: socket.socket | None = None  # bound with SO_REUSEPORT, not listening yet
         say: Callable[[str], None] = print
+        on_takeover: Callable[[], None] | None = None
+        on_exit_signal: Callable[[], None] | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            hook, self.on_exit_signal = self.on_exit_signal, None
+            if hook is not None:
+                try:
+                    hook()
+                except Exception as exc:  # the drain and the exit must happen anyway
+                    self.say(f"on exit: {type(exc).__name__}: {exc}")
+            super().handle_exit(sig, frame)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
@@ -127,6 +143,11 @@ def _make_server_class() -> type[Any]:
                 return
             host, port = self.handover
             self.handover = None
+            if self.on_takeover is not None:
+                try:
+                    self.on_takeover()
+                except Exception as exc:  # the HTTP side takes over regardless
+                    self.say(f"takeover: {type(exc).__name__}: {exc}")
             sock, deadline = self.service_sock, time.monotonic() + TAKEOVER_BIND_S
             while sock is None:
                 try:
@@ -164,10 +185,13 @@ def serve(
     on_ready: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
     handover_port: int | None = None,
+    on_standby: Callable[[], None] | None = None,
+    on_takeover: Callable[[], None] | None = None,
+    on_exit_signal: Callable[[], None] | None = None,
 ) -> int:
     """Run the HTTP server until SIGTERM/SIGINT; uvicorn stops accepting, then drains in-flight requests.
     With ``handover_port`` (default: EDGE_HANDOVER_PORT) and another process serving ``host:port``, listen
-    on the handover port until SIGUSR1 (see the module's docstring)."""
+    on the handover port until SIGUSR1 (see the module's docstring, also for the three hooks)."""
     import uvicorn
 
     if handover_port is None:
@@ -203,6 +227,8 @@ def serve(
     )
     server = _make_server_class()(config)
     server.say = service.say
+    server.on_takeover = on_takeover
+    server.on_exit_signal = on_exit_signal
     _write_health_url(None)
     handing_over = handover_port is not None and handover_port != port and someone_serves(host, port)
     if handing_over:
@@ -214,6 +240,8 @@ def serve(
             server.service_sock = None
         server.handover = (host, port)
         _write_health_url(f"http://127.0.0.1:{handover_port}")
+        if on_standby is not None:
+            on_standby()
     else:
         sockets = [_bind(host, port, reuse_port=True)]
         _write_health_url(service_url(host, port))
