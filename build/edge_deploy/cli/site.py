@@ -43,16 +43,48 @@ def site() -> None:
     is_flag=True,
     help="Allow a --listen address that is not loopback (the site's LAN).",
 )
+@click.option(
+    "--upstream-username",
+    envvar="EDGE_SITE_UPSTREAM_USERNAME",
+    show_envvar=True,
+    help="The user the cache logs in to a private upstream as (with --upstream-password-file).",
+)
+@click.option(
+    "--upstream-password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="EDGE_SITE_UPSTREAM_PASSWORD_FILE",
+    show_envvar=True,
+    help="A file holding the upstream password (never a command-line value: the process list shows those).",
+)
 @STATE_ROOT
 @json_option()
-def up(name: str, upstream: str, listen: str, allow_public: bool, state_root: Path, as_json: bool) -> None:
+def up(
+    name: str,
+    upstream: str,
+    listen: str,
+    allow_public: bool,
+    upstream_username: str | None,
+    upstream_password_file: Path | None,
+    state_root: Path,
+    as_json: bool,
+) -> None:
     """Start (or restart) the site cache NAME; robots set ``site_cache: HOST:PORT`` to pull through it."""
-    s = sites.site_up(name, upstream, listen=listen, state_root=state_root, allow_public=allow_public)
+    password = sites.read_password_file(upstream_password_file) if upstream_password_file else None
+    s = sites.site_up(
+        name,
+        upstream,
+        listen=listen,
+        state_root=state_root,
+        allow_public=allow_public,
+        upstream_username=upstream_username,
+        upstream_password=password,
+    )
     if as_json:
         click.echo(json.dumps(sites.site_status(s)))
         return
+    login = f" as {s.upstream_username}" if s.upstream_username else ""
     click.echo(
-        f"site cache {s.name}: {s.listen} → {s.upstream} (pid {s.pid}); robots: site_cache: {s.address}"
+        f"site cache {s.name}: {s.listen} → {s.upstream}{login} (pid {s.pid}); robots: site_cache: {s.address}"
     )
 
 

@@ -4,7 +4,7 @@ by digest (``SITE/repo@sha256:X``); integrity still comes from the digest and th
 the cache holds no trust of its own and needs no key.
 
 Layout under ``<state_root>/<name>/``: ``config.yml`` (written by this module, never by hand),
-``site.json`` (listen address, upstream, PID), ``registry.log`` (the registry's log and access log) and
+``site.json`` (listen address, upstream and its user name, PID; never the password), ``registry.log`` (the registry's log and access log) and
 ``storage/`` (the cached blobs). The process is started and stopped by its recorded PID, recognised by its
 command line naming ``config.yml``. The same runner serves a plain registry (no ``upstream``): the
 simulation and benchmarks use one as a private upstream whose access log counts the bytes it served.
@@ -20,9 +20,10 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from edge_deploy.fleet import FleetError
 from edge_deploy.fleet.telemetry import check_url
@@ -88,6 +89,7 @@ class Site:
     upstream: str | None  # None: a plain registry, not a cache
     debug_port: int
     pid: int | None = None
+    upstream_username: str | None = None  # a private upstream's user (its password is only in config.yml)
 
     @property
     def config(self) -> Path:
@@ -122,9 +124,9 @@ class Site:
             ) from None
 
 
-def write_config(site: Site) -> Path:
-    """The registry's config: filesystem storage, the access log on, expvar/Prometheus on a loopback debug
-    port, and ``proxy.remoteurl`` when it is a cache."""
+def write_config(site: Site, credentials: UpstreamCredentials | None = None) -> Path:
+    """The registry's config (mode 0600): filesystem storage, the access log on, expvar/Prometheus on a
+    loopback debug port, and ``proxy.remoteurl`` (with the upstream's login, if any) when it is a cache."""
     import yaml
 
     config: dict[str, Any] = {
@@ -145,11 +147,74 @@ def write_config(site: Site) -> Path:
     }
     if site.upstream:
         config["proxy"] = {"remoteurl": site.upstream}
-    site.config.write_text(
-        "# Written by edge-deploy (fleet/site.py); edits are overwritten by the next `site up`.\n"
-        + yaml.safe_dump(config, sort_keys=False)
-    )
+        if credentials is not None:
+            config["proxy"].update(username=credentials.username, password=credentials.password)
+    text = "# Written by edge-deploy (fleet/site.py); edits are overwritten by the next `site up`.\n"
+    text += yaml.safe_dump(config, sort_keys=False)
+    # Owner-only from its first byte: it may hold the upstream's password.
+    fd = os.open(site.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
     return site.config
+
+
+@dataclass(frozen=True)
+class UpstreamCredentials:
+    """A private upstream's login, which the cache presents for every pull it passes upstream."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def check_credentials(
+    upstream: str, username: str | None, password: str | None
+) -> UpstreamCredentials | None:
+    """Both or neither; plain text (HTTP basic auth allows no ``:`` in the user and no control characters);
+    and never in clear text over the network: an ``http://`` upstream takes credentials only on loopback."""
+    if username is None and password is None:
+        return None
+    if not username or password is None:
+        raise FleetError("An upstream login needs both a user name and a password.")
+    if len(username) > 255 or ":" in username or any(ord(c) < 32 or ord(c) == 127 for c in username):
+        raise FleetError(
+            "The upstream user name must be 1-255 characters with no ':' and no control characters."
+        )
+    if not 0 < len(password) <= 1024 or any(ord(c) < 32 or ord(c) == 127 for c in password):
+        raise FleetError(
+            "The upstream password must be 1-1024 characters with no control characters (newlines)."
+        )
+    parts = urlsplit(upstream)
+    if parts.scheme != "https":
+        try:
+            loopback = ipaddress.ip_address((parts.hostname or "").strip("[]")).is_loopback
+        except ValueError:
+            loopback = parts.hostname == "localhost"
+        if not loopback:
+            raise FleetError(
+                f"The upstream {upstream} is plain http: its password would cross the network in clear text; "
+                "use an https:// upstream."
+            )
+    return UpstreamCredentials(username, password)
+
+
+def read_password_file(path: Path) -> str:
+    """The password in ``path`` (one line; its line ending is not part of it). Not a command-line value,
+    which every user on the host could read in the process list."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(4097)
+    except OSError as exc:
+        raise FleetError(
+            f"The upstream password file {path} cannot be read ({exc.strerror or exc})."
+        ) from None
+    if len(data) > 4096:
+        raise FleetError(f"The upstream password file {path} is larger than 4 KiB; it should hold one line.")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise FleetError(f"The upstream password file {path} is not UTF-8 text.") from None
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
 def _answering(listen: str) -> bool:
@@ -168,13 +233,20 @@ def site_up(
     listen: str = DEFAULT_LISTEN,
     state_root: Path = DEFAULT_STATE_ROOT,
     allow_public: bool = False,
+    upstream_username: str | None = None,
+    upstream_password: str | None = None,
     timeout: float = 30,
 ) -> Site:
-    """Start (or restart with a new config) the site's registry; ``upstream`` None makes a plain registry."""
+    """Start (or restart with a new config) the site's registry; ``upstream`` None makes a plain registry.
+    A private upstream's login goes into the config only (0600), never into ``site.json`` or a command line."""
     check_name(name)
     check_listen(listen, allow_public=allow_public)
+    credentials = None
     if upstream is not None:
         upstream = check_url(upstream, "upstream registry")
+        credentials = check_credentials(upstream, upstream_username, upstream_password)
+    elif upstream_username is not None or upstream_password is not None:
+        raise FleetError("An upstream login needs an upstream registry.")
     binary = registry_binary()
     state = state_root / name
     existing: Site | None = None
@@ -184,8 +256,15 @@ def site_up(
         site_down(existing)
     state.mkdir(parents=True, exist_ok=True)
     debug_port = free_port(15050, set())
-    site = Site(name=name, state_dir=str(state), listen=listen, upstream=upstream, debug_port=debug_port)
-    write_config(site)
+    site = Site(
+        name=name,
+        state_dir=str(state),
+        listen=listen,
+        upstream=upstream,
+        debug_port=debug_port,
+        upstream_username=credentials.username if credentials else None,
+    )
+    write_config(site, credentials)
     if _answering(listen):
         raise FleetError(f"Something already answers as a registry on {listen}; choose another --listen.")
     with open(site.log, "ab") as log:
@@ -240,6 +319,7 @@ def site_status(site: Site) -> dict[str, Any]:
         "name": site.name,
         "listen": site.listen,
         "upstream": site.upstream,
+        "upstream_username": site.upstream_username,
         "running": site.running,
         "answering": _answering(site.listen) if site.running else False,
         "pid": site.pid if site.running else None,
