@@ -334,6 +334,23 @@ def test_a_sign_blob_bundle_is_not_an_image_signature(setup: Setup, tmp_path: Pa
         verify(setup, image.digest)
 
 
+def test_a_keyless_bundle_is_not_accepted_for_key_based_verification(setup: Setup) -> None:
+    """The fleet's real bundle with a certificate added to its verification material (a keyless signature
+    is not made here: it needs Sigstore's services), attached to an image: refused in one sentence."""
+    image = push_image(setup.name)
+    bundle = json.loads(first_bundle(setup, setup.image3.digest))
+    bundle["verificationMaterial"] = {"certificate": {"rawBytes": "MIIBkzCCATmgAwIBAgIU"}}
+    data = json.dumps(bundle).encode()
+    put_referrers(setup, image.digest, [referrer(setup, image.digest, put_blob(setup, data), len(data))])
+    with pytest.raises(
+        ChannelRefused,
+        match=r"^Image 'runtime' \(.*\) has no signature that the fleet's public key verifies: its Sigstore "
+        r"bundle is signed keyless \(it carries a certificate\), which key-based verification does not "
+        r"accept\.$",
+    ):
+        verify(setup, image.digest)
+
+
 # --- a hostile registry's bounds ---------------------------------------------------------------------
 def test_the_referrers_examined_are_bounded(setup: Setup) -> None:
     """Referrers signed with another key listed first: only MAX_REFERRERS are fetched, and the sentence

@@ -238,9 +238,12 @@ def verify_cosign_signature(
     has_sig, claim = _simple_signing_claim(reg, name, digest, sig_tag, public_key, what)
     if claim is not None:
         return claim
-    bundles, listed = _referred_bundles(reg, name, digest, what)
+    candidates = _bundle_referrers(reg, name, digest, what)
     reasons: list[str] = []
-    for bundle in bundles:
+    for ref in candidates[:MAX_REFERRERS]:  # one bundle in memory at a time, each bounded
+        bundle = _referred_bundle(reg, name, ref, digest, what)
+        if bundle is None:
+            continue
         try:
             statement = verified_statement(bundle, public_key)
         except BundleUnusable as exc:
@@ -252,7 +255,7 @@ def verify_cosign_signature(
             raise ChannelRefused(f"{what}: the signature verifies but covers {shown}, not {digest[:19]}.")
         return {"critical": {"image": {"docker-manifest-digest": digest}}, "statement": statement}
     where = f"{reg.host}/{name}@{digest[:19]}"
-    if not has_sig and not bundles:
+    if not has_sig and not reasons:
         raise ChannelRefused(
             f"{what} ({where}) is not signed: no cosign signature ({sig_tag}, or a Sigstore bundle among "
             "its referrers) in the registry."
@@ -260,8 +263,8 @@ def verify_cosign_signature(
     why = next((r for r in reasons if r != OTHER_KEY), "")
     shown = f": its Sigstore bundle {why}" if why else " (unsigned, or signed with another key)"
     more = (
-        f"; only the first {MAX_REFERRERS} of its {listed} referrers were examined"
-        if listed > MAX_REFERRERS
+        f"; only the first {MAX_REFERRERS} of its {len(candidates)} referrers were examined"
+        if len(candidates) > MAX_REFERRERS
         else ""
     )
     raise ChannelRefused(
@@ -311,7 +314,7 @@ def _referrers(reg: Registry, name: str, digest: str, what: str) -> list[dict[st
             "GET",
             f"{name}/referrers/{digest}",
             what=f"listing the referrers of {what}",
-            ok=(200, 400, 404, 405),
+            ok=(200, *range(400, 500), 501),  # a registry without the API: the tag schema instead
             headers={"Accept": OCI_INDEX},
             max_bytes=MAX_DOCUMENT_BYTES,
         )
@@ -335,35 +338,37 @@ def _referrers(reg: Registry, name: str, digest: str, what: str) -> list[dict[st
     return [m for m in index.get("manifests") or [] if isinstance(m, dict)]
 
 
-def _referred_bundles(reg: Registry, name: str, digest: str, what: str) -> tuple[list[bytes], int]:
-    """The Sigstore bundles that referrers of ``digest`` hold (their bytes, unverified; at most
-    MAX_REFERRERS manifests fetched), and how many candidate referrers were listed."""
+def _bundle_referrers(reg: Registry, name: str, digest: str, what: str) -> list[str]:
+    """The manifest digests of the referrers of ``digest`` that may hold a Sigstore bundle, in the order
+    listed (an SBOM or other artifact is passed over; cosign 3's referrers tag lists its bundles with the
+    empty artifact type)."""
     candidates: list[str] = []
     for entry in _referrers(reg, name, digest, what):
-        kind = entry.get("artifactType")
-        ref = entry.get("digest")
+        kind, ref = entry.get("artifactType"), entry.get("digest")
         if entry.get("mediaType") not in (OCI_MANIFEST, None) or not isinstance(ref, str):
             continue
         if kind is not None and kind not in (*BUNDLE_MEDIA_TYPES, EMPTY_CONFIG):
-            continue  # an SBOM or other artifact, not a signature (cosign 3 lists its bundles as empty)
+            continue
         if DIGEST_RE.match(ref) and ref not in candidates:
             candidates.append(ref)
-    bundles: list[bytes] = []
-    for ref in candidates[:MAX_REFERRERS]:
-        try:
-            _, manifest = _get_manifest(reg, name, ref, f"a referrer of {what}")
-        except ChannelMissing:
-            continue
-        subject = manifest.get("subject")
-        if not isinstance(subject, dict) or subject.get("digest") != digest:
-            continue
-        layers = [lay for lay in manifest.get("layers") or [] if isinstance(lay, dict)]
-        layer = next((lay for lay in layers if lay.get("mediaType") in BUNDLE_MEDIA_TYPES), None)
-        if layer is not None:
-            bundles.append(
-                _get_blob(reg, name, str(layer.get("digest", "")), f"the signature bundle of {what}")
-            )
-    return bundles, len(candidates)
+    return candidates
+
+
+def _referred_bundle(reg: Registry, name: str, ref: str, digest: str, what: str) -> bytes | None:
+    """The Sigstore bundle (bytes, unverified) that referrer ``ref`` holds for ``digest``; None when it is
+    gone, refers to something else or holds no bundle."""
+    try:
+        _, manifest = _get_manifest(reg, name, ref, f"a referrer of {what}")
+    except ChannelMissing:
+        return None
+    subject = manifest.get("subject")
+    if not isinstance(subject, dict) or subject.get("digest") != digest:
+        return None
+    layers = [lay for lay in manifest.get("layers") or [] if isinstance(lay, dict)]
+    layer = next((lay for lay in layers if lay.get("mediaType") in BUNDLE_MEDIA_TYPES), None)
+    if layer is None:
+        return None
+    return _get_blob(reg, name, str(layer.get("digest", "")), f"the signature bundle of {what}")
 
 
 # --- publish (operator) --------------------------------------------------------------------------------
