@@ -327,8 +327,8 @@ def verify_image(ref_with_digest: str, public_key: Path | str, identity: Identit
 
 def sign_blob_args(tool: Cosign, key: str, blob: Path, out: Path, signing_config: Path) -> list[str]:
     """cosign's arguments to sign the file ``blob`` with ``key`` offline, the signature written to ``out``:
-    cosign 2 a base64 signature (``--tlog-upload=false``), cosign 3 a bundle (a config without tlog; cosign 3
-    is not exercised here: the harness has cosign 2)."""
+    cosign 2 a base64 signature (``--tlog-upload=false``), cosign 3 a bundle (a config without tlog); both are
+    exercised (tests/build/test_direct_signing.py runs each test with cosign 2 and cosign 3)."""
     if tool.major >= 3:
         return [
             tool.path,
