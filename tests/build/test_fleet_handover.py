@@ -181,6 +181,8 @@ def test_a_ros2_robot_hands_over_when_both_runtimes_hand_the_bridge_over(
     assert check_new < check_old < index(lines, "compose -p edge-b up -d --wait")
     assert index(lines, "kill -s USR1 c0ffee") < index(lines, "compose -p edge down")
     assert "EDGE_ROS2=1" in lr.file("edge/releases/0.2.0/.env").read_text().splitlines()
+    # the gate's DDS probe ran in the new release's container and only its standby bridge may answer
+    assert any("compose.project=edge-b" in c and "ros2.probe" in c and "--standby" in c for c in lr.commands)
 
 
 def test_a_new_runtime_older_than_bridge_hand_over_is_a_stop_start_that_says_so(

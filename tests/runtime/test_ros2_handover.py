@@ -11,20 +11,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bench.ros2_handover import handover_once, write_bundle
 
 from edge_runtime.bundle import ModelBundle
+from edge_runtime.errors import EdgeError
 from edge_runtime.ros2.bridge import Ros2Bridge
 from edge_runtime.ros2.config import Ros2Config
+from edge_runtime.ros2.probe import probe
 from tests.runtime.ros2_support import CYCLONEDDS_LOOPBACK, need_cyclonedds, random_domain
 
 pytestmark = pytest.mark.timeout(300)
 
 # Observations with no action / with two across the switch (SIGUSR1 - 0.2 s to the old process's exit
-# + 0.2 s). bench/README.md ("ros2_handover"): 0 lost and 0 duplicated in every one of 10 hand-overs on this
-# 2-core host; one is allowed for a frame that a busy host makes the bridge drop (it counts those).
-SWITCH_BOUND = 1
+# + 0.2 s), from bench/README.md ("ros2_handover", 30 hand-overs at 50 Hz on this 2-core host): at most 3
+# lost (once; the host loses up to 2 outside any switch too) and none duplicated. One duplicate is allowed
+# for a host so loaded that the takeover's announcement arrives after its 50 ms lead.
+LOST_BOUND = 3
+DUPLICATED_BOUND = 1
 
 
 def test_a_ros2_hand_over_answers_each_observation_once(
@@ -41,10 +46,10 @@ def test_a_ros2_hand_over_answers_each_observation_once(
     assert r["before_observations"] > 30 and r["before_duplicated"] == 0, r
     # the switch: each observation by one release, the other leaves it
     assert r["switch_observations"] > 0, r
-    assert r["switch_lost"] <= SWITCH_BOUND and r["switch_duplicated"] <= SWITCH_BOUND, r
-    # the old one gone: every observation gets its action from the new release (or the bridge counted a drop)
+    assert r["switch_lost"] <= LOST_BOUND and r["switch_duplicated"] <= DUPLICATED_BOUND, r
+    # the old one gone: every observation gets its action from the new release, once (the host's noise aside)
     assert r["after_observations"] > 30, r
-    assert r["after_lost"] <= r["new_dropped"] and r["after_duplicated"] == 0, r
+    assert r["after_lost"] <= LOST_BOUND and r["after_duplicated"] == 0, r
     assert r["new_actions"] >= r["after_observations"] - r["after_lost"], r
     assert r["unknown_actions"] == 0, r
     assert r["old_returncode"] in (0, -signal.SIGTERM), old_log
@@ -72,7 +77,12 @@ def test_which_observations_a_bridge_answers_through_a_hand_over(
 
     def bridge(standby: bool, domain: int = domain) -> Ros2Bridge:
         config = Ros2Config(domain_id=domain)
-        return Ros2Bridge(infer=lambda feeds: {}, inputs=inputs, config=config, standby=standby)
+        return Ros2Bridge(
+            infer=lambda feeds: {"action": np.zeros((1, 7), np.float32)},
+            inputs=inputs,
+            config=config,
+            standby=standby,
+        )
 
     old, new, alone = bridge(False), bridge(True), bridge(False, domain + 1)
     try:
@@ -80,10 +90,14 @@ def test_which_observations_a_bridge_answers_through_a_hand_over(
         new.start()
         assert (new.mode, new._share(1.0)) == ("standby", "standby")
         assert wait_for(lambda: new.bridges_reached == 1), new.handover_matches.count
+        assert probe(domain, 20, standby=True)["ok"]  # the gate's probe: the candidate answers it
+        assert new.metrics.probes._value.get() == 1 and old.metrics.probes._value.get() == 0
         at = new.take_over()
         assert new.mode == "active" and new._share(at - 0.001) == "before" and new._share(at) == ""
         assert new.take_over() == at  # a second SIGUSR1 changes nothing
         assert wait_for(lambda: old._until == at), (old._until, at)
+        with pytest.raises(EdgeError, match="matched but did not answer the probe"):
+            probe(domain, 2, standby=True)  # no bridge is in standby any more: none answers
         assert old._share(at - 0.001) == "" and old._share(at) == "after"
         old.quiesce()
         assert old._share(at - 0.001) == "" and old._share(at) == "after"

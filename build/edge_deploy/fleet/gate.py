@@ -259,18 +259,27 @@ async def smoke_models(http: Any, models: list[str]) -> dict[str, dict[str, Any]
     return report
 
 
-async def ros2_check(conn: RobotConnection, timeout_s: float = 60) -> dict[str, Any]:
+async def ros2_check(
+    conn: RobotConnection, timeout_s: float = 60, project: str | None = None
+) -> dict[str, Any]:
     """One DDS round trip to the release's ROS 2 bridge: ``edge_runtime.ros2.probe`` run inside the running
     container (host networking, the container's ROS_DOMAIN_ID and CYCLONEDDS_URI: what a ROS 2 node on the
-    robot sees), answered on the probe's own topics, never on the action topic."""
+    robot sees), answered on the probe's own topics, never on the action topic. ``project``: a hand-over's
+    new release (its compose project), whose bridge is in standby: only that bridge may answer."""
     import json
 
-    from edge_deploy.fleet.compose import SERVICE_FILTER
+    from edge_deploy.fleet.compose import PROJECTS, SERVICE_FILTER
 
+    if project is not None and project not in PROJECTS:
+        raise GateFailed(f"unknown compose project {project[:40]!r}")
+    which = (
+        f"--filter label=com.docker.compose.project={project} {SERVICE_FILTER}" if project else SERVICE_FILTER
+    )
     r = await conn.run(
-        f"cid=$(docker ps -q {SERVICE_FILTER} | head -n1); "
+        f"cid=$(docker ps -q {which} | head -n1); "
         '[ -n "$cid" ] || { echo "error: no running container" >&2; exit 1; }; '
-        f'docker exec "$cid" python3 -m edge_runtime.ros2.probe --timeout {int(timeout_s)}',
+        f'docker exec "$cid" python3 -m edge_runtime.ros2.probe --timeout {int(timeout_s)}'
+        + (" --standby" if project else ""),
         timeout=timeout_s + 60,
     )
     if not r.ok:

@@ -278,7 +278,7 @@ class RobotSwitch(RobotStore):
                 port=gate_port,
             )
             if req.include_ros2:
-                report["ros2"] = await ros2_check(self.conn)
+                report["ros2"] = await ros2_check(self.conn, project=project)  # hand-over: the standby bridge
             return report
         except FleetError:
             raise

@@ -53,6 +53,7 @@ LOG_EVERY_S = 10.0  # a repeated bad-message reason is logged at most this often
 # The probe's topics (ROS names /edge_runtime/probe and /edge_runtime/probe_reply), reliable QoS.
 PROBE_TOPIC = "rt/edge_runtime/probe"
 PROBE_REPLY_TOPIC = "rt/edge_runtime/probe_reply"
+STANDBY = "standby"  # a probe request's second label: only a bridge in standby answers it
 # Hand-over: the new bridge announces here the instant from which it answers (ROS /edge_runtime/handover).
 HANDOVER_TOPIC = "rt/edge_runtime/handover"
 HANDOVER_LEAD_S = 0.05  # how far ahead the takeover instant is set, so the old bridge hears it in time
@@ -480,12 +481,15 @@ class Ros2Bridge:
 
     def _answer_probes(self) -> None:
         """One inference on a zero observation per probe request, answered on the probe's reply topic: the
-        request's first ``layout.dim`` label (its nonce) leads the reply's dimensions."""
+        request's first ``layout.dim`` label (its nonce) leads the reply's dimensions. A second label
+        ``standby`` is for a bridge in standby only (the hand-over's gate)."""
         from edge_runtime.ros2.msgs import MultiArrayDimension
 
         for request in self._take(self._probe_reader, "probe"):
             dims = list(request.layout.dim)
             nonce = dims[0].label if dims else ""
+            if len(dims) > 1 and dims[1].label == STANDBY and self.mode != "standby":
+                continue  # the hand-over's gate asks the candidate, not this serving bridge
             feeds = {
                 spec.name: np.zeros(spec.concrete_shape(1), dtype=np.dtype(spec.dtype))
                 for spec in (self.image_input.spec, self.state_input.spec)

@@ -3,8 +3,10 @@
 Publishes a request with a fresh nonce on the bridge's probe topic and waits for the reply carrying it (one
 inference on a zero observation; nothing goes to the action topic). The rollout gate runs it inside the new
 release's container, which shares the robot's network (host networking), so a pass means a ROS 2 node on the
-robot with the same ``ROS_DOMAIN_ID``/``CYCLONEDDS_URI`` reaches the bridge too. Prints one JSON line;
-failure is one sentence on stderr and exit 1.
+robot with the same ``ROS_DOMAIN_ID``/``CYCLONEDDS_URI`` reaches the bridge too. ``--standby``: only a bridge in
+standby (a hand-over's candidate, gated while the old release's bridge still serves) answers, so the gate
+checks the new release's bridge, not the old one. Prints one JSON line; failure is one sentence on stderr and
+exit 1.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 from edge_runtime.errors import EdgeError
 
 
-def probe(domain_id: int, timeout_s: float = 10.0) -> dict[str, Any]:
-    """Round trip to the bridge on ``domain_id``: time from match to reply, and the reply's action size."""
+def probe(domain_id: int, timeout_s: float = 10.0, standby: bool = False) -> dict[str, Any]:
+    """Round trip to the bridge on ``domain_id`` (``standby``: to a bridge in standby only): time from match
+    to reply, and the reply's action size."""
     from edge_runtime.ros2._compat import MatchCount, cyclonedds_version
-    from edge_runtime.ros2.bridge import PROBE_REPLY_TOPIC, PROBE_TOPIC, load_cyclonedds
+    from edge_runtime.ros2.bridge import PROBE_REPLY_TOPIC, PROBE_TOPIC, STANDBY, load_cyclonedds
 
     load_cyclonedds()
     from cyclonedds.core import DDSException, ReadCondition, SampleState, WaitSet
@@ -56,7 +59,8 @@ def probe(domain_id: int, timeout_s: float = 10.0) -> dict[str, Any]:
             )
         matched_s = time.monotonic() - t0
         nonce = secrets.token_hex(8)
-        request = Float32MultiArray(layout=MultiArrayLayout(dim=[MultiArrayDimension(label=nonce)]), data=[])  # type: ignore[arg-type]
+        dims = [MultiArrayDimension(label=nonce)] + ([MultiArrayDimension(label=STANDBY)] if standby else [])
+        request = Float32MultiArray(layout=MultiArrayLayout(dim=dims), data=[])  # type: ignore[arg-type]
         sent = time.monotonic()
         writer.write(request)
         deadline = sent + timeout_s
@@ -73,6 +77,7 @@ def probe(domain_id: int, timeout_s: float = 10.0) -> dict[str, Any]:
                         "round_trip_ms": round((time.monotonic() - sent) * 1000, 2),
                         "action": dims[1].label if len(dims) > 1 else "",
                         "action_size": len(reply.data),
+                        "standby": standby,
                         "cyclonedds": cyclonedds_version(),
                     }
         raise EdgeError(
@@ -92,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for the match, then the reply"
     )
+    ap.add_argument(
+        "--standby", action="store_true", help="only a bridge in standby (a hand-over's candidate) answers"
+    )
     args = ap.parse_args(argv)
     try:
         if not 0 < args.timeout <= 600:
             raise EdgeError(f"--timeout {args.timeout:g} must be between 0 and 600 seconds.")
-        result = probe(Ros2Config.from_env().domain_id, args.timeout)
+        result = probe(Ros2Config.from_env().domain_id, args.timeout, standby=args.standby)
     except EdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
