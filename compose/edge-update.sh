@@ -77,7 +77,10 @@ ros2_on() { grep -qx 'EDGE_ROS2=1' "releases/$1/.env" 2>/dev/null; }
 bridge_hands_over() { # run VERSION (its image, not started) | exec PROJECT (its running container)
     if [ "$1" = run ]; then
         img=$(image_of "$2")
-        [ -n "$img" ] && docker run --rm --pull never --network none --entrypoint python3 "$img" -c "$BRIDGE_CHECK" >/dev/null 2>&1
+        plat=$(sed -n 's/^EDGE_PLATFORM=//p' "releases/$2/.env" 2>/dev/null | head -n1)
+        case "${plat:=linux/arm64}" in *[!a-z0-9/._-]*) return 1 ;; esac # as compose.yaml's platform
+        [ -n "$img" ] && docker run --rm --pull never --platform "$plat" --network none --entrypoint python3 \
+            "$img" -c "$BRIDGE_CHECK" >/dev/null 2>&1
     else
         cid=$(docker ps -q --filter "label=com.docker.compose.project=$2" --filter "label=com.docker.compose.service=$SERVICE" 2>/dev/null | head -n1)
         [ -n "$cid" ] && docker exec "$cid" python3 -c "$BRIDGE_CHECK" >/dev/null 2>&1

@@ -175,7 +175,9 @@ def test_a_ros2_robot_hands_over_when_both_runtimes_hand_the_bridge_over(
     assert res.update == {"strategy": "hand-over"}
     lines = docker_lines(lr)
     # both runtimes asked first: the new image (not started: no network) and the running container
-    check_new = index(lines, "run --rm --pull never --network none --entrypoint python3 " + NEW)
+    check_new = index(
+        lines, "run --rm --pull never --platform linux/arm64 --network none --entrypoint python3 " + NEW
+    )
     check_old = index(lines, "exec c0ffee python3 -c import importlib.util")
     assert "BRIDGE_HANDOVER = " in lines[check_new] and "BRIDGE_HANDOVER = " in lines[check_old]
     assert check_new < check_old < index(lines, "compose -p edge-b up -d --wait")
