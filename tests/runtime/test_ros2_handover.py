@@ -19,6 +19,7 @@ from edge_runtime.bundle import ModelBundle
 from edge_runtime.errors import EdgeError
 from edge_runtime.ros2.bridge import Ros2Bridge
 from edge_runtime.ros2.config import Ros2Config
+from edge_runtime.ros2.msgs import Float32MultiArray, MultiArrayDimension, MultiArrayLayout
 from edge_runtime.ros2.probe import probe
 from tests.runtime.ros2_support import CYCLONEDDS_LOOPBACK, need_cyclonedds, random_domain
 
@@ -68,8 +69,9 @@ def test_which_observations_a_bridge_answers_through_a_hand_over(
     tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The split by stamp, with two bridges in this process on one domain: a candidate answers none, then
-    those from its takeover instant on; the running bridge hears that instant over DDS and keeps only the
-    observations before it, also once SIGTERM came; with no successor it stops at SIGTERM."""
+    those from its takeover instant on; the running bridge hears that instant over DDS (not another host's)
+    and keeps only the observations before it, also once SIGTERM came; with no successor it stops at
+    SIGTERM."""
     need_cyclonedds()
     monkeypatch.setenv("CYCLONEDDS_URI", CYCLONEDDS_LOOPBACK)
     inputs = ModelBundle.load(tiny_bundle).manifest.inputs
@@ -92,6 +94,11 @@ def test_which_observations_a_bridge_answers_through_a_hand_over(
         assert wait_for(lambda: new.bridges_reached == 1), new.handover_matches.count
         assert probe(domain, 20, standby=True)["ok"]  # the gate's probe: the candidate answers it
         assert new.metrics.probes._value.get() == 1 and old.metrics.probes._value.get() == 0
+        # another robot's hand-over on the same domain, sent first on the same (reliable, ordered) writer: had
+        # the old bridge taken it, its earlier instant would make it refuse the real one below
+        labels = ("takeover", "1-elsewhere", f"{time.time():.6f}", "another-robot")
+        dims = [MultiArrayDimension(label=label) for label in labels]
+        new._handover_writer.write(Float32MultiArray(layout=MultiArrayLayout(dim=dims), data=[]))  # type: ignore[arg-type]
         at = new.take_over()
         assert new.mode == "active" and new._share(at - 0.001) == "before" and new._share(at) == ""
         assert new.take_over() == at  # a second SIGUSR1 changes nothing

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -390,7 +391,8 @@ class Ros2Bridge:
         self._from = at
         self.mode = "active"
         self.metrics.active.set(1)
-        dims = [MultiArrayDimension(label=label) for label in ("takeover", self.bridge_id, f"{at:.6f}")]
+        labels = ("takeover", self.bridge_id, f"{at:.6f}", socket.gethostname())
+        dims = [MultiArrayDimension(label=label) for label in labels]
         if self._handover_writer is not None:
             self._handover_writer.write(Float32MultiArray(layout=MultiArrayLayout(dim=dims), data=[]))  # type: ignore[arg-type]
         log.info(
@@ -507,10 +509,14 @@ class Ros2Bridge:
             self.metrics.probes.inc()
 
     def _take_handover(self) -> None:
-        """A successor's takeover instant: observations stamped from then on are its own."""
+        """A successor's takeover instant: observations stamped from then on are its own. Only one from this
+        host counts (host networking: a container has the host's name), so a robot that shares the domain
+        with another cannot be silenced by the other's hand-over."""
         for msg in self._take(self._handover_reader, "handover"):
             labels = [d.label for d in msg.layout.dim]
-            if len(labels) != 3 or labels[0] != "takeover" or labels[1] == self.bridge_id:
+            if len(labels) != 4 or labels[0] != "takeover" or labels[1] == self.bridge_id:
+                continue
+            if labels[3] != socket.gethostname():  # another robot on this domain: its hand-over, not ours
                 continue
             try:
                 at = float(labels[2])
