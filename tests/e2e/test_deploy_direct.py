@@ -198,6 +198,9 @@ def test_a_model_only_change_sends_the_model_and_at_most_one_mib_more(
     r = out["robots"][0]
     assert out["ok"] and r["outcome"] == "updated", why(out)
     assert out["version"] != first["version"]
+    # The robot serves over ROS 2 too: the new release's bridge waited in standby, passed the gate's standby
+    # probe while the old bridge still answered, and took over (docs/ros2.md, "Hand-over").
+    assert r["update"].get("strategy") == "hand-over" and "fallback" not in r["update"], r["update"]
     model = bundle_bytes(bench.work / "retrained.fp16.bundle")
     bench.numbers["model_change_image_bytes"] = r["image_bytes"]
     bench.numbers["model_change_bundle_bytes"] = model

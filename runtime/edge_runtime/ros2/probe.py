@@ -20,6 +20,8 @@ from typing import Any
 
 from edge_runtime.errors import EdgeError
 
+RESEND_S = 2.0  # a probe unanswered this long is written again (one inference per answer on a slow robot)
+
 
 def probe(domain_id: int, timeout_s: float = 10.0, standby: bool = False) -> dict[str, Any]:
     """Round trip to the bridge on ``domain_id`` (``standby``: to a bridge in standby only): time from match
@@ -63,8 +65,14 @@ def probe(domain_id: int, timeout_s: float = 10.0, standby: bool = False) -> dic
         request = Float32MultiArray(layout=MultiArrayLayout(dim=dims), data=[])  # type: ignore[arg-type]
         sent = time.monotonic()
         writer.write(request)
-        deadline = sent + timeout_s
+        deadline, resend = sent + timeout_s, sent + RESEND_S
         while time.monotonic() < deadline:
+            if time.monotonic() >= resend:
+                # The first match may be another bridge (during a hand-over, the old release's, which ignores
+                # a standby probe), and a reader or writer that matches later never sees a sample written
+                # before it (volatile topics): the same nonce again until a reply, each RESEND_S.
+                writer.write(request)
+                resend = time.monotonic() + RESEND_S
             waitset.wait(int(min(0.1, max(0.001, deadline - time.monotonic())) * 1e9))
             for sample in reader.take(N=16):
                 reply: Any = sample  # cyclonedds's IDL sequences are not typed for mypy
