@@ -12,12 +12,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from bench._serve import free_port
 from bench.downtime import Poller
+from bench.ros2_handover import listening as accepts
+from bench.ros2_handover import stop
+from bench.ros2_handover import wait_ready as ready
 
 from edge_runtime import oip
 from tests.runtime.conftest import sample_feeds
@@ -38,38 +40,6 @@ def start(bundle: Path, cache: Path, port: int, handover: int, url_file: Path) -
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def ready(port: int, proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"nothing ready on port {port}")
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.communicate(timeout=30)[0]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()[0]
 
 
 def healthcheck_says(port: int, url_file: Path) -> str:
