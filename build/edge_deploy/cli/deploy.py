@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edge_deploy.cli.options import json_option
+from edge_deploy.cli.options import json_option, sign_key_option
 
 
 @click.command()
@@ -37,14 +37,9 @@ from edge_deploy.cli.options import json_option
 )
 @click.option("--ros2", "include_ros2", is_flag=True, help="Enable the ROS 2 bridge (compose.ros2.yaml).")
 @click.option("--auto-start", is_flag=True, help="Install and enable the systemd unit on the robot.")
-@click.option(
-    "--sign-key",
-    type=click.Path(path_type=str),
-    envvar="EDGE_COSIGN_KEY",
-    show_envvar=True,
-    default=None,
-    help="cosign private key (a file or key reference; COSIGN_PASSWORD decrypts it): the release's image "
-    "manifest is signed with it, the signature kept beside the local release record.",
+@sign_key_option(
+    "(a file or key reference; COSIGN_PASSWORD decrypts it): the release's image manifest is signed with "
+    "it, the signature kept beside the local release record."
 )
 @click.option(
     "--public-key",

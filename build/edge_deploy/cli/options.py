@@ -150,6 +150,19 @@ def public_key_option(
     )
 
 
+def sign_key_option(signs: str) -> Callable[[F], F]:
+    """--sign-key (parameter ``sign_key``): the cosign private key that signs ``signs`` (a file or key
+    reference, kept a string; COSIGN_PASSWORD decrypts it), for commands whose --key is the SSH key."""
+    return click.option(
+        "--sign-key",
+        type=click.Path(path_type=str),
+        envvar="EDGE_COSIGN_KEY",
+        show_envvar=True,
+        default=None,
+        help=f"cosign private key {signs}",
+    )
+
+
 def signing_key_option() -> Callable[[F], F]:
     """--key (parameter ``key``): the cosign private key a release is signed with: a file, a reference
     cosign resolves (kept a string: a Path would fold ``awskms:///…``), or ``keyless``."""

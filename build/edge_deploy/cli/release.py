@@ -17,6 +17,7 @@ from edge_deploy.cli.options import (
     json_option,
     public_key_option,
     releases_dir_option,
+    sign_key_option,
     signing_key_option,
 )
 from edge_deploy.images.models import is_named_model
@@ -287,14 +288,7 @@ def verify(version: str, public_key: Path, releases_dir: Path | None, as_json: b
     show_default=True,
     help="Robots whose bucket is below it take the release (0-100).",
 )
-@click.option(
-    "--sign-key",
-    type=click.Path(path_type=str),
-    envvar="EDGE_COSIGN_KEY",
-    show_envvar=True,
-    default=None,
-    help="cosign private key that signs the channel (password from COSIGN_PASSWORD).",
-)
+@sign_key_option("that signs the channel (password from COSIGN_PASSWORD).")
 @public_key_option(
     "The fleet's cosign public key: the images' and the channel's signatures are checked with it, as "
     "robots will.",
